@@ -1,0 +1,162 @@
+"""Model presets: one entry per model family the studio can run, with the defaults a film-maker starts from.
+
+The registry is data only. Loading components for a preset lives in `pipelines.loading`; the studio validates
+projects against these numbers (frame range, resolution multiple) without loading any weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CROSS_ATTENTION_MODES = ("mmrope", "window", "full")
+SELF_ATTENTION_MODES = ("full", "sparse", "isolated")
+REGENERATE_MODES = ("inpaint", "context")
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str  # registry key, also what projects and storyboard files store
+    description: str  # one line shown in the UI
+    source: str  # "code" (random weights built in code) | "bundled" (assets/) | "local" (folder or HF cache)
+    repo_id: str | None  # Hugging Face repository looked up in the local cache only (local_files_only=True)
+    width: int  # default output width in pixels
+    height: int  # default output height in pixels
+    fps: int  # frames per second the model was trained at
+    default_frames: int  # frames of a new shot (4n+1)
+    min_frames: int  # fewest frames a shot may have (4n+1)
+    max_frames: int  # most frames a shot may have (4n+1)
+    num_inference_steps: int  # default denoising steps
+    guidance_scale: float  # default classifier-free guidance
+    flow_shift: float  # flow-matching timestep shift of the scheduler
+    cross_attention: str  # default cross-attention mode, one of CROSS_ATTENTION_MODES
+    self_attention: str  # default self-attention mode, one of SELF_ATTENTION_MODES
+    gap: int  # latent frames of empty RoPE time between shots
+    max_sequence_length: int | None  # caption length the text encoder pads to; None = trimmed (demo model)
+    regenerate_mode: str  # default single-shot regeneration mode, one of REGENERATE_MODES
+    resolution_multiple: int  # width and height must be multiples of this (VAE stride x patch size)
+    default_negative_prompt: str = ""  # negative prompt a new project starts with
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "tiny": ModelPreset(
+        name="tiny",
+        description="Tiny random-weight Wan model built in code (tests and smoke runs; makes noise, not films)",
+        source="code",
+        repo_id=None,
+        width=32,
+        height=32,
+        fps=8,
+        default_frames=9,
+        min_frames=1,
+        max_frames=33,
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        flow_shift=7.0,
+        cross_attention="mmrope",
+        self_attention="full",
+        gap=0,
+        max_sequence_length=16,
+        regenerate_mode="context",
+        resolution_multiple=16,
+    ),
+    "demo": ModelPreset(
+        name="demo",
+        description="Shotline demo model: a small Wan-architecture model of a procedural film world (bundled)",
+        source="bundled",
+        repo_id=None,
+        width=64,
+        height=64,
+        fps=8,
+        default_frames=17,
+        min_frames=5,
+        max_frames=33,
+        num_inference_steps=20,
+        guidance_scale=3.0,
+        flow_shift=3.0,
+        cross_attention="mmrope",
+        self_attention="full",
+        gap=0,
+        max_sequence_length=None,
+        regenerate_mode="context",
+        resolution_multiple=16,
+    ),
+    "wan2.1-t2v-1.3b": ModelPreset(
+        name="wan2.1-t2v-1.3b",
+        description="Wan2.1 text-to-video 1.3B, 480p (weights from a local folder or the Hugging Face cache)",
+        source="local",
+        repo_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        width=832,
+        height=480,
+        fps=16,
+        default_frames=81,
+        min_frames=5,
+        max_frames=81,
+        num_inference_steps=50,
+        guidance_scale=5.0,
+        flow_shift=3.0,
+        cross_attention="window",
+        self_attention="sparse",
+        gap=0,
+        max_sequence_length=512,
+        regenerate_mode="inpaint",
+        resolution_multiple=16,
+        default_negative_prompt="blurry, low quality, static, deformed, watermark, text",
+    ),
+    "wan2.1-t2v-14b": ModelPreset(
+        name="wan2.1-t2v-14b",
+        description="Wan2.1 text-to-video 14B, 720p (weights from a local folder or the Hugging Face cache)",
+        source="local",
+        repo_id="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+        width=1280,
+        height=720,
+        fps=16,
+        default_frames=81,
+        min_frames=5,
+        max_frames=81,
+        num_inference_steps=50,
+        guidance_scale=5.0,
+        flow_shift=5.0,
+        cross_attention="window",
+        self_attention="sparse",
+        gap=0,
+        max_sequence_length=512,
+        regenerate_mode="inpaint",
+        resolution_multiple=16,
+        default_negative_prompt="blurry, low quality, static, deformed, watermark, text",
+    ),
+    "wan2.2-ti2v-5b": ModelPreset(
+        name="wan2.2-ti2v-5b",
+        description="Wan2.2 text/image-to-video 5B, 720p at 24 fps (weights from a local folder or the HF cache)",
+        source="local",
+        repo_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+        width=1280,
+        height=704,
+        fps=24,
+        default_frames=121,
+        min_frames=5,
+        max_frames=121,
+        num_inference_steps=50,
+        guidance_scale=5.0,
+        flow_shift=5.0,
+        cross_attention="window",
+        self_attention="sparse",
+        gap=0,
+        max_sequence_length=512,
+        regenerate_mode="inpaint",
+        resolution_multiple=32,
+        default_negative_prompt="blurry, low quality, static, deformed, watermark, text",
+    ),
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    """Look a preset up by name; an unknown name is an error that lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def is_valid_frame_count(num_frames: int) -> bool:
+    """Wan's causal VAE needs 4n+1 frames: the first frame is its own latent frame, then 4 frames per latent."""
+    return num_frames >= 1 and (num_frames - 1) % 4 == 0
