@@ -1,0 +1,434 @@
+"""Generation jobs: `generate_scene` and `regenerate_shot` turn storyboard shots into takes.
+
+Both build the scene's `ShotSpec`s from the services, run the worker's warm `MultiShotPipeline`, then write one
+take per generated shot through `services.takes.add_take` (MP4 at the project's fps, PNG thumbnail, the clean
+latents as .safetensors for later regeneration, and every parameter sent to the pipeline). Takes are written only
+after the last denoising step, all at the end, so a job killed mid-way has written nothing and can simply run again.
+
+Payloads:
+- generate_scene: {"scene_id": int, "only_missing": bool = False, "seed": int | None}
+  `only_missing` (what `python -m studio render` uses) generates only the shots without a take, with the other
+  shots' chosen takes as context, so a re-run after a kill never redoes a take that exists.
+- regenerate_shot: {"shot_id": int, "seed": int | None, "mode": "inpaint" | "context" | None}
+  A new take of one shot; its neighbours' chosen takes are the context and get no new take.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines.registry import get_preset
+from studio.worker.context import JobCancelled, JobContext
+
+DENOISE_SHARE = 0.9  # fraction of a job's progress bar spent denoising; decoding and writing takes the rest
+MAX_SEED = 2**31 - 1
+
+
+@dataclass
+class ScenePlan:
+    """What one generation job sends to the pipeline and which shots become takes."""
+
+    project: Any
+    scene: Any
+    shots: list  # ShotViews sent to the pipeline, in scene order
+    targets: list[int]  # indices into `shots` that get new takes
+    context_latents: list  # per shot: clean latents (torch.Tensor) for context shots, None for targets
+    seeds: list[int]  # one per shot in `shots`
+    captions: list[str]  # captions as sent (trigger tokens substituted)
+    adapters: tuple = ()  # ((adapter_id, version), ...) loaded for the scene
+    adapter_names: dict = field(default_factory=dict)  # adapter id -> "Character/kind v#"
+    skipped: list = field(default_factory=list)  # shot ids left out, with why
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading the storyboard
+
+
+def _scene_of(services, project_id, scene_id):
+    for scene in services.storyboard.list_scenes(project_id):
+        if scene.id == scene_id:
+            return scene
+    raise ValueError(f"scene {scene_id} is not a live scene of project {project_id}; it may have been deleted")
+
+
+def _find_shot(services, project_id, shot_id):
+    for scene in services.storyboard.list_scenes(project_id):
+        for index, shot in enumerate(scene.shots):
+            if shot.id == shot_id:
+                return scene, index
+    raise ValueError(f"shot {shot_id} is not a live shot of project {project_id}; restore it from the bin first")
+
+
+def _project_id_of(services, job, payload):
+    if job.project_id is not None:
+        return job.project_id
+    if "project_id" in payload:
+        return payload["project_id"]
+    raise ValueError(f"job {job.id} has no project; enqueue it with project_id")
+
+
+def load_take_latents(services, take):
+    import safetensors.torch
+
+    asset_id = getattr(take, "latents_asset_id", None)
+    if asset_id is None:
+        return None
+    return safetensors.torch.load(services.assets.read_bytes(asset_id))["latents"]
+
+
+def expected_latent_frames(num_frames: int) -> int:
+    return (num_frames - 1) // 4 + 1
+
+
+def _take_fits(take, latents, shot, project) -> bool:
+    """A take can serve as context only if it was made by this model at this size and the shot kept its length."""
+    if take is None or latents is None:
+        return False
+    params = take.params or {}
+    return (
+        params.get("model") == project.preset
+        and params.get("width") == project.width
+        and params.get("height") == project.height
+        and latents.shape[-3] == expected_latent_frames(shot.num_frames)
+    )
+
+
+def _characters_of(services, project_id, shots) -> dict:
+    """Character views by id and by name for the characters these shots use."""
+    wanted = set()
+    for shot in shots:
+        for character in getattr(shot, "characters", ()) or ():
+            wanted.add(getattr(character, "id", character))
+    if not wanted:
+        return {}
+    by_key = {}
+    for character in services.characters.list(project_id):
+        if character.id in wanted or character.name in wanted:
+            by_key[character.id] = character
+            by_key[character.name] = character
+    return by_key
+
+
+def _ready_adapter(services, character):
+    """The newest usable adapter of a character for generation, or None."""
+    try:
+        adapters = services.characters.list_adapters(character.id)
+    except AttributeError:
+        return None
+    ready = [a for a in adapters if a.status in ("ready", "done", "imported") and a.weights_asset_id is not None]
+    return max(ready, key=lambda a: (a.version, a.id)) if ready else None
+
+
+def _substitute_triggers(caption: str, characters: list) -> str:
+    """Name -> trigger token for characters that have an adapter, so the adapter's token reaches the model."""
+    for character in characters:
+        trigger = getattr(character, "trigger", None)
+        if trigger and trigger not in caption:
+            caption = re.sub(rf"\b{re.escape(character.name)}\b", trigger, caption)
+    return caption
+
+
+def plan_scene(
+    services, project, scene, targets_ids: list[int] | None, seed: int | None, regenerate_seed: bool = False
+) -> ScenePlan:
+    """Decide which shots go to the pipeline, which are generated and which only serve as context.
+
+    `targets_ids=None` generates every shot. Otherwise the targets are generated and every other shot with a
+    chosen take whose latents still fit is context; shots with neither are left out of this run.
+    """
+    shots, targets, context, skipped = [], [], [], []
+    for shot in scene.shots:
+        if targets_ids is None or shot.id in targets_ids:
+            shots.append(shot)
+            targets.append(len(shots) - 1)
+            context.append(None)
+            continue
+        take = services.takes.chosen_take(shot.id)
+        latents = load_take_latents(services, take) if take is not None else None
+        if _take_fits(take, latents, shot, project):
+            shots.append(shot)
+            context.append(latents)
+        else:
+            skipped.append({"shot_id": shot.id, "why": "no take" if take is None else "take does not fit the shot"})
+    if not targets:
+        return ScenePlan(project, scene, [], [], [], [], [])
+
+    # Seeds: a context shot keeps its take's seed; a generated shot uses its own fixed seed when it has one (a
+    # scene generated twice comes out the same), else one drawn from the job's seed (or at random). Regenerating
+    # a shot always draws a new seed unless the job names one: a new take that repeats the old one is no use.
+    rng = random.Random(seed) if seed is not None else random.SystemRandom()
+    seeds = []
+    for index, shot in enumerate(shots):
+        if index not in targets:
+            seeds.append(int(services.takes.chosen_take(shot.id).seed))
+        elif regenerate_seed:
+            seeds.append(int(seed) if seed is not None else rng.randint(0, MAX_SEED))
+        else:
+            seeds.append(int(shot.seed) if shot.seed is not None else rng.randint(0, MAX_SEED))
+
+    characters = _characters_of(services, project.id, shots)
+    adapters, adapter_names, with_adapter = [], {}, set()
+    for key, character in characters.items():
+        if key != character.id:
+            continue
+        adapter = _ready_adapter(services, character)
+        if adapter is not None:
+            adapters.append((adapter.id, adapter.version))
+            adapter_names[adapter.id] = f"{character.name}/{adapter.kind} v{adapter.version}"
+            with_adapter.add(character.id)
+    captions = []
+    for shot in shots:
+        shot_characters = [
+            characters[getattr(c, "id", c)]
+            for c in (getattr(shot, "characters", ()) or ())
+            if getattr(c, "id", c) in characters
+        ]
+        captions.append(_substitute_triggers(shot.caption, [c for c in shot_characters if c.id in with_adapter]))
+    return ScenePlan(
+        project, scene, shots, targets, context, seeds, captions, tuple(sorted(adapters)), adapter_names, skipped
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Encoding results
+
+
+def frames_to_uint8(frames) -> np.ndarray:
+    """[F, H, W, 3] floats in [0, 1] (or uint8) -> uint8."""
+    array = np.asarray(frames)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return array
+
+
+def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
+    """H.264 yuv420p MP4 bytes through the ffmpeg that imageio-ffmpeg ships (no system ffmpeg needed)."""
+    import imageio_ffmpeg
+
+    frames = frames_to_uint8(frames)
+    count, height, width, _ = frames.shape
+    handle, path = tempfile.mkstemp(suffix=".mp4")
+    os.close(handle)
+    try:
+        writer = imageio_ffmpeg.write_frames(
+            path,
+            (width, height),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            macro_block_size=1,
+            quality=None,
+            output_params=["-crf", "18", "-preset", "veryfast", "-movflags", "+faststart"],
+            ffmpeg_log_level="error",
+        )
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        with open(path, "rb") as file:
+            return file.read()
+    finally:
+        os.unlink(path)
+
+
+def encode_png(frame: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frames_to_uint8(frame[None])[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_latents(latents, metadata: dict[str, str] | None = None) -> bytes:
+    import safetensors.torch
+
+    return safetensors.torch.save({"latents": latents.detach().to("cpu").contiguous()}, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running the pipeline
+
+
+def _step_callback(ctx: JobContext, total_steps: int, preview_every: int):
+    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        done = step + 1
+        preview = None
+        if preview_every and done % preview_every == 0 and done < total_steps:
+            preview = _preview_png(pipe, callback_kwargs.get("latents"))
+        ctx.report_progress(
+            DENOISE_SHARE * done / total_steps,
+            f"denoising step {done}/{total_steps}",
+            step=done,
+            total=total_steps,
+            preview=preview,
+        )
+        if ctx.should_cancel():
+            pipe._interrupt = True  # what diffusers pipelines check; the raise below also skips the VAE decode
+            raise JobCancelled(f"job {ctx.job_id} cancelled at step {done}/{total_steps}")
+        return callback_kwargs
+
+    return on_step_end
+
+
+def _preview_png(pipe, latents) -> bytes | None:
+    """First frame of the scene decoded from the current latents (only when previews are on)."""
+    if latents is None:
+        return None
+    try:
+        decode = getattr(pipe, "decode_preview", None)
+        if decode is not None:
+            image = decode(latents)
+        else:
+            import torch
+
+            vae = pipe.vae
+            first = latents[:, :, :1].to(vae.dtype)
+            mean = torch.tensor(vae.config.latents_mean, device=first.device, dtype=first.dtype).view(1, -1, 1, 1, 1)
+            std = torch.tensor(vae.config.latents_std, device=first.device, dtype=first.dtype).view(1, -1, 1, 1, 1)
+            with torch.no_grad():
+                video = vae.decode(first * std + mean, return_dict=False)[0]
+            image = ((video[0, :, 0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
+        return encode_png(np.asarray(image))
+    except Exception:  # noqa: BLE001 - a preview is a nicety; it never fails the job
+        return None
+
+
+def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = None) -> dict:
+    """Generate `plan`'s targets and write their takes; returns the job result."""
+    import torch
+
+    services, project = ctx.services, plan.project
+    if not plan.targets:
+        ctx.report_progress(1.0, "nothing to generate: every shot already has a take")
+        return {"takes": [], "shots": [], "skipped": plan.skipped}
+    from pipelines import ShotSpec
+
+    preset = get_preset(project.preset)
+    steps = int(ctx.job.payload.get("steps") or project.steps)
+    ctx.report_progress(0.0, f"loading model {preset.name}", step=0, total=steps)
+    pipe = ctx.pipelines.get(preset.name, plan.adapters, context=services)
+    ctx.check_cancelled()
+
+    partial = len(plan.targets) < len(plan.shots)
+    mode = regenerate_mode or preset.regenerate_mode
+    specs = [
+        ShotSpec(caption=caption, num_frames=shot.num_frames)
+        for caption, shot in zip(plan.captions, plan.shots, strict=True)
+    ]
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds]
+    params = {
+        "model": preset.name,
+        "width": project.width,
+        "height": project.height,
+        "fps": project.fps,
+        "num_inference_steps": steps,
+        "guidance_scale": project.guidance,
+        "negative_prompt": project.negative_prompt or None,
+        "global_caption": plan.scene.caption or None,
+        "cross_attention": preset.cross_attention,
+        "self_attention": preset.self_attention,
+        "gap": preset.gap,
+        "max_sequence_length": preset.max_sequence_length,
+    }
+    call_kwargs = dict(
+        shots=specs,
+        global_caption=params["global_caption"],
+        negative_prompt=params["negative_prompt"],
+        height=project.height,
+        width=project.width,
+        num_inference_steps=steps,
+        guidance_scale=project.guidance,
+        cross_attention=preset.cross_attention,
+        self_attention=preset.self_attention,
+        generator=generators,
+        max_sequence_length=preset.max_sequence_length,
+        output_type="np",
+        callback_on_step_end=_step_callback(ctx, steps, ctx.settings.preview_every),
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    if partial:
+        call_kwargs.update(regenerate=list(plan.targets), context_latents=plan.context_latents, regenerate_mode=mode)
+    output = pipe(**call_kwargs)
+    ctx.check_cancelled()
+
+    scene_captions = list(plan.captions)
+    take_ids = []
+    for order, index in enumerate(plan.targets):
+        shot = plan.shots[index]
+        ctx.report_progress(
+            DENOISE_SHARE + (1 - DENOISE_SHARE) * order / len(plan.targets),
+            f"writing take of shot {shot.id}",
+            step=steps,
+            total=steps,
+        )
+        frames = frames_to_uint8(output.shots[index])
+        video = encode_mp4(frames, project.fps)
+        thumbnail = encode_png(frames[len(frames) // 2])
+        take_params = dict(
+            params,
+            caption=scene_captions[index],
+            scene_captions=scene_captions,
+            scene_shot_ids=[s.id for s in plan.shots],
+            shot_index=index,
+            num_frames=shot.num_frames,
+            seed=plan.seeds[index],
+            scene_seeds=list(plan.seeds),
+            regenerated=list(plan.targets) if partial else None,
+            regenerate_mode=mode if partial else None,
+            adapters=[{"id": a, "version": v, "name": plan.adapter_names.get(a)} for a, v in plan.adapters],
+            device=str(getattr(ctx.pipelines, "device", "")),
+            dtype=str(getattr(ctx.pipelines, "dtype", "")).removeprefix("torch."),
+            job_kind=ctx.job.kind,
+        )
+        latents = encode_latents(output.latents[index], {"model": preset.name, "shot_id": str(shot.id)})
+        # A cancel that lands while takes are written keeps the takes already written (they are complete and
+        # cost the same to keep as to drop) and writes no more.
+        ctx.check_cancelled()
+        take = services.takes.add_take(
+            shot.id,
+            ctx.job_id,
+            video=video,
+            thumbnail=thumbnail,
+            latents=latents,
+            seed=plan.seeds[index],
+            params=take_params,
+        )
+        take_ids.append(take.id)
+    ctx.report_progress(1.0, f"{len(take_ids)} take(s) written", step=steps, total=steps)
+    return {"takes": take_ids, "shots": [plan.shots[i].id for i in plan.targets], "skipped": plan.skipped}
+
+
+def run_generate_scene(ctx: JobContext) -> dict:
+    payload = ctx.job.payload or {}
+    if "scene_id" not in payload:
+        raise ValueError("generate_scene payload needs scene_id")
+    project_id = _project_id_of(ctx.services, ctx.job, payload)
+    project = ctx.services.projects.get(project_id)
+    scene = _scene_of(ctx.services, project_id, payload["scene_id"])
+    if not scene.shots:
+        raise ValueError(f"scene {scene.id} has no shots; add a shot before generating it")
+    if payload.get("only_missing"):
+        targets = [shot.id for shot in scene.shots if ctx.services.takes.chosen_take(shot.id) is None]
+    else:
+        targets = payload.get("shot_ids")
+    plan = plan_scene(ctx.services, project, scene, targets, payload.get("seed"))
+    return run_plan(ctx, plan)
+
+
+def run_regenerate_shot(ctx: JobContext) -> dict:
+    payload = ctx.job.payload or {}
+    if "shot_id" not in payload:
+        raise ValueError("regenerate_shot payload needs shot_id")
+    project_id = _project_id_of(ctx.services, ctx.job, payload)
+    project = ctx.services.projects.get(project_id)
+    scene, _ = _find_shot(ctx.services, project_id, payload["shot_id"])
+    plan = plan_scene(ctx.services, project, scene, [payload["shot_id"]], payload.get("seed"), regenerate_seed=True)
+    return run_plan(ctx, plan, regenerate_mode=payload.get("mode"))

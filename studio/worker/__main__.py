@@ -1,0 +1,71 @@
+"""`python -m studio.worker --db URL --data-dir DIR`: run one worker until stopped (SIGTERM/SIGINT)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from studio.config import add_settings_arguments, settings_overrides_from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m studio.worker",
+        description="Run a Shotline worker: claims queued jobs from the database and runs them on this device.",
+    )
+    add_settings_arguments(parser)
+    parser.add_argument(
+        "--worker-id",
+        help="stable id of this worker (default host:pid); a restart with the same id "
+        "recovers the jobs it left running at once",
+    )
+    parser.add_argument("--kinds", help="comma-separated job kinds this worker takes (default: all)")
+    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between queue polls when idle")
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=0.5,
+        help="least seconds between two progress writes of a job (first step and end always written)",
+    )
+    parser.add_argument("--max-jobs", type=int, help="exit after this many jobs")
+    parser.add_argument(
+        "--exit-when-idle", action="store_true", help="exit when the queue has nothing for this worker"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from studio.config import load_settings
+    from studio.services import build_services
+    from studio.worker.process import Worker, install_signal_handlers
+
+    try:
+        settings = load_settings(None, **settings_overrides_from_args(args))
+    except Exception as error:  # noqa: BLE001 - a bad value must end in one clear line, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    services = build_services(settings)
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
+    worker = Worker(
+        services,
+        worker_id=args.worker_id,
+        kinds=kinds,
+        poll_interval_s=args.poll_interval,
+        progress_interval_s=args.progress_interval,
+    )
+    install_signal_handlers(worker)
+    logging.getLogger("studio.worker").info("worker %s ready, kinds=%s", worker.worker_id, kinds or "all")
+    worker.run(max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

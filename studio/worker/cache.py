@@ -1,0 +1,105 @@
+"""Warm pipelines for one worker, keyed by (preset, dtype, adapters).
+
+Loading a real Wan model takes tens of seconds and most of the device's memory, so the worker keeps the last
+pipeline loaded between jobs. It keeps ONE base model at a time: a job on another preset (or dtype) drops the old
+one and frees the allocator before loading, because two 14B models never fit one card. Jobs that only differ in
+their character adapters reuse the loaded base model and swap the adapters on it, which costs milliseconds
+instead of a reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from studio.worker.device import dtype_name, free_device_memory
+
+logger = logging.getLogger(__name__)
+
+AdapterKey = tuple  # ((adapter_id, version), ...) sorted, as recorded in the take's parameters
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    loads: int = 0
+    adapter_swaps: int = 0
+    last_load_s: float = 0.0
+
+
+def default_loader(preset: str, device: torch.device, dtype: torch.dtype, offload: str, vae_tiling: bool):
+    from pipelines import load_pipeline
+
+    return load_pipeline(preset, device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling)
+
+
+def default_adapter_loader(pipe, adapters: AdapterKey, context: Any) -> None:
+    """Put exactly `adapters` on `pipe` (removing others); `context` gives access to the adapter weights."""
+    if not adapters and not getattr(pipe, "_studio_adapters", ()):
+        return
+    from studio.characters_runtime import apply_adapters  # character area; imported only when adapters are used
+
+    apply_adapters(pipe, adapters, context)
+
+
+class PipelineCache:
+    def __init__(
+        self,
+        device: torch.device,
+        dtype: torch.dtype,
+        offload: str = "none",
+        vae_tiling: bool = False,
+        loader: Callable | None = None,
+        adapter_loader: Callable | None = None,
+    ):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.offload = offload
+        self.vae_tiling = vae_tiling
+        self.loader = loader or default_loader
+        self.adapter_loader = adapter_loader or default_adapter_loader
+        self.stats = CacheStats()
+        self._key: tuple | None = None
+        self._pipe = None
+
+    @property
+    def key(self) -> tuple | None:
+        """(preset, dtype name, adapters) of the loaded pipeline, or None."""
+        return self._key
+
+    def get(self, preset: str, adapters: AdapterKey = (), context: Any = None):
+        """The pipeline for `preset` with `adapters` applied, loading or swapping only what differs."""
+        adapters = tuple(adapters)
+        key = (preset, dtype_name(self.dtype), adapters)
+        if self._key == key:
+            self.stats.hits += 1
+            return self._pipe
+        if self._key is not None and self._key[:2] == key[:2]:
+            self.adapter_loader(self._pipe, adapters, context)
+            self._pipe._studio_adapters = adapters
+            self._key = key
+            self.stats.adapter_swaps += 1
+            return self._pipe
+        self.clear()
+        started = time.perf_counter()
+        logger.info("loading pipeline %s (%s) on %s, offload=%s", preset, key[1], self.device, self.offload)
+        pipe = self.loader(preset, self.device, self.dtype, self.offload, self.vae_tiling)
+        if adapters:
+            self.adapter_loader(pipe, adapters, context)
+        pipe._studio_adapters = adapters
+        self._pipe, self._key = pipe, key
+        self.stats.loads += 1
+        self.stats.last_load_s = time.perf_counter() - started
+        return pipe
+
+    def clear(self) -> None:
+        """Drop the loaded pipeline and give its memory back (preset change, out-of-memory, shutdown)."""
+        if self._pipe is None:
+            return
+        self._pipe, self._key = None, None
+        free_device_memory(self.device)

@@ -1,0 +1,358 @@
+"""The worker: one process that owns the device, claims queued jobs and runs them one at a time.
+
+`python app.py` starts one with `start_local_worker(settings)`; `python -m studio.worker --db URL --data-dir DIR`
+starts more. Every claim is atomic in the database (services.jobs.claim_next_job), so any number of workers, on any
+number of machines sharing the database and the asset store, never run the same job twice.
+
+While a job runs, a thread heartbeats its row every `heartbeat_s`. A worker that dies leaves a running job whose
+heartbeat stops; the next start of a worker with the same id recovers it at once, and any other worker recovers
+it once the heartbeat is older than `heartbeat_timeout_s` (checked every poll while idle).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from studio.worker.context import JobCancelled, JobContext, WorkerStopping
+from studio.worker.device import free_device_memory, is_out_of_memory
+
+logger = logging.getLogger("studio.worker")
+
+OFFLOAD_NEXT = {"none": "model", "model": "sequential"}
+
+
+def default_worker_id(slot: str | None = None) -> str:
+    """Host plus slot (or pid): stable across restarts for the app's own worker, so it can recover its jobs."""
+    return f"{socket.gethostname()}:{slot if slot is not None else os.getpid()}"
+
+
+def out_of_memory_message(error: BaseException, offload: str, vae_tiling: bool) -> str:
+    advice = []
+    if offload in OFFLOAD_NEXT:
+        advice.append(f"--offload {OFFLOAD_NEXT[offload]} (STUDIO_OFFLOAD={OFFLOAD_NEXT[offload]})")
+    if not vae_tiling:
+        advice.append("--vae-tiling (STUDIO_VAE_TILING=true)")
+    advice.append("fewer frames per shot or a lower resolution")
+    return (
+        f"out of device memory with offload profile '{offload}': restart the worker with "
+        f"{' or '.join(advice)}. ({str(error).splitlines()[0][:200]})"
+    )
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    requeued: int = 0
+    recovered: list = field(default_factory=list)
+
+
+class Worker:
+    """Runs jobs from the queue in this process. `run()` loops until `stop()`; `run_once()` runs one job."""
+
+    def __init__(
+        self,
+        services,
+        worker_id: str | None = None,
+        kinds: tuple[str, ...] | None = None,
+        handlers: dict[str, Callable[[JobContext], dict]] | None = None,
+        pipelines=None,
+        poll_interval_s: float = 0.5,
+        progress_interval_s: float = 0.5,
+    ):
+        from studio.worker.handlers import default_handlers
+
+        self.services = services
+        self.settings = services.settings
+        self.worker_id = worker_id or default_worker_id()
+        self.handlers = handlers if handlers is not None else default_handlers()
+        self.kinds = tuple(kinds) if kinds else None
+        self.poll_interval_s = poll_interval_s
+        self.progress_interval_s = progress_interval_s
+        self._pipelines = pipelines
+        self._stop = threading.Event()
+        self.stats = WorkerStats()
+        self.current_job_id = None
+
+    @property
+    def pipelines(self):
+        """The pipeline cache, created on first use so that a worker serving only exports never touches torch."""
+        if self._pipelines is None:
+            from studio.worker.cache import PipelineCache
+            from studio.worker.device import select_device_and_dtype
+
+            device, dtype = select_device_and_dtype(self.settings.device, self.settings.dtype)
+            self._pipelines = PipelineCache(
+                device, dtype, offload=self.settings.offload, vae_tiling=self.settings.vae_tiling
+            )
+        return self._pipelines
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def recover(self, own_only: bool = False) -> list:
+        """Fail or re-queue jobs left running by dead workers (this id's at once, others' after the timeout)."""
+        recovered = self.services.jobs.recover_stale_jobs(self.settings.heartbeat_timeout_s, worker_id=self.worker_id)
+        for job in recovered:
+            logger.warning("recovered job %s (%s): now %s", job.id, job.kind, job.status)
+        self.stats.recovered.extend(recovered)
+        return recovered
+
+    def run(self, max_jobs: int | None = None, exit_when_idle: bool = False) -> WorkerStats:
+        self.recover()
+        last_recover = time.monotonic()
+        while not self._stop.is_set():
+            job = self.run_once()
+            if max_jobs is not None and self.stats.claimed >= max_jobs:
+                break
+            if job is None:
+                if exit_when_idle:
+                    break
+                if time.monotonic() - last_recover >= max(1.0, self.settings.heartbeat_timeout_s / 2):
+                    self.recover()
+                    last_recover = time.monotonic()
+                self._stop.wait(self.poll_interval_s)
+        return self.stats
+
+    def run_once(self):
+        """Claim and run one job; returns its final view, or None when the queue had nothing for this worker."""
+        job = self.services.jobs.claim_next_job(self.worker_id, kinds=self.kinds)
+        if job is None:
+            return None
+        self.stats.claimed += 1
+        return self.run_job(job)
+
+    def run_job(self, job):
+        jobs = self.services.jobs
+        self.current_job_id = job.id
+        logger.info("job %s (%s) started on %s", job.id, job.kind, self.worker_id)
+        ctx = JobContext(
+            services=self.services,
+            job=job,
+            worker_id=self.worker_id,
+            pipelines=_LazyPipelines(self),
+            progress_interval_s=self.progress_interval_s,
+            stop_requested=self._stop.is_set,
+        )
+        heartbeat_stop = threading.Event()
+        heartbeat = threading.Thread(
+            target=self._heartbeat_loop, args=(job.id, heartbeat_stop), daemon=True, name=f"heartbeat-{job.id}"
+        )
+        heartbeat.start()
+        try:
+            handler = self.handlers.get(job.kind)
+            if handler is None:
+                raise ValueError(f"this worker has no handler for job kind {job.kind!r}")
+            result = handler(ctx)
+            if ctx._cancelled or jobs.is_cancel_requested(job.id):
+                jobs.mark_cancelled(job.id)
+                self.stats.cancelled += 1
+            else:
+                if ctx.state.fraction < 1.0:
+                    ctx.report_progress(1.0, "done")
+                jobs.finish(job.id, result or {})
+                self.stats.done += 1
+        except JobCancelled:
+            ctx.flush()  # the step it stopped at, for the UI and for `jobs`
+            jobs.mark_cancelled(job.id)
+            self.stats.cancelled += 1
+        except WorkerStopping:
+            # Nothing was written (results are written only at the end of a handler): the job can run again.
+            self._requeue(job)
+        except BaseException as error:  # noqa: BLE001 - one job's failure must never stop the worker
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                self._requeue(job)
+                raise
+            if is_out_of_memory(error):
+                if self._pipelines is not None:
+                    self._pipelines.clear()
+                free_device_memory()
+                message = out_of_memory_message(error, self.settings.offload, self.settings.vae_tiling)
+            else:
+                message = f"{type(error).__name__}: {error}"
+                traceback.print_exc()
+            logger.error("job %s (%s) failed: %s", job.id, job.kind, message)
+            jobs.fail(job.id, message)
+            self.stats.failed += 1
+        finally:
+            heartbeat_stop.set()
+            heartbeat.join(timeout=5)
+            self.current_job_id = None
+        return jobs.get(job.id)
+
+    def _requeue(self, job) -> None:
+        requeue = getattr(self.services.jobs, "requeue", None)
+        if requeue is not None:
+            requeue(job.id, "worker stopped before the job finished")
+            self.stats.requeued += 1
+        else:
+            self.services.jobs.fail(job.id, "worker stopped before the job finished; enqueue it again")
+            self.stats.failed += 1
+
+    def _heartbeat_loop(self, job_id, stop: threading.Event) -> None:
+        interval = self.settings.heartbeat_s
+        while not stop.wait(interval):
+            try:
+                self.services.jobs.heartbeat(job_id, self.worker_id)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the job itself reports real errors
+                logger.exception("heartbeat of job %s failed", job_id)
+
+
+class _LazyPipelines:
+    """Forwards to the worker's pipeline cache, creating it (and importing torch models) only when a job asks."""
+
+    def __init__(self, worker: Worker):
+        self._worker = worker
+
+    def __getattr__(self, name):
+        return getattr(self._worker.pipelines, name)
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    """SIGTERM/SIGINT: stop at the next step (the running job goes back to the queue); a second one exits now."""
+
+    def handle(signum, frame):
+        if worker.stopping:
+            os._exit(128 + signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The app's local worker: a child process, restarted if it dies.
+
+
+def worker_command(settings, worker_id: str | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "studio.worker",
+        "--db",
+        settings.resolved_database_url,
+        "--data-dir",
+        str(settings.data_dir),
+    ]
+    if worker_id:
+        command += ["--worker-id", worker_id]
+    return command + list(extra_args)
+
+
+def settings_environment(settings) -> dict[str, str]:
+    """The settings as STUDIO_* variables, so the child sees exactly what the app was started with."""
+    import json
+
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is None:
+            env.pop(f"STUDIO_{name.upper()}", None)
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, dict | list | tuple):
+            text = json.dumps(value)
+        elif hasattr(value, "get_secret_value"):
+            text = value.get_secret_value()
+        else:
+            text = str(value)
+        env[f"STUDIO_{name.upper()}"] = text
+    return env
+
+
+class LocalWorkerProcess:
+    """A worker child process watched by a thread that restarts it (with back-off) when it exits unasked."""
+
+    def __init__(
+        self,
+        settings,
+        worker_id: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        restart_delay_s: float = 1.0,
+        max_restart_delay_s: float = 30.0,
+    ):
+        self.settings = settings
+        self.worker_id = worker_id or default_worker_id("local")
+        self.extra_args = tuple(extra_args)
+        self.restart_delay_s = restart_delay_s
+        self.max_restart_delay_s = max_restart_delay_s
+        self.restarts = 0
+        self.process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> LocalWorkerProcess:
+        self._spawn()
+        self._monitor = threading.Thread(target=self._watch, daemon=True, name="worker-monitor")
+        self._monitor.start()
+        return self
+
+    def _spawn(self) -> None:
+        command = worker_command(self.settings, self.worker_id, self.extra_args)
+        self.process = subprocess.Popen(command, env=settings_environment(self.settings))
+        logger.info("started worker %s (pid %s)", self.worker_id, self.process.pid)
+
+    def _watch(self) -> None:
+        delay = self.restart_delay_s
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            logger.error("worker %s exited with %s; restarting in %.0f s", self.worker_id, code, delay)
+            if self._stopping.wait(delay):
+                return
+            # A worker that ran a while before dying is restarted quickly again; one that dies at once backs off.
+            delay = (
+                self.restart_delay_s if time.monotonic() - started > 60 else min(delay * 2, self.max_restart_delay_s)
+            )
+            self.restarts += 1
+            self._spawn()
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """Ask the worker to stop (its running job goes back to the queue), kill it if it does not in time."""
+        self._stopping.set()
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join(timeout=timeout_s)
+        return self.process.returncode
+
+
+def start_local_worker(settings, worker_id: str | None = None) -> LocalWorkerProcess:
+    """Start the app's worker child process and its watchdog; call `.stop()` on shutdown (also done at exit)."""
+    import atexit
+
+    worker = LocalWorkerProcess(settings, worker_id=worker_id).start()
+    atexit.register(worker.stop)
+    return worker
