@@ -102,19 +102,11 @@ def _take_fits(take, latents, shot, project) -> bool:
 
 
 def _characters_of(services, project_id, shots) -> dict:
-    """Character views by id and by name for the characters these shots use."""
-    wanted = set()
-    for shot in shots:
-        for character in getattr(shot, "characters", ()) or ():
-            wanted.add(getattr(character, "id", character))
+    """Character views by id for the characters these shots use."""
+    wanted = {character_id for shot in shots for character_id in shot.character_ids}
     if not wanted:
         return {}
-    by_key = {}
-    for character in services.characters.list(project_id):
-        if character.id in wanted or character.name in wanted:
-            by_key[character.id] = character
-            by_key[character.name] = character
-    return by_key
+    return {c.id: c for c in services.characters.list(project_id) if c.id in wanted}
 
 
 def _ready_adapter(services, character):
@@ -176,9 +168,7 @@ def plan_scene(
 
     characters = _characters_of(services, project.id, shots)
     adapters, adapter_names, with_adapter = [], {}, set()
-    for key, character in characters.items():
-        if key != character.id:
-            continue
+    for character in characters.values():
         adapter = _ready_adapter(services, character)
         if adapter is not None:
             adapters.append((adapter.id, adapter.version))
@@ -186,12 +176,8 @@ def plan_scene(
             with_adapter.add(character.id)
     captions = []
     for shot in shots:
-        shot_characters = [
-            characters[getattr(c, "id", c)]
-            for c in (getattr(shot, "characters", ()) or ())
-            if getattr(c, "id", c) in characters
-        ]
-        captions.append(_substitute_triggers(shot.caption, [c for c in shot_characters if c.id in with_adapter]))
+        shot_characters = [characters[c] for c in shot.character_ids if c in with_adapter]
+        captions.append(_substitute_triggers(shot.caption, shot_characters))
     return ScenePlan(
         project, scene, shots, targets, context, seeds, captions, tuple(sorted(adapters)), adapter_names, skipped
     )
@@ -257,46 +243,58 @@ def encode_latents(latents, metadata: dict[str, str] | None = None) -> bytes:
 # Running the pipeline
 
 
-def _step_callback(ctx: JobContext, total_steps: int, preview_every: int):
-    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+class _StepCallback:
+    """Per-step progress, optional preview, and cancel through `pipe._interrupt`.
+
+    The pipeline checks `_interrupt` before every step and then returns at once without decoding, restoring its
+    attention processors on the way out: cancelling costs at most the step in flight. Exceptions that must end the
+    job (worker stopping, job lost) are kept and raised after the pipeline has returned, for the same reason.
+    """
+
+    def __init__(self, ctx: JobContext, total_steps: int, preview_every: int, preview_shot: int):
+        self.ctx = ctx
+        self.total_steps = total_steps
+        self.preview_every = preview_every
+        self.preview_shot = preview_shot
+        self.stopped_at: int | None = None
+        self.error: BaseException | None = None
+
+    def __call__(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
         done = step + 1
         preview = None
-        if preview_every and done % preview_every == 0 and done < total_steps:
-            preview = _preview_png(pipe, callback_kwargs.get("latents"))
-        ctx.report_progress(
-            DENOISE_SHARE * done / total_steps,
-            f"denoising step {done}/{total_steps}",
-            step=done,
-            total=total_steps,
-            preview=preview,
-        )
-        if ctx.should_cancel():
-            pipe._interrupt = True  # what diffusers pipelines check; the raise below also skips the VAE decode
-            raise JobCancelled(f"job {ctx.job_id} cancelled at step {done}/{total_steps}")
+        if self.preview_every and done % self.preview_every == 0 and done < self.total_steps:
+            preview = _preview_png(pipe, callback_kwargs.get("latents"), self.preview_shot)
+        try:
+            self.ctx.report_progress(
+                DENOISE_SHARE * done / self.total_steps,
+                f"denoising step {done}/{self.total_steps}",
+                step=done,
+                total=self.total_steps,
+                preview=preview,
+            )
+            cancel = self.ctx.should_cancel()
+        except Exception as error:  # noqa: BLE001 - re-raised once the pipeline has unwound
+            self.error, cancel = error, True
+        if cancel and done < self.total_steps:
+            pipe._interrupt = True
+            self.stopped_at = done
+        elif cancel:
+            self.stopped_at = done
         return callback_kwargs
 
-    return on_step_end
+    def raise_if_stopped(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.stopped_at is not None:
+            raise JobCancelled(f"job {self.ctx.job_id} cancelled at step {self.stopped_at}/{self.total_steps}")
 
 
-def _preview_png(pipe, latents) -> bytes | None:
-    """First frame of the scene decoded from the current latents (only when previews are on)."""
+def _preview_png(pipe, latents, shot: int) -> bytes | None:
+    """First frame of the shot decoded from the current latents (only when previews are on)."""
     if latents is None:
         return None
     try:
-        decode = getattr(pipe, "decode_preview", None)
-        if decode is not None:
-            image = decode(latents)
-        else:
-            import torch
-
-            vae = pipe.vae
-            first = latents[:, :, :1].to(vae.dtype)
-            mean = torch.tensor(vae.config.latents_mean, device=first.device, dtype=first.dtype).view(1, -1, 1, 1, 1)
-            std = torch.tensor(vae.config.latents_std, device=first.device, dtype=first.dtype).view(1, -1, 1, 1, 1)
-            with torch.no_grad():
-                video = vae.decode(first * std + mean, return_dict=False)[0]
-            image = ((video[0, :, 0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
-        return encode_png(np.asarray(image))
+        return encode_png(pipe.preview_frame(latents, shot=shot))
     except Exception:  # noqa: BLE001 - a preview is a nicety; it never fails the job
         return None
 
@@ -338,6 +336,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         "gap": preset.gap,
         "max_sequence_length": preset.max_sequence_length,
     }
+    step_callback = _StepCallback(ctx, steps, ctx.settings.preview_every, preview_shot=plan.targets[0])
     call_kwargs = dict(
         shots=specs,
         global_caption=params["global_caption"],
@@ -351,13 +350,13 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         generator=generators,
         max_sequence_length=preset.max_sequence_length,
         output_type="np",
-        callback_on_step_end=_step_callback(ctx, steps, ctx.settings.preview_every),
+        callback_on_step_end=step_callback,
         callback_on_step_end_tensor_inputs=["latents"],
     )
     if partial:
         call_kwargs.update(regenerate=list(plan.targets), context_latents=plan.context_latents, regenerate_mode=mode)
     output = pipe(**call_kwargs)
-    ctx.check_cancelled()
+    step_callback.raise_if_stopped()
 
     scene_captions = list(plan.captions)
     take_ids = []
@@ -387,11 +386,13 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
             device=str(getattr(ctx.pipelines, "device", "")),
             dtype=str(getattr(ctx.pipelines, "dtype", "")).removeprefix("torch."),
             job_kind=ctx.job.kind,
+            pipeline=output.parameters,
         )
         latents = encode_latents(output.latents[index], {"model": preset.name, "shot_id": str(shot.id)})
         # A cancel that lands while takes are written keeps the takes already written (they are complete and
         # cost the same to keep as to drop) and writes no more.
-        ctx.check_cancelled()
+        if ctx.cancel_requested():
+            raise JobCancelled(f"job {ctx.job_id} cancelled while writing takes")
         take = services.takes.add_take(
             shot.id,
             ctx.job_id,

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,10 +33,18 @@ class CacheStats:
     last_load_s: float = 0.0
 
 
-def default_loader(preset: str, device: torch.device, dtype: torch.dtype, offload: str, vae_tiling: bool):
-    from pipelines import load_pipeline
+def default_loader(
+    preset: str, device: torch.device, dtype: torch.dtype, offload: str, vae_tiling: bool, model_root: Path | None
+):
+    """Load through the pipeline package. Real presets look in `model_root/<preset>/` first, then the HF cache."""
+    from pipelines import get_preset, load_pipeline
 
-    return load_pipeline(preset, device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling)
+    model_dir = None
+    if model_root is not None and get_preset(preset).source == "local" and (Path(model_root) / preset).is_dir():
+        model_dir = Path(model_root) / preset
+    return load_pipeline(
+        preset, device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, model_dir=model_dir
+    )
 
 
 def default_adapter_loader(pipe, adapters: AdapterKey, context: Any) -> None:
@@ -54,6 +63,7 @@ class PipelineCache:
         dtype: torch.dtype,
         offload: str = "none",
         vae_tiling: bool = False,
+        model_root: Path | None = None,
         loader: Callable | None = None,
         adapter_loader: Callable | None = None,
     ):
@@ -61,6 +71,7 @@ class PipelineCache:
         self.dtype = dtype
         self.offload = offload
         self.vae_tiling = vae_tiling
+        self.model_root = model_root
         self.loader = loader or default_loader
         self.adapter_loader = adapter_loader or default_adapter_loader
         self.stats = CacheStats()
@@ -88,7 +99,7 @@ class PipelineCache:
         self.clear()
         started = time.perf_counter()
         logger.info("loading pipeline %s (%s) on %s, offload=%s", preset, key[1], self.device, self.offload)
-        pipe = self.loader(preset, self.device, self.dtype, self.offload, self.vae_tiling)
+        pipe = self.loader(preset, self.device, self.dtype, self.offload, self.vae_tiling, self.model_root)
         if adapters:
             self.adapter_loader(pipe, adapters, context)
         pipe._studio_adapters = adapters

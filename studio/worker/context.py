@@ -24,6 +24,10 @@ class WorkerStopping(Exception):
     """Raised inside a running job when its worker was asked to stop; the job goes back to the queue."""
 
 
+class JobLost(Exception):
+    """Raised inside a running job that is no longer this worker's (recovered by another after missed beats)."""
+
+
 @dataclass
 class ProgressState:
     """The last progress the context accepted; fraction never goes down."""
@@ -51,6 +55,7 @@ class JobContext:
     worker_id: str
     pipelines: Any = None  # studio.worker.cache.PipelineCache, shared by the jobs of one worker
     stop_requested: Callable[[], bool] | None = None  # the worker's shutdown flag
+    lost: Callable[[], bool] | None = None  # set by the heartbeat thread when the job was taken from this worker
     progress_interval_s: float = 0.5
     clock: Callable[[], float] = time.monotonic
     state: ProgressState = field(default_factory=ProgressState)
@@ -120,8 +125,15 @@ class JobContext:
         self.writes += 1
 
     def should_cancel(self) -> bool:
+        """True once the job's cancel was requested. Raises WorkerStopping / JobLost when the worker must let go."""
+        if self.lost is not None and self.lost():
+            raise JobLost(f"job {self.job_id} was recovered by another worker after missed heartbeats")
         if self.stop_requested is not None and self.stop_requested():
             raise WorkerStopping(f"worker stopped while job {self.job_id} was running")
+        return self.cancel_requested()
+
+    def cancel_requested(self) -> bool:
+        """The cancel flag only (no stop or loss check): for the stretch where results are being written."""
         if not self._cancelled:
             self._cancelled = bool(self.services.jobs.is_cancel_requested(self.job_id))
         return self._cancelled

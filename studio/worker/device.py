@@ -10,34 +10,14 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def select_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """Resolve the settings' `device` and `dtype` ("auto" or a name) to torch objects.
+    """The settings' `device` and `dtype` ("auto" or a name) as torch objects: CUDA bf16 > MPS fp16 > CPU fp32.
 
-    Uses the pipeline package's choice when it provides one, so the worker and `python -m studio render` agree
-    with what the pipeline tests run on; the fallback below follows DESIGN.md section 6.
+    The pipeline package decides (one rule for the worker, `render` and the pipeline tests); a bad name raises
+    a ValueError that says what to use instead.
     """
-    try:
-        from pipelines import select_device_and_dtype as pipelines_select
-    except ImportError:
-        pipelines_select = None
-    if pipelines_select is not None:
-        return pipelines_select(device, dtype)
+    from pipelines.loading import select_device_and_dtype as pipelines_select
 
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use --device auto or cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' was asked for but this machine has no MPS; use --device auto or cpu")
-    if dtype == "auto":
-        dtype = {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32")
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of: auto, {', '.join(DTYPES)}")
-    return torch.device(device), DTYPES[dtype]
+    return pipelines_select(device, dtype)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

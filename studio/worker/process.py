@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from studio.worker.context import JobCancelled, JobContext, WorkerStopping
+from studio.worker.context import JobCancelled, JobContext, JobLost, WorkerStopping
 from studio.worker.device import free_device_memory, is_out_of_memory
 
 logger = logging.getLogger("studio.worker")
@@ -95,7 +95,11 @@ class Worker:
 
             device, dtype = select_device_and_dtype(self.settings.device, self.settings.dtype)
             self._pipelines = PipelineCache(
-                device, dtype, offload=self.settings.offload, vae_tiling=self.settings.vae_tiling
+                device,
+                dtype,
+                offload=self.settings.offload,
+                vae_tiling=self.settings.vae_tiling,
+                model_root=self.settings.resolved_model_dir,
             )
         return self._pipelines
 
@@ -142,6 +146,7 @@ class Worker:
         jobs = self.services.jobs
         self.current_job_id = job.id
         logger.info("job %s (%s) started on %s", job.id, job.kind, self.worker_id)
+        lost = threading.Event()
         ctx = JobContext(
             services=self.services,
             job=job,
@@ -149,10 +154,11 @@ class Worker:
             pipelines=_LazyPipelines(self),
             progress_interval_s=self.progress_interval_s,
             stop_requested=self._stop.is_set,
+            lost=lost.is_set,
         )
         heartbeat_stop = threading.Event()
         heartbeat = threading.Thread(
-            target=self._heartbeat_loop, args=(job.id, heartbeat_stop), daemon=True, name=f"heartbeat-{job.id}"
+            target=self._heartbeat_loop, args=(job.id, heartbeat_stop, lost), daemon=True, name=f"heartbeat-{job.id}"
         )
         heartbeat.start()
         try:
@@ -160,7 +166,9 @@ class Worker:
             if handler is None:
                 raise ValueError(f"this worker has no handler for job kind {job.kind!r}")
             result = handler(ctx)
-            if ctx._cancelled or jobs.is_cancel_requested(job.id):
+            if not self._still_mine(job.id):
+                raise JobLost(f"job {job.id} was taken from this worker before it finished")
+            if ctx.cancel_requested():
                 jobs.mark_cancelled(job.id)
                 self.stats.cancelled += 1
             else:
@@ -169,15 +177,20 @@ class Worker:
                 jobs.finish(job.id, result or {})
                 self.stats.done += 1
         except JobCancelled:
-            ctx.flush()  # the step it stopped at, for the UI and for `jobs`
+            if self._still_mine(job.id):
+                ctx.flush()  # the step it stopped at, for the UI and for `jobs`
             jobs.mark_cancelled(job.id)
             self.stats.cancelled += 1
+        except JobLost as error:
+            # Another worker owns the job now: leave its row alone.
+            logger.warning("%s", error)
         except WorkerStopping:
-            # Nothing was written (results are written only at the end of a handler): the job can run again.
-            self._requeue(job)
+            # Handlers write results only at their end, so the job can run again from the start: queue it again.
+            jobs.recover_stale_jobs(self.settings.heartbeat_timeout_s, worker_id=self.worker_id)
+            self.stats.requeued += 1
         except BaseException as error:  # noqa: BLE001 - one job's failure must never stop the worker
             if isinstance(error, KeyboardInterrupt | SystemExit):
-                self._requeue(job)
+                jobs.recover_stale_jobs(self.settings.heartbeat_timeout_s, worker_id=self.worker_id)
                 raise
             if is_out_of_memory(error):
                 if self._pipelines is not None:
@@ -188,28 +201,30 @@ class Worker:
                 message = f"{type(error).__name__}: {error}"
                 traceback.print_exc()
             logger.error("job %s (%s) failed: %s", job.id, job.kind, message)
-            jobs.fail(job.id, message)
-            self.stats.failed += 1
+            if self._still_mine(job.id):
+                jobs.fail(job.id, message)
+                self.stats.failed += 1
         finally:
             heartbeat_stop.set()
             heartbeat.join(timeout=5)
             self.current_job_id = None
         return jobs.get(job.id)
 
-    def _requeue(self, job) -> None:
-        requeue = getattr(self.services.jobs, "requeue", None)
-        if requeue is not None:
-            requeue(job.id, "worker stopped before the job finished")
-            self.stats.requeued += 1
-        else:
-            self.services.jobs.fail(job.id, "worker stopped before the job finished; enqueue it again")
-            self.stats.failed += 1
+    def _still_mine(self, job_id) -> bool:
+        job = self.services.jobs.get(job_id)
+        return job.status == "running" and job.worker_id == self.worker_id
 
-    def _heartbeat_loop(self, job_id, stop: threading.Event) -> None:
-        interval = self.settings.heartbeat_s
-        while not stop.wait(interval):
+    def _heartbeat_loop(self, job_id, stop: threading.Event, lost: threading.Event) -> None:
+        from studio.services.errors import ConflictError
+
+        while not stop.wait(self.settings.heartbeat_s):
             try:
                 self.services.jobs.heartbeat(job_id, self.worker_id)
+            except ConflictError:
+                # Recovered by another worker after our beats stopped (a long stall), or finished meanwhile.
+                if not stop.is_set():
+                    lost.set()
+                return
             except Exception:  # noqa: BLE001 - a missed beat is retried; the job itself reports real errors
                 logger.exception("heartbeat of job %s failed", job_id)
 

@@ -44,8 +44,9 @@ class RecordingAssets:
 def make_context(interval=0.5):
     jobs, clock = RecordingJobs(), FakeClock()
     services = SimpleNamespace(jobs=jobs, assets=RecordingAssets(), settings=None)
-    ctx = JobContext(services=services, job=SimpleNamespace(id=7), worker_id="w", progress_interval_s=interval,
-                     clock=clock)
+    ctx = JobContext(
+        services=services, job=SimpleNamespace(id=7), worker_id="w", progress_interval_s=interval, clock=clock
+    )
     return ctx, jobs, clock
 
 
