@@ -1,0 +1,97 @@
+"""Alembic migrations driven by our engine, run at every start; an existing database is backed up first.
+
+Backups: SQLite is copied with the sqlite3 online backup API (consistent even in WAL mode) to
+data_dir/backups/. For PostgreSQL we write a JSON dump of every table instead of calling pg_dump: pg_dump may be
+missing or of another major version than the server, while a JSON dump needs nothing but the connection we already
+have and is enough to recover the studio's rows (asset files are never touched by a migration).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, MetaData, inspect, select
+
+from studio.db.engine import create_database_engine, is_sqlite, sqlite_path
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = engine
+    return config
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(url: str, backup_dir: Path | None = None, revision: str = "head") -> Path | None:
+    """Bring the database at `url` to `revision`; returns the backup written (None if nothing needed one)."""
+    engine = create_database_engine(url)
+    try:
+        current = current_revision(engine)
+        target = head_revision() if revision == "head" else revision
+        if current == target:
+            return None
+        backup = None
+        has_tables = bool(inspect(engine).get_table_names())
+        if has_tables and backup_dir is not None:
+            backup = _backup(engine, url, backup_dir, current)
+        logger.info("migrating database from %s to %s", current, target)
+        command.upgrade(alembic_config(engine), revision)
+        return backup
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str, revision: str) -> None:
+    engine = create_database_engine(url)
+    try:
+        command.downgrade(alembic_config(engine), revision)
+    finally:
+        engine.dispose()
+
+
+def _backup(engine: Engine, url: str, backup_dir: Path, current: str | None) -> Path:
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    if is_sqlite(url):
+        source_path = sqlite_path(url)
+        target = backup_dir / f"studio-{stamp}-{current or 'unversioned'}.db"
+        source = sqlite3.connect(source_path)
+        destination = sqlite3.connect(target)
+        try:
+            source.backup(destination)
+        finally:
+            destination.close()
+            source.close()
+        logger.info("backed up %s to %s before migrating", source_path, target)
+        return target
+    target = backup_dir / f"studio-{stamp}-{current or 'unversioned'}.json"
+    metadata = MetaData()
+    metadata.reflect(engine)
+    dump: dict[str, list[dict]] = {}
+    with engine.connect() as connection:
+        for table in sorted(metadata.tables.values(), key=lambda t: t.name):
+            dump[table.name] = [dict(row._mapping) for row in connection.execute(select(table))]
+    target.write_text(json.dumps({"revision": current, "tables": dump}, default=str))
+    logger.info("wrote a JSON dump of the PostgreSQL database to %s before migrating (pg_dump is not used)", target)
+    return target

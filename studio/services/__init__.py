@@ -1,0 +1,59 @@
+"""Studio services: every read and write of the UI, CLI and worker goes through these (no gradio here).
+
+`build_services(settings)` migrates the database (backing it up first), sweeps orphan assets, and returns the
+`Services` bundle. Each service method is one unit of work and returns frozen views (`studio.services.views`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from studio.config import Settings
+from studio.db.engine import Database
+from studio.db.migrate import upgrade
+from studio.services.assets import AssetStore
+from studio.services.jobs import JobService
+from studio.services.projects import ProjectService
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    assets: AssetStore
+    projects: ProjectService
+    jobs: JobService
+    characters: object = None
+    storyboard: object = None
+    takes: object = None
+    exports: object = None
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def build_services(settings: Settings, migrate: bool = True, sweep: bool = True) -> Services:
+    """Open the studio's database and asset store; `migrate`/`sweep` are the start-up duties (on by default)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    if migrate:
+        backup = upgrade(url, backup_dir=settings.backups_dir)
+        if backup is not None:
+            logger.info("database backed up to %s before migrating", backup)
+    db = Database(url)
+    assets = AssetStore(db, settings.assets_dir, settings.upload_max_bytes, settings.image_max_pixels)
+    services = Services(
+        settings=settings,
+        db=db,
+        assets=assets,
+        projects=ProjectService(db, settings.model_preset),
+        jobs=JobService(db),
+    )
+    if sweep:
+        files, rows = assets.sweep_orphans()
+        if files or rows:
+            logger.warning("start-up sweep removed %d orphan files and %d rows without files", files, rows)
+    return services

@@ -1,0 +1,258 @@
+"""The job queue in the database: enqueue, atomic claim, progress, heartbeat, cancel, finish, fail, recovery.
+
+Claims are atomic across processes and machines: SQLite takes the write lock at BEGIN (BEGIN IMMEDIATE), so two
+claimers are serialised; PostgreSQL locks the chosen row with SELECT ... FOR UPDATE SKIP LOCKED, so concurrent
+claimers skip each other's rows instead of waiting. Order: priority (higher first), then first come first served.
+
+Status moves: queued -> running -> done | failed | cancelled; queued -> cancelled. A cancel of a running job only
+sets `cancel_requested`; the worker stops within a step and calls `mark_cancelled` (a late `finish` keeps it
+cancelled). A worker that died is found by `recover_stale_jobs` (no heartbeat for too long): the job is queued
+again until MAX_ATTEMPTS claims were used, then failed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from studio.db import models
+from studio.db.engine import Database
+from studio.db.models import JOB_KINDS, JOB_STATUSES, utcnow
+from studio.services.convert import job_view
+from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services.views import JobView
+
+MAX_ATTEMPTS = 3
+FINISHED_STATUSES = ("done", "failed", "cancelled")
+
+
+def _check_json(value: Any, what: str) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValidationError(f"{what} must be JSON data (dicts, lists, strings, numbers): {error}") from None
+
+
+class JobService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def enqueue(self, kind: str, payload: dict, project_id: int | None = None, priority: int = 0) -> JobView:
+        if kind not in JOB_KINDS:
+            raise ValidationError(f"unknown job kind {kind!r}; use one of: {', '.join(JOB_KINDS)}")
+        if not isinstance(payload, dict):
+            raise ValidationError("a job payload must be a dict")
+        _check_json(payload, "the job payload")
+        if not isinstance(priority, int) or not -1000 <= priority <= 1000:
+            raise ValidationError("priority must be an integer between -1000 and 1000")
+        with self.db.unit_of_work() as session:
+            if project_id is not None and session.get(models.Project, project_id) is None:
+                raise NotFoundError(f"project {project_id} does not exist")
+            job = models.Job(kind=kind, payload=payload, project_id=project_id, priority=priority, status="queued")
+            session.add(job)
+            session.flush()
+            return job_view(job)
+
+    def claim_next_job(self, worker_id: str, kinds: tuple[str, ...] | list[str] | None = None) -> JobView | None:
+        """Take the next queued job for `worker_id` (None when the queue is empty). Atomic across processes."""
+        if not worker_id:
+            raise ValidationError("a worker id is required to claim a job")
+        with self.db.unit_of_work(write_lock=True) as session:
+            query = select(models.Job).where(models.Job.status == "queued")
+            if kinds:
+                query = query.where(models.Job.kind.in_(list(kinds)))
+            query = query.order_by(models.Job.priority.desc(), models.Job.id).limit(1)
+            if self.db.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            job = session.scalars(query).first()
+            if job is None:
+                return None
+            now = utcnow()
+            job.status = "running"
+            job.worker_id = worker_id
+            job.started_at = now
+            job.heartbeat_at = now
+            job.attempts += 1
+            job.progress = 0.0
+            job.message = "started"
+            job.error = None
+            session.flush()
+            return job_view(job)
+
+    def report_progress(
+        self,
+        job_id: int,
+        fraction: float,
+        message: str = "",
+        step: int | None = None,
+        total: int | None = None,
+        eta_s: float | None = None,
+        preview_asset_id: int | None = None,
+    ) -> JobView:
+        if not isinstance(fraction, int | float) or math.isnan(fraction) or not 0.0 <= fraction <= 1.0:
+            raise ValidationError(f"progress must be a fraction between 0 and 1, got {fraction!r}")
+        with self.db.unit_of_work() as session:
+            job = self._running(session, job_id)
+            job.progress = float(fraction)
+            job.message = message
+            if step is not None:
+                job.step = step
+            if total is not None:
+                job.total_steps = total
+            job.eta_s = eta_s
+            if preview_asset_id is not None:
+                job.preview_asset_id = preview_asset_id
+            job.heartbeat_at = utcnow()
+            session.flush()
+            return job_view(job)
+
+    def heartbeat(self, job_id: int, worker_id: str) -> JobView:
+        """Prove the worker is alive; refused (ConflictError) when the job is no longer this worker's."""
+        with self.db.unit_of_work() as session:
+            job = self._running(session, job_id)
+            if job.worker_id != worker_id:
+                raise ConflictError(f"job {job_id} belongs to worker {job.worker_id!r}, not {worker_id!r}; stop it")
+            job.heartbeat_at = utcnow()
+            session.flush()
+            return job_view(job)
+
+    def request_cancel(self, job_id: int) -> JobView:
+        """Cancel a queued job now, or ask the worker to stop a running one (it stops within a step)."""
+        with self.db.unit_of_work() as session:
+            job = self._job(session, job_id)
+            if job.status in ("done", "failed"):
+                raise ConflictError(f"job {job_id} already {'finished' if job.status == 'done' else 'failed'}")
+            if job.status == "queued":
+                job.status = "cancelled"
+                job.finished_at = utcnow()
+                job.message = "cancelled before it started"
+            job.cancel_requested = True
+            session.flush()
+            return job_view(job)
+
+    def is_cancel_requested(self, job_id: int) -> bool:
+        with self.db.unit_of_work() as session:
+            return bool(self._job(session, job_id).cancel_requested)
+
+    def finish(self, job_id: int, result: dict) -> JobView:
+        if not isinstance(result, dict):
+            raise ValidationError("a job result must be a dict")
+        _check_json(result, "the job result")
+        with self.db.unit_of_work() as session:
+            job = self._job(session, job_id)
+            if job.status == "cancelled":
+                return job_view(job)
+            if job.status != "running":
+                raise ConflictError(f"job {job_id} is {job.status}, not running; it cannot finish")
+            job.status = "done"
+            job.result = result
+            job.progress = 1.0
+            job.message = "done"
+            job.eta_s = 0.0
+            job.finished_at = utcnow()
+            session.flush()
+            return job_view(job)
+
+    def fail(self, job_id: int, message: str) -> JobView:
+        with self.db.unit_of_work() as session:
+            job = self._job(session, job_id)
+            if job.status in ("cancelled", "failed"):
+                return job_view(job)
+            if job.status == "done":
+                raise ConflictError(f"job {job_id} already finished; it cannot fail")
+            job.status = "failed"
+            job.error = message
+            job.message = message
+            job.finished_at = utcnow()
+            session.flush()
+            return job_view(job)
+
+    def mark_cancelled(self, job_id: int) -> JobView:
+        with self.db.unit_of_work() as session:
+            job = self._job(session, job_id)
+            if job.status == "cancelled":
+                return job_view(job)
+            if job.status in ("done", "failed"):
+                raise ConflictError(f"job {job_id} is already {job.status}; it cannot be cancelled")
+            job.status = "cancelled"
+            job.cancel_requested = True
+            job.message = "cancelled"
+            job.finished_at = utcnow()
+            session.flush()
+            return job_view(job)
+
+    def get(self, job_id: int) -> JobView:
+        with self.db.unit_of_work() as session:
+            return job_view(self._job(session, job_id))
+
+    def list_jobs(self, status: str | None = None, project_id: int | None = None) -> list[JobView]:
+        """Newest first."""
+        if status is not None and status not in JOB_STATUSES:
+            raise ValidationError(f"unknown job status {status!r}; use one of: {', '.join(JOB_STATUSES)}")
+        with self.db.unit_of_work() as session:
+            query = select(models.Job).order_by(models.Job.id.desc())
+            if status is not None:
+                query = query.where(models.Job.status == status)
+            if project_id is not None:
+                query = query.where(models.Job.project_id == project_id)
+            return [job_view(j) for j in session.scalars(query)]
+
+    def recover_stale_jobs(self, heartbeat_timeout_s: float, worker_id: str | None = None) -> list[JobView]:
+        """Requeue (or fail, after MAX_ATTEMPTS) running jobs whose worker stopped heartbeating.
+
+        With `worker_id`, every running job of that worker is recovered whatever its heartbeat: a worker calls
+        this at start with its own id, since a job it held before a restart can no longer be running.
+        """
+        cutoff = utcnow() - timedelta(seconds=heartbeat_timeout_s)
+        with self.db.unit_of_work(write_lock=True) as session:
+            query = select(models.Job).where(models.Job.status == "running")
+            if worker_id is not None:
+                query = query.where(
+                    (models.Job.worker_id == worker_id)
+                    | (models.Job.heartbeat_at.is_(None))
+                    | (models.Job.heartbeat_at < cutoff)
+                )
+            else:
+                query = query.where((models.Job.heartbeat_at.is_(None)) | (models.Job.heartbeat_at < cutoff))
+            recovered = []
+            for job in session.scalars(query.order_by(models.Job.id)):
+                previous_worker = job.worker_id
+                if job.cancel_requested:
+                    job.status = "cancelled"
+                    job.message = "cancelled (its worker stopped)"
+                    job.finished_at = utcnow()
+                elif job.attempts >= MAX_ATTEMPTS:
+                    job.status = "failed"
+                    job.error = f"its worker stopped {job.attempts} times while running it"
+                    job.message = job.error
+                    job.finished_at = utcnow()
+                else:
+                    job.status = "queued"
+                    job.message = f"requeued: worker {previous_worker} stopped responding"
+                    job.worker_id = None
+                    job.started_at = None
+                    job.progress = 0.0
+                    job.step = None
+                    job.eta_s = None
+                recovered.append(job)
+            session.flush()
+            return [job_view(j) for j in recovered]
+
+    # Internals ---------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _job(session, job_id: int) -> models.Job:
+        job = session.get(models.Job, job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id} does not exist")
+        return job
+
+    def _running(self, session, job_id: int) -> models.Job:
+        job = self._job(session, job_id)
+        if job.status != "running":
+            raise ConflictError(f"job {job_id} is {job.status}, not running")
+        return job

@@ -1,0 +1,165 @@
+"""Projects: name and generation settings (preset, size, fps, steps, guidance, negative prompt); bin and restore."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from studio.db import models
+from studio.db.engine import Database
+from studio.db.models import utcnow
+from studio.services import validation as check
+from studio.services.convert import project_view
+from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services.views import ProjectView
+
+SETTINGS_FIELDS = ("preset", "width", "height", "fps", "steps", "guidance", "negative_prompt")
+
+
+def _validated_settings(values: dict, preset_name: str) -> dict:
+    preset = check.preset_of(preset_name)
+    out: dict = {"preset": preset.name}
+    if "width" in values:
+        out["width"] = check.side(values["width"], "width", preset)
+    if "height" in values:
+        out["height"] = check.side(values["height"], "height", preset)
+    if "fps" in values:
+        out["fps"] = check.integer(values["fps"], "fps", 1, 120)
+    if "steps" in values:
+        out["steps"] = check.integer(values["steps"], "steps", 1, 1000)
+    if "guidance" in values:
+        out["guidance"] = check.number(values["guidance"], "guidance", 0.0, 50.0)
+    if "negative_prompt" in values:
+        out["negative_prompt"] = check.caption(values["negative_prompt"], "negative prompt", allow_empty=True)
+    return out
+
+
+class ProjectService:
+    def __init__(self, db: Database, default_preset: str) -> None:
+        self.db = db
+        self.default_preset = default_preset
+
+    def create(self, name: str, preset: str | None = None, **settings_fields) -> ProjectView:
+        unknown = set(settings_fields) - set(SETTINGS_FIELDS)
+        if unknown:
+            raise ValidationError(f"unknown project setting(s) {', '.join(sorted(unknown))}; use {SETTINGS_FIELDS}")
+        project_name = check.name(name, "project name", check.MAX_PROJECT_NAME_CHARS)
+        model = check.preset_of(preset or self.default_preset)
+        values = {
+            "width": model.width,
+            "height": model.height,
+            "fps": model.fps,
+            "steps": model.num_inference_steps,
+            "guidance": model.guidance_scale,
+            "negative_prompt": model.default_negative_prompt,
+            **{k: v for k, v in settings_fields.items() if v is not None},
+        }
+        fields = _validated_settings(values, model.name)
+        with self.db.unit_of_work() as session:
+            self._check_name_free(session, project_name)
+            project = models.Project(name=project_name, **fields)
+            session.add(project)
+            session.flush()
+            return project_view(project)
+
+    def list(self, include_binned: bool = False) -> list[ProjectView]:
+        with self.db.unit_of_work() as session:
+            query = select(models.Project).order_by(models.Project.name)
+            if not include_binned:
+                query = query.where(models.Project.deleted_at.is_(None))
+            return [project_view(p) for p in session.scalars(query)]
+
+    def get(self, project_id: int) -> ProjectView:
+        with self.db.unit_of_work() as session:
+            return project_view(self._project(session, project_id))
+
+    def get_by_name(self, name: str) -> ProjectView:
+        with self.db.unit_of_work() as session:
+            project = session.scalar(select(models.Project).where(models.Project.name == " ".join(name.split())))
+            if project is None:
+                raise NotFoundError(f"no project named {name!r}; `python -m studio project list` shows them")
+            return project_view(project)
+
+    def find(self, name_or_id: str | int) -> ProjectView:
+        """By id (an int or digits) or by name: what the CLI accepts."""
+        if isinstance(name_or_id, int) or str(name_or_id).isdigit():
+            try:
+                return self.get(int(name_or_id))
+            except NotFoundError:
+                if isinstance(name_or_id, int):
+                    raise
+        return self.get_by_name(str(name_or_id))
+
+    def rename(self, project_id: int, name: str) -> ProjectView:
+        project_name = check.name(name, "project name", check.MAX_PROJECT_NAME_CHARS)
+        with self.db.unit_of_work() as session:
+            project = self._project(session, project_id)
+            if project.name != project_name:
+                self._check_name_free(session, project_name)
+                project.name = project_name
+            session.flush()
+            return project_view(project)
+
+    def update_settings(self, project_id: int, **fields) -> ProjectView:
+        unknown = set(fields) - set(SETTINGS_FIELDS)
+        if unknown:
+            raise ValidationError(f"unknown project setting(s) {', '.join(sorted(unknown))}; use {SETTINGS_FIELDS}")
+        with self.db.unit_of_work() as session:
+            project = self._project(session, project_id)
+            preset_name = fields.get("preset") or project.preset
+            merged = {"width": project.width, "height": project.height, **{k: v for k, v in fields.items()}}
+            values = _validated_settings(merged, preset_name)
+            if values["preset"] != project.preset:
+                self._check_shots_fit(session, project, preset_name)
+            for key, value in values.items():
+                if getattr(project, key) != value:
+                    setattr(project, key, value)
+            session.flush()
+            return project_view(project)
+
+    def delete(self, project_id: int) -> ProjectView:
+        """Move to the bin (nothing is removed; `restore` brings it back)."""
+        with self.db.unit_of_work() as session:
+            project = self._project(session, project_id)
+            if project.deleted_at is None:
+                project.deleted_at = utcnow()
+            session.flush()
+            return project_view(project)
+
+    def restore(self, project_id: int) -> ProjectView:
+        with self.db.unit_of_work() as session:
+            project = self._project(session, project_id)
+            project.deleted_at = None
+            session.flush()
+            return project_view(project)
+
+    # Internals ---------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _project(session, project_id: int) -> models.Project:
+        project = session.get(models.Project, project_id)
+        if project is None:
+            raise NotFoundError(f"project {project_id} does not exist")
+        return project
+
+    @staticmethod
+    def _check_name_free(session, name: str) -> None:
+        taken = session.scalar(
+            select(func.count()).select_from(models.Project).where(func.lower(models.Project.name) == name.lower())
+        )
+        if taken:
+            raise ConflictError(f"a project named {name!r} already exists (perhaps in the bin); choose another name")
+
+    @staticmethod
+    def _check_shots_fit(session, project: models.Project, preset_name: str) -> None:
+        preset = check.preset_of(preset_name)
+        bad = session.scalars(
+            select(models.Shot.num_frames)
+            .join(models.Scene)
+            .where(models.Scene.project_id == project.id, models.Shot.deleted_at.is_(None))
+            .where((models.Shot.num_frames < preset.min_frames) | (models.Shot.num_frames > preset.max_frames))
+        ).all()
+        if bad:
+            raise ValidationError(
+                f"{len(bad)} shot(s) have frame counts outside {preset.min_frames}..{preset.max_frames} of preset "
+                f"{preset.name}; change their frames first"
+            )

@@ -1,0 +1,172 @@
+"""Engine rules and migrations, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import func, inspect, select, text
+
+from studio.db import models
+from studio.db.engine import Database
+from studio.db.migrate import alembic_config, current_revision, downgrade, head_revision, upgrade
+
+ALL_TABLES = {
+    "assets",
+    "projects",
+    "characters",
+    "reference_images",
+    "adapters",
+    "scenes",
+    "shots",
+    "shot_characters",
+    "takes",
+    "jobs",
+    "exports",
+    "alembic_version",
+}
+REVISIONS = [r.revision for r in reversed(list(ScriptDirectory.from_config(alembic_config()).walk_revisions()))]
+
+
+def test_sqlite_connections_have_wal_foreign_keys_and_busy_timeout(sqlite_url):
+    db = Database(sqlite_url)
+    try:
+        for _ in range(2):  # every pooled connection, not only the first
+            with db.engine.connect() as connection:
+                assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+                assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    finally:
+        db.dispose()
+
+
+def test_migrations_create_exactly_the_models(db_url):
+    upgrade(db_url)
+    db = Database(db_url)
+    try:
+        assert set(inspect(db.engine).get_table_names()) == ALL_TABLES
+        with db.engine.connect() as connection:
+            differences = compare_metadata(
+                MigrationContext.configure(connection, opts={"compare_type": True}), models.Base.metadata
+            )
+        assert differences == []
+        assert current_revision(db.engine) == head_revision()
+    finally:
+        db.dispose()
+
+
+def test_foreign_keys_are_enforced(db_url):
+    upgrade(db_url)
+    db = Database(db_url)
+    try:
+        with pytest.raises(Exception, match="(?i)foreign key"):
+            with db.unit_of_work() as session:
+                session.add(models.Scene(project_id=12345, position=0, caption=""))
+    finally:
+        db.dispose()
+
+
+def _populate(db: Database) -> dict[str, int]:
+    with db.unit_of_work() as session:
+        asset = models.Asset(sha256="a" * 64, kind="video", mime="video/mp4", size_bytes=3)
+        project = models.Project(name="P", preset="demo", width=64, height=64, fps=8, steps=2, guidance=3.0)
+        session.add_all([asset, project])
+        session.flush()
+        character = models.Character(project_id=project.id, name="Mara", trigger="<mara>")
+        scene = models.Scene(project_id=project.id, position=0, caption="coast")
+        session.add_all([character, scene])
+        session.flush()
+        shot = models.Shot(scene_id=scene.id, position=0, caption="wide", num_frames=17, characters=[character])
+        job = models.Job(kind="generate_scene", payload={"scene_id": scene.id})
+        session.add_all([shot, job])
+        session.flush()
+        take = models.Take(
+            shot_id=shot.id, number=1, job_id=job.id, video_asset_id=asset.id, thumbnail_asset_id=asset.id, seed=7
+        )
+        session.add(take)
+        session.flush()
+        shot.chosen_take_id = take.id
+    with db.engine.connect() as connection:
+        return {
+            table: connection.execute(select(func.count()).select_from(text(table))).scalar()
+            for table in ALL_TABLES - {"alembic_version"}
+        }
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_each_migration_on_empty_database(db_url, revision):
+    upgrade(db_url, revision=revision)
+    db = Database(db_url)
+    try:
+        assert current_revision(db.engine) == revision
+    finally:
+        db.dispose()
+    upgrade(db_url)  # and on to head from there
+    downgrade(db_url, "base")
+    db = Database(db_url)
+    try:
+        assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_each_migration_on_populated_database_keeps_rows(db_url, revision, tmp_path):
+    index = REVISIONS.index(revision)
+    if index == 0:
+        # The first revision runs on an empty database by definition; populate right after it and re-run head.
+        upgrade(db_url, revision=revision)
+    else:
+        upgrade(db_url, revision=REVISIONS[index - 1])
+    db = Database(db_url)
+    try:
+        counts = _populate(db) if index == 0 else None
+    finally:
+        db.dispose()
+    backup = upgrade(db_url, backup_dir=tmp_path / "backups")
+    db = Database(db_url)
+    try:
+        with db.engine.connect() as connection:
+            after = {
+                table: connection.execute(select(func.count()).select_from(text(table))).scalar()
+                for table in ALL_TABLES - {"alembic_version"}
+            }
+        if counts is not None:
+            assert after == counts
+            assert after["takes"] == 1 and after["shot_characters"] == 1
+        assert current_revision(db.engine) == head_revision()
+    finally:
+        db.dispose()
+    if index == len(REVISIONS) - 1 and index == 0:
+        assert backup is None  # already at head: nothing migrated, nothing backed up
+
+
+def test_backup_is_written_before_a_migration_runs(db_url, tmp_path):
+    """A database that needs migrating is backed up first, so even a migration that breaks leaves a copy."""
+    upgrade(db_url, revision=REVISIONS[0])
+    db = Database(db_url)
+    try:
+        _populate(db)
+        # Forget the revision: upgrade now believes every migration is pending (and the first one will fail,
+        # because its tables exist). The backup must already be on disk when it fails.
+        with db.unit_of_work() as session:
+            session.execute(text("DELETE FROM alembic_version"))
+    finally:
+        db.dispose()
+    with pytest.raises(Exception, match="(?i)already exists"):
+        upgrade(db_url, backup_dir=tmp_path / "backups")
+    backups = list((tmp_path / "backups").iterdir())
+    assert len(backups) == 1
+    if db_url.startswith("sqlite"):
+        assert backups[0].suffix == ".db"
+        with sqlite3.connect(backups[0]) as connection:
+            assert connection.execute("SELECT count(*) FROM projects").fetchone()[0] == 1
+            assert connection.execute("SELECT count(*) FROM takes").fetchone()[0] == 1
+    else:
+        dump = json.loads(backups[0].read_text())
+        assert len(dump["tables"]["projects"]) == 1
+        assert dump["tables"]["takes"][0]["seed"] == 7

@@ -1,0 +1,176 @@
+"""Job queue: lifecycle, ordering, cancel rules, stale recovery, and two processes claiming at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import timedelta
+
+import pytest
+
+from studio.db import models
+from studio.db.models import utcnow
+from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services.jobs import MAX_ATTEMPTS
+
+
+def test_lifecycle_enqueue_claim_progress_finish(services):
+    job = services.jobs.enqueue("generate_scene", {"scene_id": 1, "shots": [1, 2]})
+    assert (job.status, job.progress, job.attempts, job.worker_id) == ("queued", 0.0, 0, None)
+    claimed = services.jobs.claim_next_job("worker-a")
+    assert claimed.id == job.id
+    assert (claimed.status, claimed.worker_id, claimed.attempts) == ("running", "worker-a", 1)
+    assert claimed.started_at is not None and claimed.heartbeat_at is not None
+    assert services.jobs.claim_next_job("worker-b") is None
+
+    progressed = services.jobs.report_progress(job.id, 0.25, "step 5/20", step=5, total=20, eta_s=12.5)
+    assert (progressed.progress, progressed.step, progressed.total_steps, progressed.eta_s) == (0.25, 5, 20, 12.5)
+    assert progressed.message == "step 5/20"
+    done = services.jobs.finish(job.id, {"take_ids": [3, 4]})
+    assert (done.status, done.progress, done.result) == ("done", 1.0, {"take_ids": [3, 4]})
+    assert done.finished_at is not None and done.is_finished
+    with pytest.raises(ConflictError, match="not running"):
+        services.jobs.report_progress(job.id, 0.5)
+    with pytest.raises(ConflictError, match="already finished"):
+        services.jobs.request_cancel(job.id)
+
+
+def test_claim_order_is_priority_then_fifo_and_filters_kinds(services):
+    low = services.jobs.enqueue("export_film", {}, priority=0)
+    high = services.jobs.enqueue("regenerate_shot", {}, priority=5)
+    low2 = services.jobs.enqueue("generate_scene", {}, priority=0)
+    train = services.jobs.enqueue("train_adapter", {}, priority=9)
+    assert services.jobs.claim_next_job("w", kinds=["generate_scene", "regenerate_shot", "export_film"]).id == high.id
+    assert services.jobs.claim_next_job("w").id == train.id
+    assert services.jobs.claim_next_job("w").id == low.id
+    assert services.jobs.claim_next_job("w").id == low2.id
+    assert services.jobs.claim_next_job("w") is None
+
+
+def test_cancel_queued_is_immediate_and_running_is_cooperative(services):
+    queued = services.jobs.enqueue("generate_scene", {})
+    cancelled = services.jobs.request_cancel(queued.id)
+    assert cancelled.status == "cancelled" and cancelled.cancel_requested
+    assert services.jobs.claim_next_job("w") is None
+
+    running = services.jobs.enqueue("generate_scene", {})
+    services.jobs.claim_next_job("w")
+    assert not services.jobs.is_cancel_requested(running.id)
+    assert services.jobs.request_cancel(running.id).status == "running"
+    assert services.jobs.is_cancel_requested(running.id)
+    # The worker may race to finish: a cancelled job stays cancelled.
+    assert services.jobs.mark_cancelled(running.id).status == "cancelled"
+    finished = services.jobs.finish(running.id, {"late": True})
+    assert finished.status == "cancelled" and finished.result is None
+    assert services.jobs.fail(running.id, "late failure").status == "cancelled"
+
+
+def test_fail_records_the_message(services):
+    job = services.jobs.enqueue("train_adapter", {"character_id": 1})
+    services.jobs.claim_next_job("w")
+    failed = services.jobs.fail(job.id, "out of memory: lower the resolution")
+    assert (failed.status, failed.error) == ("failed", "out of memory: lower the resolution")
+    with pytest.raises(ConflictError):
+        services.jobs.finish(job.id, {})
+
+
+def test_heartbeat_refused_for_another_worker(services):
+    job = services.jobs.enqueue("generate_scene", {})
+    services.jobs.claim_next_job("w1")
+    assert services.jobs.heartbeat(job.id, "w1").heartbeat_at is not None
+    with pytest.raises(ConflictError, match="belongs to worker 'w1'"):
+        services.jobs.heartbeat(job.id, "w2")
+
+
+def test_bad_requests_are_refused(services):
+    with pytest.raises(ValidationError, match="unknown job kind 'paint'"):
+        services.jobs.enqueue("paint", {})
+    with pytest.raises(ValidationError, match="JSON"):
+        services.jobs.enqueue("generate_scene", {"x": object()})
+    with pytest.raises(NotFoundError, match="project 999"):
+        services.jobs.enqueue("generate_scene", {}, project_id=999)
+    with pytest.raises(NotFoundError, match="job 42"):
+        services.jobs.get(42)
+    job = services.jobs.enqueue("generate_scene", {})
+    services.jobs.claim_next_job("w")
+    with pytest.raises(ValidationError, match="between 0 and 1"):
+        services.jobs.report_progress(job.id, 1.5)
+    with pytest.raises(ValidationError, match="unknown job status"):
+        services.jobs.list_jobs(status="sleeping")
+
+
+def _age_heartbeat(services, job_id: int, seconds: float) -> None:
+    with services.db.unit_of_work() as session:
+        session.get(models.Job, job_id).heartbeat_at = utcnow() - timedelta(seconds=seconds)
+
+
+def test_stale_jobs_are_requeued_then_failed_after_max_attempts(services):
+    job = services.jobs.enqueue("generate_scene", {})
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        claimed = services.jobs.claim_next_job(f"w{attempt}")
+        assert claimed.attempts == attempt
+        assert services.jobs.recover_stale_jobs(60) == []  # fresh heartbeat: left alone
+        _age_heartbeat(services, job.id, 120)
+        [recovered] = services.jobs.recover_stale_jobs(60)
+        expected = "queued" if attempt < MAX_ATTEMPTS else "failed"
+        assert recovered.status == expected
+    assert "stopped 3 times" in services.jobs.get(job.id).error
+
+
+def test_restarting_worker_recovers_its_own_jobs_at_once(services):
+    mine = services.jobs.enqueue("generate_scene", {})
+    other = services.jobs.enqueue("generate_scene", {})
+    services.jobs.claim_next_job("local")
+    services.jobs.claim_next_job("remote")
+    recovered = services.jobs.recover_stale_jobs(60, worker_id="local")
+    assert [j.id for j in recovered] == [mine.id]
+    assert services.jobs.get(other.id).status == "running"
+    # A job whose cancel was asked while its worker died ends cancelled, not requeued.
+    again = services.jobs.claim_next_job("local")
+    assert again.id == mine.id and again.attempts == 2
+    services.jobs.request_cancel(mine.id)
+    [recovered] = services.jobs.recover_stale_jobs(60, worker_id="local")
+    assert (recovered.id, recovered.status) == (mine.id, "cancelled")
+
+
+def test_list_jobs_newest_first_with_filters(services):
+    project = services.projects.create("Jobs")
+    a = services.jobs.enqueue("generate_scene", {}, project_id=project.id)
+    b = services.jobs.enqueue("export_film", {})
+    services.jobs.request_cancel(b.id)
+    assert [j.id for j in services.jobs.list_jobs()] == [b.id, a.id]
+    assert [j.id for j in services.jobs.list_jobs(status="queued")] == [a.id]
+    assert [j.id for j in services.jobs.list_jobs(project_id=project.id)] == [a.id]
+
+
+def _claim_all(url: str, worker_id: str, start, results) -> None:
+    from studio.db.engine import Database
+    from studio.services.jobs import JobService
+
+    db = Database(url)
+    jobs = JobService(db)
+    claimed = []
+    start.wait()
+    while (job := jobs.claim_next_job(worker_id)) is not None:
+        claimed.append(job.id)
+    db.dispose()
+    results.put((worker_id, claimed))
+
+
+def test_two_processes_never_claim_the_same_job(services):
+    total = 60
+    ids = {services.jobs.enqueue("generate_scene", {"n": n}).id for n in range(total)}
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    results = context.Queue()
+    workers = [context.Process(target=_claim_all, args=(services.db.url, f"p{n}", start, results)) for n in range(2)]
+    for process in workers:
+        process.start()
+    start.set()
+    claimed = dict(results.get(timeout=120) for _ in workers)
+    for process in workers:
+        process.join(timeout=30)
+    first, second = claimed["p0"], claimed["p1"]
+    assert set(first).isdisjoint(second)
+    assert set(first) | set(second) == ids
+    assert len(first) + len(second) == total
+    assert {j.worker_id for j in services.jobs.list_jobs(status="running")} <= {"p0", "p1"}
