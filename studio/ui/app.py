@@ -1,0 +1,988 @@
+"""The studio's web UI (Gradio 6). `build_app(services)` builds the page; `launch_studio(services)` serves it safely.
+
+The UI only calls services: every handler reads the current state from them and applies one service call per user
+action; nothing about the storyboard is kept in `gr.State` (only the open project id, the shot whose takes are shown
+and the selected shot ids of this browser tab). Service refusals reach the page as readable messages (`gr.Error`
+toasts or the status line), never as stack traces; the page stays usable.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pipelines.registry import PRESETS, get_preset
+from studio.services.errors import ConflictError, ServiceError
+from studio.ui import storyboard as edits
+from studio.ui.panels import (
+    PANEL_CSS,
+    ActionPanel,
+    characters_html,
+    esc,
+    exports_html,
+    jobs_html,
+    references_html,
+    takes_html,
+)
+from studio.ui.security import security_launch_kwargs
+from studio.ui.timeline import Timeline, timeline_model
+
+logger = logging.getLogger(__name__)
+
+SHOT_SIZES = ["", "extreme wide", "wide", "full", "medium", "medium close-up", "close-up", "extreme close-up"]
+CAMERA_MOVES = [
+    "",
+    "static",
+    "pan left",
+    "pan right",
+    "tilt up",
+    "tilt down",
+    "dolly in",
+    "dolly out",
+    "tracking",
+    "handheld",
+    "crane up",
+    "crane down",
+    "orbit",
+]
+TRANSITIONS = ["cut", "dissolve", "fade"]
+TICK_SECONDS = 1.0
+PAGE_CSS = (
+    PANEL_CSS
+    + """
+#sl-status { min-height: 1.5em; }
+"""
+)
+
+
+class StudioBlocks(gr.Blocks):
+    """`gr.Blocks` whose `launch()` applies the studio's security defaults (DESIGN.md 8) unless told otherwise."""
+
+    studio_services: Any = None
+
+    def launch(self, **kwargs: Any):  # type: ignore[override]
+        if self.studio_services is not None:
+            defaults = security_launch_kwargs(self.studio_services)
+            if "share" in kwargs and kwargs["share"]:
+                raise ValueError("the studio never opens a share link; expose it with --host and --auth instead")
+            for key, value in defaults.items():
+                kwargs.setdefault(key, value)
+            kwargs.setdefault("ssr_mode", False)
+            kwargs.setdefault("favicon_path", None)
+        return super().launch(**kwargs)
+
+
+def launch_studio(services: Any, **kwargs: Any):
+    """Build and serve the studio on the settings' host and port (blocks unless prevent_thread_lock=True)."""
+    app = build_app(services)
+    return app.launch(**kwargs)
+
+
+def guarded(fn: Callable) -> Callable:
+    """Turn service refusals into a readable toast and anything unexpected into a short message (trace in the log)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except ServiceError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:
+            logger.exception("UI handler %s failed", fn.__name__)
+            raise gr.Error(
+                f"Something went wrong ({type(error).__name__}: {error}); the server log has details.",
+                print_exception=False,
+            ) from None
+
+    return wrapper
+
+
+def _require_project(project_id: int | None) -> int:
+    if project_id is None:
+        raise gr.Error("Open or create a project first (Projects tab).", print_exception=False)
+    return int(project_id)
+
+
+def _preset_text(name: str) -> str:
+    try:
+        preset = get_preset(name)
+    except Exception:
+        return ""
+    return (
+        f"**{esc(preset.name)}**: {esc(preset.description)}  \nDefaults: {preset.width}×{preset.height}, "
+        f"{preset.fps} fps, {preset.num_inference_steps} steps, guidance {preset.guidance_scale}, "
+        f"shots of {preset.min_frames}–{preset.max_frames} frames (new shot: {preset.default_frames})"
+    )
+
+
+def _file_path(item: Any) -> Path:
+    if isinstance(item, str | Path):
+        return Path(item)
+    return Path(getattr(item, "path", None) or getattr(item, "name", None) or item["path"])
+
+
+def build_app(services: Any) -> gr.Blocks:
+    """The whole studio page: Projects, Characters, Storyboard, Export tabs and the job queue."""
+    s = services
+    with StudioBlocks(title="Shotline studio", css=PAGE_CSS, analytics_enabled=False) as app:
+        app.studio_services = services
+        project_state = gr.State(None)
+        selected_state = gr.State([])
+        open_shot_state = gr.State(None)
+        character_state = gr.State(None)
+
+        with gr.Row():
+            gr.Markdown("## Shotline studio")
+            project_title = gr.Markdown("No project open", elem_id="sl-project-title")
+        status = gr.Markdown("", elem_id="sl-status")
+        timer = gr.Timer(TICK_SECONDS, active=False)
+
+        with gr.Tabs():
+            # ---------------------------------------------------------------- Projects
+            with gr.Tab("Projects", id="projects"):
+                with gr.Row():
+                    project_pick = gr.Dropdown(
+                        label="Project", choices=[], interactive=True, elem_id="sl-project-pick"
+                    )
+                    open_button = gr.Button("Open", elem_id="sl-open-project")
+                with gr.Row():
+                    new_name = gr.Textbox(label="New project name", elem_id="sl-new-project-name")
+                    new_preset = gr.Dropdown(
+                        label="Model preset",
+                        choices=list(PRESETS),
+                        value=s.settings.model_preset,
+                        elem_id="sl-new-project-preset",
+                    )
+                    create_button = gr.Button("Create project", variant="primary", elem_id="sl-create-project")
+                with gr.Accordion("Rename, delete, restore", open=False):
+                    with gr.Row():
+                        rename_box = gr.Textbox(label="New name", elem_id="sl-rename-box")
+                        rename_button = gr.Button("Rename", elem_id="sl-rename-project")
+                        delete_project_button = gr.Button(
+                            "Delete (to bin)", variant="stop", elem_id="sl-delete-project"
+                        )
+                    with gr.Row():
+                        bin_pick = gr.Dropdown(label="Projects in the bin", choices=[], elem_id="sl-project-bin")
+                        restore_project_button = gr.Button("Restore", elem_id="sl-restore-project")
+                gr.Markdown("### Settings")
+                preset_info = gr.Markdown(_preset_text(s.settings.model_preset), elem_id="sl-preset-info")
+                with gr.Row():
+                    set_preset = gr.Dropdown(label="Preset", choices=list(PRESETS), elem_id="sl-set-preset")
+                    set_width = gr.Number(label="Width", precision=0, elem_id="sl-set-width")
+                    set_height = gr.Number(label="Height", precision=0, elem_id="sl-set-height")
+                    set_fps = gr.Number(label="FPS", precision=0, elem_id="sl-set-fps")
+                    set_steps = gr.Number(label="Steps", precision=0, elem_id="sl-set-steps")
+                    set_guidance = gr.Number(label="Guidance", elem_id="sl-set-guidance")
+                set_negative = gr.Textbox(label="Negative prompt", elem_id="sl-set-negative")
+                save_settings_button = gr.Button("Save settings", elem_id="sl-save-settings")
+                gr.Markdown("### Storyboard file")
+                with gr.Row():
+                    import_file = gr.File(
+                        label="Storyboard YAML", file_types=[".yaml", ".yml"], elem_id="sl-import-file"
+                    )
+                    import_refs = gr.File(
+                        label="Reference images it names (optional)",
+                        file_count="multiple",
+                        file_types=["image"],
+                        elem_id="sl-import-refs",
+                    )
+                with gr.Row():
+                    import_button = gr.Button("Import storyboard", elem_id="sl-import")
+                    export_sb_button = gr.Button("Export storyboard file", elem_id="sl-export-storyboard")
+                storyboard_download = gr.File(label="Storyboard file", interactive=False, elem_id="sl-storyboard-file")
+
+            # ---------------------------------------------------------------- Characters
+            with gr.Tab("Characters", id="characters"):
+                characters_panel = ActionPanel("", elem_id="sl-characters")
+                with gr.Row():
+                    char_new_name = gr.Textbox(label="New character name", elem_id="sl-char-new-name")
+                    char_new_description = gr.Textbox(label="Description", elem_id="sl-char-new-description")
+                    char_create_button = gr.Button("Add character", elem_id="sl-char-create")
+                with gr.Group(visible=False) as character_group:
+                    character_title = gr.Markdown("", elem_id="sl-char-title")
+                    with gr.Row():
+                        char_name = gr.Textbox(label="Name", elem_id="sl-char-name")
+                        char_trigger = gr.Textbox(label="Trigger token", elem_id="sl-char-trigger")
+                        char_description = gr.Textbox(label="Description", elem_id="sl-char-description")
+                    with gr.Row():
+                        char_save_button = gr.Button("Save character", elem_id="sl-char-save")
+                        char_delete_button = gr.Button("Delete character", variant="stop", elem_id="sl-char-delete")
+                    ref_upload = gr.File(
+                        label="Upload references (several at once)",
+                        file_count="multiple",
+                        file_types=["image"],
+                        elem_id="sl-ref-upload",
+                    )
+                    references_panel = ActionPanel("", elem_id="sl-references")
+                    with gr.Row():
+                        adapter_kind = gr.Radio(
+                            ["lora", "embedding"], value="lora", label="Adapter", elem_id="sl-adapter-kind"
+                        )
+                        train_button = gr.Button("Train", variant="primary", elem_id="sl-train")
+                    adapter_status = gr.Markdown("", elem_id="sl-adapter-status")
+                    loss_plot = gr.LinePlot(
+                        x="step", y="loss", title="Training loss", height=220, elem_id="sl-loss-plot"
+                    )
+                    identity_table = gr.Dataframe(
+                        headers=["shot", "take", "score"],
+                        label="Identity of recent takes",
+                        interactive=False,
+                        elem_id="sl-identity",
+                    )
+
+            # ---------------------------------------------------------------- Storyboard
+            with gr.Tab("Storyboard", id="storyboard"):
+                with gr.Row():
+                    scene_caption_new = gr.Textbox(label="New scene caption", scale=4, elem_id="sl-new-scene-caption")
+                    add_scene_button = gr.Button("Add scene", scale=1, elem_id="sl-add-scene")
+                    generate_selected_button = gr.Button(
+                        "Generate selected shots", variant="primary", scale=1, elem_id="sl-generate-selected"
+                    )
+                timeline = Timeline(None, elem_id="sl-timeline")
+                with gr.Accordion("Selected shot", open=True):
+                    shot_title = gr.Markdown("No shot open: click “Takes” on a card.", elem_id="sl-shot-title")
+                    with gr.Row():
+                        shot_caption = gr.Textbox(label="Caption", scale=3, elem_id="sl-shot-caption")
+                        shot_characters = gr.CheckboxGroup(
+                            label="Characters", choices=[], scale=2, elem_id="sl-shot-characters"
+                        )
+                    with gr.Row():
+                        shot_frames = gr.Number(label="Frames", precision=0, elem_id="sl-shot-frames")
+                        shot_size = gr.Dropdown(
+                            SHOT_SIZES, label="Shot size", allow_custom_value=True, elem_id="sl-shot-size"
+                        )
+                        shot_camera = gr.Dropdown(
+                            CAMERA_MOVES, label="Camera move", allow_custom_value=True, elem_id="sl-shot-camera"
+                        )
+                        shot_transition = gr.Dropdown(TRANSITIONS, label="Transition in", elem_id="sl-shot-transition")
+                        shot_transition_s = gr.Number(label="Transition seconds", elem_id="sl-shot-transition-s")
+                        shot_seed = gr.Number(label="Seed (empty = random)", precision=0, elem_id="sl-shot-seed")
+                    with gr.Row():
+                        save_shot_button = gr.Button("Save shot", elem_id="sl-save-shot")
+                        move_scene_pick = gr.Dropdown(label="Move to scene", choices=[], elem_id="sl-move-scene")
+                        move_scene_button = gr.Button("Move", elem_id="sl-move-shot")
+                    with gr.Row():
+                        regen_seed_button = gr.Button("Regenerate (new seed)", elem_id="sl-regen-seed")
+                        regen_caption_button = gr.Button("Regenerate with this caption", elem_id="sl-regen-caption")
+                    takes_panel = ActionPanel(takes_html(None, []), elem_id="sl-takes")
+
+            # ---------------------------------------------------------------- Export
+            with gr.Tab("Export", id="export"):
+                with gr.Row():
+                    export_music = gr.File(
+                        label="Music track (optional)", file_types=["audio"], elem_id="sl-export-music"
+                    )
+                    export_bundle = gr.Checkbox(
+                        label="Also write the project bundle (zip)", value=True, elem_id="sl-export-bundle"
+                    )
+                    export_button = gr.Button("Export film", variant="primary", elem_id="sl-export")
+                exports_panel = ActionPanel("", elem_id="sl-exports")
+
+        with gr.Accordion("Jobs", open=True):
+            show_preview = gr.Checkbox(label="Show preview frames", value=True, elem_id="sl-show-preview")
+            jobs_panel = ActionPanel(jobs_html([]), elem_id="sl-jobs")
+
+        # ==================================================================== handlers
+        def project_choices(current: int | None = None):
+            live = s.projects.list()
+            binned = [p for p in s.projects.list(include_binned=True) if p.in_bin]
+            pick = gr.update(choices=[(p.name, p.id) for p in live], value=current)
+            bin_update = gr.update(choices=[(p.name, p.id) for p in binned], value=None)
+            return pick, bin_update
+
+        def project_outputs(project_id: int | None):
+            """Everything that depends on which project is open."""
+            pick, bin_update = project_choices(project_id)
+            if project_id is None:
+                empty = gr.update(value=None)
+                return (
+                    None,
+                    "No project open",
+                    pick,
+                    bin_update,
+                    empty,
+                    empty,
+                    empty,
+                    empty,
+                    empty,
+                    empty,
+                    empty,
+                    "",
+                    None,
+                    [],
+                    None,
+                    characters_html([], {}),
+                    "",
+                    jobs_html([]),
+                    gr.update(choices=[]),
+                    gr.update(choices=[]),
+                    gr.update(active=False),
+                )
+            project = s.projects.get(project_id)
+            chars = s.characters.list(project_id)
+            return (
+                project_id,
+                f"**Project:** {esc(project.name)} ({esc(project.preset)})",
+                pick,
+                bin_update,
+                project.preset,
+                project.width,
+                project.height,
+                project.fps,
+                project.steps,
+                project.guidance,
+                project.negative_prompt,
+                _preset_text(project.preset),
+                timeline_model(s, project_id),
+                [],
+                None,
+                characters_html(chars, _latest_adapters(chars)),
+                exports_html(s.exports.list(project_id)),
+                jobs_html(s.jobs.list_jobs(project_id=project_id)[:20]),
+                gr.update(choices=[(c.name, c.id) for c in chars], value=[]),
+                gr.update(choices=_scene_choices(project_id)),
+                gr.update(active=_has_active_jobs(project_id)),
+            )
+
+        project_outputs_list = [
+            project_state,
+            project_title,
+            project_pick,
+            bin_pick,
+            set_preset,
+            set_width,
+            set_height,
+            set_fps,
+            set_steps,
+            set_guidance,
+            set_negative,
+            preset_info,
+            timeline,
+            selected_state,
+            open_shot_state,
+            characters_panel,
+            exports_panel,
+            jobs_panel,
+            shot_characters,
+            move_scene_pick,
+            timer,
+        ]
+
+        def _latest_adapters(chars: list[Any]) -> dict[int, Any]:
+            latest = {}
+            for character in chars:
+                adapters = s.characters.list_adapters(character.id)
+                if adapters:
+                    latest[character.id] = max(adapters, key=lambda a: (a.version, a.id))
+            return latest
+
+        def _scene_choices(project_id: int) -> list[tuple[str, int]]:
+            return [(f"Scene {scene.position + 1}", scene.id) for scene in s.storyboard.list_scenes(project_id)]
+
+        def _has_active_jobs(project_id: int | None) -> bool:
+            if project_id is None:
+                return False
+            return any(not job.is_finished for job in s.jobs.list_jobs(project_id=project_id))
+
+        @guarded
+        def on_load():
+            projects = s.projects.list()
+            return project_outputs(projects[0].id if len(projects) == 1 else None)
+
+        @guarded
+        def on_open(project_id):
+            if project_id is None:
+                raise gr.Error("Pick a project to open.", print_exception=False)
+            return project_outputs(int(project_id))
+
+        @guarded
+        def on_create(name, preset):
+            project = s.projects.create(name, preset=preset or None)
+            s.storyboard.add_scene(project.id, caption="")
+            return project_outputs(project.id)
+
+        @guarded
+        def on_rename(project_id, name):
+            s.projects.rename(_require_project(project_id), name)
+            return project_outputs(project_id)
+
+        @guarded
+        def on_delete_project(project_id):
+            s.projects.delete(_require_project(project_id))
+            return project_outputs(None)
+
+        @guarded
+        def on_restore_project(project_id):
+            if project_id is None:
+                raise gr.Error("Pick a project from the bin.", print_exception=False)
+            s.projects.restore(int(project_id))
+            return project_outputs(int(project_id))
+
+        @guarded
+        def on_save_settings(project_id, preset, width, height, fps, steps, guidance, negative):
+            project_id = _require_project(project_id)
+            s.projects.update_settings(
+                project_id,
+                preset=preset,
+                width=width,
+                height=height,
+                fps=fps,
+                steps=steps,
+                guidance=guidance,
+                negative_prompt=negative or "",
+            )
+            return (*project_outputs(project_id)[:-1], gr.update(), "Settings saved.")
+
+        app.load(on_load, None, project_outputs_list)
+        open_button.click(on_open, project_pick, project_outputs_list)
+        project_pick.input(on_open, project_pick, project_outputs_list)
+        create_button.click(on_create, [new_name, new_preset], project_outputs_list)
+        rename_button.click(on_rename, [project_state, rename_box], project_outputs_list)
+        delete_project_button.click(on_delete_project, project_state, project_outputs_list)
+        restore_project_button.click(on_restore_project, bin_pick, project_outputs_list)
+        save_settings_button.click(
+            on_save_settings,
+            [project_state, set_preset, set_width, set_height, set_fps, set_steps, set_guidance, set_negative],
+            [*project_outputs_list, status],
+        )
+        set_preset.input(_preset_text, set_preset, preset_info)
+        new_preset.input(_preset_text, new_preset, preset_info)
+
+        # ---- storyboard file
+        @guarded
+        def on_import(project_id, yaml_file, ref_files):
+            from studio.storyboard_file import import_storyboard, parse_storyboard
+
+            if yaml_file is None:
+                raise gr.Error("Choose a storyboard YAML file first.", print_exception=False)
+            path = _file_path(yaml_file)
+            text = path.read_text(encoding="utf-8")
+            doc = parse_storyboard(text, source=path.name)
+            with tempfile.TemporaryDirectory(prefix="shotline-import-") as base:
+                base_dir = Path(base)
+                for item in ref_files or []:
+                    ref = _file_path(item)
+                    # The YAML names references relative to itself (often refs/x.png): offer both places.
+                    data = ref.read_bytes()
+                    (base_dir / ref.name).write_bytes(data)
+                    (base_dir / "refs").mkdir(exist_ok=True)
+                    (base_dir / "refs" / ref.name).write_bytes(data)
+                report = import_storyboard(s, doc, base_dir)
+            project_id = getattr(report, "project_id", None) or project_id
+            return (*project_outputs(project_id), f"Imported: {esc(_report_text(report))}")
+
+        @guarded
+        def on_export_storyboard(project_id):
+            from studio.storyboard_file import export_storyboard
+
+            project_id = _require_project(project_id)
+            text = export_storyboard(s, project_id)
+            project = s.projects.get(project_id)
+            folder = Path(tempfile.mkdtemp(prefix="shotline-storyboard-"))
+            safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in project.name) or "storyboard"
+            path = folder / f"{safe}.yaml"
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+
+        import_button.click(on_import, [project_state, import_file, import_refs], [*project_outputs_list, status])
+        export_sb_button.click(on_export_storyboard, project_state, storyboard_download)
+
+        # ---- characters
+        def character_outputs(project_id: int | None, character_id: int | None):
+            chars = s.characters.list(project_id) if project_id is not None else []
+            gallery = characters_html(chars, _latest_adapters(chars))
+            if character_id is None or project_id is None:
+                return (
+                    None,
+                    gallery,
+                    gr.update(visible=False),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    gr.update(value="Train"),
+                    None,
+                    None,
+                    gr.update(choices=[(c.name, c.id) for c in chars]),
+                )
+            character = s.characters.get(character_id)
+            refs = s.characters.list_references(character_id)
+            adapters = s.characters.list_adapters(character_id)
+            adapter = max(adapters, key=lambda a: (a.version, a.id)) if adapters else None
+            return (
+                character_id,
+                gallery,
+                gr.update(visible=True),
+                f"### {esc(character.name)}",
+                character.name,
+                character.trigger,
+                character.description,
+                references_html(refs),
+                _adapter_text(adapter),
+                gr.update(value="Retrain" if adapter else "Train"),
+                _loss_frame(adapter),
+                _identity_rows(project_id, character),
+                gr.update(choices=[(c.name, c.id) for c in chars]),
+            )
+
+        character_outputs_list = [
+            character_state,
+            characters_panel,
+            character_group,
+            character_title,
+            char_name,
+            char_trigger,
+            char_description,
+            references_panel,
+            adapter_status,
+            train_button,
+            loss_plot,
+            identity_table,
+            shot_characters,
+        ]
+
+        def _adapter_text(adapter: Any | None) -> str:
+            if adapter is None:
+                return "No adapter yet: upload references, then Train."
+            text = f"**{esc(adapter.kind)} v{adapter.version}**: {esc(adapter.status)}"
+            if adapter.message:
+                text += f" — {esc(adapter.message)}"
+            if adapter.job_id:
+                job = s.jobs.get(adapter.job_id)
+                if not job.is_finished:
+                    text += f"  \nTraining: {int(round(100 * job.progress))}% {esc(job.message)}"
+            return text
+
+        def _loss_frame(adapter: Any | None):
+            import pandas as pd
+
+            losses = (adapter.metrics or {}).get("loss") if adapter else None
+            if not losses:
+                return pd.DataFrame({"step": [], "loss": []})
+            if isinstance(losses, dict):
+                steps, values = list(losses.get("step", range(len(losses.get("value", []))))), losses.get("value", [])
+            elif losses and isinstance(losses[0], list | tuple):
+                steps, values = [p[0] for p in losses], [p[1] for p in losses]
+            else:
+                steps, values = list(range(1, len(losses) + 1)), list(losses)
+            return pd.DataFrame({"step": steps, "loss": [float(v) for v in values]})
+
+        def _identity_rows(project_id: int, character: Any) -> list[list[Any]]:
+            rows = []
+            for shot in s.storyboard.film_shots(project_id):
+                if character.id not in shot.character_ids:
+                    continue
+                for take in s.takes.list_takes(shot.id)[-3:]:
+                    score = (take.identity_scores or {}).get(character.name)
+                    if isinstance(score, dict):
+                        score = score.get("mean")
+                    rows.append([shot.id, take.number, round(float(score), 3) if score is not None else None])
+            return rows[-12:]
+
+        @guarded
+        def on_create_character(project_id, name, description):
+            project_id = _require_project(project_id)
+            character = s.characters.create(project_id, name, description=description or "")
+            return character_outputs(project_id, character.id)
+
+        @guarded
+        def on_character_action(project_id, evt: gr.EventData):
+            data = evt._data or {}
+            if data.get("action") != "open_character":
+                raise gr.Error("Unknown action; reload the page.", print_exception=False)
+            return character_outputs(_require_project(project_id), int(data["id"]))
+
+        @guarded
+        def on_save_character(project_id, character_id, name, trigger, description):
+            s.characters.update(int(character_id), name=name, trigger=trigger, description=description)
+            return character_outputs(project_id, character_id)
+
+        @guarded
+        def on_delete_character(project_id, character_id):
+            s.characters.delete(int(character_id))
+            return character_outputs(project_id, None)
+
+        @guarded
+        def on_upload_references(project_id, character_id, files):
+            if character_id is None:
+                raise gr.Error("Open a character first.", print_exception=False)
+            added, refused = 0, []
+            for item in files or []:
+                path = _file_path(item)
+                try:
+                    reference = s.characters.add_reference(int(character_id), path.name, path.read_bytes())
+                    _analyze_reference(reference)
+                    added += 1
+                except ServiceError as error:
+                    refused.append(f"{path.name}: {error}")
+            message = f"Added {added} reference(s)."
+            if refused:
+                message += " Refused: " + "; ".join(refused)
+            return (*character_outputs(project_id, character_id), None, esc(message))
+
+        def _analyze_reference(reference: Any) -> None:
+            """Run the face analysis right away when the faces area offers it; a missing model pack only warns."""
+            try:
+                from studio.faces import service as face_service  # type: ignore[attr-defined]
+            except ImportError:
+                return
+            analyze = getattr(face_service, "analyze_reference", None)
+            if analyze is None:
+                return
+            try:
+                analyze(s, reference.id)
+            except Exception as error:  # the pack may be missing: the reference stays, unanalysed
+                gr.Warning(f"Face analysis skipped: {error}")
+
+        @guarded
+        def on_train(project_id, character_id, kind):
+            if character_id is None:
+                raise gr.Error("Open a character first.", print_exception=False)
+            job = s.jobs.enqueue(
+                "train_adapter",
+                {"character_id": int(character_id), "kind": kind},
+                project_id=_require_project(project_id),
+            )
+            return (
+                *character_outputs(project_id, character_id),
+                gr.update(active=True),
+                f"Training queued (job {job.id}).",
+            )
+
+        char_create_button.click(
+            on_create_character, [project_state, char_new_name, char_new_description], character_outputs_list
+        )
+        characters_panel.action(on_character_action, project_state, character_outputs_list)
+        char_save_button.click(
+            on_save_character,
+            [project_state, character_state, char_name, char_trigger, char_description],
+            character_outputs_list,
+        )
+        char_delete_button.click(on_delete_character, [project_state, character_state], character_outputs_list)
+        ref_upload.upload(
+            on_upload_references,
+            [project_state, character_state, ref_upload],
+            [*character_outputs_list, ref_upload, status],
+        )
+        train_button.click(
+            on_train, [project_state, character_state, adapter_kind], [*character_outputs_list, timer, status]
+        )
+
+        # ---- storyboard
+        def shot_outputs(project_id: int | None, shot_id: int | None):
+            if project_id is None or shot_id is None:
+                return (
+                    None,
+                    "No shot open: click “Takes” on a card.",
+                    "",
+                    gr.update(value=[]),
+                    None,
+                    None,
+                    None,
+                    "cut",
+                    0.0,
+                    None,
+                    takes_html(None, []),
+                )
+            shot = next((x for x in s.storyboard.film_shots(project_id) if x.id == shot_id), None)
+            if shot is None:
+                return shot_outputs(project_id, None)
+            takes = s.takes.list_takes(shot_id)
+            return (
+                shot_id,
+                f"**Shot {shot.id}** ({shot.take_count} takes)",
+                shot.caption,
+                gr.update(value=list(shot.character_ids)),
+                shot.num_frames,
+                shot.shot_size or "",
+                shot.camera_move or "",
+                shot.transition_type,
+                shot.transition_seconds,
+                shot.seed,
+                takes_html(shot, takes),
+            )
+
+        shot_outputs_list = [
+            open_shot_state,
+            shot_title,
+            shot_caption,
+            shot_characters,
+            shot_frames,
+            shot_size,
+            shot_camera,
+            shot_transition,
+            shot_transition_s,
+            shot_seed,
+            takes_panel,
+        ]
+
+        def on_edit(project_id, selected, open_shot, evt: gr.EventData):
+            """One timeline action. A refusal shows why and redraws the timeline from the services."""
+            payload = evt._data or {}
+            message, timer_update = "", gr.update()
+            try:
+                message = edits.apply_edit(s, project_id, payload)
+                if payload.get("op") in ("generate_scene", "regenerate"):
+                    timer_update = gr.update(active=True)
+            except ConflictError as error:
+                gr.Warning(str(error))
+                message = f"Refused: {error}"
+            except ServiceError as error:
+                gr.Warning(str(error))
+                message = f"Refused: {error}"
+            except Exception as error:
+                logger.exception("timeline edit failed")
+                message = f"Something went wrong ({type(error).__name__}); the server log has details."
+            if project_id is None:
+                return None, esc(message), timer_update, gr.update()
+            return (
+                timeline_model(s, project_id, selected, open_shot),
+                esc(message),
+                timer_update,
+                gr.update(choices=_scene_choices(project_id)),
+            )
+
+        timeline.edit(
+            on_edit,
+            [project_state, selected_state, open_shot_state],
+            [timeline, status, timer, move_scene_pick],
+            trigger_mode="multiple",
+            concurrency_limit=1,
+            concurrency_id="storyboard-edits",
+            show_progress="hidden",
+        )
+
+        @guarded
+        def on_select(project_id, open_shot, evt: gr.EventData):
+            data = evt._data or {}
+            selected = [int(i) for i in data.get("selected") or []]
+            shot_id = data.get("shot_id")
+            if shot_id is None:
+                return (selected, *[gr.update() for _ in shot_outputs_list])
+            return (selected, *shot_outputs(project_id, int(shot_id)))
+
+        timeline.select(
+            on_select,
+            [project_state, open_shot_state],
+            [selected_state, *shot_outputs_list],
+            trigger_mode="multiple",
+            concurrency_limit=1,
+            concurrency_id="storyboard-edits",
+            show_progress="hidden",
+        )
+
+        @guarded
+        def on_add_scene(project_id, caption, selected):
+            project_id = _require_project(project_id)
+            with edits.project_lock(project_id):
+                scene = s.storyboard.add_scene(project_id, caption=caption or "")
+                s.storyboard.add_shot(scene.id, edits.NEW_SHOT_CAPTION)
+            return timeline_model(s, project_id, selected), "", gr.update(choices=_scene_choices(project_id))
+
+        add_scene_button.click(
+            on_add_scene,
+            [project_state, scene_caption_new, selected_state],
+            [timeline, scene_caption_new, move_scene_pick],
+            concurrency_id="storyboard-edits",
+        )
+
+        @guarded
+        def on_generate_selected(project_id, selected):
+            project_id = _require_project(project_id)
+            jobs = edits.enqueue_generate_selected(s, project_id, selected)
+            ids = ", ".join(str(job.id) for job in jobs)
+            return gr.update(active=True), f"Generation queued (job {ids}).", _jobs_for(project_id, True)
+
+        generate_selected_button.click(
+            on_generate_selected, [project_state, selected_state], [timer, status, jobs_panel]
+        )
+
+        @guarded
+        def on_save_shot(
+            project_id, shot_id, selected, caption, characters, frames, size, camera, transition, transition_s, seed
+        ):
+            project_id = _require_project(project_id)
+            if shot_id is None:
+                raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
+            fields = {
+                "caption": caption,
+                "characters": [int(c) for c in characters or []],
+                "shot_size": size or None,
+                "camera_move": camera or None,
+                "transition": transition or "cut",
+                "transition_seconds": float(transition_s or 0.0),
+                "seed": None if seed in (None, "") else int(seed),
+            }
+            if frames not in (None, ""):
+                fields["num_frames"] = int(frames)
+            with edits.project_lock(project_id):
+                s.storyboard.update_shot(int(shot_id), **fields)
+            return (
+                timeline_model(s, project_id, selected, shot_id),
+                *shot_outputs(project_id, shot_id),
+                "Shot saved.",
+            )
+
+        save_shot_button.click(
+            on_save_shot,
+            [
+                project_state,
+                open_shot_state,
+                selected_state,
+                shot_caption,
+                shot_characters,
+                shot_frames,
+                shot_size,
+                shot_camera,
+                shot_transition,
+                shot_transition_s,
+                shot_seed,
+            ],
+            [timeline, *shot_outputs_list, status],
+            concurrency_id="storyboard-edits",
+        )
+
+        @guarded
+        def on_move_scene(project_id, shot_id, scene_id, selected):
+            project_id = _require_project(project_id)
+            if shot_id is None or scene_id is None:
+                raise gr.Error("Open a shot and pick the scene to move it to.", print_exception=False)
+            with edits.project_lock(project_id):
+                target = next(x for x in s.storyboard.list_scenes(project_id) if x.id == int(scene_id))
+                s.storyboard.move_shot(int(shot_id), target.id, len(target.shots))
+            return timeline_model(s, project_id, selected, shot_id), "Shot moved."
+
+        move_scene_button.click(
+            on_move_scene,
+            [project_state, open_shot_state, move_scene_pick, selected_state],
+            [timeline, status],
+            concurrency_id="storyboard-edits",
+        )
+
+        @guarded
+        def on_regenerate(project_id, shot_id, caption, use_caption: bool):
+            project_id = _require_project(project_id)
+            if shot_id is None:
+                raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
+            job = edits.enqueue_regenerate(s, project_id, int(shot_id), caption=caption if use_caption else None)
+            return gr.update(active=True), f"Regeneration queued (job {job.id}).", _jobs_for(project_id, True)
+
+        regen_seed_button.click(
+            functools.partial(on_regenerate, use_caption=False),
+            [project_state, open_shot_state, shot_caption],
+            [timer, status, jobs_panel],
+        )
+        regen_caption_button.click(
+            functools.partial(on_regenerate, use_caption=True),
+            [project_state, open_shot_state, shot_caption],
+            [timer, status, jobs_panel],
+        )
+
+        @guarded
+        def on_take_action(project_id, shot_id, selected, evt: gr.EventData):
+            data = evt._data or {}
+            project_id = _require_project(project_id)
+            if data.get("action") != "choose_take" or shot_id is None:
+                raise gr.Error("Unknown action; reload the page.", print_exception=False)
+            s.takes.choose_take(int(shot_id), int(data["id"]))
+            return (
+                timeline_model(s, project_id, selected, shot_id),
+                *shot_outputs(project_id, shot_id),
+                "Take chosen.",
+            )
+
+        takes_panel.action(
+            on_take_action, [project_state, open_shot_state, selected_state], [timeline, *shot_outputs_list, status]
+        )
+
+        # ---- export
+        @guarded
+        def on_export(project_id, music, bundle):
+            project_id = _require_project(project_id)
+            if not s.storyboard.film_shots(project_id):
+                raise gr.Error("The storyboard has no shots to export.", print_exception=False)
+            settings: dict[str, Any] = {"bundle": bool(bundle)}
+            if music is not None:
+                path = _file_path(music)
+                asset = s.assets.put_bytes(path.read_bytes(), "music", _audio_mime(path.name), filename=path.name)
+                settings["music_asset_id"] = asset.id
+            job = s.jobs.enqueue(
+                "export_film", {"project_id": project_id, "settings": settings}, project_id=project_id
+            )
+            return gr.update(active=True), f"Export queued (job {job.id}).", _jobs_for(project_id, True)
+
+        export_button.click(on_export, [project_state, export_music, export_bundle], [timer, status, jobs_panel])
+
+        # ---- jobs and the timer
+        def _jobs_for(project_id: int | None, preview: bool) -> str:
+            if project_id is None:
+                return jobs_html([])
+            return jobs_html(s.jobs.list_jobs(project_id=project_id)[:20], show_preview=preview)
+
+        @guarded
+        def on_job_action(project_id, preview, evt: gr.EventData):
+            data = evt._data or {}
+            if data.get("action") != "cancel_job":
+                raise gr.Error("Unknown action; reload the page.", print_exception=False)
+            s.jobs.request_cancel(int(data["id"]))
+            return _jobs_for(project_id, preview), "Cancel requested."
+
+        jobs_panel.action(on_job_action, [project_state, show_preview], [jobs_panel, status])
+
+        def on_tick(project_id, selected, open_shot, character_id, preview):
+            """While jobs run: progress, new takes and exports, adapter status. Switches itself off when idle."""
+            try:
+                if project_id is None:
+                    return (gr.update(active=False), *[gr.update()] * 5)
+                active = _has_active_jobs(project_id)
+                character = character_outputs(project_id, character_id) if character_id is not None else None
+                return (
+                    gr.update(active=active),
+                    _jobs_for(project_id, preview),
+                    timeline_model(s, project_id, selected, open_shot),
+                    shot_outputs(project_id, open_shot)[-1] if open_shot is not None else gr.update(),
+                    exports_html(s.exports.list(project_id)),
+                    character[8] if character else gr.update(),
+                )
+            except Exception:
+                logger.exception("timer refresh failed")
+                return (gr.update(), *[gr.update()] * 5)
+
+        timer.tick(
+            on_tick,
+            [project_state, selected_state, open_shot_state, character_state, show_preview],
+            [timer, jobs_panel, timeline, takes_panel, exports_panel, adapter_status],
+            concurrency_id="ticks",
+            concurrency_limit=1,
+            show_progress="hidden",
+        )
+    return app
+
+
+def _audio_mime(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    return {
+        ".mp3": "audio/mpeg",
+        ".wav": "audio/wav",
+        ".ogg": "audio/ogg",
+        ".m4a": "audio/mp4",
+        ".aac": "audio/aac",
+        ".flac": "audio/flac",
+    }.get(suffix, "application/octet-stream")
+
+
+def _report_text(report: Any) -> str:
+    if hasattr(report, "summary"):
+        summary = report.summary
+        return summary() if callable(summary) else str(summary)
+    return str(report)

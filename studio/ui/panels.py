@@ -1,0 +1,208 @@
+"""Small read-mostly panels drawn on the server as HTML: takes of a shot, the job queue, references, exports.
+
+Every user string goes through `esc`, which escapes HTML and also `$`, braces and backticks, so nothing a user
+typed can be read as markup or as a template expression. Buttons carry `data-action` and `data-id`; `ActionPanel`
+turns a click into one `action` event with those two values.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from studio.ui.security import asset_url
+
+_EXTRA_ESCAPES = str.maketrans({"$": "&#36;", "{": "&#123;", "}": "&#125;", "`": "&#96;", "\\": "&#92;"})
+
+
+def esc(value: Any) -> str:
+    """HTML-escape a user string, `$ { } ` \\` included."""
+    return html.escape("" if value is None else str(value), quote=True).translate(_EXTRA_ESCAPES)
+
+
+ACTION_JS = r"""
+element.addEventListener('click', (event) => {
+  const target = event.target.closest('[data-action]');
+  if (!target || target.disabled) return;
+  if (target.dataset.confirm && !confirm(target.dataset.confirm)) return;
+  trigger('action', {action: target.dataset.action, id: Number(target.dataset.id)});
+});
+"""
+
+PANEL_CSS = """
+.sl-row { display: flex; flex-wrap: wrap; gap: 10px; }
+.sl-take { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 6px; width: 260px; }
+.sl-take.sl-chosen { outline: 2px solid var(--color-accent); }
+.sl-take video { width: 100%; border-radius: 4px; background: #000; }
+.sl-small { font-size: 12px; color: var(--body-text-color-subdued); }
+.sl-bar { height: 8px; background: var(--background-fill-secondary); border-radius: 4px; overflow: hidden; }
+.sl-bar > div { height: 100%; background: var(--color-accent); }
+.sl-job { padding: 4px 0; border-bottom: 1px solid var(--border-color-primary); }
+.sl-ref { width: 140px; border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 4px; }
+.sl-ref img { width: 100%; aspect-ratio: 1; object-fit: cover; border-radius: 4px; }
+.sl-flag { color: #c0392b; font-size: 12px; }
+.sl-card { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 6px; min-width: 160px; }
+button.sl-btn { font-size: 12px; padding: 2px 8px; border-radius: 4px; border: 1px solid var(--border-color-primary);
+  background: var(--background-fill-primary); cursor: pointer; }
+"""
+
+
+def ActionPanel(value: str = "", **kwargs: Any) -> gr.HTML:  # noqa: N802 (reads as a component)
+    """An HTML panel (value: an HTML string built with `esc`) whose `[data-action]` buttons fire `action`."""
+    return gr.HTML(value=value, html_template="${value}", css_template=PANEL_CSS, js_on_load=ACTION_JS, **kwargs)
+
+
+def _button(action: str, label: str, item_id: int, confirm: str | None = None, disabled: bool = False) -> str:
+    extra = f' data-confirm="{esc(confirm)}"' if confirm else ""
+    extra += " disabled" if disabled else ""
+    return (
+        f'<button class="sl-btn" type="button" data-action="{action}" data-id="{int(item_id)}"{extra}>'
+        f"{esc(label)}</button>"
+    )
+
+
+def format_scores(scores: dict[str, Any] | None) -> str:
+    if not scores:
+        return "identity: n/a"
+    parts = []
+    for name, value in scores.items():
+        if isinstance(value, int | float):
+            parts.append(f"{name} {value:.2f}")
+        elif isinstance(value, dict) and isinstance(value.get("mean"), int | float):
+            parts.append(f"{name} {value['mean']:.2f}")
+        else:
+            parts.append(f"{name} {value}")
+    return "identity: " + ", ".join(parts)
+
+
+def takes_html(shot: Any | None, takes: list[Any]) -> str:
+    """The takes of one shot side by side, each with its player, seed, identity scores and a Choose button."""
+    if shot is None:
+        return '<p class="sl-small">Click “Takes” on a shot card to see its takes here.</p>'
+    head = f"<p><b>Shot {shot.id}</b>: {esc(shot.caption)}</p>"
+    if not takes:
+        return head + '<p class="sl-small">No takes yet: generate the scene or regenerate this shot.</p>'
+    items = []
+    for take in takes:
+        video = asset_url(take.video_asset_id)
+        caption = (take.params or {}).get("caption") or (take.params or {}).get("captions_as_sent")
+        items.append(
+            f'<div class="sl-take{" sl-chosen" if take.is_chosen else ""}" data-take-id="{take.id}">'
+            f'<video controls preload="metadata" src="{esc(video)}"></video>'
+            f"<div><b>Take {take.number}</b>{' (chosen)' if take.is_chosen else ''}</div>"
+            f'<div class="sl-small">seed {take.seed} · {esc(format_scores(take.identity_scores))}</div>'
+            + (f'<div class="sl-small">caption: {esc(caption)}</div>' if isinstance(caption, str) else "")
+            + ("" if take.is_chosen else _button("choose_take", "Choose this take", take.id))
+            + "</div>"
+        )
+    return head + '<div class="sl-row">' + "".join(items) + "</div>"
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    return f" · ETA {seconds // 60}:{seconds % 60:02d}"
+
+
+JOB_LABELS = {
+    "generate_scene": "Generate scene",
+    "regenerate_shot": "Regenerate shot",
+    "train_adapter": "Train adapter",
+    "export_film": "Export film",
+}
+
+
+def jobs_html(jobs: list[Any], show_preview: bool = True) -> str:
+    """The queue: newest first, with progress bar, message, ETA, Cancel, and the latest preview frame."""
+    if not jobs:
+        return '<p class="sl-small">No jobs yet.</p>'
+    rows = []
+    for job in jobs:
+        percent = int(round(100 * max(0.0, min(1.0, job.progress or 0.0))))
+        status = job.status + (" (cancel requested)" if job.cancel_requested and not job.is_finished else "")
+        line = f"<b>#{job.id} {esc(JOB_LABELS.get(job.kind, job.kind))}</b> · {esc(status)} · {percent}%"
+        line += _eta(job.eta_s) if job.status == "running" else ""
+        detail = esc(job.error or job.message or "")
+        cancel = "" if job.is_finished else _button("cancel_job", "Cancel", job.id)
+        preview = ""
+        if show_preview and job.preview_asset_id and not job.is_finished:
+            preview = f'<div><img alt="preview" style="max-width:160px" src="{asset_url(job.preview_asset_id)}"></div>'
+        rows.append(
+            f'<div class="sl-job" data-job-id="{job.id}" data-status="{esc(job.status)}">{line} {cancel}'
+            f'<div class="sl-bar"><div style="width:{percent}%"></div></div>'
+            f'<div class="sl-small">{detail}</div>{preview}</div>'
+        )
+    return "".join(rows)
+
+
+FLAG_TEXT = {
+    "no_face": "no face found",
+    "several_faces": "several faces: the largest was used",
+    "multiple_faces": "several faces: the largest was used",
+    "low_quality": "low quality face",
+    "small_face": "face is small",
+}
+
+
+def references_html(references: list[Any]) -> str:
+    """Each reference with the face crop the studio found (or the image), and why it was flagged."""
+    if not references:
+        return '<p class="sl-small">No references yet: upload one or more images of the character.</p>'
+    items = []
+    for ref in references:
+        src = asset_url(ref.crop_asset_id or ref.asset_id)
+        flags = [FLAG_TEXT.get(flag, flag) for flag in (ref.flags or ())]
+        if ref.analyzed_at is None and not flags:
+            state = '<div class="sl-small">not analysed yet</div>'
+        elif flags:
+            state = "".join(f'<div class="sl-flag">{esc(flag)}</div>' for flag in flags)
+        else:
+            state = '<div class="sl-small">face found</div>'
+        label = "face crop" if ref.crop_asset_id else "reference"
+        items.append(
+            f'<div class="sl-ref" data-reference-id="{ref.id}"><img alt="{label}" src="{esc(src)}">'
+            f'<div class="sl-small">{esc(ref.original_name)}</div>{state}</div>'
+        )
+    return '<div class="sl-row">' + "".join(items) + "</div>"
+
+
+def characters_html(characters: list[Any], adapters: dict[int, Any]) -> str:
+    if not characters:
+        return '<p class="sl-small">No characters yet.</p>'
+    items = []
+    for character in characters:
+        adapter = adapters.get(character.id)
+        status = f"{adapter.kind} v{adapter.version}: {adapter.status}" if adapter else "no adapter"
+        items.append(
+            f'<div class="sl-card" data-character-id="{character.id}"><b>{esc(character.name)}</b> '
+            f'<span class="sl-small">{esc(character.trigger)}</span>'
+            f'<div class="sl-small">{character.reference_count} references · {esc(status)}</div>'
+            f"{_button('open_character', 'Open', character.id)}</div>"
+        )
+    return '<div class="sl-row">' + "".join(items) + "</div>"
+
+
+def exports_html(exports: list[Any], bundle_asset_ids: dict[int, int] | None = None) -> str:
+    """Exported films, newest first: the film plays in the page; MP4, OpenTimelineIO and bundle download links."""
+    if not exports:
+        return '<p class="sl-small">No exports yet.</p>'
+    items = []
+    for export in exports:
+        links = [f'<a href="{asset_url(export.video_asset_id, f"film-{export.id}.mp4")}" download>MP4</a>']
+        if export.timeline_asset_id:
+            otio_url = asset_url(export.timeline_asset_id, f"film-{export.id}.otio")
+            links.append(f'<a href="{otio_url}" download>OpenTimelineIO</a>')
+        bundle_id = (bundle_asset_ids or {}).get(export.id) or (export.settings or {}).get("bundle_asset_id")
+        if bundle_id:
+            bundle_url = asset_url(int(bundle_id), f"project-{export.id}.zip")
+            links.append(f'<a href="{bundle_url}" download>Project bundle</a>')
+        items.append(
+            f'<div class="sl-take" data-export-id="{export.id}"><video controls preload="metadata" '
+            f'src="{asset_url(export.video_asset_id)}"></video><div><b>Export {export.id}</b> '
+            f'<span class="sl-small">{esc(export.created_at.strftime("%Y-%m-%d %H:%M"))}</span></div>'
+            f"<div>{' · '.join(links)}</div></div>"
+        )
+    return '<div class="sl-row">' + "".join(items) + "</div>"

@@ -1,0 +1,250 @@
+"""The studio's HTTP guard rails (DESIGN.md section 8), added around the Gradio app.
+
+Stock Gradio 6.31 answers a cross-origin `POST /gradio_api/upload` with 200, so every state-changing request goes
+through `StudioGuard` first: a request whose `Origin` is another site is refused, as is one the browser marks
+cross-site; a body over the upload cap is refused before it is read; and when the studio binds a loopback address
+the `Host` header must name a loopback host too (a DNS-rebinding page cannot reach it). Files reach the page only
+through `/studio/asset/<id>`, which serves asset-store files by numeric id and nothing else; the data folder
+(database, config, models) is on Gradio's blocked list so its own `/file=` route cannot serve it either.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# A multipart body carries boundaries and part headers around the file; allow that much beyond the cap.
+MULTIPART_SLACK_BYTES = 64 * 1024
+ASSET_ROUTE_PREFIX = "/studio/asset/"
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host_header: str) -> str:
+    """`example.com:7860` -> `example.com`; `[::1]:7860` -> `::1`."""
+    return urlsplit(f"//{host_header}").hostname or ""
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def refusal_reason(
+    method: str, headers: dict[str, str], upload_max_bytes: int, loopback_only: bool
+) -> tuple[int, str] | None:
+    """Why a request must be refused, as (status, message), or None when it may pass.
+
+    `headers` uses lower-case names. Pure function so the rules are tested without a server.
+    """
+    host_header = headers.get("host", "")
+    if loopback_only and host_header and not is_loopback_host(_host_name(host_header)):
+        return 403, f"host {host_header!r} refused: the studio only answers on its loopback address"
+    if method.upper() in SAFE_METHODS:
+        return None
+    origin = headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        if origin == "null" or not parts.netloc or parts.netloc.lower() != host_header.lower():
+            return 403, f"cross-origin request refused (origin {origin!r}, host {host_header!r})"
+    elif headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return 403, "cross-origin request refused (the browser marked it cross-site)"
+    length = headers.get("content-length")
+    if length is not None:
+        try:
+            size = int(length)
+        except ValueError:
+            return 400, "bad Content-Length header"
+        if size > upload_max_bytes + MULTIPART_SLACK_BYTES:
+            return 413, f"request body of {size} bytes is over the upload cap of {upload_max_bytes} bytes"
+    return None
+
+
+class StudioGuard:
+    """ASGI middleware applying `refusal_reason` to every HTTP request, and capping bodies without a length."""
+
+    def __init__(self, app: Callable, *, upload_max_bytes: int, loopback_only: bool) -> None:
+        self.app = app
+        self.upload_max_bytes = upload_max_bytes
+        self.loopback_only = loopback_only
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        method = scope.get("method", "GET") if scope["type"] == "http" else "GET"
+        reason = refusal_reason(method, headers, self.upload_max_bytes, self.loopback_only)
+        if reason is not None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            status, message = reason
+            await PlainTextResponse(message, status_code=status)(scope, receive, send)
+            return
+        if scope["type"] == "http" and method.upper() not in SAFE_METHODS and "content-length" not in headers:
+            receive = self._capped_receive(receive)
+        await self.app(scope, receive, send)
+
+    def _capped_receive(self, receive: Callable) -> Callable:
+        limit = self.upload_max_bytes + MULTIPART_SLACK_BYTES
+        seen = 0
+
+        async def capped() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise UploadTooLarge(f"request body is over the upload cap of {self.upload_max_bytes} bytes")
+            return message
+
+        return capped
+
+
+class UploadTooLarge(Exception):
+    """A streamed body without Content-Length grew past the cap."""
+
+
+def _is_logged_in(request: Request) -> bool:
+    """Gradio's own rule (routes.get_current_user): no auth configured, or a known access-token cookie."""
+    app = request.app
+    if getattr(app, "auth", None) is None and getattr(app, "auth_dependency", None) is None:
+        return True
+    cookie_id = getattr(app, "cookie_id", "")
+    token = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(
+        f"access-token-unsecure-{cookie_id}"
+    )
+    return token is not None and token in getattr(app, "tokens", {})
+
+
+def resolve_asset_file(services: Any, asset_ref: str) -> tuple[Path, str, str | None]:
+    """(path, mime, original name) of the asset `asset_ref` names, or raise LookupError.
+
+    Only a decimal asset id is accepted, so `../`, absolute paths and file names never reach the file system; the
+    resolved path must also lie inside the asset store (a corrupted row cannot point elsewhere).
+    """
+    if not asset_ref.isdigit() or len(asset_ref) > 18:
+        raise LookupError("asset references are numeric ids")
+    asset_id = int(asset_ref)
+    try:
+        path = Path(services.assets.path_of(asset_id)).resolve()
+    except Exception as error:  # NotFoundError and friends: the page only learns "not found"
+        raise LookupError(str(error)) from None
+    store = Path(services.settings.assets_dir).resolve()
+    if not path.is_relative_to(store) or not path.is_file():
+        raise LookupError("asset outside the asset store")
+    mime, name = "application/octet-stream", None
+    get = getattr(services.assets, "get", None)
+    if get is not None:
+        try:
+            view = get(asset_id)
+            mime, name = view.mime or mime, view.original_name
+        except Exception:
+            pass
+    return path, mime, name
+
+
+def asset_routes(services: Any) -> list[Route]:
+    """The studio's file route: `GET /studio/asset/<id>` (add `?download=1` to save it under its name)."""
+
+    async def serve_asset(request: Request) -> Response:
+        if not _is_logged_in(request):
+            return PlainTextResponse("log in first", status_code=401)
+        try:
+            path, mime, name = resolve_asset_file(services, request.path_params["asset_ref"])
+        except LookupError:
+            return PlainTextResponse("not found", status_code=404)
+        download = request.query_params.get("download")
+        filename = None
+        if download:
+            filename = download if download not in ("1", "true") else (name or path.name)
+            filename = Path(filename).name or path.name
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"}
+        return FileResponse(path, media_type=mime, filename=filename, headers=headers)
+
+    return [Route(ASSET_ROUTE_PREFIX + "{asset_ref:path}", serve_asset, methods=["GET", "HEAD"])]
+
+
+def asset_url(asset_id: int | None, download: str | None = None) -> str | None:
+    if asset_id is None:
+        return None
+    url = f"{ASSET_ROUTE_PREFIX}{int(asset_id)}"
+    if download:
+        from urllib.parse import quote
+
+        url += "?download=" + quote(download)
+    return url
+
+
+def blocked_paths(settings: Any) -> list[str]:
+    """What Gradio's own file route must never serve: the whole data folder (db, assets, models) and a db file
+    elsewhere. Assets reach the page through `/studio/asset/<id>` only."""
+    paths = [str(Path(settings.data_dir).resolve())]
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:///"):
+        db_file = Path(url.removeprefix("sqlite:///")).resolve()
+        paths += [str(db_file), str(db_file) + "-wal", str(db_file) + "-shm"]
+    for extra in (getattr(settings, "model_dir", None), getattr(settings, "face_model_dir", None)):
+        if extra:
+            paths.append(str(Path(extra).resolve()))
+    return paths
+
+
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    if not auth:
+        return None
+    user, _, password = auth.partition(":")
+    return user, password
+
+
+def security_launch_kwargs(services: Any) -> dict[str, Any]:
+    """The `Blocks.launch` arguments that apply DESIGN.md section 8 from the studio settings."""
+    from starlette.middleware import Middleware
+
+    settings = services.settings
+    loopback_only = is_loopback_host(settings.host)
+    return {
+        "server_name": settings.host,
+        "server_port": settings.port,
+        "share": False,
+        "auth": parse_auth(settings.auth),
+        "max_file_size": settings.upload_max_bytes,
+        "blocked_paths": blocked_paths(settings),
+        "allowed_paths": [],
+        "show_error": False,
+        "app_kwargs": {
+            "middleware": [
+                Middleware(StudioGuard, upload_max_bytes=settings.upload_max_bytes, loopback_only=loopback_only)
+            ],
+            "routes": asset_routes(services),
+        },
+    }
+
+
+def json_for_html(value: Any) -> str:
+    """JSON safe to embed in an HTML attribute or text (no `<`, `>`, `&`, quotes, `$` or backticks raw)."""
+    text = json.dumps(value, separators=(",", ":"))
+    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("'", "\\u0027"), ("$", "\\u0024")):
+        text = text.replace(raw, escaped)
+    return text.replace("`", "\\u0060")

@@ -1,0 +1,165 @@
+"""Storyboard edits from the timeline, applied as one small service command each (no Gradio in here).
+
+The page sends what the user did with ids and the structure version it saw (`timeline.structure_version`); a move
+made against a stale version is refused with ConflictError, and the caller redraws the timeline from the services.
+Edits of one project run one at a time (a lock per project), so two quick actions never edit copies of each other.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import defaultdict
+from typing import Any
+
+from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.ui.timeline import structure_version
+
+NEW_SHOT_CAPTION = "new shot"
+MAX_SEED = 2**31 - 1
+
+_project_locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
+
+
+def project_lock(project_id: int) -> threading.Lock:
+    return _project_locks[int(project_id)]
+
+
+def new_seed() -> int:
+    return random.SystemRandom().randrange(0, MAX_SEED)
+
+
+def _int(payload: dict[str, Any], key: str) -> int:
+    value = payload.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValidationError(f"the page sent no {key}; reload the page")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValidationError(f"the page sent a bad {key} ({value!r}); reload the page") from None
+
+
+def _shot_in_project(services: Any, project_id: int, shot_id: int) -> Any:
+    for scene in services.storyboard.list_scenes(project_id):
+        for shot in scene.shots:
+            if shot.id == shot_id:
+                return scene, shot
+    raise NotFoundError(f"shot {shot_id} is no longer in this project's storyboard; the page shows the current one")
+
+
+def move_shot(services: Any, project_id: int, shot_id: int, to_scene_id: int, position: int, version: str) -> str:
+    """Put `shot_id` at `position` (0-based, among the other shots) of scene `to_scene_id`."""
+    scenes = services.storyboard.list_scenes(project_id)
+    if version != structure_version(scenes):
+        raise ConflictError("the storyboard changed since the page drew it (another tab or action); move it again")
+    source = next((scene for scene in scenes if any(shot.id == shot_id for shot in scene.shots)), None)
+    target = next((scene for scene in scenes if scene.id == to_scene_id), None)
+    if source is None or target is None:
+        raise NotFoundError("that shot or scene is gone; the page now shows the current storyboard")
+    if source.id == target.id:
+        order = [shot.id for shot in source.shots if shot.id != shot_id]
+        position = max(0, min(position, len(order)))
+        order.insert(position, shot_id)
+        if order == [shot.id for shot in source.shots]:
+            return "already there"
+        services.storyboard.reorder_shots(source.id, order)
+        return f"moved shot to position {position + 1}"
+    position = max(0, min(position, len(target.shots)))
+    services.storyboard.move_shot(shot_id, target.id, position)
+    return f"moved shot to scene {target.position + 1}, position {position + 1}"
+
+
+def apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) -> str:
+    """Apply one timeline action; returns a short message for the status line. Raises ServiceError on refusal."""
+    if project_id is None:
+        raise ValidationError("open a project first")
+    if payload.get("project_id") not in (None, project_id):
+        raise ConflictError("this page shows another project than the one open; the page now shows the open one")
+    op = payload.get("op")
+    with project_lock(project_id):
+        if op == "caption":
+            shot_id = _int(payload, "shot_id")
+            _shot_in_project(services, project_id, shot_id)
+            services.storyboard.update_shot(shot_id, caption=str(payload.get("caption", "")))
+            return "caption saved"
+        if op == "scene_caption":
+            services.storyboard.update_scene(_int(payload, "scene_id"), caption=str(payload.get("caption", "")))
+            return "scene caption saved"
+        if op == "move":
+            return move_shot(
+                services,
+                project_id,
+                _int(payload, "shot_id"),
+                _int(payload, "to_scene_id"),
+                _int(payload, "position"),
+                str(payload.get("version", "")),
+            )
+        if op == "add_shot":
+            services.storyboard.add_shot(_int(payload, "scene_id"), NEW_SHOT_CAPTION)
+            return "shot added"
+        if op == "insert":
+            scene, shot = _shot_in_project(services, project_id, _int(payload, "shot_id"))
+            services.storyboard.add_shot(scene.id, NEW_SHOT_CAPTION, position=shot.position + 1)
+            return "shot inserted"
+        if op == "duplicate":
+            _shot_in_project(services, project_id, _int(payload, "shot_id"))
+            services.storyboard.duplicate_shot(_int(payload, "shot_id"))
+            return "shot duplicated"
+        if op == "delete":
+            _shot_in_project(services, project_id, _int(payload, "shot_id"))
+            services.storyboard.delete_shot(_int(payload, "shot_id"))
+            return "shot moved to the bin (Restore puts it back)"
+        if op == "restore":
+            services.storyboard.restore_shot(_int(payload, "shot_id"))
+            return "shot restored"
+        if op == "empty_bin":
+            services.storyboard.empty_bin(project_id)
+            return "bin emptied"
+        if op == "delete_scene":
+            services.storyboard.delete_scene(_int(payload, "scene_id"))
+            return "scene moved to the bin"
+        if op == "generate_scene":
+            job = enqueue_generate_scene(services, project_id, _int(payload, "scene_id"))
+            return f"generation queued (job {job.id})"
+        if op == "regenerate":
+            job = enqueue_regenerate(services, project_id, _int(payload, "shot_id"))
+            return f"regeneration of the shot queued (job {job.id})"
+    raise ValidationError(f"unknown timeline action {op!r}; reload the page")
+
+
+def enqueue_generate_scene(services: Any, project_id: int, scene_id: int, shot_ids: list[int] | None = None) -> Any:
+    scene = next((s for s in services.storyboard.list_scenes(project_id) if s.id == scene_id), None)
+    if scene is None:
+        raise NotFoundError("that scene is not in the open project")
+    if not scene.shots:
+        raise ValidationError("the scene has no shots; add a shot before generating")
+    payload: dict[str, Any] = {"project_id": project_id, "scene_id": scene_id}
+    if shot_ids:
+        payload["shot_ids"] = [int(i) for i in shot_ids]
+    return services.jobs.enqueue("generate_scene", payload, project_id=project_id)
+
+
+def enqueue_generate_selected(services: Any, project_id: int, shot_ids: list[int]) -> list[Any]:
+    """One job per scene that holds selected shots; shots of one scene are generated together."""
+    if not shot_ids:
+        raise ValidationError("select shots first (the checkbox on each card)")
+    wanted = set(int(i) for i in shot_ids)
+    jobs = []
+    for scene in services.storyboard.list_scenes(project_id):
+        chosen = [shot.id for shot in scene.shots if shot.id in wanted]
+        if chosen:
+            jobs.append(enqueue_generate_scene(services, project_id, scene.id, chosen))
+    if not jobs:
+        raise NotFoundError("the selected shots are gone; select again")
+    return jobs
+
+
+def enqueue_regenerate(
+    services: Any, project_id: int, shot_id: int, seed: int | None = None, caption: str | None = None
+) -> Any:
+    """A new take of one shot; its neighbours keep their takes. A new caption is saved on the shot first."""
+    _shot_in_project(services, project_id, shot_id)
+    if caption is not None:
+        services.storyboard.update_shot(shot_id, caption=caption)
+    payload = {"project_id": project_id, "shot_id": shot_id, "seed": new_seed() if seed is None else int(seed)}
+    return services.jobs.enqueue("regenerate_shot", payload, project_id=project_id)

@@ -1,0 +1,216 @@
+const root = element.querySelector('.tl-root');
+const scenesBox = root.querySelector('.tl-scenes');
+const binBox = root.querySelector('.tl-bin');
+const emptyBox = root.querySelector('.tl-empty');
+const cards = new Map();      // shot id -> card element
+const sceneEls = new Map();   // scene id -> scene element
+let model = null;
+let selected = new Set();
+let dragId = null;
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+function button(action, label, title) {
+  const b = el('button', 'tl-btn', label);
+  b.type = 'button'; b.dataset.action = action; if (title) b.title = title;
+  return b;
+}
+function send(op, extra) {
+  trigger('edit', Object.assign({op: op, version: model ? model.version : '', project_id: model ? model.project_id : null}, extra || {}));
+}
+function metaText(shot) {
+  const parts = [];
+  if (shot.characters.length) parts.push(shot.characters.join(', '));
+  parts.push(shot.num_frames + ' f / ' + shot.seconds + ' s');
+  if (shot.shot_size) parts.push(shot.shot_size);
+  if (shot.camera_move) parts.push(shot.camera_move);
+  parts.push(shot.transition === 'cut' ? 'cut' : shot.transition + ' ' + shot.transition_seconds + ' s');
+  parts.push(shot.take_count + (shot.take_count === 1 ? ' take' : ' takes'));
+  return parts.join(' · ');
+}
+function makeCard(shot) {
+  const card = el('div', 'tl-card');
+  card.draggable = true;
+  const head = el('div', 'tl-card-head');
+  const pick = el('input', 'tl-pick'); pick.type = 'checkbox'; pick.title = 'select for generation';
+  head.append(pick, el('span', 'tl-index'), button('open', 'Takes', 'show this shot\u2019s takes and settings'));
+  const caption = el('textarea', 'tl-caption');
+  caption.rows = 3; caption.placeholder = 'caption of this shot';
+  const actions = el('div', 'tl-actions');
+  actions.append(button('left', '\u25c0', 'move earlier'), button('right', '\u25b6', 'move later'),
+                 button('insert', '+', 'insert a shot after this one'), button('duplicate', 'Dup', 'duplicate'),
+                 button('regenerate', 'Regen', 'regenerate this shot with a new seed'),
+                 button('delete', 'Del', 'delete (to the bin)'));
+  card.append(head, el('div', 'tl-thumb tl-thumb-empty', 'no take yet'), caption, el('div', 'tl-meta'), actions);
+  return card;
+}
+function updateCard(card, shot, index) {
+  card.dataset.shotId = shot.id;
+  card.dataset.sceneId = shot.scene_id;
+  card.dataset.savedCaption = shot.caption;
+  card.querySelector('.tl-index').textContent = '#' + index;
+  const caption = card.querySelector('.tl-caption');
+  // Never replace what the user is typing: a focused field keeps its text until it is committed.
+  if (document.activeElement !== caption && caption.value !== shot.caption) caption.value = shot.caption;
+  const meta = card.querySelector('.tl-meta'); const text = metaText(shot);
+  if (meta.textContent !== text) meta.textContent = text;
+  const thumb = card.querySelector('.tl-thumb');
+  if (shot.thumb) {
+    if (thumb.tagName !== 'IMG' || thumb.getAttribute('src') !== shot.thumb) {
+      const img = el('img', 'tl-thumb'); img.src = shot.thumb; img.alt = 'chosen take'; img.draggable = false;
+      thumb.replaceWith(img);
+    }
+  } else if (thumb.tagName === 'IMG') {
+    thumb.replaceWith(el('div', 'tl-thumb tl-thumb-empty', 'no take yet'));
+  }
+  card.querySelector('.tl-pick').checked = selected.has(shot.id);
+  card.classList.toggle('tl-selected', model.open_shot_id === shot.id);
+}
+function makeScene(scene) {
+  const box = el('div', 'tl-scene');
+  const head = el('div', 'tl-scene-head');
+  const caption = el('input', 'tl-scene-caption'); caption.type = 'text';
+  caption.placeholder = 'scene caption: place, look, who is there';
+  head.append(el('span', 'tl-scene-label'), caption, button('add_shot', '+ Shot', 'add a shot at the end'),
+              button('generate_scene', 'Generate scene', 'generate every shot of this scene'),
+              button('delete_scene', 'Delete scene', 'delete the scene (to the bin)'));
+  box.append(head, el('div', 'tl-shots'));
+  return box;
+}
+function render(value) {
+  model = value && value.scenes ? value : null;
+  emptyBox.style.display = model ? 'none' : '';
+  if (!model) { scenesBox.textContent = ''; binBox.textContent = ''; cards.clear(); sceneEls.clear(); root.dataset.version = ''; return; }
+  selected = new Set((model.selected || []).filter(id => model.scenes.some(s => s.shots.some(x => x.id === id))));
+  const liveShots = new Set(); const liveScenes = new Set();
+  let index = 0;
+  model.scenes.forEach((scene, sceneIndex) => {
+    liveScenes.add(scene.id);
+    let box = sceneEls.get(scene.id);
+    if (!box) { box = makeScene(scene); sceneEls.set(scene.id, box); }
+    box.dataset.sceneId = scene.id;
+    box.querySelector('.tl-scene-label').textContent = 'Scene ' + (sceneIndex + 1);
+    const caption = box.querySelector('.tl-scene-caption');
+    box.dataset.savedCaption = scene.caption;
+    if (document.activeElement !== caption && caption.value !== scene.caption) caption.value = scene.caption;
+    if (scenesBox.children[sceneIndex] !== box) scenesBox.insertBefore(box, scenesBox.children[sceneIndex] || null);
+    const shotsBox = box.querySelector('.tl-shots');
+    scene.shots.forEach((shot, shotIndex) => {
+      index += 1; liveShots.add(shot.id);
+      let card = cards.get(shot.id);
+      if (!card) { card = makeCard(shot); cards.set(shot.id, card); }
+      updateCard(card, shot, index);
+      if (shotsBox.children[shotIndex] !== card) shotsBox.insertBefore(card, shotsBox.children[shotIndex] || null);
+    });
+  });
+  for (const [id, card] of cards) if (!liveShots.has(id)) { card.remove(); cards.delete(id); }
+  for (const [id, box] of sceneEls) if (!liveScenes.has(id)) { box.remove(); sceneEls.delete(id); }
+  binBox.textContent = '';
+  if (model.bin && model.bin.length) {
+    binBox.append(el('span', 'tl-bin-label', 'Bin: '));
+    for (const item of model.bin) {
+      const entry = el('span', 'tl-bin-item'); entry.dataset.shotId = item.id;
+      entry.append(el('span', 'tl-bin-caption', item.caption || '(no caption)'), button('restore', 'Restore', 'put it back'));
+      binBox.append(entry);
+    }
+    binBox.append(button('empty_bin', 'Empty bin', 'delete the bin\u2019s shots and their takes for good'));
+  }
+  root.dataset.version = model.version;
+  root.dataset.renderedAt = String(performance.now());
+}
+
+function cardOf(node) { return node && node.closest ? node.closest('.tl-card') : null; }
+function sceneOf(node) { return node && node.closest ? node.closest('.tl-scene') : null; }
+function shotIdOf(node) { const c = cardOf(node); return c ? Number(c.dataset.shotId) : null; }
+function sceneIdOf(node) { const s = sceneOf(node); return s ? Number(s.dataset.sceneId) : null; }
+function sceneOrder(sceneId) {
+  const scene = model.scenes.find(s => s.id === sceneId);
+  return scene ? scene.shots.map(s => s.id) : [];
+}
+
+root.addEventListener('click', (event) => {
+  const target = event.target.closest('button[data-action]');
+  if (!target || !model) return;
+  const action = target.dataset.action;
+  const shotId = shotIdOf(target); const sceneId = sceneIdOf(target);
+  if (action === 'restore') { send('restore', {shot_id: Number(target.closest('.tl-bin-item').dataset.shotId)}); return; }
+  if (action === 'empty_bin') { if (confirm('Delete the bin\u2019s shots and their takes for good?')) send('empty_bin', {}); return; }
+  if (action === 'open') { trigger('select', {shot_id: shotId, selected: Array.from(selected)}); return; }
+  if (action === 'left' || action === 'right') {
+    const order = sceneOrder(sceneId); const from = order.indexOf(shotId);
+    send('move', {shot_id: shotId, to_scene_id: sceneId, position: from + (action === 'left' ? -1 : 1), seen: order});
+    return;
+  }
+  if (action === 'generate_scene') { send('generate_scene', {scene_id: sceneId}); return; }
+  send(action, {shot_id: shotId, scene_id: sceneId});
+});
+root.addEventListener('change', (event) => {
+  const target = event.target;
+  if (target.classList.contains('tl-pick')) {
+    const id = shotIdOf(target);
+    if (target.checked) selected.add(id); else selected.delete(id);
+    trigger('select', {shot_id: null, selected: Array.from(selected)});
+  } else if (target.classList.contains('tl-caption')) {
+    const card = cardOf(target);
+    if (target.value !== card.dataset.savedCaption) send('caption', {shot_id: Number(card.dataset.shotId), caption: target.value});
+  } else if (target.classList.contains('tl-scene-caption')) {
+    const scene = sceneOf(target);
+    if (target.value !== scene.dataset.savedCaption) send('scene_caption', {scene_id: Number(scene.dataset.sceneId), caption: target.value});
+  }
+});
+root.addEventListener('keydown', (event) => {
+  const target = event.target;
+  if (event.key === 'Enter' && !event.shiftKey && (target.classList.contains('tl-caption') || target.classList.contains('tl-scene-caption'))) {
+    event.preventDefault();
+    target.blur();  // blur fires `change`, which saves once
+  } else if (event.key === 'Escape' && target.classList.contains('tl-caption')) {
+    target.value = cardOf(target).dataset.savedCaption; target.blur();
+  }
+});
+root.addEventListener('dragstart', (event) => {
+  const card = cardOf(event.target);
+  if (!card || event.target.closest('textarea, input, button')) return;
+  dragId = Number(card.dataset.shotId);
+  event.dataTransfer.effectAllowed = 'move';
+  event.dataTransfer.setData('text/plain', String(dragId));
+});
+function clearDropMarks() {
+  root.querySelectorAll('.tl-drop-before, .tl-drop-after, .tl-drop-target').forEach(n => n.classList.remove('tl-drop-before', 'tl-drop-after', 'tl-drop-target'));
+}
+function dropPlace(event) {
+  const card = cardOf(event.target); const sceneId = sceneIdOf(event.target);
+  if (sceneId === null) return null;
+  const order = sceneOrder(sceneId).filter(id => id !== dragId);
+  if (!card) return {sceneId, position: order.length, card: null, after: true};
+  const rect = card.getBoundingClientRect();
+  const after = event.clientX > rect.left + rect.width / 2;
+  const overId = Number(card.dataset.shotId);
+  if (overId === dragId) return {sceneId, position: sceneOrder(sceneId).indexOf(dragId), card, after};
+  return {sceneId, position: order.indexOf(overId) + (after ? 1 : 0), card, after};
+}
+root.addEventListener('dragover', (event) => {
+  if (dragId === null) return;
+  const place = dropPlace(event); if (!place) return;
+  event.preventDefault(); event.dataTransfer.dropEffect = 'move';
+  clearDropMarks();
+  if (place.card) place.card.classList.add(place.after ? 'tl-drop-after' : 'tl-drop-before');
+  else sceneEls.get(place.sceneId).querySelector('.tl-shots').classList.add('tl-drop-target');
+});
+root.addEventListener('dragleave', (event) => { if (event.target === root) clearDropMarks(); });
+root.addEventListener('drop', (event) => {
+  if (dragId === null) return;
+  const place = dropPlace(event); clearDropMarks();
+  if (!place) return;
+  event.preventDefault();
+  const fromScene = Number(cards.get(dragId).dataset.sceneId);
+  send('move', {shot_id: dragId, to_scene_id: place.sceneId, position: place.position, seen: sceneOrder(fromScene)});
+  dragId = null;
+});
+root.addEventListener('dragend', () => { dragId = null; clearDropMarks(); });
+
+render(props.value);
+watch('value', () => render(props.value));

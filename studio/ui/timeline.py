@@ -1,0 +1,139 @@
+"""The storyboard timeline: one `gr.HTML` component that draws every scene and shot card in the browser.
+
+Why one component and not `@gr.render` cards: keyed re-renders reset text being typed, saving per keystroke lost
+characters, quick clicks reached the wrong card and one move cost ~1.7 s at 64 shots (issue 7's prototype). Here
+the value is plain data (`timeline_model`), the browser builds the cards itself with `textContent` (no user string
+is ever parsed as HTML or as a template, so `${document.title}`, `{{value}}` and `<img onerror>` stay text), cards
+are reconciled by shot id (a caption being typed in is never replaced), and every user action is one delegated
+listener that calls `trigger("edit", {...})` with the shot id and the structure version the page saw. The server
+applies each edit as one small service command (see `storyboard_page.apply_edit`); a stale version is refused and
+the page redraws from the services.
+
+Captions are saved on change (blur) or Enter, never per keystroke.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio.ui.security import asset_url
+
+TIMELINE_HTML = """
+<div class="tl-root" data-version="">
+  <div class="tl-scenes"></div>
+  <div class="tl-bin"></div>
+  <div class="tl-empty">Open or create a project to see its storyboard.</div>
+</div>
+"""
+
+TIMELINE_CSS = """
+.tl-root { display: flex; flex-direction: column; gap: 12px; font-size: 14px; }
+.tl-scene { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
+.tl-scene-head { display: flex; gap: 6px; align-items: center; margin-bottom: 6px; }
+.tl-scene-head .tl-scene-label { font-weight: 600; white-space: nowrap; }
+.tl-scene-head input { flex: 1; min-width: 120px; padding: 4px 6px; }
+.tl-shots { display: flex; flex-wrap: wrap; gap: 8px; min-height: 60px; }
+.tl-shots.tl-drop-target { outline: 2px dashed var(--color-accent); }
+.tl-card { width: 200px; border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 6px;
+  background: var(--background-fill-secondary); display: flex; flex-direction: column; gap: 4px; cursor: grab; }
+.tl-card.tl-selected { outline: 2px solid var(--color-accent); }
+.tl-card.tl-drop-before { box-shadow: -4px 0 0 0 var(--color-accent); }
+.tl-card.tl-drop-after { box-shadow: 4px 0 0 0 var(--color-accent); }
+.tl-card-head { display: flex; justify-content: space-between; align-items: center; gap: 4px; }
+.tl-index { font-weight: 600; }
+.tl-thumb { width: 100%; aspect-ratio: 16 / 9; object-fit: cover; border-radius: 4px; background: #222; }
+.tl-thumb-empty { display: flex; align-items: center; justify-content: center; color: #aaa; font-size: 12px; }
+.tl-caption { width: 100%; min-height: 52px; resize: vertical; font: inherit; padding: 4px; box-sizing: border-box; }
+.tl-meta { font-size: 12px; color: var(--body-text-color-subdued); }
+.tl-actions { display: flex; flex-wrap: wrap; gap: 2px; }
+.tl-actions button, .tl-scene-head button, .tl-bin button { font-size: 12px; padding: 1px 6px; border-radius: 4px;
+  border: 1px solid var(--border-color-primary); background: var(--background-fill-primary); cursor: pointer; }
+.tl-bin { font-size: 12px; }
+.tl-bin-item { display: inline-flex; gap: 4px; align-items: center; margin-right: 10px; }
+"""
+
+# Delegated listeners on the root: cards come and go, the listeners stay. `trigger("edit", ...)` and
+# `trigger("select", ...)` are the only two events; every payload carries ids, never positions in the DOM alone.
+TIMELINE_JS = (Path(__file__).with_name("timeline.js")).read_text(encoding="utf-8")
+
+
+def Timeline(value: dict[str, Any] | None = None, **kwargs: Any) -> gr.HTML:  # noqa: N802 (reads as a component)
+    """The storyboard timeline. Its value is `timeline_model(...)` (a dict) or None; events: `edit`, `select`.
+
+    A plain `gr.HTML` (its pre/postprocess pass a dict through untouched), not a subclass: Gradio writes a `.pyi`
+    stub next to the source file of every Component subclass it sees.
+    """
+    return gr.HTML(
+        value=value,
+        html_template=TIMELINE_HTML,
+        css_template=TIMELINE_CSS,
+        js_on_load=TIMELINE_JS,
+        apply_default_css=False,
+        **kwargs,
+    )
+
+
+def structure_version(scenes: list[Any]) -> str:
+    """A short digest of which shots sit where; an edit made against another version is refused as stale."""
+    layout = [[scene.id, [shot.id for shot in scene.shots]] for scene in scenes]
+    return hashlib.sha1(json.dumps(layout).encode()).hexdigest()[:12]
+
+
+def timeline_model(
+    services: Any, project_id: int | None, selected: list[int] | None = None, open_shot_id: int | None = None
+) -> dict[str, Any] | None:
+    """The timeline's value: every live scene and shot of the project in film order, read from the services."""
+    if project_id is None:
+        return None
+    project = services.projects.get(project_id)
+    scenes = services.storyboard.list_scenes(project_id)
+    fps = max(1, int(project.fps))
+    thumbs = _chosen_thumbnails(services, [shot for scene in scenes for shot in scene.shots])
+    bin_view = services.storyboard.list_bin(project_id)
+    bin_shots = list(getattr(bin_view, "shots", ()) or ())
+    return {
+        "project_id": project_id,
+        "version": structure_version(scenes),
+        "open_shot_id": open_shot_id,
+        "selected": list(selected or []),
+        "scenes": [
+            {
+                "id": scene.id,
+                "caption": scene.caption,
+                "shots": [
+                    {
+                        "id": shot.id,
+                        "scene_id": scene.id,
+                        "caption": shot.caption,
+                        "num_frames": shot.num_frames,
+                        "seconds": round(shot.num_frames / fps, 2),
+                        "characters": list(shot.character_names),
+                        "shot_size": shot.shot_size,
+                        "camera_move": shot.camera_move,
+                        "transition": shot.transition_type,
+                        "transition_seconds": shot.transition_seconds,
+                        "take_count": shot.take_count,
+                        "thumb": thumbs.get(shot.id),
+                    }
+                    for shot in scene.shots
+                ],
+            }
+            for scene in scenes
+        ],
+        "bin": [{"id": shot.id, "caption": shot.caption} for shot in bin_shots],
+    }
+
+
+def _chosen_thumbnails(services: Any, shots: list[Any]) -> dict[int, str | None]:
+    thumbs: dict[int, str | None] = {}
+    for shot in shots:
+        if shot.chosen_take_id is None:
+            continue
+        take = services.takes.get(shot.chosen_take_id)
+        thumbs[shot.id] = asset_url(take.thumbnail_asset_id)
+    return thumbs
