@@ -1,0 +1,150 @@
+"""Use a scene's character adapters at inference: load and combine LoRAs (`set_adapters` with weights), write
+embedding rows, and substitute each character's trigger in the captions with what its adapter answers to.
+
+    applied = apply_adapters(pipe, [AdapterSpec(...), ...], fallback_texts={"<tom>": "tom, a fisherman"})
+    captions = [applied.substitute(c) for c in captions]
+    out = pipe(...)
+    take_params["adapters"] = applied.records()
+    applied.unload()            # or keep them loaded for the next scene with the same cast
+
+`pipe` is any diffusers pipeline with `WanLoraLoaderMixin` (`pipelines.MultiShotPipeline`, `WanPipeline`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adapters.common import trigger_text as default_trigger_text
+from adapters.embedding import load_embedding_into
+from adapters.lora import read_lora_metadata
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One character adapter to use: what the studio's Adapter row says, plus the weights file path."""
+
+    adapter_id: int | str
+    kind: str  # lora | embedding | imported
+    path: Path
+    trigger: str  # the character's trigger as written in captions, e.g. "<mara>"
+    weight: float = 1.0  # LoRA strength in the combination
+    version: int = 1
+    character: str | None = None  # for the take's record
+    trigger_text: str | None = None  # override of what a LoRA answers to (imported LoRAs' own trigger words)
+
+    @property
+    def adapter_name(self) -> str:
+        """Unique per adapter version, so a retrained adapter never reuses a stale loaded copy."""
+        raw = f"{self.kind}_{self.adapter_id}_v{self.version}"
+        return re.sub(r"[^A-Za-z0-9_]", "_", raw)
+
+
+@dataclass
+class AppliedAdapters:
+    pipe: object
+    specs: list[AdapterSpec]
+    substitutions: dict[str, str]  # trigger -> replacement text
+    lora_names: list[str] = field(default_factory=list)
+
+    def substitute(self, caption: str) -> str:
+        return substitute_triggers(caption, self.substitutions)
+
+    def records(self) -> list[dict]:
+        """What a take stores about the adapters it was made with."""
+        return [
+            {
+                "adapter_id": spec.adapter_id,
+                "kind": spec.kind,
+                "version": spec.version,
+                "weight": spec.weight,
+                "character": spec.character,
+                "trigger": spec.trigger,
+            }
+            for spec in self.specs
+        ]
+
+    def unload(self) -> None:
+        """Remove this scene's LoRAs from the transformer. Embedding rows stay (their tokens only appear in
+        captions that were substituted for them, so they are inert otherwise)."""
+        if self.lora_names:
+            unload_loras(self.pipe, self.lora_names)
+            self.lora_names = []
+
+
+def substitute_triggers(caption: str, substitutions: dict[str, str]) -> str:
+    """Replace every trigger in one pass (longest first), so a replacement that contains a trigger (an embedding's
+    own token) is never replaced again."""
+    if not substitutions:
+        return caption
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(substitutions, key=len, reverse=True)))
+    return pattern.sub(lambda m: substitutions[m.group(0)], caption)
+
+
+def loaded_loras(pipe) -> list[str]:
+    try:
+        listed = pipe.get_list_adapters()
+    except (ValueError, AttributeError):  # no peft layers yet
+        return []
+    return sorted({name for names in listed.values() for name in names})
+
+
+def unload_loras(pipe, names: Iterable[str]) -> None:
+    present = set(loaded_loras(pipe))
+    names = [n for n in names if n in present]
+    if not names:
+        return
+    if set(names) == present:
+        pipe.unload_lora_weights()  # nothing else loaded: remove the peft wrappers too
+    else:
+        pipe.delete_adapters(names)
+
+
+def apply_adapters(
+    pipe,
+    specs: Sequence[AdapterSpec],
+    fallback_texts: dict[str, str] | None = None,
+    keep_loaded: bool = False,
+) -> AppliedAdapters:
+    """Load and activate exactly `specs` on `pipe`; return the substitutions to apply to captions.
+
+    LoRAs already loaded under the same name (same adapter and version) are reused; other loaded LoRAs are
+    removed unless `keep_loaded`. `fallback_texts` gives the replacement for triggers of characters without an
+    adapter (e.g. their name and description); other text is left as written.
+    """
+    substitutions = dict(fallback_texts or {})
+    lora_specs = [s for s in specs if s.kind in ("lora", "imported")]
+    wanted = [s.adapter_name for s in lora_specs]
+    if not keep_loaded:
+        unload_loras(pipe, [n for n in loaded_loras(pipe) if n not in wanted])
+    present = set(loaded_loras(pipe))
+    per_trigger: dict[str, list[str]] = {}
+    for spec in specs:
+        path = Path(spec.path)
+        if not path.is_file():
+            raise FileNotFoundError(f"adapter file for {spec.character or spec.trigger} is missing: {path}")
+        if spec.kind == "embedding":
+            tokens = load_embedding_into(pipe.tokenizer, pipe.text_encoder, path)
+            per_trigger.setdefault(spec.trigger, []).insert(0, " ".join(tokens))
+        elif spec.kind in ("lora", "imported"):
+            if spec.adapter_name not in present:
+                pipe.load_lora_weights(str(path), adapter_name=spec.adapter_name)
+            text = spec.trigger_text or read_lora_metadata(path).get("trigger_text")
+            per_trigger.setdefault(spec.trigger, []).append(text or default_trigger_text(spec.trigger))
+        else:
+            raise ValueError(f"unknown adapter kind {spec.kind!r}; choose one of: lora, embedding, imported")
+    if any(spec.kind == "embedding" for spec in specs) and hasattr(pipe, "clear_text_cache"):
+        # Embedding rows were written in place: captions encoded before must be encoded again.
+        pipe.clear_text_cache()
+    if lora_specs:
+        pipe.enable_lora()  # a previous scene without LoRAs may have disabled them
+        pipe.set_adapters(wanted, adapter_weights=[s.weight for s in lora_specs])
+    elif loaded_loras(pipe):
+        # Kept-loaded LoRAs of other scenes must not leak into this one.
+        pipe.disable_lora()
+    for trigger, texts in per_trigger.items():
+        # Embedding tokens first, then the LoRA's words: "<mara> mara" when a character has both.
+        substitutions[trigger] = " ".join(dict.fromkeys(texts))
+    return AppliedAdapters(pipe=pipe, specs=list(specs), substitutions=substitutions, lora_names=wanted)

@@ -1,0 +1,251 @@
+"""Character LoRA: peft low-rank adapters on the transformer's attention projections, trained on the character's
+reference pictures as one-frame videos with Wan's flow-matching objective, saved in diffusers' LoRA format.
+
+    result = train_lora(components, images, trigger="<mara>", output_path="mara.safetensors", preset="tiny")
+    pipe.load_lora_weights(result.path, adapter_name="mara")   # any WanLoraLoaderMixin pipeline
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from adapters.common import (
+    LORA_TARGET_MODULES,
+    SHOTLINE_METADATA_KEY,
+    ProgressCallback,
+    StopCheck,
+    TrainingResult,
+    atomic_write,
+    augmented_views,
+    cosine_lr,
+    default_hyperparameters,
+    encode_images,
+    load_image,
+    prompt_text_embeddings,
+    sample_flow_matching,
+    scheduler_shift,
+    training_captions,
+    trigger_text,
+)
+
+TRAINING_ADAPTER_NAME = "shotline_training"
+
+
+@dataclass
+class LoraTrainingConfig:
+    rank: int = 8
+    alpha: float = 8.0
+    steps: int = 300
+    learning_rate: float = 1e-3
+    batch_size: int = 1
+    width: int = 64  # training resolution: the preset's frame size
+    height: int = 64
+    max_sequence_length: int | None = None  # caption padding, the preset's convention
+    augment_variants: int = 4  # views per reference: original, mirror, random crops
+    target_modules: tuple[str, ...] = LORA_TARGET_MODULES
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    seed: int = 0
+    gradient_checkpointing: bool = False  # trade compute for memory on large models
+
+    @classmethod
+    def for_preset(cls, preset, **overrides) -> LoraTrainingConfig:
+        """Defaults from a `pipelines.registry.ModelPreset` (or a preset name), then explicit overrides."""
+        if isinstance(preset, str):
+            from pipelines.registry import get_preset
+
+            preset = get_preset(preset)
+        values = default_hyperparameters(preset.name, "lora")
+        values.update(width=preset.width, height=preset.height, max_sequence_length=preset.max_sequence_length)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def validate(self) -> None:
+        if self.rank < 1 or self.rank > 256:
+            raise ValueError(f"LoRA rank must be between 1 and 256, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"LoRA alpha must be positive, got {self.alpha}")
+        if self.steps < 1 or self.steps > 100_000:
+            raise ValueError(f"training steps must be between 1 and 100000, got {self.steps}")
+        if not 0 < self.learning_rate <= 1:
+            raise ValueError(f"learning rate must be in (0, 1], got {self.learning_rate}")
+        if self.width % 16 or self.height % 16:
+            raise ValueError(f"training size must be a multiple of 16, got {self.width}x{self.height}")
+
+
+@dataclass
+class PreparedSamples:
+    """Reference views encoded once: training then never runs the VAE or the text encoder again."""
+
+    latents: torch.Tensor  # [N, C, 1, h, w]
+    text: torch.Tensor  # [N, L, D]
+    captions: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def prepare_samples(
+    components: dict, images: Sequence, captions: Sequence[str], config: LoraTrainingConfig
+) -> PreparedSamples:
+    pictures = [load_image(image) for image in images]
+    if not pictures:
+        raise ValueError("a LoRA needs at least one reference picture: add references to the character first")
+    if len(captions) == 1:
+        captions = list(captions) * len(pictures)
+    if len(captions) != len(pictures):
+        raise ValueError(f"{len(pictures)} pictures but {len(captions)} captions: give one caption or one per picture")
+    views = augmented_views(pictures, config.width, config.height, config.augment_variants, config.seed)
+    per_picture = max(1, config.augment_variants)
+    view_captions = [caption for caption in captions for _ in range(per_picture)]
+    latents = encode_images(components["vae"], views)
+    text = prompt_text_embeddings(
+        components["tokenizer"], components["text_encoder"], view_captions, config.max_sequence_length
+    ).float()
+    return PreparedSamples(latents=latents, text=text.cpu(), captions=view_captions)
+
+
+def lora_config(config: LoraTrainingConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        init_lora_weights="gaussian",
+        target_modules=list(config.target_modules),
+    )
+
+
+def save_lora(path: Path, transformer, adapter_name: str, info: dict) -> Path:
+    """Write the adapter's weights as diffusers' Wan LoRA file: `transformer.`-prefixed peft keys plus the peft
+    config under `lora_adapter_metadata` (so `load_lora_weights` rebuilds rank and alpha exactly), and Shotline's
+    own record (trigger, preset, training settings) under its own header key."""
+    from diffusers import WanPipeline
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    layers = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    tensors = {
+        k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in WanPipeline.pack_weights(layers, "transformer").items()
+    }
+    peft_config = transformer.peft_config[adapter_name].to_dict()
+    peft_config = {k: sorted(v) if isinstance(v, set) else v for k, v in peft_config.items()}
+    metadata = {
+        "format": "pt",
+        LORA_ADAPTER_METADATA_KEY: json.dumps({f"transformer.{k}": v for k, v in peft_config.items()}, sort_keys=True),
+        SHOTLINE_METADATA_KEY: json.dumps(info, sort_keys=True),
+    }
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def train_lora(
+    components: dict,
+    images: Sequence[Image.Image | bytes | str | Path],
+    trigger: str,
+    output_path: str | Path,
+    config: LoraTrainingConfig | None = None,
+    description: str = "",
+    preset: str | None = None,
+    captions: Sequence[str] | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> TrainingResult:
+    """Train a character LoRA on `components["transformer"]` and write it to `output_path`.
+
+    The transformer is left as it was found (the training adapter is deleted afterwards, even on error).
+    `progress(step, total, loss)` is called after every step; when `should_stop()` turns true the run ends
+    within one step and nothing is written (`result.stopped`, `result.path is None`).
+    """
+    config = config or (LoraTrainingConfig.for_preset(preset) if preset else LoraTrainingConfig())
+    config.validate()
+    transformer = components["transformer"]
+    captions = list(captions) if captions else training_captions(trigger, description)
+    samples = prepare_samples(components, images, captions, config)
+
+    device = next(transformer.parameters()).device
+    dtype = next(transformer.parameters()).dtype
+    shift = scheduler_shift(components.get("scheduler"), default=3.0)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    was_training = transformer.training
+    requires_grad = {name: p.requires_grad for name, p in transformer.named_parameters()}
+    prior_adapters = list(transformer.active_adapters()) if getattr(transformer, "peft_config", None) else []
+    transformer.requires_grad_(False)
+    torch.manual_seed(config.seed)  # the LoRA's random init (lora_A gaussian, lora_B zero)
+    transformer.add_adapter(lora_config(config), adapter_name=TRAINING_ADAPTER_NAME)
+    transformer.set_adapter(TRAINING_ADAPTER_NAME)
+    params = [p for n, p in transformer.named_parameters() if TRAINING_ADAPTER_NAME in n]
+    for p in params:
+        p.data = p.data.float()  # train the low-rank factors in fp32 even when the base model runs in bf16
+        p.requires_grad_(True)
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, config.steps, config.warmup_steps))
+    losses: list[float] = []
+    stopped = False
+    try:
+        transformer.train()
+        count = samples.latents.shape[0]
+        for step in range(config.steps):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            index = torch.randint(0, count, (config.batch_size,), generator=generator)
+            noisy, timestep, target = sample_flow_matching(samples.latents[index], generator, shift)
+            prediction = transformer(
+                hidden_states=noisy.to(device, dtype),
+                timestep=timestep.to(device),
+                encoder_hidden_states=samples.text[index].to(device, dtype),
+                return_dict=False,
+            )[0]
+            loss = torch.nn.functional.mse_loss(prediction.float(), target.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(step + 1, config.steps, losses[-1])
+        path = None
+        info = {
+            "kind": "lora",
+            "trigger": trigger,
+            "trigger_text": trigger_text(trigger),
+            "preset": preset,
+            "captions": sorted(set(samples.captions)),
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+            "steps_done": len(losses),
+        }
+        if not stopped:
+            path = save_lora(Path(output_path), transformer, TRAINING_ADAPTER_NAME, info)
+    finally:
+        if config.gradient_checkpointing:
+            transformer.disable_gradient_checkpointing()
+        if prior_adapters or len(getattr(transformer, "peft_config", {})) > 1:
+            transformer.delete_adapters(TRAINING_ADAPTER_NAME)
+            if prior_adapters:
+                transformer.set_adapter(prior_adapters)
+        else:
+            transformer.unload_lora()  # no other adapters: take the peft wrappers out entirely
+        for name, p in transformer.named_parameters():
+            p.requires_grad_(requires_grad.get(name, False))
+        transformer.train(was_training)
+    return TrainingResult(path=path, loss_curve=losses, steps_done=len(losses), stopped=stopped, metadata=info)
+
+
+def read_lora_metadata(path: str | Path) -> dict:
+    """Shotline's record from a LoRA file header ({} for files from elsewhere)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    raw = metadata.get(SHOTLINE_METADATA_KEY)
+    return json.loads(raw) if raw else {}
