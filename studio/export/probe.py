@@ -16,6 +16,10 @@ import numpy as np
 
 _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: (Video|Audio): (.*)")
 _SAMPLE_RATE_RE = re.compile(r"(\d+) Hz")
+_SIZE_RE = re.compile(r"^(\d+)x(\d+)")
+_FPS_RE = re.compile(r"^(\d+(?:\.\d+)?) fps")
+_TBR_RE = re.compile(r"^(\d+(?:\.\d+)?) tbr")
+_FRAME_RE = re.compile(r"frame=\s*(\d+)")
 _DURATION_RE = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 
 
@@ -51,41 +55,69 @@ def _ffmpeg_header(path: Path) -> str:
     return completed.stderr
 
 
+def _split_outside_parens(text: str) -> list[str]:
+    """Split ffmpeg's stream description on commas that are not inside parentheses ("yuv420p(tv, bt709)")."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth = max(0, depth - 1)
+        if char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current).strip())
+    return parts
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Read size, frame rate, exact frame count, codec and pixel format of a video file.
 
-    Raises FileNotFoundError for a missing file and ValueError for a file without a readable video stream.
+    One ffmpeg run: the stream table it prints, then a stream copy of the video to the null muxer, whose final
+    `frame=` count is exact and needs no decoding. Raises FileNotFoundError for a missing file and ValueError for a
+    file without a readable video stream.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
-    try:
-        reader = imageio_ffmpeg.read_frames(str(path))
-        meta = next(reader)
-        reader.close()
-    except (OSError, RuntimeError, StopIteration) as exc:
-        raise ValueError(f"{path} is not a readable video file: {exc}") from exc
-    # Counting packets with a stream copy is exact and does not decode.
-    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-    audio_codec = None
-    audio_rate = None
-    for kind, description in _STREAM_RE.findall(_ffmpeg_header(path)):
-        if kind == "Audio" and audio_codec is None:
-            audio_codec = description.split(",")[0].split()[0]
-            rate = _SAMPLE_RATE_RE.search(description)
-            audio_rate = int(rate.group(1)) if rate else None
-    width, height = meta["size"]
+    completed = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
+        capture_output=True, text=True, errors="replace",
+    )
+    log = completed.stderr
+    video = None
+    audio = None
+    for kind, description in _STREAM_RE.findall(log.split("Stream mapping:")[0]):
+        if kind == "Video" and video is None:
+            video = _split_outside_parens(description)
+        elif kind == "Audio" and audio is None:
+            audio = description
+    if completed.returncode != 0 or video is None:
+        reason = log.strip().splitlines()[-1] if log.strip() else "no output"
+        raise ValueError(f"{path} is not a readable video file: {reason}")
+    codec = video[0].split()[0]
+    pix_fmt = video[1].split("(")[0].strip() if len(video) > 1 else ""
+    size = next((m for m in (_SIZE_RE.search(part) for part in video[1:]) if m), None)
+    rate = next((m for m in (_FPS_RE.search(part) for part in video) if m), None)
+    rate = rate or next((m for m in (_TBR_RE.search(part) for part in video) if m), None)
+    counts = _FRAME_RE.findall(log)
+    if size is None or rate is None or not counts:
+        raise ValueError(f"{path}: ffmpeg reported no size, frame rate or frame count for its video stream")
+    audio_codec = audio.split(",")[0].split()[0] if audio else None
+    audio_rate = _SAMPLE_RATE_RE.search(audio) if audio else None
     return VideoInfo(
         path=path,
-        width=int(width),
-        height=int(height),
-        fps=float(meta["fps"]),
-        frames=int(frames),
-        codec=str(meta["codec"]),
-        pix_fmt=str(meta["pix_fmt"]).split("(")[0],
-        has_audio=audio_codec is not None,
+        width=int(size.group(1)),
+        height=int(size.group(2)),
+        fps=float(rate.group(1)),
+        frames=int(counts[-1]),
+        codec=codec,
+        pix_fmt=pix_fmt,
+        has_audio=audio is not None,
         audio_codec=audio_codec,
-        audio_rate=audio_rate,
+        audio_rate=int(audio_rate.group(1)) if audio_rate else None,
     )
 
 
