@@ -32,4 +32,3 @@ def pipe(tiny_components):
     pipeline = MultiShotPipeline(**tiny_components)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
-
