@@ -74,6 +74,7 @@ class StudioBlocks(gr.Blocks):
             for key, value in defaults.items():
                 kwargs.setdefault(key, value)
             kwargs.setdefault("ssr_mode", False)
+            kwargs.setdefault("css", PAGE_CSS)
             kwargs.setdefault("favicon_path", None)
         return super().launch(**kwargs)
 
@@ -132,7 +133,7 @@ def _file_path(item: Any) -> Path:
 def build_app(services: Any) -> gr.Blocks:
     """The whole studio page: Projects, Characters, Storyboard, Export tabs and the job queue."""
     s = services
-    with StudioBlocks(title="Shotline studio", css=PAGE_CSS, analytics_enabled=False) as app:
+    with StudioBlocks(title="Shotline studio", analytics_enabled=False) as app:
         app.studio_services = services
         project_state = gr.State(None)
         selected_state = gr.State([])
