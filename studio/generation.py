@@ -20,6 +20,7 @@ import os
 import random
 import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,7 +313,9 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
     preset = get_preset(project.preset)
     steps = int(ctx.job.payload.get("steps") or project.steps)
     ctx.report_progress(0.0, f"loading model {preset.name}", step=0, total=steps)
+    started = time.perf_counter()
     pipe = ctx.pipelines.get(preset.name, plan.adapters, context=services)
+    timings = {"pipeline_s": round(time.perf_counter() - started, 4)}
     ctx.check_cancelled()
 
     partial = len(plan.targets) < len(plan.shots)
@@ -355,8 +358,11 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
     )
     if partial:
         call_kwargs.update(regenerate=list(plan.targets), context_latents=plan.context_latents, regenerate_mode=mode)
+    started = time.perf_counter()
     output = pipe(**call_kwargs)
     step_callback.raise_if_stopped()
+    timings["generate_s"] = round(time.perf_counter() - started, 4)
+    started = time.perf_counter()
 
     scene_captions = list(plan.captions)
     take_ids = []
@@ -404,7 +410,13 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         )
         take_ids.append(take.id)
     ctx.report_progress(1.0, f"{len(take_ids)} take(s) written", step=steps, total=steps)
-    return {"takes": take_ids, "shots": [plan.shots[i].id for i in plan.targets], "skipped": plan.skipped}
+    timings["write_s"] = round(time.perf_counter() - started, 4)
+    return {
+        "takes": take_ids,
+        "shots": [plan.shots[i].id for i in plan.targets],
+        "skipped": plan.skipped,
+        "timings": timings,
+    }
 
 
 def run_generate_scene(ctx: JobContext) -> dict:
