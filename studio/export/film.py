@@ -86,7 +86,8 @@ class ClipSpec:
     """One shot of the film.
 
     video: the take file, or None for a shot with no take (a placeholder card when the settings allow it).
-    trim_in / trim_out: source frames used, trim_out exclusive; None = to the end of the take.
+    trim_in / trim_out: source frames used, trim_out exclusive; None = to the end of the take; a negative trim_out
+        counts from the end, like a slice (-2 drops the last two frames).
     transition / transition_seconds: how this clip comes in after the previous one.
     label: names the shot in errors, and is written on a placeholder card.
     placeholder_frames: length of the placeholder card in output frames (default: 2 seconds).
@@ -252,6 +253,8 @@ def plan_film(
             lengths.append(frames)
             continue
         trim_out = source.frames if spec.trim_out is None else spec.trim_out
+        if trim_out < 0:
+            trim_out += source.frames
         if not 0 <= spec.trim_in < trim_out <= source.frames:
             raise ExportError(
                 f"{name}: trim [{spec.trim_in}, {trim_out}) is outside the take's {source.frames} frames; "

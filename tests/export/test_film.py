@@ -71,8 +71,8 @@ def test_plan_counts_cuts_dissolves_and_fades_exactly():
 
 
 def test_plan_first_clip_fades_in_and_other_rates_are_resampled():
-    clips = [ClipSpec("a", transition="dissolve", transition_seconds=0.25), ClipSpec("b", trim_in=4, trim_out=20)]
-    plan = plan_film(clips, SETTINGS, [fake_source(9), fake_source(33, fps=16)])
+    clips = [ClipSpec("a", transition="dissolve", transition_seconds=0.25), ClipSpec("b", trim_in=4, trim_out=-13)]
+    plan = plan_film(clips, SETTINGS, [fake_source(9), fake_source(33, fps=16)])  # -13 from 33 frames: 20
     first, second = plan.clips
     assert (first.fade_in, first.dissolve_in) == (2, 0)
     # 16 source frames at 16 fps are 8 frames at 8 fps, each the even source frame from trim_in on.
