@@ -1,0 +1,206 @@
+"""The studio side of export: a project's chosen takes -> film + OTIO, stored as assets with an Export row.
+
+`run_export_job` is the worker's handler for `export_film` jobs; `export_project` is what the CLI (`python -m studio
+export PROJECT --out film.mp4`) and the headless `render` command call. Both read the project through the services
+only, and both go through `studio.export.film.render_film` and `studio.export.timeline.write_timeline`.
+
+Job payload of `export_film` (every key optional):
+
+    project_id           the project (default: the job's project_id)
+    music_asset_id       an uploaded music file in the asset store, or
+    music_path           a music file on the worker's disk
+    music_fade_seconds   fade-out of the music (default 1.0)
+    placeholder          true: a shot with no take becomes a grey card naming it; false (default): refused
+    allow_fast_path      false forces a re-encode even when the takes could be joined as they are
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio.export.film import (
+    ClipSpec,
+    ExportCancelled,
+    ExportError,
+    ExportSettings,
+    FilmResult,
+    ProgressCallback,
+    plan_film,
+    render_film,
+)
+from studio.export.timeline import write_timeline
+
+# Share of the job's progress bar given to the frames; the rest is the timeline and storing the assets.
+RENDER_SHARE = 0.95
+
+
+def shot_label(number: int, scene_position: int | None, shot, max_caption: int = 48) -> str:
+    """How a shot is named in errors and on placeholder cards: its place in the film and its caption."""
+    caption = " ".join(str(shot.caption).split())
+    if len(caption) > max_caption:
+        caption = caption[: max_caption - 3] + "..."
+    where = f" (scene {scene_position + 1}, shot {shot.position + 1})" if scene_position is not None else ""
+    return f"shot {number}{where}: {caption!r}" if caption else f"shot {number}{where}"
+
+
+def project_clips(services, project_id: int) -> list[ClipSpec]:
+    """The film's clips: every live shot in film order, its chosen take (or None), trims and transition."""
+    scene_positions = {scene.id: scene.position for scene in services.storyboard.list_scenes(project_id)}
+    clips = []
+    for number, shot in enumerate(services.storyboard.film_shots(project_id), start=1):
+        video = None
+        if shot.chosen_take_id is not None:
+            take = services.takes.get(shot.chosen_take_id)
+            video = services.assets.path_of(take.video_asset_id)
+        clips.append(ClipSpec(
+            video=video,
+            trim_in=int(shot.trim_in or 0),
+            # The shot stores frames cut from the end; a negative trim_out says the same to the renderer.
+            trim_out=-int(shot.trim_out) if shot.trim_out else None,
+            transition=shot.transition_type or "cut",
+            transition_seconds=float(shot.transition_seconds or 0.0),
+            label=shot_label(number, scene_positions.get(shot.scene_id), shot),
+            placeholder_frames=int(shot.num_frames),
+        ))
+    if not clips:
+        raise ExportError("the project has no shots to export; add shots to its storyboard first")
+    return clips
+
+
+def project_export_settings(
+    project,
+    music: Path | str | None = None,
+    music_fade_seconds: float = 1.0,
+    placeholder: bool = False,
+    allow_fast_path: bool = True,
+) -> ExportSettings:
+    return ExportSettings(
+        fps=project.fps, width=project.width, height=project.height, music=music,
+        music_fade_seconds=music_fade_seconds, placeholder=placeholder, allow_fast_path=allow_fast_path,
+    )
+
+
+def _settings_record(settings: ExportSettings, result: FilmResult, music_asset_id: int | None) -> dict[str, Any]:
+    """What the Export row keeps about how the film was made."""
+    return {
+        "fps": settings.fps, "width": settings.width, "height": settings.height,
+        "music": str(settings.music) if settings.music is not None else None, "music_asset_id": music_asset_id,
+        "music_fade_seconds": settings.music_fade_seconds, "placeholder": settings.placeholder,
+        "allow_fast_path": settings.allow_fast_path, "method": result.method, "frames": result.frames,
+        "duration": result.duration, "clip_starts": list(result.clip_starts),
+    }
+
+
+@dataclass(frozen=True)
+class ProjectExport:
+    film_path: Path
+    timeline_path: Path
+    result: FilmResult
+    export: Any  # ExportView, or None when not stored
+
+
+def export_project(
+    services,
+    project_id: int,
+    out_path: str | Path,
+    music: str | Path | None = None,
+    music_fade_seconds: float = 1.0,
+    placeholder: bool = False,
+    allow_fast_path: bool = True,
+    progress: ProgressCallback | None = None,
+    store: bool = True,
+    job_id: int | None = None,
+) -> ProjectExport:
+    """Write the project's film to `out_path` and its edit to the .otio beside it; `store` also records both as
+    assets with an Export row (so the studio lists the export)."""
+    out_path = Path(out_path)
+    project = services.projects.get(project_id)
+    clips = project_clips(services, project_id)
+    settings = project_export_settings(project, music, music_fade_seconds, placeholder, allow_fast_path)
+    plan = plan_film(clips, settings)  # refuses a bad edit before any file is written
+    result = render_film(clips, out_path, settings, progress=progress)
+    timeline_path = write_timeline(plan, out_path.with_suffix(".otio"), settings, name=project.name)
+    export = None
+    if store:
+        export = services.exports.create(
+            project_id, job_id, _settings_record(settings, result, None), out_path, timeline_path.read_bytes()
+        )
+    return ProjectExport(film_path=out_path, timeline_path=timeline_path, result=result, export=export)
+
+
+def run_export_job(
+    services,
+    job,
+    report_progress: Callable[..., None],
+    should_cancel: Callable[[], bool],
+) -> dict[str, Any]:
+    """Handler of `export_film` jobs (see the module docstring for the payload).
+
+    Progress is reported per frame written; a cancel request stops the render within one frame, removes the partial
+    file and stores nothing (the worker then marks the job cancelled).
+    """
+    payload = dict(job.payload or {})
+    project_id = payload.get("project_id") or job.project_id
+    if project_id is None:
+        raise ExportError("the export job names no project; enqueue it with project_id")
+    music = None
+    music_asset_id = payload.get("music_asset_id")
+    if music_asset_id is not None:
+        music = services.assets.path_of(int(music_asset_id))
+    elif payload.get("music_path"):
+        music = Path(payload["music_path"])
+    project = services.projects.get(project_id)
+    settings = project_export_settings(
+        project, music, float(payload.get("music_fade_seconds", 1.0)), bool(payload.get("placeholder", False)),
+        bool(payload.get("allow_fast_path", True)),
+    )
+    report_progress(0.0, "preparing the edit")
+    clips = project_clips(services, project_id)
+    plan = plan_film(clips, settings)
+
+    def on_frame(done: int, total: int) -> None:
+        if should_cancel():
+            raise ExportCancelled(f"export job {job.id} was cancelled")
+        report_progress(RENDER_SHARE * done / total, f"frame {done}/{total}", step=done, total=total)
+
+    work_dir = Path(tempfile.mkdtemp(prefix="export-", dir=_scratch_dir(services)))
+    try:
+        film_path = work_dir / "film.mp4"
+        try:
+            result = render_film(clips, film_path, settings, progress=on_frame)
+        except ExportCancelled:
+            return {"cancelled": True}
+        report_progress(RENDER_SHARE, "writing the timeline")
+        timeline_path = write_timeline(plan, work_dir / "film.otio", settings, name=project.name)
+        if should_cancel():
+            return {"cancelled": True}
+        report_progress(0.98, "storing the film")
+        record = _settings_record(settings, result, int(music_asset_id) if music_asset_id is not None else None)
+        export = services.exports.create(project_id, job.id, record, film_path, timeline_path.read_bytes())
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    report_progress(1.0, f"exported {result.frames} frames ({result.method})", step=result.frames, total=result.frames)
+    return {
+        "export_id": export.id,
+        "video_asset_id": export.video_asset_id,
+        "timeline_asset_id": export.timeline_asset_id,
+        "frames": result.frames,
+        "fps": result.fps,
+        "duration": result.duration,
+        "width": result.width,
+        "height": result.height,
+        "method": result.method,
+    }
+
+
+def _scratch_dir(services) -> Path:
+    # Inside the data dir: the film is copied into the asset store next, and the same disk avoids a cross-device copy
+    # of a large file through /tmp (often a small tmpfs).
+    folder = Path(services.settings.data_dir) / "tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
