@@ -62,6 +62,10 @@ class TrainingResult:
     steps_done: int
     stopped: bool
     metadata: dict = field(default_factory=dict)
+    # Loss on one fixed set of noise draws (same noise, same levels) before and after training: unlike the
+    # per-step curve, which jumps with the random noise level of each step, these two are comparable.
+    eval_loss_before: float | None = None
+    eval_loss_after: float | None = None
 
     @property
     def metrics(self) -> dict:
@@ -72,6 +76,8 @@ class TrainingResult:
             "loss_first": float(np.mean(curve[:window])) if curve else None,
             "loss_last": float(np.mean(curve[-window:])) if curve else None,
             "loss_curve": [round(float(v), 6) for v in curve],
+            "eval_loss_before": self.eval_loss_before,
+            "eval_loss_after": self.eval_loss_after,
         }
 
 
@@ -214,6 +220,22 @@ def sample_flow_matching(
     s = sigma.view(batch, *([1] * (latents.dim() - 1)))
     noisy = (1 - s) * latents.float() + s * noise
     return noisy, sigma * num_train_timesteps, noise - latents.float()
+
+
+def evaluation_draws(
+    latents: torch.Tensor, seed: int, per_sample: int = 4, max_samples: int = 8
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Fixed (index, x_t, timestep, target) draws at evenly spread noise levels, for before/after comparisons."""
+    generator = torch.Generator().manual_seed(seed + 1_000_003)
+    count = min(latents.shape[0], max_samples)
+    draws = []
+    for level in range(per_sample):
+        sigma = torch.full((count,), (level + 0.5) / per_sample)
+        noise = torch.randn(latents[:count].shape, generator=generator, dtype=torch.float32)
+        s = sigma.view(count, *([1] * (latents.dim() - 1)))
+        clean = latents[:count].float()
+        draws.append((torch.arange(count), (1 - s) * clean + s * noise, sigma * 1000, noise - clean))
+    return draws
 
 
 def scheduler_shift(scheduler, default: float = 1.0) -> float:

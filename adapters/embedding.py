@@ -25,6 +25,7 @@ from adapters.common import (
     cosine_lr,
     default_hyperparameters,
     encode_images,
+    evaluation_draws,
     load_image,
     prompt_text_embeddings,
     sample_flow_matching,
@@ -191,23 +192,33 @@ def train_embedding(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, config.steps))
     losses: list[float] = []
     stopped = False
+    draws = evaluation_draws(latents, config.seed)
+
+    def flow_loss(index: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, target: torch.Tensor):
+        text = prompt_text_embeddings(
+            tokenizer, text_encoder, [caption] * len(index), config.max_sequence_length, swap_in
+        )
+        prediction = transformer(
+            hidden_states=noisy.to(device, dtype),
+            timestep=timestep.to(device),
+            encoder_hidden_states=text.to(dtype),
+            return_dict=False,
+        )[0]
+        return torch.nn.functional.mse_loss(prediction.float(), target.to(device))
+
+    @torch.no_grad()
+    def evaluation_loss() -> float:
+        return sum(float(flow_loss(*draw)) for draw in draws) / len(draws)
+
     try:
+        eval_before = evaluation_loss()
         for step in range(config.steps):
             if should_stop is not None and should_stop():
                 stopped = True
                 break
             index = torch.randint(0, latents.shape[0], (config.batch_size,), generator=generator)
             noisy, timestep, target = sample_flow_matching(latents[index], generator, shift)
-            text = prompt_text_embeddings(
-                tokenizer, text_encoder, [caption] * config.batch_size, config.max_sequence_length, swap_in
-            )
-            prediction = transformer(
-                hidden_states=noisy.to(device, dtype),
-                timestep=timestep.to(device),
-                encoder_hidden_states=text.to(dtype),
-                return_dict=False,
-            )[0]
-            loss = torch.nn.functional.mse_loss(prediction.float(), target.to(device))
+            loss = flow_loss(index, noisy, timestep, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([vectors], config.max_grad_norm)
@@ -216,6 +227,7 @@ def train_embedding(
             losses.append(float(loss.detach()))
             if progress is not None:
                 progress(step + 1, config.steps, losses[-1])
+        eval_after = evaluation_loss()
     finally:
         for module, flags, training in frozen:
             for name, p in module.named_parameters():
@@ -230,9 +242,19 @@ def train_embedding(
         "text_dtype": str(text_dtype),
         "config": asdict(config),
         "steps_done": len(losses),
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
     }
     path = None if stopped else save_embedding(Path(output_path), vectors, tokens, info)
-    return TrainingResult(path=path, loss_curve=losses, steps_done=len(losses), stopped=stopped, metadata=info)
+    return TrainingResult(
+        path=path,
+        loss_curve=losses,
+        steps_done=len(losses),
+        stopped=stopped,
+        metadata=info,
+        eval_loss_before=eval_before,
+        eval_loss_after=eval_after,
+    )
 
 
 def load_embedding_into(tokenizer, text_encoder, path: str | Path) -> list[str]:

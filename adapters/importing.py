@@ -158,7 +158,7 @@ def check_compatibility(state_dict: dict[str, torch.Tensor], transformer_or_conf
     shapes = expected_linear_shapes(transformer_or_config)
     num_blocks = len({k.split(".")[1] for k in shapes if k.startswith("blocks.")})
     modules, ranks, unknown = set(), set(), []
-    for key, tensor in state_dict.items():
+    for key, tensor in sorted(state_dict.items()):
         match = _MODULE_RE.match(key)
         if not match:
             raise AdapterImportError(f"unexpected tensor {key!r}: only LoRA A/B matrices are supported")

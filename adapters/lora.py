@@ -26,6 +26,7 @@ from adapters.common import (
     cosine_lr,
     default_hyperparameters,
     encode_images,
+    evaluation_draws,
     load_image,
     prompt_text_embeddings,
     sample_flow_matching,
@@ -190,7 +191,23 @@ def train_lora(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, config.steps, config.warmup_steps))
     losses: list[float] = []
     stopped = False
+    draws = evaluation_draws(samples.latents, config.seed)
+
+    def flow_loss(index: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, target: torch.Tensor):
+        prediction = transformer(
+            hidden_states=noisy.to(device, dtype),
+            timestep=timestep.to(device),
+            encoder_hidden_states=samples.text[index].to(device, dtype),
+            return_dict=False,
+        )[0]
+        return torch.nn.functional.mse_loss(prediction.float(), target.to(device))
+
+    @torch.no_grad()
+    def evaluation_loss() -> float:
+        return sum(float(flow_loss(*draw)) for draw in draws) / len(draws)
+
     try:
+        eval_before = evaluation_loss()  # lora_B starts at zero: this is the base model's loss
         transformer.train()
         count = samples.latents.shape[0]
         for step in range(config.steps):
@@ -199,13 +216,7 @@ def train_lora(
                 break
             index = torch.randint(0, count, (config.batch_size,), generator=generator)
             noisy, timestep, target = sample_flow_matching(samples.latents[index], generator, shift)
-            prediction = transformer(
-                hidden_states=noisy.to(device, dtype),
-                timestep=timestep.to(device),
-                encoder_hidden_states=samples.text[index].to(device, dtype),
-                return_dict=False,
-            )[0]
-            loss = torch.nn.functional.mse_loss(prediction.float(), target.to(device))
+            loss = flow_loss(index, noisy, timestep, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -224,6 +235,9 @@ def train_lora(
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
             "steps_done": len(losses),
         }
+        transformer.eval()
+        eval_after = evaluation_loss()
+        info["eval_loss_before"], info["eval_loss_after"] = eval_before, eval_after
         if not stopped:
             path = save_lora(Path(output_path), transformer, TRAINING_ADAPTER_NAME, info)
     finally:
@@ -238,7 +252,15 @@ def train_lora(
         for name, p in transformer.named_parameters():
             p.requires_grad_(requires_grad.get(name, False))
         transformer.train(was_training)
-    return TrainingResult(path=path, loss_curve=losses, steps_done=len(losses), stopped=stopped, metadata=info)
+    return TrainingResult(
+        path=path,
+        loss_curve=losses,
+        steps_done=len(losses),
+        stopped=stopped,
+        metadata=info,
+        eval_loss_before=eval_before,
+        eval_loss_after=eval_after,
+    )
 
 
 def read_lora_metadata(path: str | Path) -> dict:

@@ -54,3 +54,34 @@ def generate_latent(pipe, caption: str, seed: int = 1) -> torch.Tensor:
     )
     latent = out.latents[0]
     return latent[0] if latent.dim() == 5 else latent
+
+
+def random_lora_state(transformer, rank: int = 2, seed: int = 0, scale: float = 0.5) -> dict[str, torch.Tensor]:
+    """A diffusers-layout LoRA with random A and B on every attention projection of `transformer`."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in transformer.named_modules():
+        if name.endswith(("to_q", "to_k", "to_v", "to_out.0")) and isinstance(module, torch.nn.Linear):
+            a = torch.randn(rank, module.in_features, generator=generator) * scale
+            b = torch.randn(module.out_features, rank, generator=generator) * scale
+            state[f"transformer.{name}.lora_A.weight"] = a
+            state[f"transformer.{name}.lora_B.weight"] = b
+    return state
+
+
+def to_wan_original_layout(state: dict[str, torch.Tensor], alpha_over_rank: float = 2.0) -> dict[str, torch.Tensor]:
+    """The same LoRA as the original Wan / ComfyUI community files write it: `diffusion_model.` prefix,
+    self_attn/cross_attn with q/k/v/o, lora_down/lora_up and an `.alpha` (the up matrix divided to compensate)."""
+    names = {"attn1": "self_attn", "attn2": "cross_attn"}
+    projections = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o"}
+    out = {}
+    for key, tensor in state.items():
+        module, part = key.removeprefix("transformer.").rsplit(".lora_", 1)
+        block, index, attn, proj = module.split(".", 3)
+        base = f"diffusion_model.{block}.{index}.{names[attn]}.{projections[proj]}"
+        if part.startswith("A"):
+            out[f"{base}.lora_down.weight"] = tensor.clone()
+            out[f"{base}.alpha"] = torch.tensor(float(tensor.shape[0]) * alpha_over_rank)
+        else:
+            out[f"{base}.lora_up.weight"] = tensor / alpha_over_rank
+    return out
