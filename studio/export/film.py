@@ -39,8 +39,8 @@ or looped when shorter, and fades out over its last `music_fade_seconds`.
 
 Two ways to write the file, reported in `FilmResult.method`:
 - "concat": every transition is a cut, no clip is trimmed or a placeholder, and every take already is H.264 yuv420p
-  at the output size and fps. The takes are joined by ffmpeg's concat demuxer with the video stream copied, not
-  re-encoded (only the audio is encoded), so the frames are the takes' own, bit for bit.
+  at the output size and fps, all of one H.264 profile. The takes are joined by ffmpeg's concat demuxer with the
+  video stream copied, not re-encoded (only the audio is encoded), so the frames are the takes' own, bit for bit.
 - "reencode": anything else. Frames are composed here (so the arithmetic above is the code, not moviepy's float
   time arithmetic) and written through moviepy 2 with libx264.
 
@@ -312,6 +312,10 @@ def _probe_clip(spec: ClipSpec, index: int) -> VideoInfo:
 
 def can_concat(plan: FilmPlan) -> bool:
     """True when the takes can be joined without re-encoding (see the module docstring)."""
+    # The concat demuxer keeps the first take's decoder setup: every take must share the H.264 profile too.
+    profiles = {clip.source.profile for clip in plan.clips if clip.source is not None}
+    if len(profiles) > 1:
+        return False
     for clip in plan.clips:
         source = clip.source
         if source is None or clip.dissolve_in or clip.fade_in or clip.fade_out:

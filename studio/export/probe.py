@@ -16,6 +16,7 @@ import numpy as np
 
 _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: (Video|Audio): (.*)")
 _SAMPLE_RATE_RE = re.compile(r"(\d+) Hz")
+_CODEC_RE = re.compile(r"^(\w+)(?: \(([^)/]+)\))?")
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)")
 _FPS_RE = re.compile(r"^(\d+(?:\.\d+)?) fps")
 _TBR_RE = re.compile(r"^(\d+(?:\.\d+)?) tbr")
@@ -39,6 +40,7 @@ class VideoInfo:
     codec: str
     pix_fmt: str
     has_audio: bool
+    profile: str | None = None
     audio_codec: str | None = None
     audio_rate: int | None = None
 
@@ -97,7 +99,9 @@ def probe_video(path: str | Path) -> VideoInfo:
     if completed.returncode != 0 or video is None:
         reason = log.strip().splitlines()[-1] if log.strip() else "no output"
         raise ValueError(f"{path} is not a readable video file: {reason}")
-    codec = video[0].split()[0]
+    codec_match = _CODEC_RE.match(video[0])
+    codec = codec_match.group(1) if codec_match else video[0].split()[0]
+    profile = codec_match.group(2) if codec_match else None
     pix_fmt = video[1].split("(")[0].strip() if len(video) > 1 else ""
     size = next((m for m in (_SIZE_RE.search(part) for part in video[1:]) if m), None)
     rate = next((m for m in (_FPS_RE.search(part) for part in video) if m), None)
@@ -116,6 +120,7 @@ def probe_video(path: str | Path) -> VideoInfo:
         codec=codec,
         pix_fmt=pix_fmt,
         has_audio=audio is not None,
+        profile=profile,
         audio_codec=audio_codec,
         audio_rate=int(audio_rate.group(1)) if audio_rate else None,
     )

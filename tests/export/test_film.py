@@ -117,6 +117,22 @@ def test_cuts_take_the_concat_fast_path_frame_exact(solid_video, tmp_path):
     assert not list(tmp_path.glob("*.partial.mp4"))
 
 
+def test_takes_that_do_not_match_the_output_are_reencoded(solid_video, tmp_path):
+    base = solid_video([40] * 5)
+    assert (probe_video(base).profile, probe_video(solid_video([1], preset="medium")).profile) == (
+        "Constrained Baseline", "High"
+    )
+    for other in (
+        solid_video([200] * 5, preset="medium"),  # H.264 High instead of Constrained Baseline
+        solid_video([200] * 5, fps=16),
+        solid_video([200] * 5, width=48),
+    ):
+        result = render_film([ClipSpec(base), ClipSpec(other)], tmp_path / "film.mp4", SETTINGS)
+        assert result.method == "reencode"
+        assert probe_video(tmp_path / "film.mp4").frames == result.frames
+    assert render_film([ClipSpec(base), ClipSpec(base)], tmp_path / "film.mp4", SETTINGS).method == "concat"
+
+
 def test_cuts_reencoded_on_request_give_the_same_counts(solid_video, tmp_path):
     takes = [solid_video([40] * 9), solid_video([200] * 7)]
     settings = ExportSettings(fps=8, width=32, height=32, allow_fast_path=False)
