@@ -13,8 +13,12 @@ from studio.config import Settings
 from studio.db.engine import Database
 from studio.db.migrate import upgrade
 from studio.services.assets import AssetStore
+from studio.services.characters import CharacterService
+from studio.services.exports import ExportService
 from studio.services.jobs import JobService
 from studio.services.projects import ProjectService
+from studio.services.storyboard import StoryboardService
+from studio.services.takes import TakeService
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +29,11 @@ class Services:
     db: Database
     assets: AssetStore
     projects: ProjectService
+    characters: CharacterService
+    storyboard: StoryboardService
+    takes: TakeService
     jobs: JobService
-    characters: object = None
-    storyboard: object = None
-    takes: object = None
-    exports: object = None
+    exports: ExportService
 
     def close(self) -> None:
         self.db.dispose()
@@ -50,7 +54,11 @@ def build_services(settings: Settings, migrate: bool = True, sweep: bool = True)
         db=db,
         assets=assets,
         projects=ProjectService(db, settings.model_preset),
+        characters=CharacterService(db, assets),
+        storyboard=StoryboardService(db, assets),
+        takes=TakeService(db, assets),
         jobs=JobService(db),
+        exports=ExportService(db, assets),
     )
     if sweep:
         files, rows = assets.sweep_orphans()

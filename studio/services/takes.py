@@ -1,0 +1,150 @@
+"""Takes: every generation of a shot is kept (numbered 1, 2, ... per shot); one is the shot's chosen take."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, select
+
+from studio.db import models
+from studio.db.engine import Database
+from studio.services import validation as check
+from studio.services.assets import AssetStore
+from studio.services.convert import take_view
+from studio.services.errors import NotFoundError, ValidationError
+from studio.services.views import TakeView
+
+
+def _json(value, what: str) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValidationError(f"{what} must be JSON data: {error}") from None
+
+
+class TakeService:
+    def __init__(self, db: Database, assets: AssetStore) -> None:
+        self.db = db
+        self.assets = assets
+
+    def add_take(
+        self,
+        shot_id: int,
+        job_id: int | None,
+        video: bytes,
+        thumbnail: bytes,
+        latents: bytes | None,
+        seed: int,
+        params: dict,
+        identity_scores: dict | None = None,
+    ) -> TakeView:
+        """Store a new take (files and row in one unit of work). The first take of a shot becomes its chosen take.
+
+        Never overwrites: a take of a shot that was binned meanwhile is still kept (restoring the shot shows it).
+        """
+        if not video:
+            raise ValidationError("a take needs its video bytes")
+        if not thumbnail:
+            raise ValidationError("a take needs its thumbnail bytes")
+        take_seed = check.seed(seed)
+        if take_seed is None:
+            raise ValidationError("a take needs the seed it was generated with")
+        _json(params, "take params")
+        if identity_scores is not None:
+            _json(identity_scores, "identity scores")
+        with self.db.unit_of_work() as session:
+            shot = session.get(models.Shot, shot_id)
+            if shot is None:
+                raise NotFoundError(f"shot {shot_id} does not exist")
+            if job_id is not None and session.get(models.Job, job_id) is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            # Lock the shot's row on PostgreSQL so two workers finishing takes of one shot number them in turn.
+            if self.db.dialect == "postgresql":
+                session.execute(select(models.Shot.id).where(models.Shot.id == shot_id).with_for_update())
+            number = (
+                session.scalar(select(func.max(models.Take.number)).where(models.Take.shot_id == shot_id)) or 0
+            ) + 1
+            stem = f"shot{shot_id}-take{number}"
+            take = models.Take(
+                shot_id=shot_id,
+                number=number,
+                job_id=job_id,
+                video_asset_id=self.assets.add_bytes(session, video, "video", "video/mp4", f"{stem}.mp4").id,
+                thumbnail_asset_id=self.assets.add_bytes(
+                    session, thumbnail, "thumbnail", _image_mime(thumbnail), f"{stem}.png"
+                ).id,
+                latents_asset_id=(
+                    self.assets.add_bytes(
+                        session, latents, "latents", "application/x-safetensors", f"{stem}.safetensors"
+                    ).id
+                    if latents
+                    else None
+                ),
+                seed=take_seed,
+                params=dict(params),
+                identity_scores=dict(identity_scores) if identity_scores is not None else None,
+            )
+            session.add(take)
+            session.flush()
+            if shot.chosen_take_id is None:
+                shot.chosen_take_id = take.id
+                session.flush()
+            return take_view(take, shot.chosen_take_id)
+
+    def list_takes(self, shot_id: int) -> list[TakeView]:
+        """Oldest first (take 1, 2, ...)."""
+        with self.db.unit_of_work() as session:
+            shot = session.get(models.Shot, shot_id)
+            if shot is None:
+                raise NotFoundError(f"shot {shot_id} does not exist")
+            return [take_view(t, shot.chosen_take_id) for t in shot.takes]
+
+    def get(self, take_id: int) -> TakeView:
+        with self.db.unit_of_work() as session:
+            take = self._take(session, take_id)
+            return take_view(take, take.shot.chosen_take_id)
+
+    def choose_take(self, shot_id: int, take_id: int) -> TakeView:
+        with self.db.unit_of_work() as session:
+            take = self._take(session, take_id)
+            if take.shot_id != shot_id:
+                raise ValidationError(f"take {take_id} belongs to shot {take.shot_id}, not shot {shot_id}")
+            if take.shot.chosen_take_id != take.id:
+                take.shot.chosen_take_id = take.id
+            session.flush()
+            return take_view(take, take.id)
+
+    def chosen_take(self, shot_id: int) -> TakeView | None:
+        """The shot's chosen take, or None when it has no take yet."""
+        with self.db.unit_of_work() as session:
+            shot = session.get(models.Shot, shot_id)
+            if shot is None:
+                raise NotFoundError(f"shot {shot_id} does not exist")
+            if shot.chosen_take_id is None:
+                return None
+            return take_view(session.get(models.Take, shot.chosen_take_id), shot.chosen_take_id)
+
+    def set_identity_scores(self, take_id: int, scores: dict) -> TakeView:
+        _json(scores, "identity scores")
+        with self.db.unit_of_work() as session:
+            take = self._take(session, take_id)
+            take.identity_scores = dict(scores)
+            session.flush()
+            return take_view(take, take.shot.chosen_take_id)
+
+    @staticmethod
+    def _take(session, take_id: int) -> models.Take:
+        take = session.get(models.Take, take_id)
+        if take is None:
+            raise NotFoundError(f"take {take_id} does not exist")
+        return take
+
+
+def _image_mime(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    raise ValidationError("a take's thumbnail must be a PNG, JPEG or WEBP image")
