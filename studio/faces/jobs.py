@@ -1,0 +1,158 @@
+"""The `train_adapter` job: train a character's LoRA or embedding on the worker and register it when complete.
+
+    run_train_adapter(services, job, report_progress, should_cancel, pipelines=None) -> dict
+
+Payload: `{"character_id": int, "kind": "lora" | "embedding", "hyperparameters": {...overrides}}`.
+The Adapter row and its weights are written in one unit of work only after training finished, so a job that is
+killed, cancelled or fails leaves no adapter behind (the run starts over when the job is queued again).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+from studio.faces.service import TRAINABLE_KINDS, reference_fingerprint
+from studio.services.errors import ValidationError
+
+logger = logging.getLogger(__name__)
+
+PREPARE_SHARE = 0.05  # progress fraction for loading the model and encoding the references
+SAVE_SHARE = 0.03  # and for writing the weights at the end
+COMPONENT_NAMES = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
+# Hyper-parameters a payload may override, per kind (the rest comes from the preset's defaults).
+OVERRIDABLE = {
+    "lora": ("rank", "alpha", "steps", "learning_rate", "batch_size", "augment_variants", "seed"),
+    "embedding": ("num_vectors", "steps", "learning_rate", "batch_size", "augment_variants", "seed", "init_text"),
+}
+
+
+def training_components(services, preset: str, pipelines=None) -> dict:
+    """The base model's components: from the worker's warm pipeline (no adapters on it) when there is one."""
+    if pipelines is not None:
+        pipe = pipelines.get(preset, (), context=services)
+    else:
+        from pipelines import get_preset, load_pipeline
+
+        settings = services.settings
+        model_dir = None
+        folder = Path(settings.resolved_model_dir) / preset
+        if get_preset(preset).source == "local" and folder.is_dir():
+            model_dir = folder
+        pipe = load_pipeline(preset, device=settings.device, dtype=settings.dtype, model_dir=model_dir)
+    return {name: getattr(pipe, name) for name in COMPONENT_NAMES}
+
+
+def _config(kind: str, preset: str, overrides: dict):
+    from adapters.embedding import EmbeddingTrainingConfig
+    from adapters.lora import LoraTrainingConfig
+
+    unknown = set(overrides) - set(OVERRIDABLE[kind])
+    if unknown:
+        raise ValidationError(
+            f"unknown {kind} setting(s) {sorted(unknown)}; use any of: {', '.join(OVERRIDABLE[kind])}"
+        )
+    config_class = LoraTrainingConfig if kind == "lora" else EmbeddingTrainingConfig
+    config = config_class.for_preset(preset, **overrides)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise ValidationError(str(error)) from None
+    return config
+
+
+def run_train_adapter(services, job, report_progress, should_cancel, pipelines=None) -> dict:
+    from dataclasses import asdict
+
+    from adapters.embedding import train_embedding
+    from adapters.lora import train_lora
+
+    payload = job.payload or {}
+    kind = payload.get("kind", "lora")
+    if kind not in TRAINABLE_KINDS:
+        raise ValidationError(f"train_adapter: kind must be one of {', '.join(TRAINABLE_KINDS)}, got {kind!r}")
+    character = services.characters.get(int(payload["character_id"]))
+    project = services.projects.get(character.project_id)
+    preset = project.preset
+    config = _config(kind, preset, dict(payload.get("hyperparameters") or {}))
+    references = services.characters.list_references(character.id)
+    if not references:
+        raise ValidationError(f"{character.name} has no reference pictures: add at least one before training")
+    done = [a for a in services.characters.list_adapters(character.id) if a.job_id == job.id and a.status == "ready"]
+    if done:
+        # This job already registered its adapter before the worker died: running it again must not train twice.
+        adapter = done[-1]
+        report_progress(1.0, f"{character.name}'s {kind} v{adapter.version} is ready")
+        return {"adapter_id": adapter.id, "character_id": character.id, "kind": kind, "version": adapter.version}
+    fingerprint = reference_fingerprint(references)
+    images = [services.assets.read_bytes(r.asset_id) for r in references]
+
+    report_progress(0.0, f"loading {preset} for {character.name}'s {kind}", step=0, total=config.steps)
+    components = training_components(services, preset, pipelines)
+    if should_cancel():
+        return {"cancelled": True, "steps": 0}
+    report_progress(PREPARE_SHARE, f"training {character.name}'s {kind}", step=0, total=config.steps)
+
+    def progress(step: int, total: int, loss: float) -> None:
+        fraction = PREPARE_SHARE + (1 - PREPARE_SHARE - SAVE_SHARE) * step / total
+        report_progress(fraction, f"{kind} step {step}/{total}, loss {loss:.4f}", step=step, total=total)
+
+    tmp_dir = Path(services.settings.data_dir) / "tmp"
+    output = tmp_dir / f"adapter-job{job.id}-{uuid.uuid4().hex[:8]}.safetensors"
+    train = train_lora if kind == "lora" else train_embedding
+    try:
+        result = train(
+            components,
+            images,
+            trigger=character.trigger,
+            output_path=output,
+            config=config,
+            description=character.description,
+            preset=preset,
+            progress=progress,
+            should_stop=should_cancel,
+        )
+        if result.stopped:
+            return {"cancelled": True, "steps": result.steps_done}
+        report_progress(1 - SAVE_SHARE, f"saving {character.name}'s {kind}", step=config.steps, total=config.steps)
+        weights = result.path.read_bytes()
+        # A cancel that arrived while saving still wins: nothing is registered.
+        if should_cancel():
+            return {"cancelled": True, "steps": result.steps_done}
+        hyperparameters = {
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+            "trigger": character.trigger,
+            "trigger_text": result.metadata.get("trigger_text"),
+            "references": sorted(int(r.asset_id) for r in references),
+            "reference_fingerprint": fingerprint,
+        }
+        adapter = services.characters.add_adapter(
+            character.id,
+            kind,
+            preset,
+            hyperparameters=hyperparameters,
+            status="ready",
+            job_id=job.id,
+            weights=weights,
+        )
+        adapter = services.characters.update_adapter_status(
+            adapter.id, "ready", message=f"trained {result.steps_done} steps", metrics=result.metrics
+        )
+    finally:
+        output.unlink(missing_ok=True)
+    report_progress(
+        1.0, f"{character.name}'s {kind} v{adapter.version} is ready", step=config.steps, total=config.steps
+    )
+    metrics = result.metrics
+    return {
+        "adapter_id": adapter.id,
+        "character_id": character.id,
+        "kind": kind,
+        "version": adapter.version,
+        "steps": result.steps_done,
+        "loss_first": metrics["loss_first"],
+        "loss_last": metrics["loss_last"],
+        "eval_loss_before": metrics["eval_loss_before"],
+        "eval_loss_after": metrics["eval_loss_after"],
+    }

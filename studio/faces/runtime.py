@@ -1,0 +1,52 @@
+"""Character adapters on the worker's pipeline: what `studio.worker.cache` calls to swap a scene's adapters.
+
+applied = apply_adapters(pipe, ((adapter_id, version), ...), services)
+captions = substitute_captions(pipe, captions)   # "<mara> climbs" -> "mara climbs" / "<mara> <mara_1> climbs"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adapters.loading import AdapterSpec, AppliedAdapters, substitute_triggers
+from adapters.loading import apply_adapters as apply_specs
+
+SUBSTITUTIONS_ATTRIBUTE = "_studio_trigger_substitutions"
+
+
+def adapter_specs(services, adapters) -> list[AdapterSpec]:
+    """`AdapterSpec`s for `((adapter_id, version), ...)` from the adapter rows and their weights assets."""
+    specs = []
+    for adapter_id, version in adapters:
+        adapter = services.characters.get_adapter(int(adapter_id))
+        if adapter.version != int(version):
+            raise ValueError(f"adapter {adapter_id} is version {adapter.version}, not {version}: plan the scene again")
+        if adapter.weights_asset_id is None:
+            raise ValueError(f"adapter {adapter_id} has no weights (status {adapter.status})")
+        character = services.characters.get(adapter.character_id)
+        specs.append(
+            AdapterSpec(
+                adapter_id=adapter.id,
+                kind=adapter.kind,
+                path=Path(services.assets.path_of(adapter.weights_asset_id)),
+                trigger=character.trigger,
+                weight=float(adapter.hyperparameters.get("weight", 1.0)),
+                version=adapter.version,
+                character=character.name,
+                trigger_text=adapter.hyperparameters.get("trigger_text"),
+            )
+        )
+    return specs
+
+
+def apply_adapters(pipe, adapters, context) -> AppliedAdapters:
+    """Put exactly `adapters` on `pipe` (others removed) and remember the trigger substitutions on it."""
+    applied = apply_specs(pipe, adapter_specs(context, adapters))
+    setattr(pipe, SUBSTITUTIONS_ATTRIBUTE, dict(applied.substitutions))
+    return applied
+
+
+def substitute_captions(pipe, captions: list[str]) -> list[str]:
+    """Captions with each trigger replaced by what the loaded adapter answers to (unchanged without adapters)."""
+    substitutions = getattr(pipe, SUBSTITUTIONS_ATTRIBUTE, None) or {}
+    return [substitute_triggers(caption, substitutions) for caption in captions]

@@ -1,0 +1,360 @@
+"""Character work on top of the studio services: reference analysis, adapter training requests, "on demand"
+staleness, adapter import and identity scores of takes.
+
+Every function takes the `Services` bundle first and goes through its services only (no direct database access).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from studio.faces.analysis import FaceAnalyzer, FaceModelsMissing, ReferenceAnalysis, sample_frames
+from studio.services.errors import ValidationError
+
+logger = logging.getLogger(__name__)
+
+TRAINABLE_KINDS = ("lora", "embedding")
+TRAIN_JOB = "train_adapter"
+# Generic sentences per flag, for reference rows read back later (the precise reason is only known at analysis).
+FLAG_REASONS = {
+    "no_face": "no face found: fine for a non-human character, otherwise use a picture where the face is visible",
+    "several_faces": "several faces: the largest one is used; crop the picture to this character alone",
+    "low_quality": "the face is small or unclear: a larger, sharper, frontal picture gives a better likeness",
+}
+
+_analyzers: dict[tuple[str, str], FaceAnalyzer] = {}
+_analyzers_lock = threading.Lock()
+
+
+def face_analyzer_for(settings) -> FaceAnalyzer:
+    """One analyzer per face-model folder per process (the ONNX sessions load once, on first use)."""
+    folder = Path(settings.resolved_face_model_dir)
+    key = (str(folder), "buffalo_l")
+    with _analyzers_lock:
+        analyzer = _analyzers.get(key)
+        if analyzer is None:
+            analyzer = _analyzers[key] = FaceAnalyzer(folder)
+        return analyzer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# References
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    reference: object  # ReferenceView after analysis (or as stored, when faces could not be analysed)
+    analysis: ReferenceAnalysis | None
+    message: str  # what to tell the user: the flags' reasons, or where to put the face models; "" when all is well
+
+
+def add_reference(
+    services, character_id: int, filename: str, data: bytes, analyzer: FaceAnalyzer | None = None
+) -> ReferenceResult:
+    """Store a validated reference image, then find its face. Flagged references are kept (the user decides);
+    without the face models the reference is kept unanalysed and the message says where the models go."""
+    reference = services.characters.add_reference(character_id, filename, data)
+    return analyze_reference(services, reference.id, analyzer)
+
+
+def analyze_reference(services, reference_id: int, analyzer: FaceAnalyzer | None = None) -> ReferenceResult:
+    analyzer = analyzer or face_analyzer_for(services.settings)
+    reference = services.characters.get_reference(reference_id)
+    data = services.assets.read_bytes(reference.asset_id)
+    try:
+        analysis = analyzer.analyze_reference(data)
+    except FaceModelsMissing as error:
+        return ReferenceResult(reference, None, str(error))
+    crop_asset_id = None
+    crop = analysis.crop_png()
+    if crop is not None:
+        crop_asset_id = services.assets.put_bytes(
+            crop, kind="face_crop", mime="image/png", filename=f"face-{reference.id}.png"
+        ).id
+    reference = services.characters.set_reference_analysis(
+        reference.id, analysis.face_box, analysis.embedding, analysis.flags, crop_asset_id=crop_asset_id
+    )
+    return ReferenceResult(reference, analysis, "; ".join(analysis.reasons))
+
+
+def reanalyze_character(services, character_id: int, analyzer: FaceAnalyzer | None = None) -> list[ReferenceResult]:
+    """Analyse every reference again (after the face models were installed)."""
+    return [analyze_reference(services, r.id, analyzer) for r in services.characters.list_references(character_id)]
+
+
+def reference_fingerprint(references) -> str:
+    """Identifies a set of reference pictures by content (assets are content-addressed), order-free."""
+    ids = sorted(int(r.asset_id) for r in references)
+    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training requests and "on demand" staleness
+
+
+@dataclass(frozen=True)
+class TrainingNeed:
+    character_id: int
+    character_name: str
+    kind: str  # lora | embedding
+    reason: str  # "missing", "references changed", "trained for another model", or why it cannot be trained
+    trainable: bool  # False when the character has no references
+    pending_job_id: int | None  # a queued/running train_adapter job that will satisfy it
+
+
+def _pending_training_jobs(services, project_id: int | None) -> list:
+    jobs = []
+    for status in ("queued", "running"):
+        jobs += [j for j in services.jobs.list_jobs(status=status, project_id=project_id) if j.kind == TRAIN_JOB]
+    return jobs
+
+
+def _pending_job_for(services, character_id: int, kind: str, project_id: int | None):
+    for job in _pending_training_jobs(services, project_id):
+        if job.payload.get("character_id") == character_id and job.payload.get("kind") == kind:
+            return job
+    return None
+
+
+def current_adapter(services, character_id: int, kind: str, preset: str):
+    """The newest ready adapter that serves `kind` for `preset` (an imported LoRA serves a wanted LoRA)."""
+    ready = [
+        a
+        for a in services.characters.list_adapters(character_id)
+        if a.status == "ready" and a.weights_asset_id is not None and a.base_preset == preset
+    ]
+    kinds = ("lora", "imported") if kind == "lora" else (kind,)
+    ready = [a for a in ready if a.kind in kinds]
+    return max(ready, key=lambda a: (a.created_at, a.id), default=None)
+
+
+def training_need(services, character, preset: str, kind: str | None = None) -> TrainingNeed | None:
+    """Why `character` needs a (new) adapter of `kind` for `preset`, or None when its adapter is current."""
+    kind = kind or character.adapter_kind
+    if kind not in TRAINABLE_KINDS:
+        return None
+    references = services.characters.list_references(character.id)
+    adapter = current_adapter(services, character.id, kind, preset)
+    if adapter is not None and adapter.kind == "imported":
+        return None  # the user brought this one: references do not make it stale
+    if adapter is None:
+        reason = "missing"
+    elif adapter.hyperparameters.get("reference_fingerprint") != reference_fingerprint(references):
+        reason = "references changed"
+    else:
+        return None
+    pending = _pending_job_for(services, character.id, kind, character.project_id)
+    if not references:
+        return TrainingNeed(
+            character.id,
+            character.name,
+            kind,
+            f"{reason}, but {character.name} has no reference pictures: add some first",
+            False,
+            None,
+        )
+    return TrainingNeed(character.id, character.name, kind, reason, True, pending.id if pending else None)
+
+
+def adapters_to_train(services, project_id: int, character_ids=None) -> list[TrainingNeed]:
+    """Characters of the project (or only `character_ids`) whose wanted adapter is missing or stale."""
+    project = services.projects.get(project_id)
+    wanted = set(character_ids) if character_ids is not None else None
+    needs = []
+    for character in services.characters.list(project_id):
+        if wanted is not None and character.id not in wanted:
+            continue
+        need = training_need(services, character, project.preset)
+        if need is not None:
+            needs.append(need)
+    return needs
+
+
+def request_training(
+    services, character_id: int, kind: str | None = None, priority: int = 0, hyperparameters: dict | None = None
+):
+    """Queue a `train_adapter` job (or return the one already queued for this character and kind)."""
+    character = services.characters.get(character_id)
+    kind = kind or (character.adapter_kind if character.adapter_kind in TRAINABLE_KINDS else "lora")
+    if kind not in TRAINABLE_KINDS:
+        raise ValidationError(f"adapter kind must be one of {', '.join(TRAINABLE_KINDS)}, got {kind!r}")
+    if not services.characters.list_references(character_id):
+        raise ValidationError(f"{character.name} has no reference pictures: add at least one before training")
+    pending = _pending_job_for(services, character_id, kind, character.project_id)
+    if pending is not None:
+        return pending
+    payload = {"character_id": character_id, "kind": kind, "hyperparameters": dict(hyperparameters or {})}
+    return services.jobs.enqueue(TRAIN_JOB, payload, project_id=character.project_id, priority=priority)
+
+
+def ensure_adapters(services, project_id: int, character_ids=None, priority: int = 1) -> list:
+    """The render path's "on demand" step: queue training for every missing or stale adapter of these characters
+    and return the training jobs (new and already queued) the render should wait for. Characters that cannot be
+    trained (no references) are left out: they render without an adapter."""
+    jobs = []
+    for need in adapters_to_train(services, project_id, character_ids):
+        if not need.trainable:
+            logger.warning("%s: %s", need.character_name, need.reason)
+            continue
+        if need.pending_job_id is not None:
+            jobs.append(services.jobs.get(need.pending_job_id))
+        else:
+            jobs.append(request_training(services, need.character_id, need.kind, priority=priority))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Import
+
+
+def transformer_config_for(preset_name: str, model_dir: Path | None = None):
+    """The transformer config of a preset, without loading weights: what imported LoRAs are checked against."""
+    import json
+
+    from pipelines import get_preset
+
+    preset = get_preset(preset_name)
+    if preset.source == "code":
+        from pipelines.tiny import build_tiny_components
+
+        return build_tiny_components()["transformer"].config
+    candidates = []
+    if model_dir is not None:
+        candidates.append(Path(model_dir) / preset.name)
+        candidates.append(Path(model_dir))
+    if preset.source == "bundled":
+        candidates.append(Path(__file__).resolve().parents[2] / "assets" / preset.name)
+    for folder in candidates:
+        config = folder / "transformer" / "config.json"
+        if config.is_file():
+            return json.loads(config.read_text())
+    if preset.repo_id:
+        from pipelines.loading import _resolve_local_folder  # raises ModelWeightsMissingError with the fix
+
+        folder = _resolve_local_folder(preset, None)
+        return json.loads((folder / "transformer" / "config.json").read_text())
+    raise ValidationError(
+        f"cannot check the LoRA against model {preset.name!r}: its weights are not installed "
+        f"(looked in {', '.join(str(c) for c in candidates) or 'nowhere'})"
+    )
+
+
+def import_adapter(
+    services,
+    character_id: int,
+    filename: str,
+    data: bytes,
+    trigger_text: str | None = None,
+    weight: float = 1.0,
+    transformer_config=None,
+):
+    """Validate a LoRA file against the project's model and register it as a ready `imported` adapter.
+
+    Nothing is stored when the file is refused (`ValidationError` with the importer's reason)."""
+    from adapters.importing import AdapterImportError, import_lora
+
+    character = services.characters.get(character_id)
+    project = services.projects.get(character.project_id)
+    if not 0.0 <= float(weight) <= 2.0:
+        raise ValidationError(f"adapter weight must be between 0 and 2, got {weight}")
+    if transformer_config is None:
+        try:
+            transformer_config = transformer_config_for(project.preset, services.settings.resolved_model_dir)
+        except ValueError as error:
+            raise ValidationError(str(error)) from None
+    try:
+        normalised, imported = import_lora(
+            data,
+            transformer_config,
+            filename=filename,
+            trigger=character.trigger,
+            trigger_text=trigger_text,
+            preset=project.preset,
+        )
+    except AdapterImportError as error:
+        raise ValidationError(str(error)) from None
+    hyperparameters = {
+        "rank": imported.rank,
+        "layout": imported.layout,
+        "modules": len(imported.modules),
+        "source_file": Path(filename).name,
+        "trigger_text": trigger_text,
+        "weight": float(weight),
+    }
+    return services.characters.add_adapter(
+        character_id,
+        "imported",
+        project.preset,
+        hyperparameters=hyperparameters,
+        status="ready",
+        weights=normalised,
+        filename=f"{character.name}-imported-{Path(filename).stem}.safetensors",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Identity scores
+
+
+def read_video_frames(path: Path) -> np.ndarray:
+    """All frames of an MP4 as [F, H, W, 3] uint8, through the ffmpeg that imageio-ffmpeg ships."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    width, height = meta["size"]
+    frames = [np.frombuffer(chunk, dtype=np.uint8).reshape(height, width, 3) for chunk in reader]
+    return np.stack(frames) if frames else np.zeros((0, height, width, 3), np.uint8)
+
+
+def score_take(services, take_id: int, analyzer: FaceAnalyzer | None = None, frames: int = 4) -> dict | None:
+    """Identity score of each character of the take's shot: best cosine between faces in `frames` evenly sampled
+    frames and the character's reference embeddings, stored on the take as `{name: score | "no face found" |
+    "no reference face"}`. Returns the scores, or None when the shot has no characters or the face models are
+    not installed (nothing is stored then)."""
+    take = services.takes.get(take_id)
+    shot = services.storyboard.get_shot(take.shot_id)
+    if not shot.character_ids:
+        return None
+    analyzer = analyzer or face_analyzer_for(services.settings)
+    if not analyzer.is_available():
+        logger.info("identity scores skipped: face models are not installed in %s", analyzer.pack_dir)
+        return None
+    references = {}
+    for character_id, name in zip(shot.character_ids, shot.character_names, strict=False):
+        embeddings = [r.face_embedding for r in services.characters.list_references(character_id) if r.face_embedding]
+        references[name] = embeddings
+    video = read_video_frames(services.assets.path_of(take.video_asset_id))
+    try:
+        scores = analyzer.identity_scores(sample_frames(video, frames), references)
+    except FaceModelsMissing as error:
+        logger.info("identity scores skipped: %s", error)
+        return None
+    services.takes.set_identity_scores(take_id, scores)
+    return scores
+
+
+__all__ = [
+    "FLAG_REASONS",
+    "ReferenceResult",
+    "TrainingNeed",
+    "add_reference",
+    "adapters_to_train",
+    "analyze_reference",
+    "current_adapter",
+    "ensure_adapters",
+    "face_analyzer_for",
+    "import_adapter",
+    "reanalyze_character",
+    "reference_fingerprint",
+    "request_training",
+    "score_take",
+    "training_need",
+    "transformer_config_for",
+]
