@@ -1,0 +1,866 @@
+"""The storyboard file (DESIGN.md section 4): parse, import into a project, export from a project.
+
+Parsing checks everything it can without a database (fields, types, the preset's frame range and resolution
+multiple, characters named in shots) and every error names the line and the field, e.g.
+`lighthouse.yaml line 17, scenes[0].shots[1].frames: frames must be 4n+1 ...`.
+
+Import is idempotent: the project is found by title (or an explicit name), every row is compared with the file and
+only what differs is written, so importing the same file twice changes nothing (not even updated_at). A shot keeps
+its identity across imports by its `id:` (written by the exporter) or else by its position in its scene; a changed
+caption updates that shot and keeps its takes; shots missing from the file go to the bin (their takes stay there).
+Reference images are added when their content is new to the character and never removed by an import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from pipelines.registry import PRESETS, ModelPreset
+from studio.services import validation as check
+from studio.services.assets import sanitize_filename
+from studio.services.characters import WANTED_ADAPTER_KINDS, _check_trigger, default_trigger
+from studio.services.errors import NotFoundError, ServiceError
+from studio.services.storyboard import CAMERA_MOVES, SHOT_SIZES, _choice, _transition
+
+_LINES = "__lines__"
+_LINE = "__line__"
+
+
+class StoryboardError(ValueError):
+    """A storyboard file that cannot be used; `line` and `field` say where (both may be None for a whole file)."""
+
+    def __init__(self, message: str, source: str = "storyboard", line: int | None = None, field: str | None = None):
+        self.reason = message
+        self.source = source
+        self.line = line
+        self.field = field
+        where = source
+        if line is not None:
+            where += f" line {line}"
+        if field:
+            where += f", {field}"
+        super().__init__(f"{where}: {message}")
+
+
+# The document ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoryboardCharacter:
+    name: str
+    references: tuple[str, ...] = ()
+    description: str = ""
+    trigger: str | None = None  # None: the default <name-lowercased>
+    adapter: str = "none"  # none | lora | embedding
+    line: int | None = field(default=None, compare=False)
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class StoryboardShot:
+    caption: str
+    frames: int
+    characters: tuple[str, ...] = ()
+    shot_size: str | None = None
+    camera_move: str | None = None
+    transition: str = "cut"
+    transition_seconds: float = 0.0
+    seed: int | None = None
+    trim_in: int = 0
+    trim_out: int = 0
+    id: int | None = field(default=None, compare=False)  # the studio's shot id, written by the exporter
+    line: int | None = field(default=None, compare=False)
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class StoryboardScene:
+    caption: str = ""
+    shots: tuple[StoryboardShot, ...] = ()
+    id: int | None = field(default=None, compare=False)
+    line: int | None = field(default=None, compare=False)
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class StoryboardDoc:
+    title: str
+    model: str
+    width: int
+    height: int
+    fps: int
+    steps: int
+    guidance: float
+    negative_prompt: str
+    characters: tuple[StoryboardCharacter, ...] = ()
+    scenes: tuple[StoryboardScene, ...] = ()
+    source: str = field(default="storyboard", compare=False)
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def shot_count(self) -> int:
+        return sum(len(scene.shots) for scene in self.scenes)
+
+
+# Parsing ---------------------------------------------------------------------------------------------------------
+
+
+class _LineLoader(yaml.SafeLoader):
+    """Safe YAML loader that records, for every mapping, its own line and the line of each value (1-based)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line + 1
+        mapping = super().construct_mapping(node, deep=True)
+        mapping[_LINES] = {self.construct_object(k, deep=True): v.start_mark.line + 1 for k, v in node.value}
+        mapping[_LINE] = node.start_mark.line + 1
+        return mapping
+
+
+_LineLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, lambda loader, node: loader.construct_mapping(node)
+)
+
+TOP_FIELDS = (
+    "title",
+    "model",
+    "width",
+    "height",
+    "fps",
+    "steps",
+    "guidance",
+    "negative_prompt",
+    "characters",
+    "scenes",
+)
+CHARACTER_FIELDS = ("name", "references", "description", "trigger", "adapter")
+SCENE_FIELDS = ("id", "caption", "shots")
+SHOT_FIELDS = (
+    "id",
+    "caption",
+    "frames",
+    "seconds",
+    "characters",
+    "size",
+    "camera",
+    "transition",
+    "seed",
+    "trim_in",
+    "trim_out",
+)
+
+
+class _Reader:
+    """Walks the loaded mapping, turning every problem into a StoryboardError with line and field path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, message: str, mapping: dict | None, key: str | None, path: str) -> StoryboardError:
+        line = None
+        if mapping is not None:
+            line = mapping.get(_LINES, {}).get(key) if key is not None else None
+            line = line or mapping.get(_LINE)
+        return StoryboardError(message, self.source, line, f"{path}.{key}" if key and path else (key or path or None))
+
+    def mapping(self, value: Any, path: str, parent: dict | None, key: str | None, allowed: tuple[str, ...]) -> dict:
+        if not isinstance(value, dict):
+            line = (parent or {}).get(_LINES, {}).get(key) or (parent or {}).get(_LINE)
+            raise StoryboardError(f"expected a mapping of {', '.join(allowed)}", self.source, line, path or None)
+        unknown = [k for k in value if k not in (_LINES, _LINE) and k not in allowed]
+        if unknown:
+            raise self.error(f"unknown field (known: {', '.join(allowed)})", value, unknown[0], path)
+        return value
+
+    def list(self, mapping: dict, key: str, path: str) -> list:
+        value = mapping.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error("expected a list", mapping, key, path)
+        return value
+
+    def text(self, mapping: dict, key: str, path: str, required: bool = False, default: str = "") -> str:
+        value = mapping.get(key)
+        if value is None:
+            if required:
+                raise self.error("is missing", mapping, key, path)
+            return default
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.error("expected text", mapping, key, path)
+        return str(value)
+
+    def check(self, function, mapping: dict, key: str, path: str, *args):
+        try:
+            return function(*args)
+        except ServiceError as error:
+            raise self.error(str(error), mapping, key, path) from None
+
+
+def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
+    """Parse and validate a storyboard file's text. Raises StoryboardError naming the line and the field."""
+    try:
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader derives from SafeLoader
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        problem = error.problem or str(error)
+        raise StoryboardError(f"not valid YAML: {problem}", source, mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as error:
+        raise StoryboardError(f"not valid YAML: {error}", source) from None
+    reader = _Reader(source)
+    if not isinstance(data, dict):
+        raise StoryboardError("expected a mapping with title, model, characters and scenes", source, 1)
+    top = reader.mapping(data, "", None, None, TOP_FIELDS)
+
+    title = reader.check(check.name, top, "title", "", reader.text(top, "title", "", required=True), "title", 200)
+    model = reader.text(top, "model", "", default="demo")
+    if model not in PRESETS:
+        raise reader.error(f"unknown model preset {model!r}; use one of: {', '.join(PRESETS)}", top, "model", "")
+    preset = PRESETS[model]
+    width = reader.check(check.side, top, "width", "", top.get("width", preset.width), "width", preset)
+    height = reader.check(check.side, top, "height", "", top.get("height", preset.height), "height", preset)
+    fps = reader.check(check.integer, top, "fps", "", top.get("fps", preset.fps), "fps", 1, 120)
+    steps = reader.check(
+        check.integer, top, "steps", "", top.get("steps", preset.num_inference_steps), "steps", 1, 1000
+    )
+    guidance = reader.check(
+        check.number, top, "guidance", "", top.get("guidance", preset.guidance_scale), "guidance", 0.0, 50.0
+    )
+    negative = reader.check(
+        check.caption,
+        top,
+        "negative_prompt",
+        "",
+        reader.text(top, "negative_prompt", "", default=preset.default_negative_prompt),
+        "negative prompt",
+        True,
+    )
+
+    characters = []
+    names: dict[str, int] = {}
+    for index, raw in enumerate(reader.list(top, "characters", "")):
+        path = f"characters[{index}]"
+        item = reader.mapping(raw, path, top, "characters", CHARACTER_FIELDS)
+        name = reader.check(
+            check.name, item, "name", path, reader.text(item, "name", path, required=True), "character name"
+        )
+        if name.lower() in names:
+            raise reader.error(
+                f"duplicate character name {name!r} (also on line {names[name.lower()]})", item, "name", path
+            )
+        names[name.lower()] = item[_LINES]["name"]
+        references = []
+        for ref_index, ref in enumerate(reader.list(item, "references", path)):
+            if not isinstance(ref, str) or not ref.strip():
+                raise reader.error(f"references[{ref_index}] must be a file path", item, "references", path)
+            references.append(ref.strip())
+        trigger = item.get("trigger")
+        if trigger is not None:
+            reader.check(_check_trigger, item, "trigger", path, str(trigger))
+        adapter = reader.text(item, "adapter", path, default="none").strip().lower()
+        if adapter not in WANTED_ADAPTER_KINDS:
+            raise reader.error(f"adapter must be one of {', '.join(WANTED_ADAPTER_KINDS)}", item, "adapter", path)
+        description = reader.check(
+            check.caption, item, "description", path, reader.text(item, "description", path), "description", True
+        )
+        characters.append(
+            StoryboardCharacter(
+                name=name,
+                references=tuple(references),
+                description=description,
+                trigger=str(trigger) if trigger is not None else None,
+                adapter=adapter,
+                line=item[_LINE],
+                lines=dict(item[_LINES]),
+            )
+        )
+    triggers: dict[str, str] = {}
+    for character, raw in zip(characters, reader.list(top, "characters", ""), strict=True):
+        token = character.trigger or default_trigger(character.name)
+        if token in triggers:
+            raise reader.error(
+                f"trigger {token} is also {triggers[token]}'s; give one of them another trigger",
+                raw,
+                "trigger" if character.trigger else "name",
+                f"characters[{characters.index(character)}]",
+            )
+        triggers[token] = character.name
+
+    scenes = []
+    seen_ids: dict[tuple[str, int], int] = {}
+    for scene_index, raw_scene in enumerate(reader.list(top, "scenes", "")):
+        scene_path = f"scenes[{scene_index}]"
+        scene_map = reader.mapping(raw_scene, scene_path, top, "scenes", SCENE_FIELDS)
+        scene_caption = reader.check(
+            check.caption,
+            scene_map,
+            "caption",
+            scene_path,
+            reader.text(scene_map, "caption", scene_path),
+            "scene caption",
+            True,
+        )
+        scene_id = _optional_id(reader, scene_map, scene_path, seen_ids, "scene")
+        shots = []
+        for shot_index, raw_shot in enumerate(reader.list(scene_map, "shots", scene_path)):
+            shot_path = f"{scene_path}.shots[{shot_index}]"
+            shot_map = reader.mapping(raw_shot, shot_path, scene_map, "shots", SHOT_FIELDS)
+            shots.append(_parse_shot(reader, shot_map, shot_path, preset, fps, names, seen_ids))
+        scenes.append(
+            StoryboardScene(
+                caption=scene_caption,
+                shots=tuple(shots),
+                id=scene_id,
+                line=scene_map[_LINE],
+                lines=dict(scene_map[_LINES]),
+            )
+        )
+    return StoryboardDoc(
+        title=title,
+        model=model,
+        width=width,
+        height=height,
+        fps=fps,
+        steps=steps,
+        guidance=guidance,
+        negative_prompt=negative,
+        characters=tuple(characters),
+        scenes=tuple(scenes),
+        source=source,
+        lines=dict(top[_LINES]),
+    )
+
+
+def _optional_id(reader: _Reader, mapping: dict, path: str, seen: dict, kind: str) -> int | None:
+    value = mapping.get("id")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise reader.error(
+            "id must be a positive whole number (the exporter writes it; you may remove it)", mapping, "id", path
+        )
+    if (kind, value) in seen:
+        raise reader.error(
+            f"{kind} id {value} is used twice (also on line {seen[(kind, value)]})", mapping, "id", path
+        )
+    seen[(kind, value)] = mapping[_LINES]["id"]
+    return value
+
+
+def _seconds_to_frames(seconds: float, fps: int, preset: ModelPreset) -> int:
+    wanted = seconds * fps
+    candidates = range(preset.min_frames, preset.max_frames + 1, 4)
+    return min(candidates, key=lambda n: (abs(n - wanted), n))
+
+
+def _parse_shot(
+    reader: _Reader,
+    shot: dict,
+    path: str,
+    preset: ModelPreset,
+    fps: int,
+    names: dict[str, int],
+    seen_ids: dict,
+) -> StoryboardShot:
+    caption = reader.check(
+        check.caption, shot, "caption", path, reader.text(shot, "caption", path, required=True), "shot caption"
+    )
+    if "frames" in shot and "seconds" in shot:
+        raise reader.error("give frames or seconds, not both", shot, "seconds", path)
+    if "seconds" in shot:
+        seconds = reader.check(check.number, shot, "seconds", path, shot["seconds"], "seconds", 0.01, 3600.0)
+        max_seconds = preset.max_frames / fps
+        if seconds > max_seconds + 1e-9:
+            raise reader.error(
+                f"{seconds} s is longer than the {max_seconds:.2f} s ({preset.max_frames} frames at {fps} fps) "
+                f"preset {preset.name} can make in one shot; split the shot",
+                shot,
+                "seconds",
+                path,
+            )
+        frames = _seconds_to_frames(seconds, fps, preset)
+    else:
+        frames = reader.check(check.frames, shot, "frames", path, shot.get("frames", preset.default_frames), preset)
+    characters = []
+    for name in reader.list(shot, "characters", path):
+        if not isinstance(name, str) or name.strip().lower() not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise reader.error(
+                f"unknown character {name!r}; add it under characters (known: {known})", shot, "characters", path
+            )
+        characters.append(name.strip())
+    shot_size = reader.check(_choice, shot, "size", path, shot.get("size"), SHOT_SIZES, "shot size")
+    camera = reader.check(_choice, shot, "camera", path, shot.get("camera"), CAMERA_MOVES, "camera move")
+    transition = shot.get("transition")
+    if transition is None:
+        kind, seconds = "cut", 0.0
+    elif isinstance(transition, str):
+        kind, seconds = reader.check(
+            _transition, shot, "transition", path, transition, 0.5 if transition != "cut" else 0.0
+        )
+    elif isinstance(transition, dict):
+        reader.mapping(transition, f"{path}.transition", shot, "transition", ("type", "seconds"))
+        kind, seconds = reader.check(
+            _transition,
+            shot,
+            "transition",
+            path,
+            transition.get("type", "cut"),
+            transition.get("seconds", 0.5 if transition.get("type", "cut") != "cut" else 0.0),
+        )
+    else:
+        raise reader.error("expected cut | dissolve | fade or {type: ..., seconds: ...}", shot, "transition", path)
+    seed = reader.check(check.seed, shot, "seed", path, shot.get("seed"))
+    trim_in = reader.check(check.integer, shot, "trim_in", path, shot.get("trim_in", 0), "trim_in", 0, frames - 1)
+    trim_out = reader.check(check.integer, shot, "trim_out", path, shot.get("trim_out", 0), "trim_out", 0, frames - 1)
+    if trim_in + trim_out >= frames:
+        raise reader.error(
+            f"trim_in + trim_out must leave at least one of the {frames} frames", shot, "trim_out", path
+        )
+    return StoryboardShot(
+        caption=caption,
+        frames=frames,
+        characters=tuple(characters),
+        shot_size=shot_size,
+        camera_move=camera,
+        transition=kind,
+        transition_seconds=seconds,
+        seed=seed,
+        trim_in=trim_in,
+        trim_out=trim_out,
+        id=_optional_id(reader, shot, path, seen_ids, "shot"),
+        line=shot[_LINE],
+        lines=dict(shot[_LINES]),
+    )
+
+
+def load_storyboard(path: str | Path) -> StoryboardDoc:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StoryboardError("file not found", str(file)) from None
+    except UnicodeDecodeError:
+        raise StoryboardError("not a UTF-8 text file", str(file)) from None
+    return parse_storyboard(text, source=str(file))
+
+
+# Import ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    project_id: int
+    project_name: str
+    project_created: bool = False
+    project_updated: bool = False
+    characters_created: int = 0
+    characters_updated: int = 0
+    references_added: int = 0
+    scenes_created: int = 0
+    scenes_updated: int = 0
+    scenes_binned: int = 0
+    shots_created: int = 0
+    shots_updated: int = 0
+    shots_moved: int = 0
+    shots_binned: int = 0
+    reordered: int = 0
+    film_shot_ids: list[int] = field(default_factory=list)  # live shots in film order after the import
+
+    @property
+    def changed(self) -> bool:
+        return any(
+            getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("project_id", "project_name", "film_shot_ids")
+        )
+
+    def summary(self) -> str:
+        if not self.changed:
+            return f"project {self.project_name!r}: already up to date, nothing changed"
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("project_id", "project_name", "film_shot_ids") or not value:
+                continue
+            parts.append(f.name.replace("_", " ") if value is True else f"{f.name.replace('_', ' ')}: {value}")
+        return f"project {self.project_name!r}: " + ", ".join(parts)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+@dataclass(frozen=True)
+class _Reference:
+    path: str
+    data: bytes
+    sha256: str
+    line: int | None
+
+
+def _resolve_reference(doc: StoryboardDoc, character: StoryboardCharacter, ref: str, base_dir: Path) -> Path:
+    line = character.lines.get("references", character.line)
+    field_path = f"characters[{doc.characters.index(character)}].references"
+    relative = PurePosixPath(ref.replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts or (relative.parts and ":" in relative.parts[0]):
+        raise StoryboardError(
+            f"{ref!r}: reference paths must be relative to the storyboard file, without '..'",
+            doc.source,
+            line,
+            field_path,
+        )
+    path = base_dir / Path(*relative.parts)
+    if not path.is_file():
+        raise StoryboardError(f"{ref!r}: file not found in {base_dir}", doc.source, line, field_path)
+    return path
+
+
+def _read_references(services, doc: StoryboardDoc, base_dir: Path) -> dict[str, list[_Reference]]:
+    """Read and validate every reference image before anything is written."""
+    result: dict[str, list[_Reference]] = {}
+    for index, character in enumerate(doc.characters):
+        items = []
+        for ref in character.references:
+            path = _resolve_reference(doc, character, ref, base_dir)
+            data = path.read_bytes()
+            try:
+                services.assets.validate_image(data, path.name)
+            except ServiceError as error:
+                raise StoryboardError(
+                    str(error), doc.source, character.lines.get("references"), f"characters[{index}].references"
+                ) from None
+            items.append(_Reference(ref, data, hashlib.sha256(data).hexdigest(), character.lines.get("references")))
+        result[character.name] = items
+    return result
+
+
+def _wrap(doc: StoryboardDoc, line: int | None, field_path: str):
+    """Context manager turning a service refusal during import into a StoryboardError at the item's line."""
+
+    class _Wrap:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, error, traceback):
+            if error is not None and isinstance(error, ServiceError):
+                raise StoryboardError(str(error), doc.source, line, field_path) from error
+            return False
+
+    return _Wrap()
+
+
+def import_storyboard(
+    services, doc: StoryboardDoc, base_dir: str | Path, project: str | int | None = None
+) -> ImportReport:
+    """Bring a project in line with the document (creating it if needed); see the module docstring."""
+    base = Path(base_dir)
+    references = _read_references(services, doc, base)
+    project_view, created = _find_or_create_project(services, doc, project)
+    report = ImportReport(project_id=project_view.id, project_name=project_view.name, project_created=created)
+    if not created:
+        _sync_project(services, doc, project_view, report)
+    characters = _sync_characters(services, doc, project_view.id, references, report)
+    _sync_scenes(services, doc, project_view.id, characters, report)
+    report.film_shot_ids = [s.id for s in services.storyboard.film_shots(project_view.id)]
+    return report
+
+
+def _find_or_create_project(services, doc: StoryboardDoc, project: str | int | None):
+    name = project if project is not None else doc.title
+    try:
+        return services.projects.find(name), False
+    except NotFoundError:
+        if project is not None and isinstance(project, int):
+            raise
+    with _wrap(doc, doc.lines.get("title"), "title"):
+        created = services.projects.create(
+            str(name),
+            preset=doc.model,
+            width=doc.width,
+            height=doc.height,
+            fps=doc.fps,
+            steps=doc.steps,
+            guidance=doc.guidance,
+            negative_prompt=doc.negative_prompt,
+        )
+    return created, True
+
+
+def _sync_project(services, doc: StoryboardDoc, project_view, report: ImportReport) -> None:
+    wanted = {
+        "preset": doc.model,
+        "width": doc.width,
+        "height": doc.height,
+        "fps": doc.fps,
+        "steps": doc.steps,
+        "guidance": doc.guidance,
+        "negative_prompt": doc.negative_prompt,
+    }
+    changes = {key: value for key, value in wanted.items() if getattr(project_view, key) != value}
+    if changes:
+        with _wrap(doc, doc.lines.get(next(iter(changes)).replace("preset", "model")), "model"):
+            services.projects.update_settings(project_view.id, **changes)
+        report.project_updated = True
+    if project_view.in_bin:
+        services.projects.restore(project_view.id)
+        report.project_updated = True
+
+
+def _sync_characters(services, doc, project_id: int, references, report: ImportReport) -> dict[str, int]:
+    existing = {c.name.lower(): c for c in services.characters.list(project_id)}
+    ids: dict[str, int] = {}
+    for index, spec in enumerate(doc.characters):
+        path = f"characters[{index}]"
+        current = existing.get(spec.name.lower())
+        with _wrap(doc, spec.line, path):
+            if current is None:
+                current = services.characters.create(
+                    project_id, spec.name, spec.description, spec.trigger, adapter_kind=spec.adapter
+                )
+                report.characters_created += 1
+            else:
+                changes: dict[str, Any] = {}
+                if current.name != spec.name:
+                    changes["name"] = spec.name
+                if current.description != spec.description:
+                    changes["description"] = spec.description
+                trigger = spec.trigger or default_trigger(spec.name)
+                if current.trigger != trigger:
+                    changes["trigger"] = trigger
+                if current.adapter_kind != spec.adapter:
+                    changes["adapter_kind"] = spec.adapter
+                if changes:
+                    current = services.characters.update(current.id, **changes)
+                    report.characters_updated += 1
+        ids[spec.name.lower()] = current.id
+        known = {services.assets.get(r.asset_id).sha256 for r in services.characters.list_references(current.id)}
+        for reference in references.get(spec.name, []):
+            if reference.sha256 in known:
+                continue
+            with _wrap(doc, reference.line, f"{path}.references"):
+                services.characters.add_reference(current.id, reference.path, reference.data)
+            known.add(reference.sha256)
+            report.references_added += 1
+    return ids
+
+
+def _shot_fields(spec: StoryboardShot, character_ids: dict[str, int]) -> dict[str, Any]:
+    return {
+        "caption": spec.caption,
+        "num_frames": spec.frames,
+        "characters": sorted(character_ids[name.lower()] for name in spec.characters),
+        "shot_size": spec.shot_size,
+        "camera_move": spec.camera_move,
+        "transition": spec.transition,
+        "transition_seconds": spec.transition_seconds,
+        "seed": spec.seed,
+        "trim_in": spec.trim_in,
+        "trim_out": spec.trim_out,
+    }
+
+
+def _shot_changes(view, wanted: dict[str, Any]) -> dict[str, Any]:
+    current = {
+        "caption": view.caption,
+        "num_frames": view.num_frames,
+        "characters": sorted(view.character_ids),
+        "shot_size": view.shot_size,
+        "camera_move": view.camera_move,
+        "transition": view.transition_type,
+        "transition_seconds": view.transition_seconds,
+        "seed": view.seed,
+        "trim_in": view.trim_in,
+        "trim_out": view.trim_out,
+    }
+    changes = {}
+    for key, value in wanted.items():
+        old = current[key]
+        if isinstance(value, float) and isinstance(old, float) and math.isclose(value, old, abs_tol=1e-9):
+            continue
+        if old != value:
+            changes[key] = value
+    if "transition" in changes or "transition_seconds" in changes:
+        changes["transition"] = wanted["transition"]
+        changes["transition_seconds"] = wanted["transition_seconds"]
+    return changes
+
+
+def _sync_scenes(services, doc: StoryboardDoc, project_id: int, character_ids: dict[str, int], report) -> None:
+    storyboard = services.storyboard
+    live_scenes = storyboard.list_scenes(project_id)
+    live_by_id = {s.id: s for s in live_scenes}
+    all_live_shots = {shot.id: shot for scene in live_scenes for shot in scene.shots}
+
+    # 1. Match scenes: by id first, then by position among the unclaimed.
+    matched: list[Any] = [live_by_id.get(spec.id) if spec.id is not None else None for spec in doc.scenes]
+    claimed = {m.id for m in matched if m is not None}
+    free = [s for s in live_scenes if s.id not in claimed]
+    for index in range(len(doc.scenes)):
+        if matched[index] is None and free:
+            matched[index] = free.pop(0)
+    scene_ids: list[int] = []
+    for index, spec in enumerate(doc.scenes):
+        current = matched[index]
+        with _wrap(doc, spec.line, f"scenes[{index}]"):
+            if current is None:
+                current = storyboard.add_scene(project_id, spec.caption)
+                report.scenes_created += 1
+            elif current.caption != spec.caption:
+                storyboard.update_scene(current.id, caption=spec.caption)
+                report.scenes_updated += 1
+        scene_ids.append(current.id)
+    for scene in free:
+        storyboard.delete_scene(scene.id)
+        report.scenes_binned += 1
+    current_order = [s.id for s in storyboard.list_scenes(project_id)]
+    if current_order != scene_ids:
+        storyboard.reorder_scenes(project_id, scene_ids)
+        report.reordered += 1
+
+    # 2. Match shots: by id anywhere in the project first, then by position within the matched scene.
+    claimed_shots = {
+        spec.id for scene in doc.scenes for spec in scene.shots if spec.id is not None and spec.id in all_live_shots
+    }
+    for scene_index, (scene_spec, scene_id) in enumerate(zip(doc.scenes, scene_ids, strict=True)):
+        scene_view = storyboard.get_scene(scene_id)
+        free_shots = [s for s in scene_view.shots if s.id not in claimed_shots]
+        wanted_ids: list[int] = []
+        for shot_index, spec in enumerate(scene_spec.shots):
+            path = f"scenes[{scene_index}].shots[{shot_index}]"
+            wanted = _shot_fields(spec, character_ids)
+            with _wrap(doc, spec.line, path):
+                if spec.id is not None and spec.id in all_live_shots:
+                    current = storyboard.get_shot(spec.id)
+                elif free_shots:
+                    current = free_shots.pop(0)
+                else:
+                    current = None
+                if current is None:
+                    current = storyboard.add_shot(
+                        scene_id,
+                        spec.caption,
+                        num_frames=spec.frames,
+                        characters=wanted["characters"],
+                        shot_size=spec.shot_size,
+                        camera_move=spec.camera_move,
+                        transition=spec.transition,
+                        transition_seconds=spec.transition_seconds,
+                        seed=spec.seed,
+                        trim_in=spec.trim_in,
+                        trim_out=spec.trim_out,
+                    )
+                    report.shots_created += 1
+                else:
+                    if current.scene_id != scene_id:
+                        storyboard.move_shot(current.id, scene_id, None)
+                        report.shots_moved += 1
+                    changes = _shot_changes(current, wanted)
+                    if changes:
+                        storyboard.update_shot(current.id, **changes)
+                        report.shots_updated += 1
+            wanted_ids.append(current.id)
+        for shot in free_shots:
+            storyboard.delete_shot(shot.id)
+            report.shots_binned += 1
+        order = [s.id for s in storyboard.get_scene(scene_id).shots]
+        if order != wanted_ids:
+            storyboard.reorder_shots(scene_id, wanted_ids)
+            report.reordered += 1
+
+
+# Export ----------------------------------------------------------------------------------------------------------
+
+
+def _reference_path(original_name: str, fallback: str) -> str:
+    relative = PurePosixPath((original_name or "").replace("\\", "/"))
+    if original_name and not relative.is_absolute() and ".." not in relative.parts and ":" not in original_name:
+        return str(relative)
+    return f"refs/{sanitize_filename(fallback, 'reference.png')}"
+
+
+def export_storyboard(services, project_id: int, base_dir: str | Path | None = None) -> str:
+    """The project's storyboard file as YAML text (with `id:` on scenes and shots for later re-imports).
+
+    Reference paths are the ones the images were imported or uploaded with (uploads go under refs/). With
+    `base_dir`, the reference images are also written there, so the file and its references travel together.
+    """
+    project = services.projects.get(project_id)
+    document: dict[str, Any] = {
+        "title": project.name,
+        "model": project.preset,
+        "width": project.width,
+        "height": project.height,
+        "fps": project.fps,
+        "steps": project.steps,
+        "guidance": project.guidance,
+    }
+    if project.negative_prompt:
+        document["negative_prompt"] = project.negative_prompt
+    characters = []
+    used_paths: dict[str, str] = {}
+    for character in services.characters.list(project_id):
+        entry: dict[str, Any] = {"name": character.name}
+        paths = []
+        for reference in services.characters.list_references(character.id):
+            asset = services.assets.get(reference.asset_id)
+            path = _reference_path(reference.original_name, reference.original_name or f"{asset.sha256[:12]}.png")
+            if used_paths.get(path, asset.sha256) != asset.sha256:  # same name, other picture: keep both
+                stem, dot, ext = path.rpartition(".")
+                path = f"{stem}-{asset.sha256[:8]}.{ext}" if dot else f"{path}-{asset.sha256[:8]}"
+            used_paths[path] = asset.sha256
+            paths.append(path)
+            if base_dir is not None:
+                target = Path(base_dir) / Path(*PurePosixPath(path).parts)
+                data = services.assets.read_bytes(asset.id)
+                if not target.exists() or target.read_bytes() != data:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+        if paths:
+            entry["references"] = paths
+        if character.description:
+            entry["description"] = character.description
+        if character.trigger != default_trigger(character.name):
+            entry["trigger"] = character.trigger
+        if character.adapter_kind != "none":
+            entry["adapter"] = character.adapter_kind
+        characters.append(entry)
+    if characters:
+        document["characters"] = characters
+    scenes = []
+    for scene in services.storyboard.list_scenes(project_id):
+        scene_entry: dict[str, Any] = {"id": scene.id, "caption": scene.caption}
+        shots = []
+        for shot in scene.shots:
+            shot_entry: dict[str, Any] = {"id": shot.id, "caption": shot.caption, "frames": shot.num_frames}
+            if shot.character_names:
+                shot_entry["characters"] = list(shot.character_names)
+            if shot.shot_size:
+                shot_entry["size"] = shot.shot_size
+            if shot.camera_move:
+                shot_entry["camera"] = shot.camera_move
+            if shot.transition_type != "cut":
+                shot_entry["transition"] = {"type": shot.transition_type, "seconds": shot.transition_seconds}
+            if shot.seed is not None:
+                shot_entry["seed"] = shot.seed
+            if shot.trim_in:
+                shot_entry["trim_in"] = shot.trim_in
+            if shot.trim_out:
+                shot_entry["trim_out"] = shot.trim_out
+            shots.append(shot_entry)
+        scene_entry["shots"] = shots
+        scenes.append(scene_entry)
+    document["scenes"] = scenes
+    header = "# Shotline storyboard. `id:` fields tie scenes and shots to the project; remove them to import afresh.\n"
+    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=119, default_flow_style=None)
