@@ -8,6 +8,7 @@ their neighbours' current takes, which come back untouched, bit for bit.
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,14 @@ from .registry import CROSS_ATTENTION_MODES, REGENERATE_MODES, SELF_ATTENTION_MO
 
 OUTPUT_TYPES = ("np", "pil", "latent")
 TEXT_CACHE_SIZE = 256  # captions kept encoded; a storyboard rarely has more distinct ones in flight
+
+
+def _as_index(value) -> int | None:
+    """An int-like shot index (int, numpy integer, 0-d tensor), else None."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 @dataclass
@@ -263,13 +272,14 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             if context_latents is not None:
                 raise ValueError("context_latents were given without regenerate=[shot indices]")
             return
-        regenerate = list(regenerate)
-        if not regenerate:
+        given = list(regenerate)
+        if not given:
             raise ValueError("regenerate is empty; pass the indices of the shots to make anew, or None")
-        for k in regenerate:
-            if not isinstance(k, int) or not 0 <= k < len(shots):
+        regenerate = [_as_index(k) for k in given]
+        for k, value in zip(regenerate, given, strict=True):
+            if k is None or not 0 <= k < len(shots):
                 raise ValueError(
-                    f"regenerate index {k!r} is out of range for {len(shots)} shots (0..{len(shots) - 1})"
+                    f"regenerate index {value!r} is out of range for {len(shots)} shots (0..{len(shots) - 1})"
                 )
         if len(set(regenerate)) != len(regenerate):
             raise ValueError(f"regenerate lists a shot twice: {regenerate}")
@@ -424,7 +434,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             gap=self.config.gap,
         )
         regenerating = regenerate is not None
-        regen = sorted(regenerate) if regenerating else list(range(num_shots))
+        regen = sorted(_as_index(k) for k in regenerate) if regenerating else list(range(num_shots))
         active = regen if regenerating and self_attention == "isolated" else list(range(num_shots))
         context_shots = [k for k in active if k not in regen]
         run_layout = layout.subset(active) if len(active) < num_shots else layout
