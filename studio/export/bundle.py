@@ -4,6 +4,7 @@ Layout of the zip:
 
     manifest.json     format, version, project name, schema revision, row counts, asset list with sha256
     storyboard.yaml   the storyboard file of the project (human readable; `python -m studio render` accepts it)
+    refs/...          the reference images at the paths storyboard.yaml names, so the unzipped folder renders
     rows.json         every row of the project, table by table, as stored (ids included, datetimes ISO 8601)
     assets/<sha256><ext>   every file a row points at: references, crops, adapter weights, takes (video,
                       thumbnail, latents), job previews, exported films and timelines
@@ -141,12 +142,14 @@ def collect_project_rows(session: Session, project_id: int) -> dict[str, list[di
     return {name: rows[name] for name in ("assets", *TABLE_ORDER)}
 
 
-def _storyboard_text(services, project_id: int) -> str | None:
+def _storyboard_files(services, project_id: int, folder: Path) -> str | None:
+    """The storyboard text, with its reference images written under `folder` at the paths the text names, so the
+    unzipped bundle renders on its own (`python -m studio render storyboard.yaml`)."""
     try:
         from studio.storyboard_file import export_storyboard
     except ImportError:
         return None
-    return export_storyboard(services, project_id)
+    return export_storyboard(services, project_id, base_dir=folder)
 
 
 def _schema_revision(session: Session) -> str | None:
@@ -166,7 +169,6 @@ def export_bundle(services, project_id: int, out_path: str | Path) -> BundleRepo
         rows = collect_project_rows(session, project_id)
         revision = _schema_revision(session)
     project = rows["projects"][0]
-    storyboard = _storyboard_text(services, project_id)
     assets = []
     for asset in rows["assets"]:
         path = services.assets.path_for(asset["sha256"], asset["mime"])
@@ -176,10 +178,25 @@ def export_bundle(services, project_id: int, out_path: str | Path) -> BundleRepo
                 "restart the studio so the start-up sweep drops rows whose files are gone, then export again"
             )
         assets.append((asset, path, f"assets/{path.name}"))
+    scratch = Path(tempfile.mkdtemp(prefix="shotline-bundle-"))
+    try:
+        storyboard = _storyboard_files(services, project_id, scratch)
+        side_files = sorted(path for path in scratch.rglob("*") if path.is_file())
+        _write_bundle(out_path, rows, revision, assets, storyboard, side_files, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return BundleReport(
+        path=out_path, project_id=project_id, project_name=project["name"],
+        rows={name: len(table_rows) for name, table_rows in rows.items() if name != "assets"},
+        assets=len(assets), asset_bytes=sum(a["size_bytes"] for a, _, _ in assets),
+    )
+
+
+def _write_bundle(out_path, rows, revision, assets, storyboard, side_files, side_root) -> None:
     manifest = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
-        "project": project["name"],
+        "project": rows["projects"][0]["name"],
         "schema_revision": revision,
         "rows": {name: len(table_rows) for name, table_rows in rows.items()},
         "assets": [{"id": a["id"], "sha256": a["sha256"], "size_bytes": a["size_bytes"], "file": member}
@@ -194,19 +211,16 @@ def export_bundle(services, project_id: int, out_path: str | Path) -> BundleRepo
             archive.writestr("rows.json", json.dumps(rows, indent=1, sort_keys=True))
             if storyboard is not None:
                 archive.writestr("storyboard.yaml", storyboard)
+                for path in side_files:
+                    archive.write(path, path.relative_to(side_root).as_posix())
             for asset, path, member in assets:
-                # Videos, latents and weights are already compressed: storing them saves time and loses nothing.
+                # Videos and images are compressed already and float tensors barely deflate: store, do not recompress.
                 compress = zipfile.ZIP_DEFLATED if asset["mime"] in ("application/json", "text/yaml") else None
                 archive.write(path, member, compress_type=compress or zipfile.ZIP_STORED)
         partial.replace(out_path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return BundleReport(
-        path=out_path, project_id=project_id, project_name=project["name"],
-        rows={name: len(table_rows) for name, table_rows in rows.items() if name != "assets"},
-        assets=len(assets), asset_bytes=sum(a["size_bytes"] for a, _, _ in assets),
-    )
 
 
 def read_bundle_manifest(path: str | Path) -> dict[str, Any]:

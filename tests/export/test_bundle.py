@@ -140,6 +140,13 @@ def test_bundle_round_trip_is_lossless(services, solid_video, tmp_path):
     assert report.assets == 17 and report.rows["takes"] == 4
     manifest = read_bundle_manifest(report.path)
     assert manifest["project"] == "The Lighthouse" and len(manifest["assets"]) == 17
+    storyboard_file = pytest.importorskip("studio.storyboard_file")
+    with zipfile.ZipFile(report.path) as archive:
+        # The storyboard and the references it names travel together: the unzipped folder renders on its own.
+        doc = storyboard_file.parse_storyboard(archive.read("storyboard.yaml").decode(), source="storyboard.yaml")
+        assert [len(scene.shots) for scene in doc.scenes] == [2]
+        mara = next(character for character in doc.characters if character.name == "Mara")
+        assert [archive.read(path) for path in mara.references] == [png_bytes((200, 10, 10))]
 
     # An empty studio on SQLite (whatever database the source used).
     target_settings = load_settings(data_dir=tmp_path / "elsewhere", database_url=None)
