@@ -28,6 +28,7 @@ import numpy as np
 
 from pipelines.registry import get_preset
 from studio.worker.context import JobCancelled, JobContext
+from studio.worker.retry import retry_db
 
 DENOISE_SHARE = 0.9  # fraction of a job's progress bar spent denoising; decoding and writing takes the rest
 MAX_SEED = 2**31 - 1
@@ -54,18 +55,19 @@ class ScenePlan:
 
 
 def _scene_of(services, project_id, scene_id):
-    for scene in services.storyboard.list_scenes(project_id):
-        if scene.id == scene_id:
-            return scene
-    raise ValueError(f"scene {scene_id} is not a live scene of project {project_id}; it may have been deleted")
+    scene = services.storyboard.get_scene(scene_id)
+    if scene.project_id != project_id or scene.in_bin:
+        raise ValueError(
+            f"scene {scene_id} is not a live scene of project {project_id}; restore it from the bin first"
+        )
+    return scene
 
 
-def _find_shot(services, project_id, shot_id):
-    for scene in services.storyboard.list_scenes(project_id):
-        for index, shot in enumerate(scene.shots):
-            if shot.id == shot_id:
-                return scene, index
-    raise ValueError(f"shot {shot_id} is not a live shot of project {project_id}; restore it from the bin first")
+def _scene_of_shot(services, project_id, shot_id):
+    shot = services.storyboard.get_shot(shot_id)
+    if shot.project_id != project_id or shot.in_bin:
+        raise ValueError(f"shot {shot_id} is not a live shot of project {project_id}; restore it from the bin first")
+    return _scene_of(services, project_id, shot.scene_id)
 
 
 def _project_id_of(services, job, payload):
@@ -110,14 +112,13 @@ def _characters_of(services, project_id, shots) -> dict:
     return {c.id: c for c in services.characters.list(project_id) if c.id in wanted}
 
 
-def _ready_adapter(services, character):
-    """The newest usable adapter of a character for generation, or None."""
-    try:
-        adapters = services.characters.list_adapters(character.id)
-    except AttributeError:
-        return None
-    ready = [a for a in adapters if a.status in ("ready", "done", "imported") and a.weights_asset_id is not None]
-    return max(ready, key=lambda a: (a.version, a.id)) if ready else None
+ADAPTER_KINDS = ("lora", "embedding", "imported")
+
+
+def _ready_adapters(services, character) -> list:
+    """The newest ready adapter of each kind a character has: a LoRA and an embedding combine."""
+    found = (services.characters.latest_ready_adapter(character.id, kind) for kind in ADAPTER_KINDS)
+    return [adapter for adapter in found if adapter is not None and adapter.weights_asset_id is not None]
 
 
 def _substitute_triggers(caption: str, characters: list) -> str:
@@ -137,6 +138,8 @@ def plan_scene(
     `targets_ids=None` generates every shot. Otherwise the targets are generated and every other shot with a
     chosen take whose latents still fit is context; shots with neither are left out of this run.
     """
+    if targets_ids is not None and not targets_ids:
+        return ScenePlan(project, scene, [], [], [], [], [])
     shots, targets, context, skipped = [], [], [], []
     for shot in scene.shots:
         if targets_ids is None or shot.id in targets_ids:
@@ -170,8 +173,7 @@ def plan_scene(
     characters = _characters_of(services, project.id, shots)
     adapters, adapter_names, with_adapter = [], {}, set()
     for character in characters.values():
-        adapter = _ready_adapter(services, character)
-        if adapter is not None:
+        for adapter in _ready_adapters(services, character):
             adapters.append((adapter.id, adapter.version))
             adapter_names[adapter.id] = f"{character.name}/{adapter.kind} v{adapter.version}"
             with_adapter.add(character.id)
@@ -399,7 +401,8 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         # cost the same to keep as to drop) and writes no more.
         if ctx.cancel_requested():
             raise JobCancelled(f"job {ctx.job_id} cancelled while writing takes")
-        take = services.takes.add_take(
+        take = retry_db(
+            services.takes.add_take,
             shot.id,
             ctx.job_id,
             video=video,
@@ -442,6 +445,6 @@ def run_regenerate_shot(ctx: JobContext) -> dict:
         raise ValueError("regenerate_shot payload needs shot_id")
     project_id = _project_id_of(ctx.services, ctx.job, payload)
     project = ctx.services.projects.get(project_id)
-    scene, _ = _find_shot(ctx.services, project_id, payload["shot_id"])
+    scene = _scene_of_shot(ctx.services, project_id, payload["shot_id"])
     plan = plan_scene(ctx.services, project, scene, [payload["shot_id"]], payload.get("seed"), regenerate_seed=True)
     return run_plan(ctx, plan, regenerate_mode=payload.get("mode"))

@@ -111,8 +111,11 @@ class JobContext:
 
     def flush(self) -> None:
         """Write the latest accepted progress to the job row now."""
+        from studio.worker.retry import retry_db
+
         s = self.state
-        self.services.jobs.report_progress(
+        retry_db(
+            self.services.jobs.report_progress,
             self.job_id,
             s.fraction,
             message=s.message,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from studio.worker.context import JobCancelled, JobContext, JobLost, WorkerStopping
-from studio.worker.device import free_device_memory, is_out_of_memory
+from studio.worker.retry import is_transient, retry_db
 
 logger = logging.getLogger("studio.worker")
 
@@ -112,7 +112,9 @@ class Worker:
 
     def recover(self, own_only: bool = False) -> list:
         """Fail or re-queue jobs left running by dead workers (this id's at once, others' after the timeout)."""
-        recovered = self.services.jobs.recover_stale_jobs(self.settings.heartbeat_timeout_s, worker_id=self.worker_id)
+        recovered = retry_db(
+            self.services.jobs.recover_stale_jobs, self.settings.heartbeat_timeout_s, worker_id=self.worker_id
+        )
         for job in recovered:
             logger.warning("recovered job %s (%s): now %s", job.id, job.kind, job.status)
         self.stats.recovered.extend(recovered)
@@ -122,7 +124,13 @@ class Worker:
         self.recover()
         last_recover = time.monotonic()
         while not self._stop.is_set():
-            job = self.run_once()
+            try:
+                job = self.run_once()
+            except Exception as error:  # noqa: BLE001 - the database hiccuped: wait and poll again
+                if not is_transient(error):
+                    logger.exception("polling the queue failed")
+                self._stop.wait(max(self.poll_interval_s, 1.0))
+                continue
             if max_jobs is not None and self.stats.claimed >= max_jobs:
                 break
             if job is None:
@@ -169,29 +177,31 @@ class Worker:
             if not self._still_mine(job.id):
                 raise JobLost(f"job {job.id} was taken from this worker before it finished")
             if ctx.cancel_requested():
-                jobs.mark_cancelled(job.id)
+                retry_db(jobs.mark_cancelled, job.id)
                 self.stats.cancelled += 1
             else:
                 if ctx.state.fraction < 1.0:
                     ctx.report_progress(1.0, "done")
-                jobs.finish(job.id, result or {})
+                retry_db(jobs.finish, job.id, result or {})
                 self.stats.done += 1
         except JobCancelled:
             if self._still_mine(job.id):
                 ctx.flush()  # the step it stopped at, for the UI and for `jobs`
-            jobs.mark_cancelled(job.id)
+            retry_db(jobs.mark_cancelled, job.id)
             self.stats.cancelled += 1
         except JobLost as error:
             # Another worker owns the job now: leave its row alone.
             logger.warning("%s", error)
         except WorkerStopping:
             # Handlers write results only at their end, so the job can run again from the start: queue it again.
-            jobs.recover_stale_jobs(self.settings.heartbeat_timeout_s, worker_id=self.worker_id)
+            retry_db(jobs.recover_stale_jobs, self.settings.heartbeat_timeout_s, worker_id=self.worker_id)
             self.stats.requeued += 1
         except BaseException as error:  # noqa: BLE001 - one job's failure must never stop the worker
             if isinstance(error, KeyboardInterrupt | SystemExit):
                 jobs.recover_stale_jobs(self.settings.heartbeat_timeout_s, worker_id=self.worker_id)
                 raise
+            from studio.worker.device import free_device_memory, is_out_of_memory
+
             if is_out_of_memory(error):
                 if self._pipelines is not None:
                     self._pipelines.clear()
@@ -202,7 +212,7 @@ class Worker:
                 traceback.print_exc()
             logger.error("job %s (%s) failed: %s", job.id, job.kind, message)
             if self._still_mine(job.id):
-                jobs.fail(job.id, message)
+                retry_db(jobs.fail, job.id, message)
                 self.stats.failed += 1
         finally:
             heartbeat_stop.set()
@@ -211,7 +221,7 @@ class Worker:
         return jobs.get(job.id)
 
     def _still_mine(self, job_id) -> bool:
-        job = self.services.jobs.get(job_id)
+        job = retry_db(self.services.jobs.get, job_id)
         return job.status == "running" and job.worker_id == self.worker_id
 
     def _heartbeat_loop(self, job_id, stop: threading.Event, lost: threading.Event) -> None:

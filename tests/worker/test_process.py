@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from studio.generation import encode_latents, encode_mp4, encode_png
+from studio.worker.retry import retry_db
 from tests.worker.helpers import (
     claims_in_log,
     fast_settings,
@@ -48,8 +49,10 @@ def test_two_workers_racing_never_claim_the_same_job(settings, tmp_path):
         workers = [spawn_worker(settings, f"racer-{i}", log) for i, log in enumerate(logs)]
         for worker, log in zip(workers, logs, strict=True):
             wait_for_log(log, "ready", worker)
+        # retry_db: SQLite answers "database is locked" at once to a read-then-write transaction that a worker's
+        # commit overtook (SQLITE_BUSY_SNAPSHOT; see studio/worker/retry.py).
         jobs = [
-            services.jobs.enqueue("generate_scene", {"scene_id": scene_id, "only_missing": True}, project.id)
+            retry_db(services.jobs.enqueue, "generate_scene", {"scene_id": scene_id, "only_missing": True}, project.id)
             for _ in range(40)
         ]
         wait_for(lambda: all(services.jobs.get(j.id).is_finished for j in jobs), 120, what="all jobs finished")
@@ -105,9 +108,9 @@ def test_worker_process_progress_cancel_failure_and_kill(sqlite_settings, tmp_pa
         assert [len(services.takes.list_takes(s)) for s in (first_shot, second_shot)] == [1, 1]
 
         # 3. Cancel: the job stops within one step of the request and writes no take.
-        long = jobs.enqueue("regenerate_shot", {"shot_id": second_shot, "steps": 5000}, project.id)
+        long = retry_db(jobs.enqueue, "regenerate_shot", {"shot_id": second_shot, "steps": 5000}, project.id)
         wait_for(lambda: (jobs.get(long.id).step or 0) >= 3, 120, interval_s=0.005, what="3 steps of the long job")
-        jobs.request_cancel(long.id)
+        retry_db(jobs.request_cancel, long.id)
         step_at_request = jobs.get(long.id).step
         wait_for(lambda: jobs.get(long.id).is_finished, 60, what="the cancelled job to stop")
         cancelled = jobs.get(long.id)
@@ -116,7 +119,7 @@ def test_worker_process_progress_cancel_failure_and_kill(sqlite_settings, tmp_pa
         assert len(services.takes.list_takes(second_shot)) == 1
 
         # 4. kill -9 mid-job: nothing marks the job, nothing half-written stays; the restart recovers it at once.
-        doomed = jobs.enqueue("regenerate_shot", {"shot_id": first_shot, "steps": 5000}, project.id)
+        doomed = retry_db(jobs.enqueue, "regenerate_shot", {"shot_id": first_shot, "steps": 5000}, project.id)
         wait_for(lambda: (jobs.get(doomed.id).step or 0) >= 2, 120, interval_s=0.005, what="the doomed job to run")
         kill_hard(worker)
         assert jobs.get(doomed.id).status == "running"  # the dead worker's job, until someone recovers it

@@ -1,0 +1,107 @@
+"""generate_scene / regenerate_shot jobs on the tiny preset, run by an in-process worker: takes and their files."""
+
+from __future__ import annotations
+
+import io
+
+import imageio_ffmpeg
+import numpy as np
+import safetensors.torch
+import torch
+from PIL import Image
+
+from studio.worker.process import Worker
+from tests.worker.helpers import tiny_project
+
+
+def run_all(services):
+    torch.set_num_threads(1)
+    worker = Worker(services, worker_id="in-process", poll_interval_s=0.01)
+    return worker.run(exit_when_idle=True)
+
+
+def latents_of(services, take):
+    return safetensors.torch.load(services.assets.read_bytes(take.latents_asset_id))["latents"]
+
+
+def test_generate_scene_then_regenerate_one_shot(sqlite_services):
+    services = sqlite_services
+    project, scene_id, shot_ids = tiny_project(
+        services, shots=((5, "a man walks"), (1, "close up of a red lamp"), (9, "a dog runs"))
+    )
+    first = services.jobs.enqueue("generate_scene", {"scene_id": scene_id, "seed": 7}, project.id)
+    run_all(services)
+
+    job = services.jobs.get(first.id)
+    assert job.status == "done", job.error
+    takes = [services.takes.list_takes(shot_id) for shot_id in shot_ids]
+    assert [len(t) for t in takes] == [1, 1, 1]
+    assert job.result["takes"] == [t[0].id for t in takes]
+    for (take,), frames in zip(takes, (5, 1, 9), strict=True):
+        assert take.is_chosen and take.job_id == first.id
+        reader = imageio_ffmpeg.read_frames(str(services.assets.path_of(take.video_asset_id)))
+        meta = next(reader)
+        assert (meta["fps"], meta["size"], sum(1 for _ in reader)) == (8.0, (32, 32), frames)
+        assert Image.open(io.BytesIO(services.assets.read_bytes(take.thumbnail_asset_id))).size == (32, 32)
+        assert latents_of(services, take).shape == (1, 16, (frames - 1) // 4 + 1, 4, 4)
+        params = take.params
+        assert (params["model"], params["num_inference_steps"], params["fps"]) == ("tiny", 2, 8)
+        assert params["scene_captions"] == ["a man walks", "close up of a red lamp", "a dog runs"]
+        assert params["global_caption"] == "a lighthouse at night" and params["regenerated"] is None
+    assert len({t[0].seed for t in takes}) == 3  # one seed per shot, recorded with its take
+
+    # Regenerate the middle shot with a new seed: a second take for it, nothing new for the others.
+    again = services.jobs.enqueue("regenerate_shot", {"shot_id": shot_ids[1], "seed": 1234}, project.id)
+    run_all(services)
+    assert services.jobs.get(again.id).status == "done"
+    after = [services.takes.list_takes(shot_id) for shot_id in shot_ids]
+    assert [len(t) for t in after] == [1, 2, 1]
+    assert [t[0] for t in after] == [t[0] for t in takes]  # the first takes are untouched, rows and files
+    new_take = after[1][1]
+    assert new_take.seed == 1234 and new_take.params["regenerated"] == [1]
+    assert new_take.params["regenerate_mode"] == "context"  # the tiny preset's default
+    assert new_take.params["scene_seeds"] == [takes[0][0].seed, 1234, takes[2][0].seed]
+    assert not torch.equal(latents_of(services, new_take), latents_of(services, takes[1][0]))
+    assert services.takes.chosen_take(shot_ids[1]).id == takes[1][0].id  # choosing the new take is the user's call
+
+    # A shot added later: only_missing (what `render` uses) generates it alone, with the others as context.
+    added = services.storyboard.add_shot(scene_id, "a tree in the rain", num_frames=5).id
+    missing = services.jobs.enqueue("generate_scene", {"scene_id": scene_id, "only_missing": True}, project.id)
+    run_all(services)
+    result = services.jobs.get(missing.id).result
+    assert result["shots"] == [added] and len(result["takes"]) == 1
+    assert [len(services.takes.list_takes(s)) for s in [*shot_ids, added]] == [1, 2, 1, 1]
+    assert services.takes.get(result["takes"][0]).params["regenerated"] == [3]
+
+    # Nothing missing any more: the job is a no-op that loads no model.
+    noop = services.jobs.enqueue("generate_scene", {"scene_id": scene_id, "only_missing": True}, project.id)
+    run_all(services)
+    assert services.jobs.get(noop.id).result["takes"] == []
+
+
+def test_previews_are_stored_every_n_steps(sqlite_settings):
+    from studio.services import build_services
+
+    services = build_services(sqlite_settings.model_copy(update={"preview_every": 1}))
+    try:
+        project, scene_id, shot_ids = tiny_project(services, shots=((5, "a man walks"),), steps=3)
+        job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id}, project.id)
+        run_all(services)
+        view = services.jobs.get(job.id)
+        assert view.status == "done" and view.preview_asset_id is not None
+        preview = Image.open(io.BytesIO(services.assets.read_bytes(view.preview_asset_id)))
+        assert preview.size == (32, 32)
+        assert np.asarray(preview).std() > 0  # a decoded frame, not a blank
+    finally:
+        services.close()
+
+
+def test_bad_payloads_fail_with_what_to_change(sqlite_services):
+    services = sqlite_services
+    project, scene_id, shot_ids = tiny_project(services)
+    no_scene = services.jobs.enqueue("generate_scene", {}, project.id)
+    binned = services.jobs.enqueue("regenerate_shot", {"shot_id": shot_ids[0]}, project.id)
+    services.storyboard.delete_shot(shot_ids[0])
+    run_all(services)
+    assert "needs scene_id" in services.jobs.get(no_scene.id).error
+    assert "restore it from the bin" in services.jobs.get(binned.id).error
