@@ -248,7 +248,8 @@ def plan_film(
         if source is None:
             if not settings.placeholder:
                 raise ExportError(
-                    f"{name} has no take; generate it, or export with placeholders for shots without takes"
+                    f"{name} has no take; generate it, or export with placeholder cards for shots without takes "
+                    "(CLI: --placeholders)"
                 )
             frames = spec.placeholder_frames if spec.placeholder_frames is not None else int(round(2 * fps))
             if frames < 1:

@@ -12,10 +12,13 @@ Job payload of `export_film` (every key optional):
     music_fade_seconds   fade-out of the music (default 1.0)
     placeholder          true: a shot with no take becomes a grey card naming it; false (default): refused
     allow_fast_path      false forces a re-encode even when the takes could be joined as they are
+    out_path             also write the film there (.mp4) and the .otio beside it, on the worker's disk (what
+                         `python -m studio render STORYBOARD --out film.mp4` asks for)
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -148,6 +151,9 @@ def run_export_job(
     project_id = payload.get("project_id") or job.project_id
     if project_id is None:
         raise ExportError("the export job names no project; enqueue it with project_id")
+    out_path = Path(payload["out_path"]) if payload.get("out_path") else None
+    if out_path is not None and out_path.suffix.lower() != ".mp4":
+        raise ExportError(f"out_path must end in .mp4, got {out_path}")
     music = None
     music_asset_id = payload.get("music_asset_id")
     if music_asset_id is not None:
@@ -182,6 +188,9 @@ def run_export_job(
         report_progress(0.98, "storing the film")
         record = _settings_record(settings, result, int(music_asset_id) if music_asset_id is not None else None)
         export = services.exports.create(project_id, job.id, record, film_path, timeline_path.read_bytes())
+        if out_path is not None:
+            _publish(film_path, out_path)
+            _publish(timeline_path, out_path.with_suffix(".otio"))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     report_progress(1.0, f"exported {result.frames} frames ({result.method})", step=result.frames, total=result.frames)
@@ -196,6 +205,18 @@ def run_export_job(
         "height": result.height,
         "method": result.method,
     }
+
+
+def _publish(source: Path, target: Path) -> None:
+    """Copy to `target` through a temp name in its folder, then rename: a reader never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _scratch_dir(services) -> Path:

@@ -112,6 +112,18 @@ def test_cancel_stops_the_render_and_stores_nothing(project):
     assert not list((services.settings.data_dir / "tmp").iterdir())
 
 
+def test_export_job_can_also_write_the_film_where_asked(project, tmp_path):
+    services, project_view, _ = project
+    out = tmp_path / "render" / "film.mp4"
+    job = services.jobs.enqueue("export_film", {"out_path": str(out)}, project_id=project_view.id)
+    recorder = Recorder()
+    result = run_export_job(services, job, recorder.report, recorder.should_cancel)
+    export = services.exports.get(result["export_id"])
+    assert out.read_bytes() == services.assets.read_bytes(export.video_asset_id)
+    assert out.with_suffix(".otio").read_bytes() == services.assets.read_bytes(export.timeline_asset_id)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["film.mp4", "film.otio"]
+
+
 def test_worker_dispatches_export_jobs_here(project):
     from studio.worker.context import JobContext
     from studio.worker.handlers import default_handlers
