@@ -1,0 +1,100 @@
+"""Importing LoRAs as character adapters, using them on a pipeline through the services, identity scores of takes."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from character_helpers import BLUE, RED, mp4_bytes, png_bytes, tiny_project
+from face_models import face_picture
+from safetensors.torch import save
+
+from pipelines.tiny import TinyWanConfig, build_tiny_components
+from studio.faces.analysis import FaceAnalyzer
+from studio.faces.runtime import apply_adapters, substitute_captions
+from studio.faces.service import adapters_to_train, add_reference, import_adapter, score_take
+from studio.services.errors import ValidationError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters"))
+from adapter_helpers import random_lora_state, to_wan_original_layout  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_transformer():
+    return build_tiny_components()["transformer"]
+
+
+def test_import_registers_a_ready_adapter_and_refusals_register_nothing(services, tiny_transformer):
+    project = tiny_project(services)
+    mara = services.characters.create(project.id, "Mara", adapter_kind="lora")
+    community = save(to_wan_original_layout(random_lora_state(tiny_transformer)))
+    adapter = import_adapter(services, mara.id, "mara_comfy.safetensors", community, trigger_text="mara woman")
+    assert (adapter.kind, adapter.status, adapter.version) == ("imported", "ready", 1)
+    assert adapter.hyperparameters["layout"] == "wan-original" and adapter.hyperparameters["rank"] == 2
+    # An imported LoRA satisfies a character that asks for a LoRA: nothing to train.
+    assert adapters_to_train(services, project.id) == []
+
+    pickle = io.BytesIO()
+    torch.save(random_lora_state(tiny_transformer), pickle)
+    wide = build_tiny_components(TinyWanConfig(heads=4))["transformer"]
+    refused = [
+        ("mara.pt", pickle.getvalue(), "pickle"),
+        ("mara.safetensors", pickle.getvalue(), "pickle"),
+        ("mara.safetensors", b"\xff" * 8 + community[8:], "corrupt safetensors header"),
+        ("wide.safetensors", save(random_lora_state(wide)), "made for another model"),
+    ]
+    for filename, data, message in refused:
+        with pytest.raises(ValidationError, match=message):
+            import_adapter(services, mara.id, filename, data)
+    assert len(services.characters.list_adapters(mara.id)) == 1
+
+
+def test_scene_adapters_apply_through_the_services(sqlite_services, tiny_transformer):
+    from diffusers import WanPipeline
+
+    services = sqlite_services
+    project = tiny_project(services)
+    mara = services.characters.create(project.id, "Mara")
+    adapter = import_adapter(services, mara.id, "m.safetensors", save(random_lora_state(tiny_transformer)), "maraw")
+    pipe = WanPipeline(**build_tiny_components())
+    applied = apply_adapters(pipe, ((adapter.id, adapter.version),), services)
+    assert applied.lora_names == [f"imported_{adapter.id}_v1"]
+    assert substitute_captions(pipe, ["<mara> climbs", "sea"]) == ["maraw climbs", "sea"]
+    assert applied.records()[0]["character"] == "Mara"
+    with pytest.raises(ValueError, match="not 7"):
+        apply_adapters(pipe, ((adapter.id, 7),), services)
+    apply_adapters(pipe, (), services)
+    assert substitute_captions(pipe, ["<mara> climbs"]) == ["<mara> climbs"]
+
+
+def test_identity_scores_of_a_take(services, face_model_dir):
+    analyzer = FaceAnalyzer(face_model_dir)
+    project = tiny_project(services)
+    mara = services.characters.create(project.id, "Mara")
+    tom = services.characters.create(project.id, "Tom")
+    add_reference(services, mara.id, "mara.png", png_bytes(face_picture([(10, 10, 64, RED)])), analyzer)
+    add_reference(services, tom.id, "tom.png", png_bytes(face_picture([(10, 10, 64, BLUE)])), analyzer)
+    scene = services.storyboard.add_scene(project.id, "a lighthouse")
+    both = services.storyboard.add_shot(scene.id, "Mara and Tom", num_frames=9, characters=[mara.id, tom.id])
+    empty = services.storyboard.add_shot(scene.id, "the sea", num_frames=9, characters=[mara.id])
+    nobody = services.storyboard.add_shot(scene.id, "the lamp", num_frames=9)
+
+    def take(shot, frames):
+        return services.takes.add_take(shot.id, None, mp4_bytes(frames), png_bytes(frames[0]), None, 1, {})
+
+    mara_video = np.stack([face_picture([(30 + 2 * i, 30, 60, RED)]) for i in range(9)])
+    scores = score_take(services, take(both, mara_video).id, analyzer)
+    assert scores["Mara"] > 0.95 and scores["Tom"] < scores["Mara"] - 0.1
+    blank = np.stack([face_picture([])] * 9)
+    blank_take = take(empty, blank)
+    assert score_take(services, blank_take.id, analyzer) == {"Mara": "no face found"}
+    assert services.takes.get(blank_take.id).identity_scores == {"Mara": "no face found"}
+    assert score_take(services, take(nobody, blank).id, analyzer) is None
+    # Without face models: nothing stored, nothing raised.
+    missing = FaceAnalyzer(services.settings.data_dir / "no-models")
+    other = take(both, mara_video)
+    assert score_take(services, other.id, missing) is None and services.takes.get(other.id).identity_scores is None
