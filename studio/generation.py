@@ -121,12 +121,23 @@ def _ready_adapters(services, character) -> list:
     return [adapter for adapter in found if adapter is not None and adapter.weights_asset_id is not None]
 
 
-def _substitute_triggers(caption: str, characters: list) -> str:
-    """Name -> trigger token for characters that have an adapter, so the adapter's token reaches the model."""
+def _caption_with_triggers(caption: str, characters: list, with_adapter: set) -> str:
+    """Point each character of the shot at its adapter, or at its name when it has none.
+
+    A character with an adapter is named in the caption by its trigger token (`<mara>`), which the character area
+    swaps for what the adapter answers to once the adapters are on the pipeline; a caption may call it by name
+    ("Mara climbs") or by trigger. A character without an adapter keeps (or gets back) its plain name, since a
+    raw `<mara>` means nothing to the text encoder.
+    """
     for character in characters:
         trigger = getattr(character, "trigger", None)
-        if trigger and trigger not in caption:
-            caption = re.sub(rf"\b{re.escape(character.name)}\b", trigger, caption)
+        if not trigger:
+            continue
+        if character.id in with_adapter:
+            if trigger not in caption:
+                caption = re.sub(rf"\b{re.escape(character.name)}\b", trigger, caption)
+        else:
+            caption = caption.replace(trigger, character.name)
     return caption
 
 
@@ -179,8 +190,8 @@ def plan_scene(
             with_adapter.add(character.id)
     captions = []
     for shot in shots:
-        shot_characters = [characters[c] for c in shot.character_ids if c in with_adapter]
-        captions.append(_substitute_triggers(shot.caption, shot_characters))
+        shot_characters = [characters[c] for c in shot.character_ids if c in characters]
+        captions.append(_caption_with_triggers(shot.caption, shot_characters, with_adapter))
     return ScenePlan(
         project, scene, shots, targets, context, seeds, captions, tuple(sorted(adapters)), adapter_names, skipped
     )
@@ -318,13 +329,18 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
     started = time.perf_counter()
     pipe = ctx.pipelines.get(preset.name, plan.adapters, context=services)
     timings = {"pipeline_s": round(time.perf_counter() - started, 4)}
+    captions = list(plan.captions)
+    if plan.adapters:
+        from studio.faces.runtime import substitute_captions
+
+        captions = substitute_captions(pipe, captions)  # "<mara>" -> what Mara's adapter answers to
     ctx.check_cancelled()
 
     partial = len(plan.targets) < len(plan.shots)
     mode = regenerate_mode or preset.regenerate_mode
     specs = [
         ShotSpec(caption=caption, num_frames=shot.num_frames)
-        for caption, shot in zip(plan.captions, plan.shots, strict=True)
+        for caption, shot in zip(captions, plan.shots, strict=True)
     ]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds]
     params = {
@@ -366,7 +382,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
     timings["generate_s"] = round(time.perf_counter() - started, 4)
     started = time.perf_counter()
 
-    scene_captions = list(plan.captions)
+    scene_captions = captions
     take_ids = []
     for order, index in enumerate(plan.targets):
         shot = plan.shots[index]

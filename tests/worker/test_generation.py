@@ -105,3 +105,49 @@ def test_bad_payloads_fail_with_what_to_change(sqlite_services):
     run_all(services)
     assert "needs scene_id" in services.jobs.get(no_scene.id).error
     assert "restore it from the bin" in services.jobs.get(binned.id).error
+
+
+def lora_bytes(seed: int = 0) -> bytes:
+    """A random diffusers-layout LoRA on every attention projection of the tiny transformer."""
+    from pipelines.tiny import build_tiny_components
+
+    transformer = build_tiny_components()["transformer"]
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in transformer.named_modules():
+        if name.endswith(("to_q", "to_k", "to_v", "to_out.0")) and isinstance(module, torch.nn.Linear):
+            state[f"transformer.{name}.lora_A.weight"] = torch.randn(2, module.in_features, generator=generator)
+            state[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, 2, generator=generator)
+    return safetensors.torch.save(state)
+
+
+def test_a_character_adapter_is_loaded_for_its_shots_and_recorded_with_the_take(sqlite_services):
+    from adapters.loading import loaded_loras
+    from studio.worker.cache import PipelineCache
+
+    services = sqlite_services
+    project, scene_id, (plain_shot,) = tiny_project(services, shots=((5, "a dog runs"),))
+    mara = services.characters.create(project.id, "Mara", description="a keeper in a red scarf")
+    adapter = services.characters.add_adapter(mara.id, "lora", "tiny", status="ready", weights=lora_bytes())
+    other_scene = services.storyboard.add_scene(project.id, caption="the lamp room")
+    mara_shot = services.storyboard.add_shot(other_scene.id, "Mara climbs the stairs", 5, characters=[mara.id]).id
+
+    cache = PipelineCache(torch.device("cpu"), torch.float32)
+    worker = Worker(services, worker_id="in-process", pipelines=cache)
+    with_mara = services.jobs.enqueue("generate_scene", {"scene_id": other_scene.id}, project.id)
+    worker.run(exit_when_idle=True)
+    assert services.jobs.get(with_mara.id).status == "done", services.jobs.get(with_mara.id).error
+    take = services.takes.chosen_take(mara_shot)
+    assert [(a["id"], a["version"]) for a in take.params["adapters"]] == [(adapter.id, adapter.version)]
+    assert "Mara" not in take.params["caption"] and "<mara>" not in take.params["caption"]  # the adapter's words
+    assert cache.key == ("tiny", "fp32", ((adapter.id, adapter.version),))
+    pipe = cache.get("tiny", ((adapter.id, adapter.version),))
+    assert len(loaded_loras(pipe)) == 1
+
+    # The next scene has no character: same warm model, adapter taken off, caption as written.
+    plain = services.jobs.enqueue("generate_scene", {"scene_id": scene_id}, project.id)
+    worker.run(exit_when_idle=True)
+    assert services.jobs.get(plain.id).status == "done"
+    assert services.takes.chosen_take(plain_shot).params["caption"] == "a dog runs"
+    assert cache.key == ("tiny", "fp32", ()) and loaded_loras(pipe) == []
+    assert (cache.stats.loads, cache.stats.adapter_swaps) == (1, 1)
