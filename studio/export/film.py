@@ -39,8 +39,9 @@ or looped when shorter, and fades out over its last `music_fade_seconds`.
 
 Two ways to write the file, reported in `FilmResult.method`:
 - "concat": every transition is a cut, no clip is trimmed or a placeholder, and every take already is H.264 yuv420p
-  at the output size and fps, all of one H.264 profile. The takes are joined by ffmpeg's concat demuxer with the
-  video stream copied, not re-encoded (only the audio is encoded), so the frames are the takes' own, bit for bit.
+  at the output size and fps, all with the same H.264 parameter sets (SPS/PPS). The takes are joined by ffmpeg's
+  concat demuxer with the video stream copied, not re-encoded (only the audio is encoded), so the frames are the
+  takes' own, bit for bit.
 - "reencode": anything else. Frames are composed here (so the arithmetic above is the code, not moviepy's float
   time arithmetic) and written through moviepy 2 with libx264.
 
@@ -64,7 +65,7 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 
-from studio.export.probe import VideoInfo, ffmpeg_exe, probe_video
+from studio.export.probe import VideoInfo, ffmpeg_exe, h264_parameter_sets, probe_video
 
 TransitionKind = Literal["cut", "dissolve", "fade"]
 TRANSITIONS: tuple[str, ...] = ("cut", "dissolve", "fade")
@@ -335,6 +336,14 @@ def can_concat(plan: FilmPlan) -> bool:
     return True
 
 
+def same_parameter_sets(plan: FilmPlan) -> bool:
+    """True when every take decodes with the same H.264 SPS/PPS (see `probe.h264_parameter_sets`)."""
+    paths = list(dict.fromkeys(Path(clip.source.path) for clip in plan.clips if clip.source is not None))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        sets = set(pool.map(h264_parameter_sets, paths))
+    return len(sets) == 1 and b"" not in sets
+
+
 def render_film(
     clips: Sequence[ClipSpec],
     out_path: str | Path,
@@ -348,7 +357,9 @@ def render_film(
     plan = plan_film(clips, settings)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.stem}.{uuid.uuid4().hex[:8]}.partial.mp4")
-    method: Literal["concat", "reencode"] = "concat" if settings.allow_fast_path and can_concat(plan) else "reencode"
+    method: Literal["concat", "reencode"] = (
+        "concat" if settings.allow_fast_path and can_concat(plan) and same_parameter_sets(plan) else "reencode"
+    )
     try:
         if method == "concat":
             _write_concat(plan, partial, settings, progress)

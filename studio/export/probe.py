@@ -126,6 +126,28 @@ def probe_video(path: str | Path) -> VideoInfo:
     )
 
 
+def h264_parameter_sets(path: str | Path) -> bytes:
+    """The SPS and PPS NAL units an H.264 file decodes with (b"" when none are found).
+
+    ffmpeg's concat demuxer with a stream copy keeps the first file's parameter sets for the whole film, so takes can
+    be joined without re-encoding only when theirs are identical (same size and profile is not enough: the encoder's
+    rate control writes e.g. its initial QP into the PPS).
+    """
+    completed = subprocess.run(
+        [
+            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(path), "-map", "0:v:0", "-frames:v", "1",
+            "-c", "copy", "-bsf:v", "h264_mp4toannexb", "-f", "h264", "-",
+        ],
+        capture_output=True,
+    )
+    if completed.returncode != 0:
+        return b""
+    units = re.split(rb"\x00\x00\x01", completed.stdout)
+    # A NAL unit's type is the low 5 bits of its first byte: 7 = SPS, 8 = PPS. Trailing zero bytes belong to the
+    # next 4-byte start code.
+    return b"".join(b"\x00\x00\x01" + unit.rstrip(b"\x00") for unit in units if unit and unit[0] & 0x1F in (7, 8))
+
+
 def media_duration(path: str | Path) -> float:
     """Container duration in seconds as ffmpeg reports it (used for music files)."""
     match = _DURATION_RE.search(_ffmpeg_header(Path(path)))

@@ -124,6 +124,7 @@ def test_takes_that_do_not_match_the_output_are_reencoded(solid_video, tmp_path)
     )
     for other in (
         solid_video([200] * 5, preset="medium"),  # H.264 High instead of Constrained Baseline
+        solid_video([200] * 5, crf=30),  # same profile and size, another PPS (initial QP)
         solid_video([200] * 5, fps=16),
         solid_video([200] * 5, width=48),
     ):
