@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from studio.export.timeline import write_timeline
 
 # Share of the job's progress bar given to the frames; the rest is the timeline and storing the assets.
 RENDER_SHARE = 0.95
+STALE_SCRATCH_S = 24 * 3600
 
 
 def shot_label(number: int, scene_position: int | None, shot, max_caption: int = 48) -> str:
@@ -224,4 +226,11 @@ def _scratch_dir(services) -> Path:
     # of a large file through /tmp (often a small tmpfs).
     folder = Path(services.settings.data_dir) / "tmp"
     folder.mkdir(parents=True, exist_ok=True)
+    # A worker killed mid-export leaves its folder behind; one a day old belongs to no running export.
+    for stale in folder.glob("export-*"):
+        try:
+            if time.time() - stale.stat().st_mtime > STALE_SCRATCH_S:
+                shutil.rmtree(stale, ignore_errors=True)
+        except FileNotFoundError:
+            continue
     return folder

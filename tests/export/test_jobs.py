@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import time
 
 import numpy as np
 import opentimelineio as otio
@@ -58,6 +60,13 @@ class Recorder:
 
 def test_export_job_stores_film_and_timeline(project):
     services, project_view, shots = project
+    # What a worker killed mid-export a day ago left behind is cleared; a running export's folder is not.
+    scratch = services.settings.data_dir / "tmp"
+    stale, fresh = scratch / "export-stale", scratch / "export-fresh"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "film.mp4").write_bytes(b"partial")
+    os.utime(stale, (time.time() - 2 * 86400, time.time() - 2 * 86400))
     job = services.jobs.enqueue("export_film", {}, project_id=project_view.id)
     recorder = Recorder()
     result = run_export_job(services, job, recorder.report, recorder.should_cancel)
@@ -85,7 +94,7 @@ def test_export_job_stores_film_and_timeline(project):
     # Progress: every frame, in order, then done.
     steps = [c[2] for c in recorder.calls if c[2] is not None]
     assert steps == [*range(1, 23), 22] and recorder.calls[-1][0] == 1.0
-    assert not list((services.settings.data_dir / "tmp").iterdir())
+    assert [p.name for p in scratch.iterdir()] == ["export-fresh"]
 
 
 def test_shot_without_take_is_named_or_becomes_a_card(project):
