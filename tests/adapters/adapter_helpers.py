@@ -15,11 +15,16 @@ def reference_picture(colour=(230, 40, 40), size=48) -> Image.Image:
     return Image.fromarray(array)
 
 
-def make_pipe(components):
-    """The studio's pipeline class; diffusers' WanPipeline (same components, same LoRA mixin) until it lands."""
-    from diffusers import WanPipeline
+def make_pipe(components, stock: bool = False):
+    """The studio's `MultiShotPipeline` over `components` (or diffusers' stock `WanPipeline` with `stock=True`:
+    same components, same LoRA mixin)."""
+    if stock:
+        from diffusers import WanPipeline
 
-    return WanPipeline(**components)
+        return WanPipeline(**components)
+    from pipelines import MultiShotPipeline
+
+    return MultiShotPipeline(**components, cross_attention="full")
 
 
 def generate_latent(pipe, caption: str, seed: int = 1) -> torch.Tensor:
@@ -52,8 +57,7 @@ def generate_latent(pipe, caption: str, seed: int = 1) -> torch.Tensor:
         output_type="latent",
         generator=generator,
     )
-    latent = out.latents[0]
-    return latent[0] if latent.dim() == 5 else latent
+    return out.latents[0][0]
 
 
 def random_lora_state(transformer, rank: int = 2, seed: int = 0, scale: float = 0.5) -> dict[str, torch.Tensor]:

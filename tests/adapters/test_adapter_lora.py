@@ -75,9 +75,10 @@ def test_file_is_diffusers_wan_lora_on_attention_projections(trained):
     assert info["config"]["rank"] == 4 and info["steps_done"] == STEPS
 
 
-def test_lora_loads_and_moves_generation_toward_the_reference(trained):
+@pytest.mark.parametrize("stock", [False, True], ids=["MultiShotPipeline", "WanPipeline"])
+def test_lora_loads_and_moves_generation_toward_the_reference(trained, stock):
     components, _, result, _ = trained
-    pipe = make_pipe(components)
+    pipe = make_pipe(components, stock=stock)
     reference = encode_images(components["vae"], [reference_picture().resize((32, 32))])[0]
     without = generate_latent(pipe, "mara")
     pipe.load_lora_weights(str(result.path), adapter_name="mara")

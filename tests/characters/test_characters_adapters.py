@@ -54,13 +54,13 @@ def test_import_registers_a_ready_adapter_and_refusals_register_nothing(services
 
 
 def test_scene_adapters_apply_through_the_services(sqlite_services, tiny_transformer):
-    from diffusers import WanPipeline
+    from pipelines import MultiShotPipeline
 
     services = sqlite_services
     project = tiny_project(services)
     mara = services.characters.create(project.id, "Mara")
     adapter = import_adapter(services, mara.id, "m.safetensors", save(random_lora_state(tiny_transformer)), "maraw")
-    pipe = WanPipeline(**build_tiny_components())
+    pipe = MultiShotPipeline(**build_tiny_components())
     applied = apply_adapters(pipe, ((adapter.id, adapter.version),), services)
     assert applied.lora_names == [f"imported_{adapter.id}_v1"]
     assert substitute_captions(pipe, ["<mara> climbs", "sea"]) == ["maraw climbs", "sea"]
