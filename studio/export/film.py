@@ -65,7 +65,7 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 
-from studio.export.probe import VideoInfo, ffmpeg_exe, h264_parameter_sets, probe_video
+from studio.export.probe import VideoInfo, ffmpeg_exe, h264_parameter_sets, has_audio_stream, probe_video
 
 TransitionKind = Literal["cut", "dissolve", "fade"]
 TRANSITIONS: tuple[str, ...] = ("cut", "dissolve", "fade")
@@ -132,6 +132,8 @@ class ExportSettings:
             raise ExportError(f"fps must be a positive number with at most two decimals (<= 240), got {self.fps}")
         if self.music is not None and not Path(self.music).is_file():
             raise ExportError(f"music file not found: {self.music}")
+        if self.music is not None and not has_audio_stream(self.music):
+            raise ExportError(f"{self.music} has no audio ffmpeg can read; choose a music file (wav, mp3, m4a, ...)")
         if self.music_fade_seconds < 0:
             raise ExportError(f"music_fade_seconds must be >= 0, got {self.music_fade_seconds}")
         if not 0 <= self.crf <= 51:

@@ -148,6 +148,10 @@ def h264_parameter_sets(path: str | Path) -> bytes:
     return b"".join(b"\x00\x00\x01" + unit.rstrip(b"\x00") for unit in units if unit and unit[0] & 0x1F in (7, 8))
 
 
+def has_audio_stream(path: str | Path) -> bool:
+    return any(kind == "Audio" for kind, _ in _STREAM_RE.findall(_ffmpeg_header(Path(path))))
+
+
 def media_duration(path: str | Path) -> float:
     """Container duration in seconds as ffmpeg reports it (used for music files)."""
     match = _DURATION_RE.search(_ffmpeg_header(Path(path)))
