@@ -98,3 +98,18 @@ def test_identity_scores_of_a_take(services, face_model_dir):
     missing = FaceAnalyzer(services.settings.data_dir / "no-models")
     other = take(both, mara_video)
     assert score_take(services, other.id, missing) is None and services.takes.get(other.id).identity_scores is None
+
+
+def test_scene_adapters_follow_the_project_preset(sqlite_services, tiny_transformer):
+    from studio.characters_jobs import scene_adapters
+
+    services = sqlite_services
+    project = tiny_project(services)
+    mara = services.characters.create(project.id, "Mara")
+    tom = services.characters.create(project.id, "Tom")
+    old = import_adapter(services, mara.id, "a.safetensors", save(random_lora_state(tiny_transformer, seed=1)))
+    new = import_adapter(services, mara.id, "b.safetensors", save(random_lora_state(tiny_transformer, seed=2)))
+    assert old.version == 1 and new.version == 2
+    assert [a.id for a in scene_adapters(services, project.id, [mara.id, tom.id, mara.id])] == [new.id]
+    services.projects.update_settings(project.id, preset="demo")
+    assert scene_adapters(services, project.id, [mara.id]) == []  # a tiny-model LoRA would not load on demo
