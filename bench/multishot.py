@@ -7,8 +7,9 @@ What is measured: one denoising step of the real pipeline (conditional + uncondi
 scheduler step), timed between consecutive `callback_on_step_end` calls (after `--warmup` steps, the least of
 `--iters`); peak memory is what the step adds on top of the loaded weights (CUDA: max allocated; CPU: peak RSS,
 reset through /proc/self/clear_refs). Every shot has the same length, so "stock one by one" is the stock
-`diffusers.WanPipeline` step of one shot times the number of shots. TFLOP/step counts matmuls and attention
-(dense attention counts only the keys each mode visits). Prints Markdown tables for docs/PERFORMANCE.md.
+`diffusers.WanPipeline` step of one shot times the number of shots (on CPU measured again next to every row).
+TFLOP/s counts matmuls and attention (only the query-key pairs each mode visits) per measured second; on a GPU
+it is also given as a share of `--peak-tflops`. Prints Markdown tables for docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--max-sequence-length", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=None, help="timed steps per row (default: 5 CPU, 2 GPU)")
+    parser.add_argument("--iters", type=int, default=None, help="timed steps per row (default: 6 CPU, 2 GPU)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the CPU table uses 1)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="card's dense bf16 peak (H100 SXM: 989)")
     args = parser.parse_args()
@@ -192,7 +193,7 @@ def main() -> None:
         defaults = dict(device="cuda", frames=81, height=480, width=832, max_sequence_length=512, iters=2)
         args.dtype = torch.bfloat16
     else:
-        defaults = dict(device="cpu", frames=33, height=128, width=128, max_sequence_length=32, iters=5)
+        defaults = dict(device="cpu", frames=33, height=128, width=128, max_sequence_length=32, iters=6)
         args.dtype = torch.float32
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -263,6 +264,10 @@ def main() -> None:
     gpu = args.device.type == "cuda"
     flop_col = " | % of peak" if gpu else ""
 
+    def stock_now() -> float:
+        """Stock one-shot s/step measured next to the row on CPU, where other jobs' load drifts minute to minute."""
+        return measure(run_stock, args)[0] if not gpu else stock_step
+
     def flop_cell(tflop: float, seconds: float) -> str:
         rate = tflop / seconds
         return f"{rate:.3f}" + (f" | {100 * rate / args.peak_tflops:.0f}%" if gpu else "")
@@ -278,7 +283,7 @@ def main() -> None:
         for self_mode in ("full", "sparse", "isolated"):
             seconds, mem = measure(run_pipe(k, self_mode, "window"), args)
             tflop = step_tflop(config, layout_of(k, "window"), self_mode, "window", args.max_sequence_length)
-            baseline = k * stock_step
+            baseline = k * stock_now()
             print(
                 f"| {k} | {self_mode} | {seconds:.3f} | {baseline:.3f} | {seconds / baseline:.2f} | {mem:.0f} | "
                 f"{flop_cell(tflop, seconds)} |"
@@ -293,7 +298,7 @@ def main() -> None:
         layout = layout_of(k, cross_mode).with_text([args.max_sequence_length] * k, args.max_sequence_length)
         tflop = step_tflop(config, layout, "sparse", cross_mode, args.max_sequence_length)
         print(
-            f"| {cross_mode} | {seconds:.3f} | {seconds / (k * stock_step):.2f} | {mem:.0f} | "
+            f"| {cross_mode} | {seconds:.3f} | {seconds / (k * stock_now()):.2f} | {mem:.0f} | "
             f"{flop_cell(tflop, seconds)} |"
         )
 

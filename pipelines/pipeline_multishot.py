@@ -27,7 +27,9 @@ from .layout import ShotLayout
 from .registry import CROSS_ATTENTION_MODES, REGENERATE_MODES, SELF_ATTENTION_MODES, is_valid_frame_count
 
 OUTPUT_TYPES = ("np", "pil", "latent")
-TEXT_CACHE_SIZE = 256  # captions kept encoded; a storyboard rarely has more distinct ones in flight
+# Captions kept encoded (only their real tokens: ~100 x 4096 bf16 = 0.8 MB each for UMT5-XXL, padding is added on
+# use); a storyboard rarely has more distinct captions in flight.
+TEXT_CACHE_SIZE = 128
 
 
 def _as_index(value) -> int | None:
@@ -201,14 +203,16 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             seq_len = int(mask.gt(0).sum())
             model_device = get_module_execution_device(self.text_encoder)
             hidden = self.text_encoder(ids.to(model_device), mask.to(model_device)).last_hidden_state[0, :seq_len]
-            if max_sequence_length is not None:
-                hidden = torch.cat([hidden, hidden.new_zeros(max_sequence_length - seq_len, hidden.shape[1])])
-            cached = hidden.detach()
+            cached = hidden.detach().clone()  # a copy, so the padded encoder output is not kept alive
             self._text_cache[key] = cached
             while len(self._text_cache) > TEXT_CACHE_SIZE:
                 self._text_cache.popitem(last=False)
         else:
             self._text_cache.move_to_end(key)
+        if max_sequence_length is not None and cached.shape[0] < max_sequence_length:
+            # Zero rows after the real tokens, as WanPipeline pads (the model attends to them: real Wan weights
+            # were trained on this zero-padded context).
+            cached = torch.cat([cached, cached.new_zeros(max_sequence_length - cached.shape[0], cached.shape[1])])
         return cached if device is None else cached.to(device)
 
     # ------------------------------------------------------------------ checks

@@ -40,9 +40,10 @@ def test_select_device_and_dtype_on_cpu():
 
 
 def test_tiny_preset_builds_a_pipeline_with_the_preset_defaults():
-    pipe = load_pipeline("tiny")
+    pipe = load_pipeline("tiny", vae_tiling=True)
     preset = get_preset("tiny")
     assert isinstance(pipe, MultiShotPipeline)
+    assert pipe.vae.use_tiling and pipe.preset is preset
     assert pipe.config.cross_attention == preset.cross_attention
     assert pipe.config.regenerate_mode == preset.regenerate_mode
     assert pipe.config.gap == preset.gap
