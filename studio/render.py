@@ -4,21 +4,22 @@ The flow (DESIGN.md section 4): import the storyboard into its project (or updat
 missing adapters, generate what has no take, export the film. `--regenerate SHOT` (1-based over the whole film, or
 `scene.shot`) makes one new take of that shot and re-exports.
 
-This module holds what the foundation can do without a model: validating the file and the shot reference. The
-worker engineer completes `render_storyboard` by enqueuing jobs (train_adapter, generate_scene or
-regenerate_shot, export_film) and waiting for them; until then it refuses with BackendUnavailableError.
+The command is a worker of its own: it enqueues each stage's jobs and runs them in this process (any other worker
+sharing the database may take some of them; the command then waits for those). Every result is written by the
+jobs through the services, atomically, so killing the command at any point loses at most the job in flight.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from studio.storyboard_file import StoryboardDoc, StoryboardError, load_storyboard
-
-
-class BackendUnavailableError(RuntimeError):
-    """No generation backend is installed in this studio yet."""
+from studio.worker.retry import retry_db
 
 
 @dataclass(frozen=True)
@@ -58,15 +59,146 @@ def parse_shot_ref(doc: StoryboardDoc, ref: str) -> ShotRef:
     raise AssertionError("unreachable")
 
 
-def render_storyboard(services, path: str | Path, out: str | Path, regenerate: str | None = None) -> Path:
+# ---------------------------------------------------------------------------------------------------------------------
+# Rendering: import -> train missing adapters -> generate what has no take -> export, one stage after the other.
+
+
+class RenderError(RuntimeError):
+    """A render stage failed; the message names the stage and the job's error (the CLI prints it as `error: ...`)."""
+
+
+# The name the CLI catches: every render refusal is one.
+BackendUnavailableError = RenderError
+
+RENDER_SLOT = "render"  # worker id host:render-<pid>: a re-run sees the pid is gone and recovers its jobs at once
+
+
+def _pending_jobs(services, project_id: int, kind: str) -> list:
+    """Queued or running jobs of a kind for this project, oldest first (a killed render's jobs are reused)."""
+    jobs = [
+        job
+        for status in ("queued", "running")
+        for job in services.jobs.list_jobs(status=status, project_id=project_id)
+        if job.kind == kind
+    ]
+    return sorted(jobs, key=lambda job: job.id)
+
+
+def _scene_job(services, project_id: int, scene_id: int):
+    """The pending only_missing generation of this scene, or a new one."""
+    for job in _pending_jobs(services, project_id, "generate_scene"):
+        if job.payload.get("scene_id") == scene_id and job.payload.get("only_missing"):
+            return job
+    return retry_db(services.jobs.enqueue, "generate_scene", {"scene_id": scene_id, "only_missing": True}, project_id)
+
+
+def _regenerate_job(services, project_id: int, shot_id: int):
+    for job in _pending_jobs(services, project_id, "regenerate_shot"):
+        if job.payload.get("shot_id") == shot_id:
+            return job
+    return retry_db(services.jobs.enqueue, "regenerate_shot", {"shot_id": shot_id}, project_id, priority=1)
+
+
+def run_jobs(services, worker, jobs: list, stage: str, log: Callable[[str], None], poll_s: float = 0.5) -> list:
+    """Run (in this process) or wait for (another worker has them) `jobs` until all have finished.
+
+    Raises RenderError naming `stage` when one fails or is cancelled. The in-process worker claims in queue order,
+    so it may also run a job someone else queued meanwhile: it is a worker like any other.
+    """
+    from studio.worker.retry import is_transient
+
+    pending = {job.id for job in jobs}
+    finished = []
+    last_line = ""
+    last_recover = time.monotonic()
+    while pending:
+        for job_id in sorted(pending):
+            view = retry_db(services.jobs.get, job_id)
+            if not view.is_finished:
+                continue
+            pending.discard(job_id)
+            finished.append(view)
+            if view.status != "done":
+                reason = view.error or view.message or view.status
+                raise RenderError(f"{stage}: job {job_id} ({view.kind}) {view.status}: {reason}")
+        if not pending:
+            break
+        try:
+            ran = worker.run_once()
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            ran = None
+        if ran is None:
+            # Nothing we can claim: another worker runs our jobs; wait and look again (and recover dead ones).
+            views = [retry_db(services.jobs.get, job_id) for job_id in sorted(pending)]
+            line = "; ".join(f"job {v.id} {v.status} {100 * v.progress:.0f}%" for v in views)
+            if line != last_line:
+                log(f"{stage}: waiting for {line}")
+                last_line = line
+            if time.monotonic() - last_recover > max(1.0, services.settings.heartbeat_timeout_s / 2):
+                worker.recover()
+                last_recover = time.monotonic()
+            time.sleep(poll_s)
+    return finished
+
+
+def render_storyboard(
+    services,
+    path: str | Path,
+    out: str | Path,
+    regenerate: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Render the storyboard at `path` to the film `out`; returns the film's path.
 
-    Raises StoryboardError for a bad file or shot reference, BackendUnavailableError while no model backend exists.
+    Stages, each finished before the next starts (so another worker sharing the queue cannot export a film
+    whose takes are still being made): import the file; train the adapters that are missing or stale; generate
+    every shot that has no take (`generate_scene` with only_missing, one job per scene); with `regenerate`, make a
+    new take of that shot and choose it; export. Killed and run again, it imports nothing new, recovers the job it
+    left running, reuses the jobs still queued and regenerates no take that exists.
+    Raises StoryboardError for a bad file or shot reference, RenderError when a stage fails.
     """
+    from studio.storyboard_file import import_storyboard
+    from studio.worker.process import Worker, default_worker_id
+
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    path, out = Path(path), Path(out).resolve()
+    if out.suffix.lower() != ".mp4":
+        raise RenderError(f"--out must name an .mp4 file, got {out}")
     doc = load_storyboard(path)
-    if regenerate is not None:
-        parse_shot_ref(doc, regenerate)
-    raise BackendUnavailableError(
-        "no model backend is available yet: this studio cannot generate video, so nothing was queued "
-        "(the storyboard file is valid; `python -m studio import` stores it in a project)"
-    )
+    shot_ref = parse_shot_ref(doc, regenerate) if regenerate is not None else None
+    report = import_storyboard(services, doc, path.parent)
+    project_id = report.project_id
+    log(report.summary())
+
+    worker = Worker(services, worker_id=default_worker_id(f"{RENDER_SLOT}-{os.getpid()}"), poll_interval_s=0.2)
+    worker.recover()  # a killed render's running job goes back to the queue (or fails after too many tries)
+
+    from studio.faces.service import ensure_adapters
+
+    training = ensure_adapters(services, project_id)
+    if training:
+        log(f"training {len(training)} adapter(s)")
+        run_jobs(services, worker, training, "training adapters", log)
+
+    scenes = services.storyboard.list_scenes(project_id)
+    generation = []
+    for scene in scenes:
+        if any(services.takes.chosen_take(shot.id) is None for shot in scene.shots):
+            generation.append(_scene_job(services, project_id, scene.id))
+    if generation:
+        log(f"generating {len(generation)} scene(s)")
+        run_jobs(services, worker, generation, "generating", log)
+
+    if shot_ref is not None:
+        shot_id = scenes[shot_ref.scene_index].shots[shot_ref.shot_index].id
+        log(f"regenerating shot {regenerate}")
+        (done,) = run_jobs(services, worker, [_regenerate_job(services, project_id, shot_id)], "regenerating", log)
+        for take_id in done.result.get("takes", []):
+            retry_db(services.takes.choose_take, shot_id, take_id)  # the film shows the take asked for
+
+    log("exporting")
+    export = retry_db(services.jobs.enqueue, "export_film", {"out_path": str(out)}, project_id, priority=-1)
+    run_jobs(services, worker, [export], "exporting", log)
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,8 +33,27 @@ OFFLOAD_NEXT = {"none": "model", "model": "sequential"}
 
 
 def default_worker_id(slot: str | None = None) -> str:
-    """Host plus slot (or pid): stable across restarts for the app's own worker, so it can recover its jobs."""
+    """`host:pid` (or `host:slot`, stable across restarts for the app's own worker, so it recovers its jobs)."""
     return f"{socket.gethostname()}:{slot if slot is not None else os.getpid()}"
+
+
+def local_worker_pid(worker_id: str | None) -> int | None:
+    """The pid in a worker id of this host (`host:1234`, `host:render-1234`), else None."""
+    host, _, slot = (worker_id or "").rpartition(":")
+    match = re.search(r"(?:^|-)(\d+)$", slot)
+    return int(match[1]) if host == socket.gethostname() and match else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (a recycled pid errs on the side of 'alive': the heartbeat
+    timeout recovers the job then)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def out_of_memory_message(error: BaseException, offload: str, vae_tiling: bool) -> str:
@@ -110,15 +130,28 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def recover(self, own_only: bool = False) -> list:
-        """Fail or re-queue jobs left running by dead workers (this id's at once, others' after the timeout)."""
-        recovered = retry_db(
-            self.services.jobs.recover_stale_jobs, self.settings.heartbeat_timeout_s, worker_id=self.worker_id
-        )
+    def recover(self) -> list:
+        """Fail or re-queue jobs left running by dead workers.
+
+        At once: this worker id's jobs (a restart with the same id) and jobs of workers on this host whose process
+        is gone (ids `host:...<pid>`). Others: once their heartbeat is older than `heartbeat_timeout_s`.
+        """
+        timeout_s = self.settings.heartbeat_timeout_s
+        recovered = retry_db(self.services.jobs.recover_stale_jobs, timeout_s, worker_id=self.worker_id)
+        for owner in self._dead_local_owners():
+            recovered += retry_db(self.services.jobs.recover_stale_jobs, timeout_s, worker_id=owner)
         for job in recovered:
             logger.warning("recovered job %s (%s): now %s", job.id, job.kind, job.status)
         self.stats.recovered.extend(recovered)
         return recovered
+
+    def _dead_local_owners(self) -> set[str]:
+        owners = set()
+        for job in retry_db(self.services.jobs.list_jobs, status="running"):
+            pid = local_worker_pid(job.worker_id)
+            if pid is not None and job.worker_id != self.worker_id and not pid_alive(pid):
+                owners.add(job.worker_id)
+        return owners
 
     def run(self, max_jobs: int | None = None, exit_when_idle: bool = False) -> WorkerStats:
         self.recover()
