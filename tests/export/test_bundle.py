@@ -125,7 +125,17 @@ def canonical(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
     return result
 
 
-def test_bundle_round_trip_is_lossless(services, solid_video, tmp_path):
+def other_database_url(request, services) -> str | None:
+    """A PostgreSQL database when the source is SQLite and the server answers; else None (SQLite in the data dir)."""
+    if services.db.dialect != "sqlite":
+        return None
+    try:
+        return request.getfixturevalue("postgres_url")
+    except pytest.skip.Exception:
+        return None
+
+
+def test_bundle_round_trip_is_lossless(services, solid_video, tmp_path, request):
     from studio.config import load_settings
     from studio.services import build_services
 
@@ -148,9 +158,10 @@ def test_bundle_round_trip_is_lossless(services, solid_video, tmp_path):
         mara = next(character for character in doc.characters if character.name == "Mara")
         assert [archive.read(path) for path in mara.references] == [png_bytes((200, 10, 10))]
 
-    # An empty studio on SQLite (whatever database the source used).
-    target_settings = load_settings(data_dir=tmp_path / "elsewhere", database_url=None)
-    target = build_services(target_settings)
+    # An empty studio on the other database: SQLite -> PostgreSQL and PostgreSQL -> SQLite.
+    target_url = other_database_url(request, services)
+    target = build_services(load_settings(data_dir=tmp_path / "elsewhere", database_url=target_url))
+    assert target.db.dialect != services.db.dialect or target.db.dialect == "sqlite"
     try:
         imported = import_bundle(target, report.path)
         with target.db.unit_of_work() as session:
