@@ -188,21 +188,24 @@ def test_other_size_and_fps_are_normalised_and_trimmed(solid_video, tmp_path):
     assert frames[:, :6].max() <= TOLERANCE and frames[:, 26:].max() <= TOLERANCE
 
 
-def test_music_is_looped_to_the_film_and_faded_out(solid_video, tmp_path):
-    music = write_sine_wav(tmp_path / "music.wav", seconds=0.7)
+@pytest.mark.parametrize("music_seconds", [0.7, 5.0], ids=["looped", "trimmed"])
+def test_music_is_looped_or_trimmed_to_the_film_and_faded_out(solid_video, tmp_path, music_seconds):
+    music = write_sine_wav(tmp_path / "music.wav", seconds=music_seconds)
     takes = [solid_video([40] * 8), solid_video([200] * 8)]
-    for clips, name in (
-        ([ClipSpec(takes[0]), ClipSpec(takes[1])], "cuts.mp4"),
-        ([ClipSpec(takes[0]), ClipSpec(takes[1], transition="dissolve", transition_seconds=0.25)], "dissolve.mp4"),
+    for clips, name, method in (
+        ([ClipSpec(takes[0]), ClipSpec(takes[1])], "cuts.mp4", "concat"),
+        ([ClipSpec(takes[0]), ClipSpec(takes[1], transition="dissolve", transition_seconds=0.25)], "dissolve.mp4",
+         "reencode"),
     ):
         settings = ExportSettings(fps=8, width=32, height=32, music=music, music_fade_seconds=0.5)
         result = render_film(clips, tmp_path / name, settings)
+        assert result.method == method
         samples = assert_audio_lasts_film(tmp_path / name, result.duration)
 
         def loudness(at: float, samples: np.ndarray = samples) -> float:
             return float(np.abs(samples[int(at * 44100) : int(at * 44100) + 2000]).max())
 
-        # Looped: still playing after the 0.7 s file ran out; faded: the last 50 ms are far quieter.
+        # Still playing after 0.7 s (looped when the file is that short); faded: the last 50 ms are far quieter.
         assert loudness(0.2) > 0.2 and loudness(1.0) > 0.2
         assert loudness(result.duration - 0.05) < 0.25 * loudness(0.2)
 
