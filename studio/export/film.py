@@ -73,6 +73,9 @@ ProgressCallback = Callable[[int, int], None]
 """Called with (frames written, total frames); raising from it (e.g. `ExportCancelled`) aborts the export."""
 
 AUDIO_RATE = 44100
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"
+)
 
 
 class ExportError(ValueError):
@@ -138,6 +141,8 @@ class ExportSettings:
             raise ExportError(f"music_fade_seconds must be >= 0, got {self.music_fade_seconds}")
         if not 0 <= self.crf <= 51:
             raise ExportError(f"crf must be between 0 and 51, got {self.crf}")
+        if self.preset not in X264_PRESETS:
+            raise ExportError(f"preset must be one of {', '.join(X264_PRESETS)}, got {self.preset!r}")
 
 
 @dataclass(frozen=True)

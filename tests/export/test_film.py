@@ -93,6 +93,8 @@ def test_plan_refuses_what_cannot_be_made_with_the_shot_named():
         plan_film([ClipSpec("a", trim_in=5, trim_out=12)], SETTINGS, [fake_source(9)])
     with pytest.raises(ExportError, match="even width and height"):
         plan_film([ClipSpec("a")], ExportSettings(fps=8, width=33, height=32), [fake_source(9)])
+    with pytest.raises(ExportError, match="preset must be one of"):
+        plan_film([ClipSpec("a")], ExportSettings(fps=8, width=32, height=32, preset="quick"), [fake_source(9)])
     not_music = Path(__file__)
     with pytest.raises(ExportError, match="no audio ffmpeg can read"):
         plan_film([ClipSpec("a")], ExportSettings(fps=8, width=32, height=32, music=not_music), [fake_source(9)])
