@@ -16,6 +16,7 @@ Payloads:
 from __future__ import annotations
 
 import io
+import logging
 import os
 import random
 import re
@@ -29,6 +30,8 @@ import numpy as np
 from pipelines.registry import get_preset
 from studio.worker.context import JobCancelled, JobContext
 from studio.worker.retry import retry_db
+
+logger = logging.getLogger(__name__)
 
 DENOISE_SHARE = 0.9  # fraction of a job's progress bar spent denoising; decoding and writing takes the rest
 MAX_SEED = 2**31 - 1
@@ -112,15 +115,6 @@ def _characters_of(services, project_id, shots) -> dict:
     return {c.id: c for c in services.characters.list(project_id) if c.id in wanted}
 
 
-ADAPTER_KINDS = ("lora", "embedding", "imported")
-
-
-def _ready_adapters(services, character) -> list:
-    """The newest ready adapter of each kind a character has: a LoRA and an embedding combine."""
-    found = (services.characters.latest_ready_adapter(character.id, kind) for kind in ADAPTER_KINDS)
-    return [adapter for adapter in found if adapter is not None and adapter.weights_asset_id is not None]
-
-
 def _caption_with_triggers(caption: str, characters: list, with_adapter: set) -> str:
     """Point each character of the shot at its adapter, or at its name when it has none.
 
@@ -183,8 +177,11 @@ def plan_scene(
 
     characters = _characters_of(services, project.id, shots)
     adapters, adapter_names, with_adapter = [], {}, set()
-    for character in characters.values():
-        for adapter in _ready_adapters(services, character):
+    if characters:
+        from studio.characters_jobs import scene_adapters
+
+        for adapter in scene_adapters(services, project.id, list(characters)):
+            character = characters[adapter.character_id]
             adapters.append((adapter.id, adapter.version))
             adapter_names[adapter.id] = f"{character.name}/{adapter.kind} v{adapter.version}"
             with_adapter.add(character.id)
@@ -331,7 +328,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
     timings = {"pipeline_s": round(time.perf_counter() - started, 4)}
     captions = list(plan.captions)
     if plan.adapters:
-        from studio.faces.runtime import substitute_captions
+        from studio.characters_jobs import substitute_captions
 
         captions = substitute_captions(pipe, captions)  # "<mara>" -> what Mara's adapter answers to
     ctx.check_cancelled()
@@ -428,6 +425,8 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
             params=take_params,
         )
         take_ids.append(take.id)
+        if shot.character_ids:
+            _score_identity(services, take.id)
     ctx.report_progress(1.0, f"{len(take_ids)} take(s) written", step=steps, total=steps)
     timings["write_s"] = round(time.perf_counter() - started, 4)
     return {
@@ -436,6 +435,16 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         "skipped": plan.skipped,
         "timings": timings,
     }
+
+
+def _score_identity(services, take_id) -> None:
+    """Identity scores of the take's characters (skipped without the face models); never fails the job."""
+    try:
+        from studio.characters_jobs import score_take
+
+        score_take(services, take_id)
+    except Exception:  # noqa: BLE001 - a score is advice for the film-maker; the take itself is complete
+        logger.exception("identity scores of take %s failed", take_id)
 
 
 def run_generate_scene(ctx: JobContext) -> dict:

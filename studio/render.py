@@ -175,7 +175,7 @@ def render_storyboard(
     worker = Worker(services, worker_id=default_worker_id(f"{RENDER_SLOT}-{os.getpid()}"), poll_interval_s=0.2)
     worker.recover()  # a killed render's running job goes back to the queue (or fails after too many tries)
 
-    from studio.faces.service import ensure_adapters
+    from studio.characters_jobs import ensure_adapters
 
     training = ensure_adapters(services, project_id)
     if training:

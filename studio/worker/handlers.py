@@ -60,6 +60,6 @@ def default_handlers() -> dict[str, Handler]:
     return {
         "generate_scene": _generate_scene,
         "regenerate_shot": _regenerate_shot,
-        "train_adapter": _area_handler(("studio.faces.jobs",), "run_train_adapter"),
+        "train_adapter": _area_handler(("studio.characters_jobs",), "run_train_adapter"),
         "export_film": _area_handler(("studio.export",), "run_export_job"),
     }
