@@ -19,6 +19,8 @@ import gradio as gr
 
 from pipelines.registry import PRESETS, get_preset
 from studio.services.errors import ConflictError, ServiceError
+from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
+from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
 from studio.ui import storyboard as edits
 from studio.ui.panels import (
     PANEL_CSS,
@@ -35,22 +37,8 @@ from studio.ui.timeline import Timeline, timeline_model
 
 logger = logging.getLogger(__name__)
 
-SHOT_SIZES = ["", "extreme wide", "wide", "full", "medium", "medium close-up", "close-up", "extreme close-up"]
-CAMERA_MOVES = [
-    "",
-    "static",
-    "pan left",
-    "pan right",
-    "tilt up",
-    "tilt down",
-    "dolly in",
-    "dolly out",
-    "tracking",
-    "handheld",
-    "crane up",
-    "crane down",
-    "orbit",
-]
+SHOT_SIZES = ["", *SERVICE_SHOT_SIZES]
+CAMERA_MOVES = ["", *SERVICE_CAMERA_MOVES]
 TRANSITIONS = ["cut", "dissolve", "fade"]
 TICK_SECONDS = 1.0
 PAGE_CSS = (
@@ -394,7 +382,11 @@ def build_app(services: Any) -> gr.Blocks:
             return any(not job.is_finished for job in s.jobs.list_jobs(project_id=project_id))
 
         @guarded
-        def on_load():
+        def on_load(request: gr.Request):
+            """Open `?project=<id or name>` when the address names one, else the only project if there is one."""
+            wanted = (request.query_params.get("project") if request is not None else None) or ""
+            if wanted:
+                return project_outputs(s.projects.find(int(wanted) if wanted.isdigit() else wanted).id)
             projects = s.projects.list()
             return project_outputs(projects[0].id if len(projects) == 1 else None)
 

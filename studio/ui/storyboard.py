@@ -79,7 +79,8 @@ def apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) -
     with project_lock(project_id):
         if op == "caption":
             shot_id = _int(payload, "shot_id")
-            _shot_in_project(services, project_id, shot_id)
+            if services.storyboard.get_shot(shot_id).project_id != project_id:
+                raise NotFoundError("that shot belongs to another project; the page now shows the open one")
             services.storyboard.update_shot(shot_id, caption=str(payload.get("caption", "")))
             return "caption saved"
         if op == "scene_caption":

@@ -150,23 +150,32 @@ root.addEventListener('click', (event) => {
 });
 root.addEventListener('change', (event) => {
   const target = event.target;
-  if (target.classList.contains('tl-pick')) {
-    const id = shotIdOf(target);
-    if (target.checked) selected.add(id); else selected.delete(id);
-    trigger('select', {shot_id: null, selected: Array.from(selected)});
-  } else if (target.classList.contains('tl-caption')) {
+  if (!target.classList.contains('tl-pick')) return;
+  const id = shotIdOf(target);
+  if (target.checked) selected.add(id); else selected.delete(id);
+  trigger('select', {shot_id: null, selected: Array.from(selected)});
+});
+// Captions are committed when the field loses focus (Enter blurs it): one save per edit, never per keystroke.
+root.addEventListener('focusout', (event) => {
+  const target = event.target;
+  if (!model) return;
+  if (target.classList.contains('tl-caption')) {
     const card = cardOf(target);
-    if (target.value !== card.dataset.savedCaption) send('caption', {shot_id: Number(card.dataset.shotId), caption: target.value});
+    if (target.value !== card.dataset.savedCaption) {
+      send('caption', {shot_id: Number(card.dataset.shotId), caption: target.value});
+    }
   } else if (target.classList.contains('tl-scene-caption')) {
     const scene = sceneOf(target);
-    if (target.value !== scene.dataset.savedCaption) send('scene_caption', {scene_id: Number(scene.dataset.sceneId), caption: target.value});
+    if (target.value !== scene.dataset.savedCaption) {
+      send('scene_caption', {scene_id: Number(scene.dataset.sceneId), caption: target.value});
+    }
   }
 });
 root.addEventListener('keydown', (event) => {
   const target = event.target;
   if (event.key === 'Enter' && !event.shiftKey && (target.classList.contains('tl-caption') || target.classList.contains('tl-scene-caption'))) {
     event.preventDefault();
-    target.blur();  // blur fires `change`, which saves once
+    target.blur();  // focusout saves once
   } else if (event.key === 'Escape' && target.classList.contains('tl-caption')) {
     target.value = cardOf(target).dataset.savedCaption; target.blur();
   }
