@@ -356,12 +356,15 @@ def render_film(
     out_path: str | Path,
     settings: ExportSettings,
     progress: ProgressCallback | None = None,
+    plan: FilmPlan | None = None,
 ) -> FilmResult:
-    """Write the film to `out_path` (.mp4) and say how: see the module docstring for the exact arithmetic."""
+    """Write the film to `out_path` (.mp4) and say how: see the module docstring for the exact arithmetic.
+
+    `plan`: the `plan_film(clips, settings)` the caller already made (saves probing every take again)."""
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".mp4":
         raise ExportError(f"the film is an MP4; give an output path ending in .mp4, got {out_path}")
-    plan = plan_film(clips, settings)
+    plan = plan if plan is not None else plan_film(clips, settings)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.stem}.{uuid.uuid4().hex[:8]}.partial.mp4")
     method: Literal["concat", "reencode"] = (

@@ -128,7 +128,7 @@ def export_project(
     clips = project_clips(services, project_id)
     settings = project_export_settings(project, music, music_fade_seconds, placeholder, allow_fast_path)
     plan = plan_film(clips, settings)  # refuses a bad edit before any file is written
-    result = render_film(clips, out_path, settings, progress=progress)
+    result = render_film(clips, out_path, settings, progress=progress, plan=plan)
     timeline_path = write_timeline(plan, out_path.with_suffix(".otio"), settings, name=project.name)
     export = None
     if store:
@@ -180,7 +180,7 @@ def run_export_job(
     try:
         film_path = work_dir / "film.mp4"
         try:
-            result = render_film(clips, film_path, settings, progress=on_frame)
+            result = render_film(clips, film_path, settings, progress=on_frame, plan=plan)
         except ExportCancelled:
             return {"cancelled": True}
         report_progress(RENDER_SHARE, "writing the timeline")
