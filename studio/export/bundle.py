@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import zipfile
@@ -49,6 +50,7 @@ TABLE_ORDER = (
 )
 DEFERRED_COLUMNS = {("shots", "chosen_take_id")}
 LIVE_JOB_STATUSES = ("queued", "running")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -256,10 +258,26 @@ def import_bundle(services, bundle_path: str | Path, name: str | None = None) ->
         # Unpack and check every file before touching the database.
         files: dict[int, Path] = {}
         for entry in manifest["assets"]:
-            target = Path(tmp) / f"{entry['sha256']}"
-            with archive.open(entry["file"]) as source, target.open("wb") as sink:
-                shutil.copyfileobj(source, sink, 1024 * 1024)
-            if _sha256(target) != entry["sha256"]:
+            # The manifest is input: its sha256 names a scratch file, so it must be one, and no member may
+            # unpack to more bytes than it declares (a zip bomb stops there).
+            if not _SHA256_RE.fullmatch(str(entry.get("sha256", ""))):
+                raise ValidationError(
+                    f"{bundle_path}: manifest entry {entry!r} has no valid sha256; the bundle is damaged"
+                )
+            target = Path(tmp) / entry["sha256"]
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                with archive.open(str(entry["file"])) as source, target.open("wb") as sink:
+                    for chunk in iter(lambda source=source: source.read(1024 * 1024), b""):
+                        size += len(chunk)
+                        if size > int(entry["size_bytes"]):
+                            break
+                        digest.update(chunk)
+                        sink.write(chunk)
+            except KeyError:
+                raise ValidationError(f"{bundle_path}: {entry['file']} is missing; the bundle is damaged") from None
+            if size != int(entry["size_bytes"]) or digest.hexdigest() != entry["sha256"]:
                 raise ValidationError(
                     f"{bundle_path}: {entry['file']} does not match its sha256; the bundle is damaged"
                 )
@@ -331,11 +349,3 @@ def _foreign_table(column: Column) -> str | None:
     for foreign_key in column.foreign_keys:
         return foreign_key.column.table.name
     return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -200,10 +200,23 @@ def test_damaged_bundle_is_refused_and_leaves_nothing(services, solid_video, tmp
             if item.filename.endswith(".mp4"):
                 data = data[:-1] + bytes([data[-1] ^ 1])
             sink.writestr(item, data)
+    # A manifest naming a path instead of a sha256 must not write outside the scratch folder.
+    hostile = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(report.path) as source, zipfile.ZipFile(hostile, "w") as sink:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "manifest.json":
+                manifest = json.loads(data)
+                manifest["assets"][0]["sha256"] = "../../escaped"
+                data = json.dumps(manifest).encode()
+            sink.writestr(item, data)
     target = build_services(load_settings(data_dir=tmp_path / "elsewhere", database_url=None))
     try:
         with pytest.raises(ValidationError, match="does not match its sha256"):
             import_bundle(target, damaged)
+        with pytest.raises(ValidationError, match="no valid sha256"):
+            import_bundle(target, hostile)
+        assert not list(tmp_path.parent.glob("escaped")) and not (tmp_path / "escaped").exists()
         assert target.projects.list() == []
         assert not [p for p in target.assets.root.rglob("*") if p.is_file()]
     finally:
