@@ -64,6 +64,8 @@ class LoraTrainingConfig:
             preset = get_preset(preset)
         values = default_hyperparameters(preset.name, "lora")
         values.update(width=preset.width, height=preset.height, max_sequence_length=preset.max_sequence_length)
+        # Real Wan models keep every block's activations for the backward pass otherwise: recompute them instead.
+        values["gradient_checkpointing"] = preset.source == "local"
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -131,3 +131,18 @@ def test_preset_defaults():
     assert (tiny.width, tiny.height, tiny.max_sequence_length) == (32, 32, 16)
     assert big.rank > tiny.rank and big.learning_rate < tiny.learning_rate
     assert LoraTrainingConfig.for_preset("demo", rank=2).rank == 2
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path):
+    curves = []
+    for checkpointing in (False, True):
+        components = build_tiny_components()
+        config = LoraTrainingConfig.for_preset("tiny", steps=5, gradient_checkpointing=checkpointing)
+        result = train_lora(
+            components, [reference_picture()], "<mara>", tmp_path / f"{checkpointing}.safetensors", config=config
+        )
+        curves.append(result.loss_curve)
+        assert not components["transformer"].is_gradient_checkpointing
+    assert curves[0] == pytest.approx(curves[1], rel=1e-5)
+    assert LoraTrainingConfig.for_preset("wan2.1-t2v-14b").gradient_checkpointing
+    assert not LoraTrainingConfig.for_preset("tiny").gradient_checkpointing
