@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from studio.worker.retry import retry_db  # noqa: E402
 from tests.worker.helpers import spawn_worker, stop_worker, tiny_project, wait_for_log  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def fill_takes(services, shot_ids) -> None:
 
 def run_job(services, payload, project_id, ui_poll_s):
     """Enqueue, poll like the UI, return (job view, seen_done_at)."""
-    job = services.jobs.enqueue("generate_scene", payload, project_id)
+    job = retry_db(services.jobs.enqueue, "generate_scene", payload, project_id)
     while True:
         view = services.jobs.get(job.id)
         if view.is_finished:

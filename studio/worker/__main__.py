@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from studio.config import add_settings_arguments, settings_overrides_from_args
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-when-idle", action="store_true", help="exit when the queue has nothing for this worker"
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--preload",
+        metavar="PRESET",
+        help="load this model preset before taking jobs, so the first one starts warm ('imports' only imports the "
+        "model libraries); a failure is logged and the worker goes on",
+    )
     return parser
 
 
@@ -49,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+        # Read by torch when it is first imported (by the first job that needs it), so idle workers stay light.
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     services = build_services(settings)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
     worker = Worker(
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         progress_interval_s=args.progress_interval,
     )
     install_signal_handlers(worker)
+    if args.preload:
+        worker.preload(args.preload)
     logging.getLogger("studio.worker").info("worker %s ready, kinds=%s", worker.worker_id, kinds or "all")
     worker.run(max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle)
     return 0

@@ -123,6 +123,19 @@ class Worker:
             )
         return self._pipelines
 
+    def preload(self, preset: str) -> None:
+        """Import the model libraries and, unless `preset` is "imports", load the preset into the cache."""
+        started = time.perf_counter()
+        try:
+            import pipelines.pipeline_multishot  # noqa: F401 - diffusers and transformers: most of a cold start
+
+            if preset != "imports":
+                self.pipelines.get(preset)
+        except Exception as error:  # noqa: BLE001 - e.g. weights not installed: jobs will say so with the fix
+            logger.warning("preload of %s failed: %s", preset, error)
+            return
+        logger.info("preloaded %s in %.1f s", preset, time.perf_counter() - started)
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -177,11 +190,19 @@ class Worker:
 
     def run_once(self):
         """Claim and run one job; returns its final view, or None when the queue had nothing for this worker."""
-        job = self.services.jobs.claim_next_job(self.worker_id, kinds=self.kinds)
+        if not self._queue_has_work():
+            return None
+        job = retry_db(self.services.jobs.claim_next_job, self.worker_id, kinds=self.kinds)
         if job is None:
             return None
         self.stats.claimed += 1
         return self.run_job(job)
+
+    def _queue_has_work(self) -> bool:
+        """A read-only look before the claim: the claim takes SQLite's write lock (BEGIN IMMEDIATE), and taking it
+        on every idle poll would collide with every other writer (the UI's enqueues, other workers' progress)."""
+        queued = retry_db(self.services.jobs.list_jobs, status="queued")
+        return any(self.kinds is None or job.kind in self.kinds for job in queued)
 
     def run_job(self, job):
         jobs = self.services.jobs
@@ -344,8 +365,10 @@ class LocalWorkerProcess:
         extra_args: tuple[str, ...] = (),
         restart_delay_s: float = 1.0,
         max_restart_delay_s: float = 30.0,
+        output=None,
     ):
         self.settings = settings
+        self.output = output  # file for the child's log (default: this process's stdout/stderr)
         self.worker_id = worker_id or default_worker_id("local")
         self.extra_args = tuple(extra_args)
         self.restart_delay_s = restart_delay_s
@@ -367,7 +390,10 @@ class LocalWorkerProcess:
 
     def _spawn(self) -> None:
         command = worker_command(self.settings, self.worker_id, self.extra_args)
-        self.process = subprocess.Popen(command, env=settings_environment(self.settings))
+        out = self.output
+        self.process = subprocess.Popen(
+            command, env=settings_environment(self.settings), stdout=out, stderr=subprocess.STDOUT if out else None
+        )
         logger.info("started worker %s (pid %s)", self.worker_id, self.process.pid)
 
     def _watch(self) -> None:
@@ -407,10 +433,16 @@ class LocalWorkerProcess:
         return self.process.returncode
 
 
-def start_local_worker(settings, worker_id: str | None = None) -> LocalWorkerProcess:
-    """Start the app's worker child process and its watchdog; call `.stop()` on shutdown (also done at exit)."""
+def start_local_worker(settings, worker_id: str | None = None, preload: str | None = "default") -> LocalWorkerProcess:
+    """Start the app's worker child process and its watchdog; call `.stop()` on shutdown (also done at exit).
+
+    The worker preloads the studio's default model preset (`preload="default"`), so the first Generate after
+    opening the studio does not wait for the model to load; `preload=None` starts it cold.
+    """
     import atexit
 
-    worker = LocalWorkerProcess(settings, worker_id=worker_id).start()
+    preset = settings.model_preset if preload == "default" else preload
+    extra_args = ("--preload", preset) if preset else ()
+    worker = LocalWorkerProcess(settings, worker_id=worker_id, extra_args=extra_args).start()
     atexit.register(worker.stop)
     return worker

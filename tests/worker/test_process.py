@@ -160,3 +160,27 @@ def test_jobs_command_lists_and_cancels(sqlite_services, capsys, status):
     assert jobs.get(queued.id).status == "cancelled"
     assert cancel_job(Namespace(job_id=str(failed.id)), sqlite_services) == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_the_apps_local_worker_is_restarted_after_a_crash_and_stops_cleanly(sqlite_settings, tmp_path):
+    import os
+    import signal
+
+    from studio.services import build_services
+    from studio.worker.process import LocalWorkerProcess
+
+    settings = fast_settings(sqlite_settings)
+    build_services(settings).close()  # the app migrates before it starts the worker
+    log_path = tmp_path / "local.log"
+    with open(log_path, "ab") as log:
+        worker = LocalWorkerProcess(settings, worker_id="local-test", restart_delay_s=0.1, output=log).start()
+        try:
+            wait_for_log(log_path, "worker local-test ready", worker.process)
+            first_pid = worker.pid
+            os.kill(first_pid, signal.SIGKILL)
+            wait_for(lambda: worker.restarts == 1 and worker.pid != first_pid, 60, what="the restart")
+            wait_for(lambda: log_path.read_text().count("worker local-test ready") == 2, 60, what="ready again")
+        finally:
+            code = worker.stop()
+    assert code == 0  # SIGTERM: the worker finished its loop and exited on its own
+    assert worker.restarts == 1 and not worker.is_alive()
