@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ PG_MAINTENANCE_DB = os.environ.get("SHOTLINE_TEST_PG_DB", "test")
 
 _pg_unavailable_reason: str | None = None
 _pg_checked = False
+# Dropping a database costs about a second; it runs in the background while the next test starts.
+_pg_dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-drop")
+_pg_drops: list[Future] = []
 
 
 def _pg_admin_connection():
@@ -58,8 +62,20 @@ def postgres_url() -> Iterator[str]:
     try:
         yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
     finally:
-        with _pg_admin_connection() as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _pg_drops.append(_pg_dropper.submit(_drop_database, name))
+
+
+def _drop_database(name: str) -> None:
+    with _pg_admin_connection() as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _wait_for_database_drops() -> Iterator[None]:
+    yield
+    for drop in _pg_drops:
+        drop.result()  # a drop that failed fails the session loudly rather than leaving databases behind
+    _pg_dropper.shutdown()
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,29 +54,6 @@ def test_refusals_are_one_error_line(data_dir, tmp_path, capsys):
     assert err.count("\n") == 1
     assert main(["--data-dir", str(tmp_path / "d2"), "--model-preset", "sora", "project", "list"]) == 2
     assert "setting model_preset" in capsys.readouterr().err
-
-
-def test_render_says_no_backend_and_queues_nothing(data_dir, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "studio", *data_dir, "render", str(EXAMPLE), "--out", str(tmp_path / "film.mp4")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    if "no model backend" not in result.stderr:
-        pytest.skip("a model backend is installed: render is covered by the worker's tests")
-    assert result.returncode == 1
-    assert result.stderr.startswith("error: no model backend is available yet")
-    assert not (tmp_path / "film.mp4").exists()
-    from studio.config import load_settings
-    from studio.services import build_services
-
-    services = build_services(load_settings(data_dir=tmp_path / "data"))
-    try:
-        assert services.jobs.list_jobs() == []
-    finally:
-        services.close()
 
 
 def test_render_refuses_a_bad_shot_reference(data_dir, tmp_path, capsys):

@@ -33,9 +33,9 @@ def test_project_defaults_come_from_the_preset(services):
         ({"name": "P", "colour": "red"}, "unknown project setting"),
     ],
 )
-def test_project_validation(services, kwargs, message):
+def test_project_validation(sqlite_services, kwargs, message):
     with pytest.raises(ValidationError, match=message):
-        services.projects.create(**kwargs)
+        sqlite_services.projects.create(**kwargs)
 
 
 def test_project_names_are_unique_ignoring_case(services):

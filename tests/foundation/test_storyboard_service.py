@@ -8,13 +8,23 @@ from studio.services.errors import ConflictError, ValidationError
 from tests.foundation.helpers import add_take
 
 
-@pytest.fixture
-def board(services):
+def _board(services):
     project = services.projects.create("Board")
     mara = services.characters.create(project.id, "Mara")
     tom = services.characters.create(project.id, "Tom")
     scene = services.storyboard.add_scene(project.id, "a lighthouse at night")
     return services, project, scene, mara, tom
+
+
+@pytest.fixture
+def board(services):
+    return _board(services)
+
+
+@pytest.fixture
+def sqlite_board(sqlite_services):
+    """Rule checks need no second database: they run before any SQL."""
+    return _board(sqlite_services)
 
 
 def _captions(services, scene_id):
@@ -52,8 +62,8 @@ def test_add_insert_and_defaults(board):
         ({"trim_in": 10, "trim_out": 7}, "must leave at least one"),
     ],
 )
-def test_shot_validation(board, kwargs, message):
-    services, _, scene, _, _ = board
+def test_shot_validation(sqlite_board, kwargs, message):
+    services, _, scene, _, _ = sqlite_board
     arguments = {"caption": "a shot", **kwargs}
     with pytest.raises(ValidationError, match=message):
         services.storyboard.add_shot(scene.id, **arguments)
