@@ -3,6 +3,8 @@
     python -m studio character add PROJECT NAME --ref IMG [--ref IMG ...] [--description TEXT] [--trigger <tok>]
                                                 [--adapter none|lora|embedding]
     python -m studio character refs PROJECT NAME           (references, their faces and flags)
+    python -m studio character analyze PROJECT NAME        (analyse the references again, e.g. once the face
+                                                            models are installed)
     python -m studio adapter train PROJECT CHARACTER [--kind lora|embedding] [--steps N] [--rank R] [--lr X] [--now]
     python -m studio adapter import PROJECT CHARACTER FILE [--trigger-text WORDS] [--weight W]
     python -m studio adapter list PROJECT CHARACTER
@@ -34,6 +36,10 @@ def register(subparsers) -> None:
     refs.add_argument("project", help="project name or id")
     refs.add_argument("character", help="character name or id")
     refs.set_defaults(func=character_refs_command)
+    analyze = character_commands.add_parser("analyze", help="find the faces of a character's references again")
+    analyze.add_argument("project", help="project name or id")
+    analyze.add_argument("character", help="character name or id")
+    analyze.set_defaults(func=character_analyze_command)
 
     adapter = subparsers.add_parser("adapter", help="character adapters: train, import, list")
     adapter_commands = adapter.add_subparsers(dest="adapter_command", required=True)
@@ -151,6 +157,24 @@ def character_refs_command(args, services) -> int:
         else:
             state = "face at [" + ", ".join(f"{v:.0f}" for v in reference.face_box) + "]"
         print(f"{reference.id}\t{reference.original_name}\t{reference.width}x{reference.height}\t{state}")
+    return 0
+
+
+def character_analyze_command(args, services) -> int:
+    from studio.faces.service import reanalyze_character
+
+    try:
+        project = find_project(services, args.project)
+        character = find_character(services, project.id, args.character)
+        results = reanalyze_character(services, character.id)
+    except _refusals() as error:
+        return _fail(error)
+    if results and all(r.analysis is None for r in results):
+        return _fail(results[0].message)
+    for result in results:
+        reference = result.reference
+        state = result.message or "face at [" + ", ".join(f"{v:.0f}" for v in reference.face_box) + "]"
+        print(f"{reference.id}\t{reference.original_name}\t{state}")
     return 0
 
 

@@ -57,6 +57,18 @@ def test_character_add_with_references(sqlite_services, tmp_path, capsys):
     [mara] = services.characters.list(services.projects.get_by_name("Lighthouse").id)
     assert mara.adapter_kind == "lora" and len(services.characters.list_references(mara.id)) == 2
 
+    # Without the face models `analyze` refuses with where to put them; with them it finds the faces.
+    assert run(services, "character", "analyze", "Lighthouse", "Mara") == 1
+    assert "buffalo_l" in capsys.readouterr().err
+    from face_models import build_face_pack
+
+    build_face_pack(services.settings.resolved_face_model_dir)
+    assert run(services, "character", "analyze", "Lighthouse", "Mara") == 0
+    out = capsys.readouterr().out
+    assert "mara.png\tface at [20, 30, 84, 94]" in out and "2 faces found" in out
+    assert run(services, "character", "refs", "Lighthouse", "Mara") == 0
+    assert "several faces" in capsys.readouterr().out
+
     assert run(services, "character", "add", "Lighthouse", "Mara") == 1
     assert capsys.readouterr().err.startswith("error: this project already has a character named 'Mara'")
     assert run(services, "character", "add", "Lighthouse", "Tom", "--ref", str(tmp_path / "gone.png")) == 1
