@@ -98,8 +98,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     rows = run(args.shots, args.repeats)
-    print(f"UI edit latency, action to page updated (ms), {args.repeats} repeats; {platform.machine()}, "
-          f"{platform.python_version()}")
+    print(
+        f"UI edit latency, action to page updated (ms), {args.repeats} repeats; {platform.machine()}, "
+        f"{platform.python_version()}"
+    )
     print(f"{'shots':>5}  {'edit':<22} {'median':>8} {'p90':>8} {'max':>8}")
     for count, name, median, p90, worst in rows:
         print(f"{count:>5}  {name:<22} {median:>8.1f} {p90:>8.1f} {worst:>8.1f}")

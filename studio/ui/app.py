@@ -722,9 +722,9 @@ def build_app(services: Any) -> gr.Blocks:
         def on_edit(project_id, selected, open_shot, evt: gr.EventData):
             """One timeline action. A refusal shows why and redraws the timeline from the services."""
             payload = evt._data or {}
-            message, timer_update = "", gr.update()
+            message, timer_update, scenes = "", gr.update(), None
             try:
-                message = edits.apply_edit(s, project_id, payload)
+                message, scenes = edits.apply_edit(s, project_id, payload)
                 if payload.get("op") in ("generate_scene", "regenerate"):
                     timer_update = gr.update(active=True)
             except ConflictError as error:
@@ -738,11 +738,12 @@ def build_app(services: Any) -> gr.Blocks:
                 message = f"Something went wrong ({type(error).__name__}); the server log has details."
             if project_id is None:
                 return None, esc(message), timer_update, gr.update()
+            structural = payload.get("op") in ("add_shot", "delete_scene", "restore", "empty_bin")
             return (
-                timeline_model(s, project_id, selected, open_shot),
+                timeline_model(s, project_id, selected, open_shot, scenes=scenes),
                 esc(message),
                 timer_update,
-                gr.update(choices=_scene_choices(project_id)),
+                gr.update(choices=_scene_choices(project_id)) if structural else gr.update(),
             )
 
         timeline.edit(

@@ -26,6 +26,7 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # A multipart body carries boundaries and part headers around the file; allow that much beyond the cap.
 MULTIPART_SLACK_BYTES = 64 * 1024
 ASSET_ROUTE_PREFIX = "/studio/asset/"
+TAKE_THUMBNAIL_PREFIX = "/studio/take-thumbnail/"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -183,7 +184,25 @@ def asset_routes(services: Any) -> list[Route]:
         headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"}
         return FileResponse(path, media_type=mime, filename=filename, headers=headers)
 
-    return [Route(ASSET_ROUTE_PREFIX + "{asset_ref:path}", serve_asset, methods=["GET", "HEAD"])]
+    async def serve_take_thumbnail(request: Request) -> Response:
+        # Takes never change, so a take's thumbnail URL is stable and the browser may cache it.
+        if not _is_logged_in(request):
+            return PlainTextResponse("log in first", status_code=401)
+        take_ref = request.path_params["take_ref"]
+        try:
+            if not take_ref.isdigit() or len(take_ref) > 18:
+                raise LookupError("take references are numeric ids")
+            take = services.takes.get(int(take_ref))
+            path, mime, _ = resolve_asset_file(services, str(take.thumbnail_asset_id))
+        except Exception:
+            return PlainTextResponse("not found", status_code=404)
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400, immutable"}
+        return FileResponse(path, media_type=mime, headers=headers)
+
+    return [
+        Route(ASSET_ROUTE_PREFIX + "{asset_ref:path}", serve_asset, methods=["GET", "HEAD"]),
+        Route(TAKE_THUMBNAIL_PREFIX + "{take_ref:path}", serve_take_thumbnail, methods=["GET", "HEAD"]),
+    ]
 
 
 def asset_url(asset_id: int | None, download: str | None = None) -> str | None:
@@ -195,6 +214,10 @@ def asset_url(asset_id: int | None, download: str | None = None) -> str | None:
 
         url += "?download=" + quote(download)
     return url
+
+
+def take_thumbnail_url(take_id: int | None) -> str | None:
+    return None if take_id is None else f"{TAKE_THUMBNAIL_PREFIX}{int(take_id)}"
 
 
 def blocked_paths(settings: Any) -> list[str]:

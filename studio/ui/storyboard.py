@@ -47,8 +47,13 @@ def _shot_in_project(services: Any, project_id: int, shot_id: int) -> Any:
     raise NotFoundError(f"shot {shot_id} is no longer in this project's storyboard; the page shows the current one")
 
 
-def move_shot(services: Any, project_id: int, shot_id: int, to_scene_id: int, position: int, version: str) -> str:
-    """Put `shot_id` at `position` (0-based, among the other shots) of scene `to_scene_id`."""
+def move_shot(
+    services: Any, project_id: int, shot_id: int, to_scene_id: int, position: int, version: str
+) -> tuple[str, list[Any] | None]:
+    """Put `shot_id` at `position` (0-based, among the other shots) of scene `to_scene_id`.
+
+    Returns the message and, for a move inside one scene, the project's scenes after it (saves the caller a load).
+    """
     scenes = services.storyboard.list_scenes(project_id)
     if version != structure_version(scenes):
         raise ConflictError("the storyboard changed since the page drew it (another tab or action); move it again")
@@ -61,16 +66,22 @@ def move_shot(services: Any, project_id: int, shot_id: int, to_scene_id: int, po
         position = max(0, min(position, len(order)))
         order.insert(position, shot_id)
         if order == [shot.id for shot in source.shots]:
-            return "already there"
-        services.storyboard.reorder_shots(source.id, order)
-        return f"moved shot to position {position + 1}"
+            return "already there", scenes
+        changed = services.storyboard.reorder_shots(source.id, order)
+        return f"moved shot to position {position + 1}", [changed if s.id == changed.id else s for s in scenes]
     position = max(0, min(position, len(target.shots)))
     services.storyboard.move_shot(shot_id, target.id, position)
-    return f"moved shot to scene {target.position + 1}, position {position + 1}"
+    return f"moved shot to scene {target.position + 1}, position {position + 1}", None
 
 
-def apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) -> str:
-    """Apply one timeline action; returns a short message for the status line. Raises ServiceError on refusal."""
+def apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) -> tuple[str, list[Any] | None]:
+    """Apply one timeline action. Returns a short message for the status line and, when the action already loaded
+    them, the project's scenes as they are now (else None). Raises ServiceError on refusal."""
+    message, scenes = _apply_edit(services, project_id, payload)
+    return message, scenes
+
+
+def _apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) -> tuple[str, list[Any] | None]:
     if project_id is None:
         raise ValidationError("open a project first")
     if payload.get("project_id") not in (None, project_id):
@@ -78,14 +89,11 @@ def apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) -
     op = payload.get("op")
     with project_lock(project_id):
         if op == "caption":
-            shot_id = _int(payload, "shot_id")
-            if services.storyboard.get_shot(shot_id).project_id != project_id:
-                raise NotFoundError("that shot belongs to another project; the page now shows the open one")
-            services.storyboard.update_shot(shot_id, caption=str(payload.get("caption", "")))
-            return "caption saved"
+            services.storyboard.update_shot(_int(payload, "shot_id"), caption=str(payload.get("caption", "")))
+            return "caption saved", None
         if op == "scene_caption":
             services.storyboard.update_scene(_int(payload, "scene_id"), caption=str(payload.get("caption", "")))
-            return "scene caption saved"
+            return "scene caption saved", None
         if op == "move":
             return move_shot(
                 services,
@@ -97,34 +105,34 @@ def apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) -
             )
         if op == "add_shot":
             services.storyboard.add_shot(_int(payload, "scene_id"), NEW_SHOT_CAPTION)
-            return "shot added"
+            return "shot added", None
         if op == "insert":
             scene, shot = _shot_in_project(services, project_id, _int(payload, "shot_id"))
             services.storyboard.add_shot(scene.id, NEW_SHOT_CAPTION, position=shot.position + 1)
-            return "shot inserted"
+            return "shot inserted", None
         if op == "duplicate":
             _shot_in_project(services, project_id, _int(payload, "shot_id"))
             services.storyboard.duplicate_shot(_int(payload, "shot_id"))
-            return "shot duplicated"
+            return "shot duplicated", None
         if op == "delete":
             _shot_in_project(services, project_id, _int(payload, "shot_id"))
             services.storyboard.delete_shot(_int(payload, "shot_id"))
-            return "shot moved to the bin (Restore puts it back)"
+            return "shot moved to the bin (Restore puts it back)", None
         if op == "restore":
             services.storyboard.restore_shot(_int(payload, "shot_id"))
-            return "shot restored"
+            return "shot restored", None
         if op == "empty_bin":
             services.storyboard.empty_bin(project_id)
-            return "bin emptied"
+            return "bin emptied", None
         if op == "delete_scene":
             services.storyboard.delete_scene(_int(payload, "scene_id"))
-            return "scene moved to the bin"
+            return "scene moved to the bin", None
         if op == "generate_scene":
             job = enqueue_generate_scene(services, project_id, _int(payload, "scene_id"))
-            return f"generation queued (job {job.id})"
+            return f"generation queued (job {job.id})", None
         if op == "regenerate":
             job = enqueue_regenerate(services, project_id, _int(payload, "shot_id"))
-            return f"regeneration of the shot queued (job {job.id})"
+            return f"regeneration of the shot queued (job {job.id})", None
     raise ValidationError(f"unknown timeline action {op!r}; reload the page")
 
 

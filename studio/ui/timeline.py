@@ -21,7 +21,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.ui.security import asset_url
+from studio.ui.security import take_thumbnail_url
 
 TIMELINE_HTML = """
 <div class="tl-root" data-version="">
@@ -85,15 +85,23 @@ def structure_version(scenes: list[Any]) -> str:
 
 
 def timeline_model(
-    services: Any, project_id: int | None, selected: list[int] | None = None, open_shot_id: int | None = None
+    services: Any,
+    project_id: int | None,
+    selected: list[int] | None = None,
+    open_shot_id: int | None = None,
+    scenes: list[Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The timeline's value: every live scene and shot of the project in film order, read from the services."""
+    """The timeline's value: every live scene and shot of the project in film order, read from the services.
+
+    `scenes` may pass a `list_scenes` result the caller just loaded (after its edit), saving a second load.
+    Thumbnails are addressed by take id (`take_thumbnail_url`), so drawing needs no query per shot.
+    """
     if project_id is None:
         return None
     project = services.projects.get(project_id)
-    scenes = services.storyboard.list_scenes(project_id)
+    if scenes is None:
+        scenes = services.storyboard.list_scenes(project_id)
     fps = max(1, int(project.fps))
-    thumbs = _chosen_thumbnails(services, [shot for scene in scenes for shot in scene.shots])
     bin_view = services.storyboard.list_bin(project_id)
     bin_shots = list(getattr(bin_view, "shots", ()) or ())
     return {
@@ -118,7 +126,7 @@ def timeline_model(
                         "transition": shot.transition_type,
                         "transition_seconds": shot.transition_seconds,
                         "take_count": shot.take_count,
-                        "thumb": thumbs.get(shot.id),
+                        "thumb": take_thumbnail_url(shot.chosen_take_id),
                     }
                     for shot in scene.shots
                 ],
@@ -127,13 +135,3 @@ def timeline_model(
         ],
         "bin": [{"id": shot.id, "caption": shot.caption} for shot in bin_shots],
     }
-
-
-def _chosen_thumbnails(services: Any, shots: list[Any]) -> dict[int, str | None]:
-    thumbs: dict[int, str | None] = {}
-    for shot in shots:
-        if shot.chosen_take_id is None:
-            continue
-        take = services.takes.get(shot.chosen_take_id)
-        thumbs[shot.id] = asset_url(take.thumbnail_asset_id)
-    return thumbs

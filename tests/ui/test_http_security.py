@@ -53,8 +53,11 @@ def test_cross_origin_upload_is_refused(studio):
 
 def test_cross_origin_event_is_refused(studio):
     _, _, client, _ = studio
-    response = client.post("/gradio_api/queue/join", json={"data": [], "fn_index": 0, "session_hash": "x"},
-                           headers={"Origin": "https://evil.example"})
+    response = client.post(
+        "/gradio_api/queue/join",
+        json={"data": [], "fn_index": 0, "session_hash": "x"},
+        headers={"Origin": "https://evil.example"},
+    )
     assert response.status_code == 403
 
 

@@ -17,18 +17,36 @@ NASTY = ["${document.title}", "<img src=x onerror=alert(1)>", "{{value}}"]
 
 
 def shot(shot_id: int, scene_id: int, caption: str) -> dict:
-    return {"id": shot_id, "scene_id": scene_id, "caption": caption, "num_frames": 17, "seconds": 2.12,
-            "characters": ["<b>Mara</b>"], "shot_size": "wide", "camera_move": None, "transition": "cut",
-            "transition_seconds": 0.0, "take_count": 0, "thumb": None}
+    return {
+        "id": shot_id,
+        "scene_id": scene_id,
+        "caption": caption,
+        "num_frames": 17,
+        "seconds": 2.12,
+        "characters": ["<b>Mara</b>"],
+        "shot_size": "wide",
+        "camera_move": None,
+        "transition": "cut",
+        "transition_seconds": 0.0,
+        "take_count": 0,
+        "thumb": None,
+    }
 
 
 def model(version: str, captions: list[str], order: list[int] | None = None) -> dict:
     order = order or [1, 2, 3]
     shots = {i: shot(i, 10, captions[i - 1]) for i in (1, 2, 3)}
-    return {"project_id": 7, "version": version, "open_shot_id": None, "selected": [],
-            "scenes": [{"id": 10, "caption": "${1+1} scene", "shots": [shots[i] for i in order]},
-                       {"id": 11, "caption": "", "shots": []}],
-            "bin": []}
+    return {
+        "project_id": 7,
+        "version": version,
+        "open_shot_id": None,
+        "selected": [],
+        "scenes": [
+            {"id": 10, "caption": "${1+1} scene", "shots": [shots[i] for i in order]},
+            {"id": 11, "caption": "", "shots": []},
+        ],
+        "bin": [],
+    }
 
 
 @pytest.fixture(scope="module")
