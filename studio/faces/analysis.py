@@ -108,6 +108,10 @@ def cosine_similarity(a: np.ndarray | list[float], b: np.ndarray | list[float]) 
     return float(a @ b / denominator) if denominator > 0 else 0.0
 
 
+def _has_onnx(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("*.onnx"))
+
+
 def missing_pack_message(pack_dir: Path) -> str:
     files = ", ".join(EXPECTED_PACK_FILES)
     return (
@@ -146,11 +150,16 @@ class FaceAnalyzer:
 
     @property
     def pack_dir(self) -> Path:
-        return self.model_dir / self.pack
+        """`<model_dir>/<pack>/`, the standard layout; a `model_dir` that holds the ONNX files itself (the pack's
+        zip unpacked in place) is accepted too."""
+        standard = self.model_dir / self.pack
+        if not _has_onnx(standard) and _has_onnx(self.model_dir):
+            return self.model_dir
+        return standard
 
     def is_available(self) -> bool:
         """True when the pack folder holds at least one ONNX model (the models themselves load lazily)."""
-        return self.pack_dir.is_dir() and any(self.pack_dir.glob("*.onnx"))
+        return _has_onnx(self.pack_dir)
 
     def _load(self):
         if self._app is not None:

@@ -94,3 +94,22 @@ def test_identity_scores_per_character(analyzer):
     # Float frames in [0, 1] (what the pipeline returns) work the same as uint8.
     float_scores = analyzer.identity_scores([video[0] / 255.0], {"mara": [mara]})
     assert float_scores["mara"] == pytest.approx(scores["mara"], abs=0.02)
+
+
+def test_pack_files_directly_in_the_model_dir_are_found(tmp_path):
+    from face_models import build_detector, build_recognizer
+
+    build_detector(tmp_path / "det_10g.onnx")
+    build_recognizer(tmp_path / "w600k_r50.onnx")
+    analyzer = FaceAnalyzer(tmp_path)
+    assert analyzer.pack_dir == tmp_path and analyzer.is_available()
+    assert analyzer.analyze_reference(face_picture([(20, 30, 64, RED)])).ok
+
+
+def test_a_folder_without_a_detector_is_reported(tmp_path):
+    from face_models import build_recognizer
+
+    (tmp_path / "buffalo_l").mkdir()
+    build_recognizer(tmp_path / "buffalo_l" / "w600k_r50.onnx")
+    with pytest.raises(FaceModelsMissing, match="no face detection model"):
+        FaceAnalyzer(tmp_path).analyze_reference(face_picture([(20, 30, 64, RED)]))
