@@ -215,6 +215,18 @@ def multishot_attention(
 
     Yields the shared state; set `state.layout` to switch text layouts between calls (same video part).
     The stock rotary module and processors come back on exit, also after an exception.
+
+    A training forward pass (K shots of n_k latent frames, one layout for the whole batch):
+
+        layout = ShotLayout.build([n_1, ..., n_K], h // p_h, w // p_w, caption_lengths=[L_1, ..., L_K],
+                                  global_length=L_g, gap=0)
+        with multishot_attention(transformer, layout, "mmrope", "full") as state:
+            pred = transformer(
+                hidden_states=x_t,            # [B, C, n_1 + ... + n_K, h, w]: shots concatenated in time
+                timestep=layout.token_timesteps(t_shot),  # t_shot [B, K] in [0, 1000] -> [B, S] per video token
+                encoder_hidden_states=text,   # [B, L_g + L_1 + ... + L_K, text_dim]: [global; caption_1; ...]
+            ).sample                          # [B, C, sum n_k, h, w]
+            state.layout = layout.with_text([0] * K, L_neg)  # e.g. a caption-dropout batch: negative text only
     """
     state = MultiShotAttentionState(layout, cross_attention, self_attention)
     stock_rope = transformer.rope
