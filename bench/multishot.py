@@ -166,7 +166,11 @@ def step_tflop(config: dict, layout: ShotLayout, self_mode: str, cross_mode: str
         )
     else:
         cond_pairs = s * layout.num_text_tokens
-    mmrope_factor = 2 if cross_mode == "mmrope" and layout.global_length else 1  # [q_rot | q] doubles QK^T
+    head = config["attention_head_dim"]
+    t_dim = head - 4 * (head // 6)
+    # mm-rope with a global caption scores head + t_dim channels (padded to 8) in QK^T; A.V keeps the head size.
+    qk = (head + t_dim + (-(head + t_dim) % 8)) / head if cross_mode == "mmrope" and layout.global_length else 1
+    mmrope_factor = (qk + 1) / 2
     total = one_pass(layout.num_text_tokens, cond_pairs * mmrope_factor) + one_pass(text_uncond, s * text_uncond)
     return total / 1e12
 

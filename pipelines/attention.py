@@ -8,8 +8,8 @@ Pipelines call it around their denoising loop; training code calls it around its
 Self-attention (DESIGN.md 5.3): `full` is one attention call over the scene; `sparse` and `isolated` are one call
 per shot against that shot's key set (never a dense boolean mask over the scene, whose size grows with the square
 of the scene length). Cross-attention (5.2): `full` one call over every caption; `window` one call per shot against
-`[global; caption_k]`; `mmrope` one call over `[q_rot | q]` against `[k_rot | 0]` (shot captions) and `[0 | k]`
-(global caption), with the softmax scale of the original head size.
+`[global; caption_k]`; `mmrope` one call in which shot captions are scored with the temporally rotated query and the
+global caption with the unrotated one (see `_mmrope`), with the softmax scale of the original head size.
 """
 
 from __future__ import annotations
@@ -157,22 +157,25 @@ class MultiShotCrossAttnProcessor:
         (v_cos, v_sin), (t_cos, t_sin) = layout.temporal_rotary_tables(t_dim, head_dim, query.device, self.state.theta)
         query_rot = apply_rotary_emb(query, v_cos, v_sin)
         key_rot = apply_rotary_emb(key, t_cos, t_sin)
-        scale = 1.0 / math.sqrt(head_dim)
         if layout.global_length == 0:
-            out = F.scaled_dot_product_attention(
-                query_rot.transpose(1, 2), key_rot.transpose(1, 2), value.transpose(1, 2), scale=scale
-            )
-            return out.transpose(1, 2)
-        # Global tokens are scored with the unrotated query so they favour no shot; shot captions with the rotated
-        # one. Concatenating on the head dimension does both in one softmax (zeros cancel the other half).
+            return _attend(query_rot, key_rot, value)
+        # Global tokens are scored with the unrotated query so they favour no shot, shot captions with the rotated
+        # one, in one softmax: only the temporal band (first t_dim channels) differs between the two, so
+        #   query [q_rot_t, q_hw, q_t]  .  caption key [k_rot_t, k_hw, 0]  = q_rot . k_rot
+        #                                  global key  [0,       k_hw, k_t] = q . k
+        # which costs head_dim + t_dim channels instead of the 2 * head_dim of [q_rot | q] . [k_rot | 0] / [0 | k].
         is_global = (layout.text_owner < 0).to(key.device)[None, :, None, None]
-        query_cat = torch.cat([query_rot, query], dim=-1)
-        key_cat = torch.cat(
-            [key_rot.masked_fill(is_global, 0.0), key.masked_fill(~is_global, 0.0)],
-            dim=-1,
-        )
+        extra = [query[..., :t_dim]]
+        key_extra = [key[..., :t_dim].masked_fill(~is_global, 0.0)]
+        pad = -(head_dim + t_dim) % 8  # fused attention kernels want head sizes in multiples of 8
+        if pad:
+            extra.append(query.new_zeros(*query.shape[:-1], pad))
+            key_extra.append(key.new_zeros(*key.shape[:-1], pad))
+        key_first = torch.cat([key_rot[..., :t_dim].masked_fill(is_global, 0.0), key_rot[..., t_dim:]], dim=-1)
+        query_cat = torch.cat([query_rot, *extra], dim=-1)
+        key_cat = torch.cat([key_first, *key_extra], dim=-1)
         out = F.scaled_dot_product_attention(
-            query_cat.transpose(1, 2), key_cat.transpose(1, 2), value.transpose(1, 2), scale=scale
+            query_cat.transpose(1, 2), key_cat.transpose(1, 2), value.transpose(1, 2), scale=1.0 / math.sqrt(head_dim)
         )
         return out.transpose(1, 2)
 

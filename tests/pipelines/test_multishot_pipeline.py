@@ -239,7 +239,11 @@ def test_gap_moves_shots_apart_in_rope_time(tiny_components):
     assert (run(plain, output_type="latent").latents[1] - out.latents[1]).abs().max() > 1e-5
 
 
-def test_lora_loads_through_the_wan_mixin(pipe):
+def test_lora_loads_through_the_wan_mixin():
+    from pipelines.tiny import build_tiny_components
+
+    pipe = MultiShotPipeline(**build_tiny_components())  # its own components: LoRA layers wrap the projections
+    pipe.set_progress_bar_config(disable=True)
     base = run(pipe, shots=[SCENE[0]], output_type="latent").latents[0]
     g = torch.Generator().manual_seed(0)
     lora = {}
