@@ -223,18 +223,23 @@ def sample_flow_matching(
 
 
 def evaluation_draws(
-    latents: torch.Tensor, seed: int, per_sample: int = 4, max_samples: int = 8
+    latents: torch.Tensor, seed: int, per_sample: int = 4, max_samples: int = 4
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Fixed (index, x_t, timestep, target) draws at evenly spread noise levels, for before/after comparisons."""
+    """Fixed (index, x_t, timestep, target) draws at evenly spread noise levels, for before/after comparisons.
+
+    Up to `max_samples` views spread over all references, `per_sample` noise levels each: 16 forward passes per
+    evaluation by default, small next to hundreds of training steps on a real model.
+    """
     generator = torch.Generator().manual_seed(seed + 1_000_003)
     count = min(latents.shape[0], max_samples)
+    index = torch.linspace(0, latents.shape[0] - 1, count).round().long()
+    clean = latents[index].float()
     draws = []
     for level in range(per_sample):
         sigma = torch.full((count,), (level + 0.5) / per_sample)
-        noise = torch.randn(latents[:count].shape, generator=generator, dtype=torch.float32)
+        noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32)
         s = sigma.view(count, *([1] * (latents.dim() - 1)))
-        clean = latents[:count].float()
-        draws.append((torch.arange(count), (1 - s) * clean + s * noise, sigma * 1000, noise - clean))
+        draws.append((index, (1 - s) * clean + s * noise, sigma * 1000, noise - clean))
     return draws
 
 
