@@ -1,0 +1,431 @@
+"""Train the bundled demo model: a small Wan-architecture multi-shot model of the procedural film world.
+
+Three stages, each resumable and reproducible from `--seed`:
+
+    # 1. encode scenes of the world into a latent cache with the trained VAE (training/train_vae.py)
+    python -m training.train_demo cache --run /work/runs/demo --vae /work/runs/demo/vae/last.pt
+    # 2. train the transformer multi-shot natively (continues from <run>/last.pt, or from --init assets/demo)
+    python -m training.train_demo train --run /work/runs/demo --minutes 60
+    # 3. write the EMA weights and every other component into the diffusers folder layout
+    python -m training.train_demo export --run /work/runs/demo --dest assets/demo
+
+Training runs the stock `WanTransformer3DModel` inside `pipelines.attention.multishot_attention`, exactly as
+`MultiShotPipeline` runs it: scenes of 2-4 shots, `mmrope` cross-attention over `[global; caption_1..K]` (captions
+unpadded), full self-attention, flow matching (velocity target `noise - x0`, `x_t = (1 - s) x0 + s noise`) with
+per-shot noise levels: half the batches share one level (plain generation), the rest draw one per shot, and some
+keep shots clean at timestep 0 (what `context` regeneration feeds the model). Caption dropout to the empty
+negative prompt (one global token) trains the unconditional branch of classifier-free guidance. EMA weights are
+what ships. The UMT5 text encoder is a small random one, kept frozen: its outputs only need to tell words apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.attention import multishot_attention
+from pipelines.layout import ShotLayout
+from training.tokenizer import build_world_tokenizer
+from training.train_vae import VAE_CONFIG, build_vae
+from training.world import ShotLabels, global_caption, render_shot, sample_shot
+
+SHOT_FRAMES = 17  # frames per shot the demo model is trained on (5 latent frames)
+SIZE = 64
+TEXT_CONFIG = dict(
+    vocab_size=128,  # room for adapter trigger tokens beyond the world's vocabulary
+    d_model=64,
+    d_kv=16,
+    d_ff=128,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=32,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+TRANSFORMER_CONFIG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=32,
+    in_channels=VAE_CONFIG["z_dim"],
+    out_channels=VAE_CONFIG["z_dim"],
+    text_dim=TEXT_CONFIG["d_model"],
+    freq_dim=256,
+    ffn_dim=512,
+    num_layers=6,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=64,
+)
+FLOW_SHIFT = 3.0  # the demo preset's scheduler shift; training draws noise levels with the same shift
+SHOTS_PER_SCENE = {2: 0.5, 3: 0.35, 4: 0.15}  # how often a batch has K shots
+TOKENS_PER_BATCH = 1280  # video tokens per step (batch size = this / (80 * K))
+
+
+# --- components ------------------------------------------------------------------------------------------------------
+
+
+def build_text_encoder(seed: int = 0):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed + 7)
+    return UMT5EncoderModel(UMT5Config(**TEXT_CONFIG)).eval().requires_grad_(False)
+
+
+def build_transformer(seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed + 11)
+    return WanTransformer3DModel(**TRANSFORMER_CONFIG)
+
+
+@torch.no_grad()
+def encode_text(tokenizer, text_encoder, text: str) -> torch.Tensor:
+    """`[n, D]` as `MultiShotPipeline.encode_caption(text, max_sequence_length=None)` computes it."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    inputs = tokenizer(
+        [prompt_clean(text)],
+        padding=False,
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    return text_encoder(inputs.input_ids, inputs.attention_mask).last_hidden_state[0].float()
+
+
+# --- stage 1: latent cache ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_shot(vae, frames: np.ndarray) -> torch.Tensor:
+    """uint8 [F, H, W, 3] -> posterior mean [C, n, h, w] (unnormalised)."""
+    x = torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2).unsqueeze(0)
+    return vae.encode(x).latent_dist.mode()[0]
+
+
+def cmd_cache(args) -> None:
+    """Encode a pool of single shots; training composes scenes from them (any shots of one location and two
+    characters make a scene), so a few thousand encoded shots give far more distinct scenes than encoding scenes."""
+    torch.set_num_threads(args.threads)
+    run = args.run
+    run.mkdir(parents=True, exist_ok=True)
+    vae = build_vae(args.seed)
+    vae_state = torch.load(args.vae, weights_only=False)
+    vae.load_state_dict(vae_state["vae"])
+    vae.eval()
+    encoder_copy = run / "vae_encoder.pt"  # the latent space: export checks the shipped encoder is this one
+    if not encoder_copy.exists():
+        torch.save({"vae": vae_state["vae"], "step": vae_state["step"], "source": str(args.vae)}, encoder_copy)
+    cache_path = run / "shots.pt"
+    cache = torch.load(cache_path, weights_only=False) if cache_path.exists() else {"latents": [], "labels": []}
+    start = time.time()
+
+    def save():
+        tmp = cache_path.with_suffix(".tmp")
+        torch.save(cache, tmp)
+        os.replace(tmp, cache_path)  # the trainer may be reading it: never a half-written file
+        stats_path = run / "latent_stats.json"
+        if not stats_path.exists():  # fixed once: the transformer's latent normalisation must never move
+            allz = torch.stack(cache["latents"]).float()  # [N, C, n, h, w]
+            mean, std = allz.mean(dim=(0, 2, 3, 4)), allz.std(dim=(0, 2, 3, 4))
+            stats = {"latents_mean": mean.tolist(), "latents_std": std.tolist(), "vae": str(args.vae)}
+            stats_path.write_text(json.dumps(stats, indent=1))
+            print(f"latent stats from {len(allz)} shots: |mean| {mean.abs().mean():.3f} std {std.mean():.3f}")
+
+    while len(cache["labels"]) < args.shots:
+        # Shot i is drawn from its own seed, so the pool is the same however often the cache was resumed.
+        i = len(cache["labels"])
+        labels = sample_shot(np.random.default_rng([args.seed, i]))
+        frames = render_shot(labels, size=SIZE, num_frames=SHOT_FRAMES)
+        cache["latents"].append(encode_shot(vae, frames).half())
+        cache["labels"].append(asdict(labels))
+        if (i + 1) % args.save_every == 0:
+            print(f"{i + 1} shots encoded, {time.time() - start:.0f}s", flush=True)
+            save()
+    save()
+    print(f"cache: {len(cache['labels'])} shots", flush=True)
+
+
+# --- stage 2: training -----------------------------------------------------------------------------------------------
+
+
+def shifted(s: torch.Tensor, shift: float = FLOW_SHIFT) -> torch.Tensor:
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def sample_sigmas(rng: torch.Generator, batch: int, shots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-shot noise levels `[B, K]` and the loss mask `[B, K]` (shots kept clean carry no loss)."""
+    s = torch.sigmoid(torch.randn(batch, 1, generator=rng)).expand(batch, shots).clone()
+    mask = torch.ones(batch, shots)
+    for b in range(batch):
+        u = torch.rand(1, generator=rng).item()
+        if u < 0.3:  # independent level per shot
+            s[b] = torch.sigmoid(torch.randn(shots, generator=rng))
+        elif u < 0.5:  # context: some shots clean (timestep 0), the rest at one level
+            clean = torch.rand(shots, generator=rng) < 0.5
+            if clean.all():
+                clean[torch.randint(shots, (1,), generator=rng)] = False
+            s[b][clean] = 0.0
+            mask[b][clean] = 0.0
+    sig = shifted(s)
+    return sig, mask
+
+
+class SceneComposer:
+    """Scenes of K shots composed from the shot pool: one location, a cast of two, each cast member on screen."""
+
+    def __init__(self, cache: dict, stats: dict, text: dict[str, torch.Tensor]):
+        mean = torch.tensor(stats["latents_mean"]).view(1, -1, 1, 1, 1)
+        std = torch.tensor(stats["latents_std"]).view(1, -1, 1, 1, 1)
+        self.latents = (torch.stack(cache["latents"]).float() - mean) / std  # [N, C, n, h, w]
+        self.labels = [ShotLabels(**{**lab, "start": tuple(lab["start"])}) for lab in cache["labels"]]
+        self.by_pair: dict[tuple[str, str], list[int]] = {}
+        for i, lab in enumerate(self.labels):
+            self.by_pair.setdefault((lab.location, lab.character), []).append(i)
+        self.locations = sorted({loc for loc, _ in self.by_pair})
+        self.text = text
+
+    def scene(self, k: int, rng: torch.Generator) -> tuple[list[int], str]:
+        def pick(n: int) -> int:
+            return int(torch.randint(n, (1,), generator=rng))
+
+        location = self.locations[pick(len(self.locations))]
+        names = sorted(c for loc, c in self.by_pair if loc == location)
+        first = names[pick(len(names))]
+        second = [c for c in names if c != first][pick(len(names) - 1)]
+        cast = [first, second]
+        who = cast + [cast[pick(2)] for _ in range(k - 2)]
+        order = torch.randperm(k, generator=rng).tolist()
+        shots = []
+        for j in order:
+            pool = self.by_pair[(location, who[j])]
+            shots.append(pool[pick(len(pool))])
+        return shots, global_caption(location, cast)
+
+    def batch(self, k: int, size: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 `[B, C, K*n, h, w]` (shots concatenated in time) and text `[B, L, D]` = [global; caption_1..K]."""
+        x0, text = [], []
+        for _ in range(size):
+            shots, caption = self.scene(k, rng)
+            x0.append(torch.cat([self.latents[i] for i in shots], dim=1))
+            text.append(torch.cat([self.text[caption]] + [self.text[self.labels[i].caption] for i in shots]))
+        return torch.stack(x0), torch.stack(text)
+
+    def texts(self) -> list[str]:
+        texts = {"", *(lab.caption for lab in self.labels)}
+        for loc in self.locations:
+            names = sorted(c for lc, c in self.by_pair if lc == loc)
+            texts.update(global_caption(loc, [a, b]) for a in names for b in names if a != b)
+        return sorted(texts)
+
+
+def cmd_train(args) -> None:
+    torch.set_num_threads(args.threads)
+    run = args.run
+    stats = json.loads((run / "latent_stats.json").read_text())
+    tokenizer = build_world_tokenizer()
+    text_encoder = build_text_encoder(args.seed)
+    text: dict[str, torch.Tensor] = {}
+
+    def load_data() -> SceneComposer:
+        """(Re)load the shot pool: the cache stage may still be adding shots while training runs."""
+        data = SceneComposer(torch.load(run / "shots.pt", weights_only=False), stats, text)
+        for t in data.texts():
+            if t not in text:
+                text[t] = encode_text(tokenizer, text_encoder, t)
+        print(f"shot pool: {len(data.labels)} shots", flush=True)
+        return data
+
+    data = load_data()
+    pool_mtime = (run / "shots.pt").stat().st_mtime
+    ks = list(SHOTS_PER_SCENE)
+    probs = torch.tensor([SHOTS_PER_SCENE[k] for k in ks])
+    n_lat = data.latents.shape[2]
+    grid = data.latents.shape[3] // TRANSFORMER_CONFIG["patch_size"][1]
+    tokens_per_shot = n_lat * grid * grid
+    caption_len = data.text[data.labels[0].caption].shape[0]
+    global_len = encode_text(tokenizer, text_encoder, global_caption("forest", ["mara", "tom"])).shape[0]
+    lengths = {t.shape[0] for c, t in data.text.items() if c}
+    if lengths != {caption_len, global_len}:
+        raise ValueError(f"training batches need fixed caption lengths; the world's captions have {sorted(lengths)}")
+    layouts = {k: ShotLayout.build([n_lat] * k, grid, grid, [caption_len] * k, global_len) for k in ks}
+    empty = data.text[""]
+
+    transformer = build_transformer(args.seed)
+    if args.init is not None and not (run / "last.pt").exists():
+        from diffusers import WanTransformer3DModel
+
+        transformer = WanTransformer3DModel.from_pretrained(args.init / "transformer", local_files_only=True)
+        print(f"initialised from {args.init}", flush=True)
+    ema = copy.deepcopy(transformer).requires_grad_(False)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    rng = torch.Generator().manual_seed(args.seed)
+    step, losses = 0, []
+    if (run / "last.pt").exists():
+        ckpt = torch.load(run / "last.pt", weights_only=False)
+        transformer.load_state_dict(ckpt["transformer"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        rng.set_state(ckpt["rng"])
+        print(f"resumed from {run / 'last.pt'} at step {step}", flush=True)
+    n_params = sum(p.numel() for p in transformer.parameters())
+    print(f"transformer {n_params / 1e6:.2f}M params; shots {ks}; {tokens_per_shot} tokens/shot", flush=True)
+
+    def save():
+        tmp = run / "last.pt.tmp"
+        state = {"transformer": transformer.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict()}
+        state |= {"step": step, "rng": rng.get_state(), "config": TRANSFORMER_CONFIG, "seed": args.seed}
+        torch.save(state, tmp)
+        os.replace(tmp, run / "last.pt")
+
+    start = time.time()
+    transformer.train()
+    with multishot_attention(transformer, layouts[ks[0]], "mmrope", "full") as state:
+        while step < args.max_steps and time.time() - start < args.minutes * 60:
+            k = ks[int(torch.multinomial(probs, 1, generator=rng))]
+            batch = max(1, args.tokens // (tokens_per_shot * k))
+            x0, cond = data.batch(k, batch, rng)
+            sig, mask = sample_sigmas(rng, batch, k)
+            layout = layouts[k]
+            sig_tok = layout.token_timesteps(sig)  # [B, S]
+            noise = torch.randn(x0.shape, generator=rng)
+            sig_frames = sig.repeat_interleave(n_lat, dim=1)[:, None, :, None, None]  # [B, 1, K*n, 1, 1]
+            xt = (1 - sig_frames) * x0 + sig_frames * noise
+            target = noise - x0
+            # Caption dropout: the unconditional pass sees only the empty negative prompt, as one global token.
+            drop = torch.rand(1, generator=rng).item() < args.cfg_dropout
+            if drop:
+                state.layout = layout.with_text([0] * k, empty.shape[0])
+                cond = empty.unsqueeze(0).expand(batch, -1, -1)
+            else:
+                state.layout = layout
+            pred = transformer(hidden_states=xt, timestep=sig_tok * 1000, encoder_hidden_states=cond).sample
+            per_frame = (pred - target).pow(2).mean(dim=(1, 3, 4))  # [B, K*n]
+            weight = mask.repeat_interleave(n_lat, dim=1)
+            loss = (per_frame * weight).sum() / weight.sum()
+            lr = args.lr * min(1.0, (step + 1) / args.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            decay = min(args.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), transformer.parameters(), strict=True):
+                    e.lerp_(p, 1 - decay)
+            losses.append(loss.item())
+            if step % 50 == 0:
+                rate = (time.time() - start) / max(1, len(losses))
+                print(f"step {step} loss {np.mean(losses[-50:]):.4f} lr {lr:.2e} {rate:.3f}s/step", flush=True)
+            if step % args.save_every == 0:
+                save()
+            if step % args.reload_every == 0 and (run / "shots.pt").stat().st_mtime != pool_mtime:
+                pool_mtime = (run / "shots.pt").stat().st_mtime
+                data = load_data()
+    save()
+    print(f"saved {run / 'last.pt'} at step {step}", flush=True)
+
+
+# --- stage 3: export -------------------------------------------------------------------------------------------------
+
+
+def cmd_export(args) -> None:
+    export_demo(args.run, args.dest, seed=args.seed, use_ema=not args.raw)
+    print(f"exported to {args.dest}")
+
+
+def export_demo(run: Path, dest: Path, seed: int = 0, use_ema: bool = True) -> None:
+    """Write tokenizer, text encoder, VAE (with latent statistics), transformer and scheduler in the diffusers
+    folder layout, weights as safetensors."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+
+    dest.mkdir(parents=True, exist_ok=True)
+    stats = json.loads((run / "latent_stats.json").read_text())
+    vae_ckpt = torch.load(Path(stats["vae"]).with_name("last.pt"), weights_only=False)
+    cached = torch.load(run / "vae_encoder.pt", weights_only=False)["vae"]
+    for name, value in cached.items():
+        if name.startswith(("encoder.", "quant_conv.")) and not torch.equal(value, vae_ckpt["vae"][name]):
+            raise ValueError(f"the VAE encoder changed since the latent cache was made ({name}); retrain from it")
+    vae = AutoencoderKLWan(**VAE_CONFIG, latents_mean=stats["latents_mean"], latents_std=stats["latents_std"])
+    vae.load_state_dict(vae_ckpt["vae"])
+    vae.save_pretrained(dest / "vae", safe_serialization=True)
+
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    transformer = build_transformer(seed)
+    transformer.load_state_dict(ckpt["ema" if use_ema else "transformer"])
+    transformer.save_pretrained(dest / "transformer", safe_serialization=True)
+
+    build_text_encoder(seed).save_pretrained(dest / "text_encoder", safe_serialization=True)
+    build_world_tokenizer().save_pretrained(dest / "tokenizer")
+    FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT).save_pretrained(dest / "scheduler")
+    import diffusers
+
+    index = {
+        "_class_name": "WanPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+    }
+    (dest / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    info = {
+        "trained_steps": ckpt["step"],
+        "vae_steps": vae_ckpt["step"],
+        "weights": "ema" if use_ema else "raw",
+        "seed": seed,
+        "shot_frames": SHOT_FRAMES,
+        "size": SIZE,
+        "command": "python -m training.train_demo train --run RUN --minutes M (see docs/QUALITY.md)",
+    }
+    (dest / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("cache", "train", "export"):
+        p = sub.add_parser(name)
+        p.add_argument("--run", type=Path, required=True, help="run folder (latent cache, checkpoints)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=1)
+    cache = sub.choices["cache"]
+    cache.add_argument("--vae", type=Path, required=True, help="VAE checkpoint from training/train_vae.py")
+    cache.add_argument("--shots", type=int, default=1500, help="shots in the pool (resumable: raise it to add more)")
+    cache.add_argument("--save-every", type=int, default=100)
+    train = sub.choices["train"]
+    train.add_argument("--minutes", type=float, default=60.0)
+    train.add_argument("--max-steps", type=int, default=10**9)
+    train.add_argument("--lr", type=float, default=5e-4)
+    train.add_argument("--warmup", type=int, default=200)
+    train.add_argument("--ema", type=float, default=0.999)
+    train.add_argument("--tokens", type=int, default=TOKENS_PER_BATCH)
+    train.add_argument("--cfg-dropout", type=float, default=0.1)
+    train.add_argument("--save-every", type=int, default=100)
+    train.add_argument("--reload-every", type=int, default=200, help="steps between looks for a grown shot pool")
+    train.add_argument("--init", type=Path, default=None, help="start from an exported model folder")
+    export = sub.choices["export"]
+    export.add_argument("--dest", type=Path, default=Path("assets/demo"))
+    export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    args = parser.parse_args(argv)
+    {"cache": cmd_cache, "train": cmd_train, "export": cmd_export}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

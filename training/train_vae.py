@@ -1,0 +1,135 @@
+"""Train the demo model's small `AutoencoderKLWan` on frames of the procedural world.
+
+    python -m training.train_vae --out /work/runs/demo/vae --minutes 25 --seed 0
+    python -m training.train_vae --out /work/runs/demo/vae --minutes 20 --decoder-only   # encoder frozen
+
+Clips are 5 frames (the causal VAE's image frame + one 4-frame group) drawn from random scenes, so both halves of
+the causal encoder are trained. Loss: L1 + MSE on pixels in [-1, 1], a tiny KL. `--decoder-only` keeps the
+encoder (and so the latent space the transformer is trained in) fixed and sharpens the decoder.
+Resumable: re-running with the same --out continues from `last.pt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.world import sample_scene
+
+VAE_CONFIG = dict(
+    base_dim=12,
+    z_dim=16,
+    dim_mult=[1, 2, 2, 4],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],
+    dropout=0.0,
+)
+CLIP_FRAMES = 5
+
+
+def build_vae(seed: int = 0):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**VAE_CONFIG)
+
+
+def sample_clips(rng: np.random.Generator, batch: int, size: int = 64, crop: int | None = None) -> torch.Tensor:
+    """[B, 3, CLIP_FRAMES, crop, crop] in [-1, 1]: random 5-frame windows of random shots, randomly cropped
+    (the VAE is convolutional: crops buy four times the steps for the same compute)."""
+    clips = []
+    crop = crop or size
+    for _ in range(batch):
+        scene = sample_scene(int(rng.integers(0, 2**31 - 1)), num_shots=2, size=size)
+        frames = scene.frames[int(rng.integers(len(scene.frames)))]
+        start = int(rng.integers(0, frames.shape[0] - CLIP_FRAMES + 1))
+        y, x = (int(rng.integers(0, (size - crop) // 8 + 1)) * 8 for _ in range(2))
+        clips.append(frames[start : start + CLIP_FRAMES, y : y + crop, x : x + crop])
+    x = torch.from_numpy(np.stack(clips)).float().div(127.5).sub(1.0)
+    return x.permute(0, 4, 1, 2, 3).contiguous()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--minutes", type=float, default=25.0, help="stop after this wall-clock time")
+    parser.add_argument("--max-steps", type=int, default=10**9)
+    parser.add_argument("--crop", type=int, default=None, help="train on random crops of this size (multiple of 8)")
+    parser.add_argument("--kl", type=float, default=1e-6)
+    parser.add_argument("--decoder-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save-every", type=int, default=200)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    vae = build_vae(args.seed)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()) if args.decoder_only else None
+    if args.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    optimizer = torch.optim.AdamW(params or vae.parameters(), lr=args.lr, weight_decay=0.0)
+    step, rng_state = 0, None
+    last = args.out / "last.pt"
+    init = args.out / "init.pt"  # --decoder-only starts from the joint run's weights placed here
+    if last.exists():
+        ckpt = torch.load(last, weights_only=False)
+        vae.load_state_dict(ckpt["vae"])
+        if ckpt.get("decoder_only", False) == args.decoder_only:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            step, rng_state = ckpt["step"], ckpt["rng"]
+        print(f"resumed from {last} at step {step}", flush=True)
+    elif init.exists():
+        vae.load_state_dict(torch.load(init, weights_only=False)["vae"])
+        print(f"initialised from {init}", flush=True)
+    rng = np.random.default_rng(args.seed + 1000 * (1 + int(args.decoder_only)))
+    if rng_state is not None:
+        rng.bit_generator.state = rng_state
+    torch.manual_seed(args.seed + step)
+
+    def save():
+        tmp = args.out / "last.pt.tmp"
+        state = {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        state |= {"rng": rng.bit_generator.state, "decoder_only": args.decoder_only, "config": VAE_CONFIG}
+        torch.save(state, tmp)
+        os.replace(tmp, last)
+
+    start, log = time.time(), []
+    vae.train()
+    while step < args.max_steps and time.time() - start < args.minutes * 60:
+        x = sample_clips(rng, args.batch, crop=args.crop)
+        posterior = vae.encode(x).latent_dist
+        # The mean, not a sample: with a tiny KL weight a sampled z is mostly noise, and the decoder ignores it.
+        z = posterior.mode()
+        recon = vae.decode(z).sample
+        l1 = (recon - x).abs().mean()
+        mse = (recon - x).pow(2).mean()
+        loss = l1 + mse + (0.0 if args.decoder_only else args.kl * posterior.kl().mean())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        log.append(l1.item())
+        if step % 50 == 0:
+            rate = (time.time() - start) / max(1, len(log))
+            print(f"step {step} l1 {np.mean(log[-50:]):.4f} mse {mse.item():.4f} {rate:.2f}s/step", flush=True)
+        if step % args.save_every == 0:
+            save()
+    save()
+    (args.out / "done.json").write_text(json.dumps({"step": step, "l1": float(np.mean(log[-50:] or [0]))}))
+    print(f"saved {last} at step {step}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

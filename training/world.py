@@ -1,0 +1,368 @@
+"""A deterministic procedural film world: the data the bundled demo model is trained on and evaluated against.
+
+A scene happens in one location (a two-tone background with posts in the ground, constant within the scene) with
+two recurring characters. Each shot shows one character as one flat figure (its own colour, shape and
+pattern) at a shot size (wide = small figure, close-up = large figure), doing one action (moves left / right /
+up / down, grows, shrinks, stays) under a camera move (static, or a pan that scrolls the background).
+
+Actions are in screen space: "mara moves left" means the figure's centre goes left in the frame whatever the camera
+does, so the detector can read motion from the figure alone. Everything is drawn with hard edges on exact palette
+colours so that `training.detector` reads real frames back without error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+# --- vocabulary ---------------------------------------------------------------------------------------------------
+
+INK = (25, 25, 25)  # pattern colour of every character (no location uses a dark colour)
+
+
+@dataclass(frozen=True)
+class Character:
+    name: str  # the word captions use
+    colour: str
+    shape: str
+    pattern: str
+
+
+@dataclass(frozen=True)
+class Location:
+    name: str
+    sky: tuple[int, int, int]
+    ground: tuple[int, int, int]
+
+    @property
+    def post(self) -> tuple[int, int, int]:
+        """Posts planted in the ground: they scroll when the camera pans."""
+        return tuple(int(c * 0.8) for c in self.ground)
+
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (225, 35, 35),
+    "orange": (250, 140, 20),
+    "yellow": (240, 225, 30),
+    "green": (30, 175, 50),
+    "cyan": (20, 205, 215),
+    "blue": (40, 70, 225),
+    "purple": (140, 45, 195),
+    "pink": (250, 110, 195),
+}
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "pillar", "tee")
+PATTERNS = ("plain", "striped", "dotted", "checked")
+
+CHARACTERS: tuple[Character, ...] = (
+    Character("mara", "red", "circle", "plain"),
+    Character("tom", "blue", "square", "striped"),
+    Character("ana", "yellow", "triangle", "dotted"),
+    Character("leo", "green", "diamond", "checked"),
+    Character("ivy", "purple", "cross", "plain"),
+    Character("max", "orange", "ring", "striped"),
+    Character("zoe", "cyan", "pillar", "dotted"),
+    Character("sam", "pink", "tee", "plain"),
+)
+
+LOCATIONS: tuple[Location, ...] = (
+    Location("forest", sky=(165, 205, 150), ground=(90, 125, 70)),
+    Location("desert", sky=(250, 230, 175), ground=(200, 150, 95)),
+    Location("city", sky=(180, 180, 195), ground=(115, 115, 125)),
+    Location("beach", sky=(140, 200, 245), ground=(235, 205, 150)),
+    Location("snow", sky=(225, 235, 250), ground=(250, 250, 250)),
+    Location("field", sky=(200, 225, 130), ground=(150, 120, 60)),
+)
+
+SHOT_SIZES = ("wide", "medium", "close-up")
+ACTIONS = ("moves left", "moves right", "moves up", "moves down", "grows", "shrinks", "stays")
+CAMERA_MOVES = ("static", "pans left", "pans right")
+
+# Figure height in pixels at 64x64, per shot size (scaled with the frame); grows/shrinks go from size/GROWTH to
+# size*GROWTH so the median size still names the shot size.
+FIGURE_SIZE = {"wide": 14, "medium": 24, "close-up": 38}
+GROWTH = 1.25
+TRAVEL = 16  # pixels (at 64x64) the figure's centre moves during a shot for moves left/right/up/down
+HORIZON = 0.625  # sky above, ground below, as a fraction of the height
+POST_SPACING = 16  # pixels between posts at 64x64
+
+# Caption phrases. Every phrase of a kind has the same number of words, so every shot caption (and every global
+# caption) is the same number of tokens: training batches scenes with identical token layouts, captions unpadded.
+SIZE_PHRASES = {"wide": "wide shot", "medium": "medium shot", "close-up": "close-up shot"}
+ACTION_PHRASES = {
+    "moves left": "moves left",
+    "moves right": "moves right",
+    "moves up": "moves up",
+    "moves down": "moves down",
+    "grows": "grows bigger",
+    "shrinks": "shrinks smaller",
+    "stays": "stays still",
+}
+CAMERA_PHRASES = {"static": "camera is static", "pans left": "camera pans left", "pans right": "camera pans right"}
+
+CHARACTER_BY_NAME = {c.name: c for c in CHARACTERS}
+LOCATION_BY_NAME = {loc.name: loc for loc in LOCATIONS}
+
+# Extra plain words a user may type that the tokenizer should know (they carry no meaning for the demo model).
+EXTRA_WORDS = (
+    "a an the and of in on at to with is are his her their its from into over under by for then "
+    "scene shot camera figure character she he they it , . : ;"
+).split()
+
+
+def vocabulary() -> list[str]:
+    """Every word the world's captions use, in a stable order (the tokenizer is built from it)."""
+    words: list[str] = []
+    phrases = (
+        [c.name for c in CHARACTERS]
+        + [loc.name for loc in LOCATIONS]
+        + list(COLOURS)
+        + list(SHAPES)
+        + list(PATTERNS)
+        + list(SIZE_PHRASES.values())
+        + list(ACTION_PHRASES.values())
+        + list(CAMERA_PHRASES.values())
+        + ["a scene in the with and"]
+        + EXTRA_WORDS
+    )
+    for phrase in phrases:
+        for word in phrase.replace(",", " , ").split():
+            if word not in words:
+                words.append(word)
+    return words
+
+
+# --- scene description ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShotLabels:
+    """Ground truth of one shot: what the caption says and what the frames show."""
+
+    character: str
+    colour: str
+    shape: str
+    pattern: str
+    location: str
+    shot_size: str
+    action: str
+    camera: str
+    start: tuple[float, float]  # figure centre (x, y) at the first frame, in pixels of a 64x64 frame
+
+    @property
+    def caption(self) -> str:
+        return shot_caption(self)
+
+
+@dataclass
+class Scene:
+    seed: int
+    location: str
+    cast: list[str]
+    global_caption: str
+    shots: list[ShotLabels]
+    frames: list[np.ndarray] = field(default_factory=list)  # one uint8 [F, H, W, 3] per shot
+
+    @property
+    def captions(self) -> list[str]:
+        return [s.caption for s in self.shots]
+
+    def labels(self) -> list[dict]:
+        return [asdict(s) for s in self.shots]
+
+
+def shot_caption(labels: ShotLabels) -> str:
+    size, action, camera = SIZE_PHRASES[labels.shot_size], ACTION_PHRASES[labels.action], CAMERA_PHRASES[labels.camera]
+    return f"{size}, {labels.character} {action}, {camera}"
+
+
+def global_caption(location: str, cast: list[str]) -> str:
+    if len(cast) != 2:
+        raise ValueError(f"a scene's cast is two characters, got {cast}")
+    return f"a scene in the {location} with {cast[0]} and {cast[1]}"
+
+
+def make_shot(
+    character: str,
+    location: str,
+    shot_size: str,
+    action: str,
+    camera: str = "static",
+    rng: np.random.Generator | None = None,
+) -> ShotLabels:
+    """Labels of one shot; the start position is drawn from `rng` (centred when None) so the whole move fits."""
+    for value, allowed, what in (
+        (character, CHARACTER_BY_NAME, "character"),
+        (location, LOCATION_BY_NAME, "location"),
+        (shot_size, SHOT_SIZES, "shot size"),
+        (action, ACTIONS, "action"),
+        (camera, CAMERA_MOVES, "camera move"),
+    ):
+        if value not in allowed:
+            raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+    char = CHARACTER_BY_NAME[character]
+    jitter = (rng.uniform(-4, 4, size=2) if rng is not None else np.zeros(2)).tolist()
+    dx, dy = _travel(action)
+    cx = 32 - dx / 2 + jitter[0]
+    cy = 36 - dy / 2 + jitter[1] / 2
+    return ShotLabels(
+        character=character,
+        colour=char.colour,
+        shape=char.shape,
+        pattern=char.pattern,
+        location=location,
+        shot_size=shot_size,
+        action=action,
+        camera=camera,
+        start=(float(cx), float(cy)),
+    )
+
+
+def sample_shot(rng: np.random.Generator, location: str | None = None, character: str | None = None) -> ShotLabels:
+    """One random shot (location and character drawn too unless given); training composes scenes from these."""
+    location = location or LOCATIONS[int(rng.integers(len(LOCATIONS)))].name
+    character = character or CHARACTERS[int(rng.integers(len(CHARACTERS)))].name
+    return make_shot(
+        character,
+        location,
+        SHOT_SIZES[int(rng.integers(len(SHOT_SIZES)))],
+        ACTIONS[int(rng.integers(len(ACTIONS)))],
+        CAMERA_MOVES[int(rng.choice(3, p=[0.6, 0.2, 0.2]))],
+        rng,
+    )
+
+
+def sample_scene(seed: int, num_shots: int | None = None, render: bool = True, size: int = 64, num_frames: int = 17):
+    """The scene of `seed`: same seed, same scene (labels, captions and frames), on every machine."""
+    rng = np.random.default_rng(seed)
+    if num_shots is None:
+        num_shots = int(rng.integers(2, 5))
+    location = LOCATIONS[int(rng.integers(len(LOCATIONS)))].name
+    cast = [CHARACTERS[i].name for i in rng.choice(len(CHARACTERS), size=2, replace=False)]
+    shots = []
+    for k in range(num_shots):
+        # Every cast member appears at least once; after that the shot's character is drawn freely.
+        character = cast[k] if k < len(cast) else cast[int(rng.integers(len(cast)))]
+        shots.append(sample_shot(rng, location, character))
+    order = rng.permutation(num_shots)
+    shots = [shots[i] for i in order]
+    scene = Scene(seed=seed, location=location, cast=cast, global_caption=global_caption(location, cast), shots=shots)
+    if render:
+        scene.frames = [render_shot(s, size=size, num_frames=num_frames) for s in shots]
+    return scene
+
+
+# --- rendering -----------------------------------------------------------------------------------------------------
+
+
+def _travel(action: str) -> tuple[float, float]:
+    return {
+        "moves left": (-TRAVEL, 0.0),
+        "moves right": (TRAVEL, 0.0),
+        "moves up": (0.0, -TRAVEL * 0.75),
+        "moves down": (0.0, TRAVEL * 0.75),
+    }.get(action, (0.0, 0.0))
+
+
+def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-test of a shape in coordinates normalised to its box: u, v in [-1, 1] span the figure's height."""
+    au, av = np.abs(u), np.abs(v)
+    inside_box = (av <= 1) & (au <= 1)
+    if shape == "circle":
+        return u * u + v * v <= 1
+    if shape == "square":
+        return (au <= 0.9) & (av <= 0.9)
+    if shape == "triangle":
+        return (v >= -1) & (v <= 0.9) & (au <= (v + 1) / 1.9 * 0.95)
+    if shape == "diamond":
+        return au + av <= 1
+    if shape == "cross":
+        return inside_box & ((au <= 0.34) | (av <= 0.34))
+    if shape == "ring":
+        r2 = u * u + v * v
+        return (r2 <= 1) & (r2 >= 0.36)
+    if shape == "pillar":
+        return (au <= 0.42) & (av <= 1)
+    if shape == "tee":
+        return inside_box & ((v <= -0.35) | (au <= 0.32))
+    raise ValueError(f"unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}")
+
+
+def pattern_mask(pattern: str, px: np.ndarray, py: np.ndarray, scale: float) -> np.ndarray:
+    """Where the ink of a pattern goes, in pixel offsets from the figure's centre (so it moves with the figure)."""
+    cell = max(2.0, 3.0 * scale)
+    if pattern == "plain":
+        return np.zeros(px.shape, dtype=bool)
+    if pattern == "striped":
+        return np.floor(py / cell) % 3 == 0
+    if pattern == "dotted":
+        return (np.floor(px / cell) % 3 == 0) & (np.floor(py / cell) % 3 == 0)
+    if pattern == "checked":
+        return (np.floor(px / cell) + np.floor(py / cell)) % 4 == 0
+    raise ValueError(f"unknown pattern {pattern!r}; choose one of: {', '.join(PATTERNS)}")
+
+
+def render_background(location: str, size: int, offset: float) -> np.ndarray:
+    loc = LOCATION_BY_NAME[location]
+    scale = size / 64
+    frame = np.empty((size, size, 3), dtype=np.uint8)
+    horizon = int(round(HORIZON * size))
+    frame[:horizon] = loc.sky
+    frame[horizon:] = loc.ground
+    xs = np.arange(size) + 0.5
+    spacing = POST_SPACING * scale
+    posts = ((xs - offset) % spacing) < max(1.0, 2 * scale)
+    top = horizon + int(round(3 * scale))
+    frame[top : top + int(round(8 * scale)), posts] = loc.post
+    return frame
+
+
+def figure_state(labels: ShotLabels, frame_index: int, num_frames: int) -> tuple[float, float, float]:
+    """Centre x, centre y and height of the figure at a frame, in pixels of a 64x64 frame."""
+    progress = frame_index / max(1, num_frames - 1)
+    dx, dy = _travel(labels.action)
+    height = FIGURE_SIZE[labels.shot_size]
+    if labels.action == "grows":
+        height = height * GROWTH ** (2 * progress - 1)
+    elif labels.action == "shrinks":
+        height = height * GROWTH ** (1 - 2 * progress)
+    half = height / 2
+    cx = float(np.clip(labels.start[0] + dx * progress, half + 1, 63 - half))
+    cy = float(np.clip(labels.start[1] + dy * progress, half + 1, 63 - half))
+    return cx, cy, height
+
+
+def render_shot(labels: ShotLabels, size: int = 64, num_frames: int = 17) -> np.ndarray:
+    """The frames of one shot, uint8 [num_frames, size, size, 3]."""
+    scale = size / 64
+    char = CHARACTER_BY_NAME[labels.character]
+    colour = np.array(COLOURS[char.colour], dtype=np.uint8)
+    ink = np.array(INK, dtype=np.uint8)
+    pan_speed = {"static": 0.0, "pans left": 1.0, "pans right": -1.0}[labels.camera]  # background px per frame
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    for f in range(num_frames):
+        frame = render_background(labels.location, size, offset=pan_speed * f * scale)
+        cx, cy, height = (value * scale for value in figure_state(labels, f, num_frames))
+        half = height / 2
+        px, py = xs - cx, ys - cy
+        body = shape_mask(char.shape, px / half, py / half)
+        frame[body] = colour
+        frame[body & pattern_mask(char.pattern, px, py, scale)] = ink
+        frames[f] = frame
+    return frames
+
+
+def scene_from_shots(shots: list[ShotLabels], size: int = 64, num_frames: int = 17, seed: int = -1) -> Scene:
+    """A scene built from explicit shot labels (held-out storyboards), rendered as ground truth."""
+    locations = {s.location for s in shots}
+    if len(locations) != 1:
+        raise ValueError(f"all shots of a scene share one location; got {sorted(locations)}")
+    cast = list(dict.fromkeys(s.character for s in shots))
+    if len(cast) == 1:  # the global caption always names two characters; the second one simply never appears
+        cast.append(next(c.name for c in CHARACTERS if c.name != cast[0]))
+    location = shots[0].location
+    scene = Scene(seed=seed, location=location, cast=cast, global_caption=global_caption(location, cast), shots=shots)
+    scene.frames = [render_shot(s, size=size, num_frames=num_frames) for s in shots]
+    return scene
