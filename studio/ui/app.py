@@ -269,11 +269,19 @@ def build_app(services: Any) -> gr.Blocks:
                     export_music = gr.File(
                         label="Music track (optional)", file_types=["audio"], elem_id="sl-export-music"
                     )
-                    export_bundle = gr.Checkbox(
-                        label="Also write the project bundle (zip)", value=True, elem_id="sl-export-bundle"
-                    )
                     export_button = gr.Button("Export film", variant="primary", elem_id="sl-export")
                 exports_panel = ActionPanel("", elem_id="sl-exports")
+                with gr.Row():
+                    bundle_button = gr.Button("Download the project bundle (zip)", elem_id="sl-bundle")
+                    bundle_file = gr.File(label="Project bundle", interactive=False, elem_id="sl-bundle-file")
+                with gr.Row():
+                    bundle_upload = gr.File(
+                        label="Import a project bundle", file_types=[".zip"], elem_id="sl-bundle-in"
+                    )
+                    bundle_name = gr.Textbox(
+                        label="Name for the imported project (optional)", elem_id="sl-bundle-name"
+                    )
+                    bundle_import_button = gr.Button("Import bundle", elem_id="sl-bundle-import")
 
         with gr.Accordion("Jobs", open=True):
             show_preview = gr.Checkbox(label="Show preview frames", value=True, elem_id="sl-show-preview")
@@ -609,43 +617,35 @@ def build_app(services: Any) -> gr.Blocks:
         def on_upload_references(project_id, character_id, files):
             if character_id is None:
                 raise gr.Error("Open a character first.", print_exception=False)
-            added, refused = 0, []
+            from studio.faces.service import add_reference
+
+            added, refused, notes = 0, [], set()
             for item in files or []:
                 path = _file_path(item)
                 try:
-                    reference = s.characters.add_reference(int(character_id), path.name, path.read_bytes())
-                    _analyze_reference(reference)
+                    # Stores the validated image, then finds its face; without the face models the reference is
+                    # kept unanalysed and the message says where the models go.
+                    result = add_reference(s, int(character_id), path.name, path.read_bytes())
                     added += 1
+                    if result.analysis is None and result.message:
+                        notes.add(result.message)
                 except ServiceError as error:
                     refused.append(f"{path.name}: {error}")
             message = f"Added {added} reference(s)."
             if refused:
                 message += " Refused: " + "; ".join(refused)
+            if notes:
+                message += " " + " ".join(sorted(notes))
             return (*character_outputs(project_id, character_id), None, esc(message))
-
-        def _analyze_reference(reference: Any) -> None:
-            """Run the face analysis right away when the faces area offers it; a missing model pack only warns."""
-            try:
-                from studio.faces import service as face_service  # type: ignore[attr-defined]
-            except ImportError:
-                return
-            analyze = getattr(face_service, "analyze_reference", None)
-            if analyze is None:
-                return
-            try:
-                analyze(s, reference.id)
-            except Exception as error:  # the pack may be missing: the reference stays, unanalysed
-                gr.Warning(f"Face analysis skipped: {error}")
 
         @guarded
         def on_train(project_id, character_id, kind):
             if character_id is None:
                 raise gr.Error("Open a character first.", print_exception=False)
-            job = s.jobs.enqueue(
-                "train_adapter",
-                {"character_id": int(character_id), "kind": kind},
-                project_id=_require_project(project_id),
-            )
+            from studio.faces.service import request_training
+
+            _require_project(project_id)
+            job = request_training(s, int(character_id), kind)
             return (
                 *character_outputs(project_id, character_id),
                 gr.update(active=True),
@@ -901,21 +901,43 @@ def build_app(services: Any) -> gr.Blocks:
 
         # ---- export
         @guarded
-        def on_export(project_id, music, bundle):
+        def on_export(project_id, music):
             project_id = _require_project(project_id)
             if not s.storyboard.film_shots(project_id):
                 raise gr.Error("The storyboard has no shots to export.", print_exception=False)
-            settings: dict[str, Any] = {"bundle": bool(bundle)}
+            payload: dict[str, Any] = {"project_id": project_id}
             if music is not None:
                 path = _file_path(music)
                 asset = s.assets.put_bytes(path.read_bytes(), "music", _audio_mime(path.name), filename=path.name)
-                settings["music_asset_id"] = asset.id
-            job = s.jobs.enqueue(
-                "export_film", {"project_id": project_id, "settings": settings}, project_id=project_id
-            )
+                payload["music_asset_id"] = asset.id
+            job = s.jobs.enqueue("export_film", payload, project_id=project_id)
             return gr.update(active=True), f"Export queued (job {job.id}).", _jobs_for(project_id, True)
 
-        export_button.click(on_export, [project_state, export_music, export_bundle], [timer, status, jobs_panel])
+        export_button.click(on_export, [project_state, export_music], [timer, status, jobs_panel])
+
+        @guarded
+        def on_bundle(project_id):
+            from studio.export.bundle import export_bundle
+
+            project_id = _require_project(project_id)
+            project = s.projects.get(project_id)
+            safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in project.name) or "project"
+            path = Path(tempfile.mkdtemp(prefix="shotline-bundle-")) / f"{safe}.zip"
+            export_bundle(s, project_id, path)
+            return str(path)
+
+        bundle_button.click(on_bundle, project_state, bundle_file)
+
+        @guarded
+        def on_import_bundle(bundle, name):
+            from studio.export.bundle import import_bundle
+
+            if bundle is None:
+                raise gr.Error("Choose a project bundle (.zip) first.", print_exception=False)
+            report = import_bundle(s, _file_path(bundle), name=name or None)
+            return (*project_outputs(report.project_id), f"Imported the bundle as project {report.project_id}.")
+
+        bundle_import_button.click(on_import_bundle, [bundle_upload, bundle_name], [*project_outputs_list, status])
 
         # ---- jobs and the timer
         def _jobs_for(project_id: int | None, preview: bool) -> str:
