@@ -60,12 +60,16 @@ def generate_latent(pipe, caption: str, seed: int = 1) -> torch.Tensor:
     return out.latents[0][0]
 
 
-def random_lora_state(transformer, rank: int = 2, seed: int = 0, scale: float = 0.5) -> dict[str, torch.Tensor]:
-    """A diffusers-layout LoRA with random A and B on every attention projection of `transformer`."""
+def random_lora_state(
+    transformer, rank: int = 2, seed: int = 0, scale: float = 0.5, ffn: bool = False
+) -> dict[str, torch.Tensor]:
+    """A diffusers-layout LoRA with random A and B on every attention projection of `transformer` (and, with
+    `ffn`, on the feed-forward layers of every block)."""
     generator = torch.Generator().manual_seed(seed)
+    targets = ("to_q", "to_k", "to_v", "to_out.0") + (("ffn.net.0.proj", "ffn.net.2") if ffn else ())
     state = {}
     for name, module in transformer.named_modules():
-        if name.endswith(("to_q", "to_k", "to_v", "to_out.0")) and isinstance(module, torch.nn.Linear):
+        if name.startswith("blocks.") and name.endswith(targets) and isinstance(module, torch.nn.Linear):
             a = torch.randn(rank, module.in_features, generator=generator) * scale
             b = torch.randn(module.out_features, rank, generator=generator) * scale
             state[f"transformer.{name}.lora_A.weight"] = a
@@ -83,6 +87,29 @@ def to_wan_original_layout(state: dict[str, torch.Tensor], alpha_over_rank: floa
         module, part = key.removeprefix("transformer.").rsplit(".lora_", 1)
         block, index, attn, proj = module.split(".", 3)
         base = f"diffusion_model.{block}.{index}.{names[attn]}.{projections[proj]}"
+        if part.startswith("A"):
+            out[f"{base}.lora_down.weight"] = tensor.clone()
+            out[f"{base}.alpha"] = torch.tensor(float(tensor.shape[0]) * alpha_over_rank)
+        else:
+            out[f"{base}.lora_up.weight"] = tensor / alpha_over_rank
+    return out
+
+
+def to_musubi_layout(state: dict[str, torch.Tensor], alpha_over_rank: float = 0.5) -> dict[str, torch.Tensor]:
+    """The same LoRA as musubi-tuner / kohya write it: `lora_unet_blocks_N_self_attn_q.lora_down.weight`, `ffn_0`,
+    `.alpha` per module (the up matrix scaled to compensate). Needs attention and feed-forward layers."""
+    names = {"attn1": "self_attn", "attn2": "cross_attn"}
+    projections = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o"}
+    feed_forward = {"ffn.net.0.proj": "ffn_0", "ffn.net.2": "ffn_2"}
+    out = {}
+    for key, tensor in state.items():
+        module, part = key.removeprefix("transformer.").rsplit(".lora_", 1)
+        _, index, rest = module.split(".", 2)
+        if rest in feed_forward:
+            base = f"lora_unet_blocks_{index}_{feed_forward[rest]}"
+        else:
+            attn, proj = rest.split(".", 1)
+            base = f"lora_unet_blocks_{index}_{names[attn]}_{projections[proj]}"
         if part.startswith("A"):
             out[f"{base}.lora_down.weight"] = tensor.clone()
             out[f"{base}.alpha"] = torch.tensor(float(tensor.shape[0]) * alpha_over_rank)

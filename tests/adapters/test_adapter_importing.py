@@ -8,7 +8,13 @@ import struct
 
 import pytest
 import torch
-from adapter_helpers import generate_latent, make_pipe, random_lora_state, to_wan_original_layout
+from adapter_helpers import (
+    generate_latent,
+    make_pipe,
+    random_lora_state,
+    to_musubi_layout,
+    to_wan_original_layout,
+)
 from safetensors.torch import save
 
 from adapters.importing import AdapterImportError, expected_linear_shapes, import_lora, inspect_lora
@@ -100,3 +106,21 @@ def test_adapters_for_another_architecture_are_refused(tiny):
     not_lora = {"blocks.0.attn1.to_q.weight": torch.zeros(24, 24)}
     with pytest.raises(AdapterImportError, match="no LoRA tensors"):
         import_lora(save(not_lora), tiny["transformer"], filename="full.safetensors")
+
+
+def test_musubi_layout_with_feed_forward_layers(tiny, tmp_path):
+    transformer = tiny["transformer"]
+    state = random_lora_state(transformer, ffn=True, seed=5)
+    diffusers_bytes, found = import_lora(save(state), transformer, filename="d.safetensors")
+    assert len(found.modules) == 20  # 2 blocks x (8 attention projections + 2 feed-forward layers)
+    musubi_bytes, found = import_lora(save(to_musubi_layout(state)), transformer, filename="musubi.safetensors")
+    assert found.layout == "musubi" and len(found.modules) == 20
+    pipe = make_pipe(build_tiny_components())
+    outputs = []
+    for name, data in (("d", diffusers_bytes), ("m", musubi_bytes)):
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(data)
+        pipe.load_lora_weights(str(path), adapter_name=name)
+        pipe.set_adapters([name])
+        outputs.append(generate_latent(pipe, "mara walks"))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
