@@ -8,7 +8,9 @@
 - "on demand": `adapters_to_train(services, project_id)` and `ensure_adapters(services, project_id,
   character_ids)` (queues missing/stale trainings, returns the jobs to wait for); `scene_adapters(...)` picks the
   adapters a scene uses (ready, for the project's model preset);
-- identity: `score_take(services, take_id)` stores per-character cosine scores on the take.
+- faces: `analyze_pending_references(services, project_id)` analyses references stored without faces (storyboard
+  imports, uploads before the face models were installed); `score_take(services, take_id)` stores
+  per-character identity scores (cosine) on the take.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from studio.faces.jobs import run_train_adapter
 from studio.faces.runtime import apply_adapters, substitute_captions
 from studio.faces.service import (
     adapters_to_train,
+    analyze_pending_references,
     current_adapter,
     ensure_adapters,
     request_training,
@@ -40,6 +43,7 @@ def scene_adapters(services, project_id: int, character_ids) -> list:
 
 __all__ = [
     "adapters_to_train",
+    "analyze_pending_references",
     "apply_adapters",
     "ensure_adapters",
     "request_training",

@@ -88,6 +88,20 @@ def reanalyze_character(services, character_id: int, analyzer: FaceAnalyzer | No
     return [analyze_reference(services, r.id, analyzer) for r in services.characters.list_references(character_id)]
 
 
+def analyze_pending_references(services, project_id: int, analyzer: FaceAnalyzer | None = None) -> list:
+    """Analyse every reference of the project that was stored without a face analysis (storyboard imports, uploads
+    made before the face models were installed). Without the models: nothing happens, an empty list returns."""
+    analyzer = analyzer or face_analyzer_for(services.settings)
+    if not analyzer.is_available():
+        return []
+    results = []
+    for character in services.characters.list(project_id):
+        for reference in services.characters.list_references(character.id):
+            if reference.analyzed_at is None:
+                results.append(analyze_reference(services, reference.id, analyzer))
+    return results
+
+
 def reference_fingerprint(references) -> str:
     """Identifies a set of reference pictures by content (assets are content-addressed), order-free."""
     ids = sorted(int(r.asset_id) for r in references)
@@ -346,6 +360,7 @@ __all__ = [
     "TrainingNeed",
     "add_reference",
     "adapters_to_train",
+    "analyze_pending_references",
     "analyze_reference",
     "current_adapter",
     "ensure_adapters",

@@ -71,3 +71,18 @@ def test_invalid_pictures_are_refused(sqlite_services, analyzer):
     with pytest.raises(ValidationError):
         add_reference(services, mara.id, "notes.png", b"this is not a picture", analyzer)
     assert services.characters.list_references(mara.id) == []
+
+
+def test_pending_references_are_analysed_once_the_models_exist(sqlite_services, face_model_dir):
+    from studio.characters_jobs import analyze_pending_references
+
+    services = sqlite_services
+    project = tiny_project(services)
+    mara = services.characters.create(project.id, "Mara")
+    tom = services.characters.create(project.id, "Tom")
+    services.characters.add_reference(mara.id, "m.png", png_bytes(face_picture([(20, 30, 64, RED)])))
+    services.characters.add_reference(tom.id, "t.png", png_bytes(face_picture([])))
+    assert analyze_pending_references(services, project.id) == []  # no models in the data dir: nothing happens
+    results = analyze_pending_references(services, project.id, FaceAnalyzer(face_model_dir))
+    assert sorted(r.reference.flags for r in results) == [(), ("no_face",)]
+    assert analyze_pending_references(services, project.id, FaceAnalyzer(face_model_dir)) == []  # all done
