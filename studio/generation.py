@@ -447,6 +447,29 @@ def _score_identity(services, take_id) -> None:
         logger.exception("identity scores of take %s failed", take_id)
 
 
+def _written_by_this_job(ctx: JobContext, shots) -> dict[int, list[int]]:
+    """Takes an earlier attempt of this very job already wrote (it died between two takes): shot id -> take ids.
+
+    A re-queued job finishes what is missing instead of making those shots again, so a kill while takes are
+    being written never leaves a shot with two takes from one request.
+    """
+    if (ctx.job.attempts or 0) <= 1:
+        return {}
+    written = {}
+    for shot in shots:
+        ids = [take.id for take in ctx.services.takes.list_takes(shot.id) if take.job_id == ctx.job_id]
+        if ids:
+            written[shot.id] = ids
+    return written
+
+
+def _with_earlier_takes(result: dict, written: dict[int, list[int]]) -> dict:
+    if written:
+        earlier = [take_id for ids in written.values() for take_id in ids]
+        result = dict(result, takes=earlier + result["takes"], shots=list(written) + result["shots"])
+    return result
+
+
 def run_generate_scene(ctx: JobContext) -> dict:
     payload = ctx.job.payload or {}
     if "scene_id" not in payload:
@@ -460,8 +483,11 @@ def run_generate_scene(ctx: JobContext) -> dict:
         targets = [shot.id for shot in scene.shots if ctx.services.takes.chosen_take(shot.id) is None]
     else:
         targets = payload.get("shot_ids")
+    written = _written_by_this_job(ctx, scene.shots)
+    if written:
+        targets = [s.id for s in scene.shots if (targets is None or s.id in targets) and s.id not in written]
     plan = plan_scene(ctx.services, project, scene, targets, payload.get("seed"))
-    return run_plan(ctx, plan)
+    return _with_earlier_takes(run_plan(ctx, plan), written)
 
 
 def run_regenerate_shot(ctx: JobContext) -> dict:
@@ -471,5 +497,7 @@ def run_regenerate_shot(ctx: JobContext) -> dict:
     project_id = _project_id_of(ctx.services, ctx.job, payload)
     project = ctx.services.projects.get(project_id)
     scene = _scene_of_shot(ctx.services, project_id, payload["shot_id"])
-    plan = plan_scene(ctx.services, project, scene, [payload["shot_id"]], payload.get("seed"), regenerate_seed=True)
-    return run_plan(ctx, plan, regenerate_mode=payload.get("mode"))
+    written = _written_by_this_job(ctx, [s for s in scene.shots if s.id == payload["shot_id"]])
+    targets = [] if written else [payload["shot_id"]]
+    plan = plan_scene(ctx.services, project, scene, targets, payload.get("seed"), regenerate_seed=True)
+    return _with_earlier_takes(run_plan(ctx, plan, regenerate_mode=payload.get("mode")), written)

@@ -96,6 +96,7 @@ class JobContext:
                 preview, kind="preview", mime="image/png", filename=f"job-{self.job_id}-preview.png"
             )
             preview_asset_id = asset.id
+        replaced_preview = self.state.preview_asset_id if preview_asset_id is not None else None
         self.state = ProgressState(
             fraction=fraction,
             message=message or self.state.message,
@@ -108,6 +109,8 @@ class JobContext:
         due = first or now - self._last_write_at >= self.progress_interval_s
         if due or reached_end or preview_asset_id is not None:
             self.flush()
+        if replaced_preview is not None and replaced_preview != preview_asset_id:
+            self._drop_preview(replaced_preview)
 
     def flush(self) -> None:
         """Write the latest accepted progress to the job row now."""
@@ -126,6 +129,14 @@ class JobContext:
         )
         self._last_write_at = self.clock()
         self.writes += 1
+
+    def _drop_preview(self, asset_id) -> None:
+        """A job keeps only its latest preview frame: the older one is no longer referenced by anything."""
+        try:
+            with self.services.db.unit_of_work() as session:
+                self.services.assets.delete_unreferenced(session, {asset_id})
+        except Exception:  # noqa: BLE001 - a leftover preview costs a few KB; never fail the job for it
+            pass
 
     def should_cancel(self) -> bool:
         """True once the job's cancel was requested. Raises WorkerStopping / JobLost when the worker must let go."""

@@ -92,6 +92,13 @@ def test_previews_are_stored_every_n_steps(sqlite_settings):
         preview = Image.open(io.BytesIO(services.assets.read_bytes(view.preview_asset_id)))
         assert preview.size == (32, 32)
         assert np.asarray(preview).std() > 0  # a decoded frame, not a blank
+        from sqlalchemy import func, select
+
+        from studio.db import models
+
+        with services.db.unit_of_work() as session:
+            previews = session.scalar(select(func.count()).where(models.Asset.kind == "preview"))
+        assert previews == 1  # 2 previews were made (steps 1 and 2 of 3); only the latest is kept
     finally:
         services.close()
 
@@ -151,3 +158,33 @@ def test_a_character_adapter_is_loaded_for_its_shots_and_recorded_with_the_take(
     assert services.takes.chosen_take(plain_shot).params["caption"] == "a dog runs"
     assert cache.key == ("tiny", "fp32", ()) and loaded_loras(pipe) == []
     assert (cache.stats.loads, cache.stats.adapter_swaps) == (1, 1)
+
+
+def test_a_job_requeued_after_dying_between_two_takes_finishes_without_doubling_them(sqlite_services):
+    from studio.generation import encode_latents, encode_mp4, encode_png
+
+    services = sqlite_services
+    project, scene_id, (first_shot, second_shot) = tiny_project(services)
+    job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id}, project.id)
+    assert services.jobs.claim_next_job("dead-worker").id == job.id
+    frames = np.zeros((5, 32, 32, 3), dtype=np.uint8)
+    written = services.takes.add_take(  # the first take was written, then the worker was killed
+        first_shot,
+        job.id,
+        video=encode_mp4(frames, 8),
+        thumbnail=encode_png(frames[0]),
+        latents=encode_latents(torch.zeros(1, 16, 2, 4, 4)),
+        seed=3,
+        params={"model": "tiny", "width": 32, "height": 32},
+    )
+    (requeued,) = services.jobs.recover_stale_jobs(0.0, worker_id="dead-worker")
+    assert requeued.status == "queued"
+
+    run_all(services)
+
+    view = services.jobs.get(job.id)
+    assert (view.status, view.attempts) == ("done", 2)
+    assert [t.id for t in services.takes.list_takes(first_shot)] == [written.id]  # not made again
+    (second_take,) = services.takes.list_takes(second_shot)
+    assert view.result["takes"] == [written.id, second_take.id]
+    assert second_take.params["regenerated"] == [1]  # made with the first shot's take as its context
