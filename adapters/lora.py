@@ -180,8 +180,10 @@ def train_lora(
     requires_grad = {name: p.requires_grad for name, p in transformer.named_parameters()}
     prior_adapters = list(transformer.active_adapters()) if getattr(transformer, "peft_config", None) else []
     transformer.requires_grad_(False)
-    torch.manual_seed(config.seed)  # the LoRA's random init (lora_A gaussian, lora_B zero)
-    transformer.add_adapter(lora_config(config), adapter_name=TRAINING_ADAPTER_NAME)
+    # The LoRA's random init (lora_A gaussian, lora_B zero) from the run's seed, without moving the caller's RNGs.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        transformer.add_adapter(lora_config(config), adapter_name=TRAINING_ADAPTER_NAME)
     transformer.set_adapter(TRAINING_ADAPTER_NAME)
     params = [p for n, p in transformer.named_parameters() if TRAINING_ADAPTER_NAME in n]
     for p in params:
