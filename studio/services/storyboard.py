@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from studio.db import models
 from studio.db.engine import Database
@@ -76,6 +77,15 @@ def _transition(kind: str | None, seconds: object) -> tuple[str, float]:
     return transition_type, duration
 
 
+# Load a scene's shots, their characters and their takes' ids in three queries instead of two per shot.
+_SCENE_LOADS = (
+    selectinload(models.Scene.shots).selectinload(models.Shot.characters),
+    selectinload(models.Scene.shots)
+    .selectinload(models.Shot.takes)
+    .load_only(models.Take.id, models.Take.shot_id, models.Take.number),
+)
+
+
 class StoryboardService:
     def __init__(self, db: Database, assets: AssetStore) -> None:
         self.db = db
@@ -108,7 +118,12 @@ class StoryboardService:
 
     def get_scene(self, scene_id: int) -> SceneView:
         with self.db.unit_of_work() as session:
-            return scene_view(self._scene(session, scene_id))
+            scene = session.scalars(
+                select(models.Scene).where(models.Scene.id == scene_id).options(*_SCENE_LOADS)
+            ).first()
+            if scene is None:
+                raise NotFoundError(f"scene {scene_id} does not exist")
+            return scene_view(scene)
 
     def delete_scene(self, scene_id: int) -> SceneView:
         """Move the scene (with its shots and takes) to the bin."""
@@ -145,7 +160,7 @@ class StoryboardService:
         """Live scenes in order, each with its live shots in order."""
         with self.db.unit_of_work() as session:
             self._project(session, project_id)
-            return [scene_view(s) for s in self._live_scenes(session, project_id)]
+            return [scene_view(s) for s in self._live_scenes(session, project_id, with_shots=True)]
 
     # Shots -------------------------------------------------------------------------------------------------------
 
@@ -454,14 +469,15 @@ class StoryboardService:
         return shot
 
     @staticmethod
-    def _live_scenes(session, project_id: int) -> list[models.Scene]:
-        return list(
-            session.scalars(
-                select(models.Scene)
-                .where(models.Scene.project_id == project_id, models.Scene.deleted_at.is_(None))
-                .order_by(models.Scene.position, models.Scene.id)
-            )
+    def _live_scenes(session, project_id: int, with_shots: bool = False) -> list[models.Scene]:
+        query = (
+            select(models.Scene)
+            .where(models.Scene.project_id == project_id, models.Scene.deleted_at.is_(None))
+            .order_by(models.Scene.position, models.Scene.id)
         )
+        if with_shots:
+            query = query.options(*_SCENE_LOADS)
+        return list(session.scalars(query))
 
     @staticmethod
     def _live_shots(session, scene_id: int) -> list[models.Shot]:
