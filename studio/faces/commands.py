@@ -10,7 +10,8 @@
     python -m studio adapter list PROJECT CHARACTER
 
 PROJECT is a project name or id, CHARACTER a character name or id. `adapter train` queues a job for the worker;
-with `--now` it trains in this process and prints each step. Refusals print `error: <reason>` and exit 1.
+with `--now` this process works the training queue (jobs queued before run first) until it is done.
+Refusals print `error: <reason>` and exit 1.
 """
 
 from __future__ import annotations
@@ -209,39 +210,52 @@ def adapter_train_command(args, services) -> int:
 
 
 def _run_now(services, job) -> int:
-    """Claim the job just queued and run it in this process (headless use without a worker)."""
+    """Work as a one-off worker until the job just queued is done: claim train_adapter jobs in queue order (any
+    queued ahead of it run first, so none is left claimed and unattended) and run each here."""
     import os
 
+    worker_id = f"cli-{os.getpid()}"
+    while True:
+        claimed = services.jobs.claim_next_job(worker_id, kinds=("train_adapter",))
+        if claimed is None:
+            current = services.jobs.get(job.id)
+            return _fail(
+                f"job {job.id} is {current.status} on {current.worker_id or 'another worker'}; "
+                "follow it with: python -m studio jobs"
+            )
+        status = _run_claimed(services, claimed, announce=claimed.id == job.id)
+        if claimed.id == job.id:
+            return status
+
+
+def _run_claimed(services, claimed, announce: bool) -> int:
     from studio.faces.jobs import run_train_adapter
 
-    worker_id = f"cli-{os.getpid()}"
-    claimed = services.jobs.claim_next_job(worker_id, kinds=("train_adapter",))
-    if claimed is None or claimed.id != job.id:
-        return _fail(f"job {job.id} is already taken by a worker; follow it with: python -m studio jobs")
     last = {"step": 0}
 
     def report(fraction, message="", step=None, total=None, **_):
-        services.jobs.report_progress(job.id, fraction, message=message, step=step, total=total)
+        services.jobs.report_progress(claimed.id, fraction, message=message, step=step, total=total)
         if step is not None and total and (step == total or step - last["step"] >= max(1, total // 10)):
             last["step"] = step
-            print(f"  {message}", file=sys.stderr)
+            print(f"  job {claimed.id}: {message}", file=sys.stderr)
 
     try:
-        result = run_train_adapter(services, claimed, report, lambda: services.jobs.is_cancel_requested(job.id))
+        result = run_train_adapter(services, claimed, report, lambda: services.jobs.is_cancel_requested(claimed.id))
     except _refusals() as error:
-        services.jobs.fail(job.id, str(error))
-        return _fail(error)
+        services.jobs.fail(claimed.id, str(error))
+        return _fail(error) if announce else 1
     except BaseException as error:
-        services.jobs.fail(job.id, f"{type(error).__name__}: {error}")
+        services.jobs.fail(claimed.id, f"{type(error).__name__}: {error}")
         raise
     if result.get("cancelled"):
-        services.jobs.mark_cancelled(job.id)
-        return _fail("training was cancelled; nothing was registered")
-    services.jobs.finish(job.id, result)
-    print(
-        f"adapter {result['adapter_id']} ({result['kind']} v{result['version']}) ready: "
-        f"loss {result.get('eval_loss_before', 0):.4f} -> {result.get('eval_loss_after', 0):.4f}"
-    )
+        services.jobs.mark_cancelled(claimed.id)
+        return _fail("training was cancelled; nothing was registered") if announce else 1
+    services.jobs.finish(claimed.id, result)
+    if announce:
+        print(
+            f"adapter {result['adapter_id']} ({result['kind']} v{result['version']}) ready: "
+            f"loss {result.get('eval_loss_before', 0):.4f} -> {result.get('eval_loss_after', 0):.4f}"
+        )
     return 0
 
 

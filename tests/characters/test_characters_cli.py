@@ -90,6 +90,14 @@ def test_adapter_train_queue_and_now(sqlite_services, tmp_path, capsys):
     assert "queued job" in capsys.readouterr().out
     [job] = services.jobs.list_jobs(project_id=project.id)
     assert job.payload == {"character_id": mara.id, "kind": "lora", "hyperparameters": {"steps": 5}}
+    # A Tom job queued first: `--now` runs the queue in order, so Tom's job is done too, not left claimed.
+    tom = services.characters.create(project.id, "Tom")
+    services.characters.add_reference(tom.id, "t.png", png_bytes(face_picture([(20, 30, 50, GREEN)])))
+    tom_job = services.jobs.enqueue(
+        "train_adapter",
+        {"character_id": tom.id, "kind": "embedding", "hyperparameters": {"steps": 3}},
+        project_id=project.id,
+    )
     services.jobs.request_cancel(job.id)
     services.jobs.mark_cancelled(job.id)
 
@@ -104,6 +112,8 @@ def test_adapter_train_queue_and_now(sqlite_services, tmp_path, capsys):
     assert "lora v1) ready" in out and "lora step 10/10" in err
     [adapter] = services.characters.list_adapters(mara.id)
     assert adapter.status == "ready" and services.jobs.get(adapter.job_id).status == "done"
+    assert services.jobs.get(tom_job.id).status == "done"
+    assert [a.kind for a in services.characters.list_adapters(tom.id)] == ["embedding"]
     assert run(services, "adapter", "list", "Lighthouse", "Mara") == 0
     assert "lora v1\tready\ttiny" in capsys.readouterr().out
 
