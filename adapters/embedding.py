@@ -126,9 +126,10 @@ def read_embedding(path: str | Path) -> tuple[torch.Tensor, dict]:
 
 
 def _initial_rows(tokenizer, text_encoder, init_text: str, num_vectors: int) -> torch.Tensor:
-    weight = text_encoder.get_input_embeddings().weight.detach().float()
+    weight = text_encoder.get_input_embeddings().weight.detach()
     ids = [i for i in tokenizer(init_text, add_special_tokens=False).input_ids if i != tokenizer.unk_token_id]
-    base = weight[ids].mean(0) if ids else weight.mean(0)
+    # Reduce in fp32 without copying the whole table to fp32 (UMT5's is 256k x 4096).
+    base = weight[ids].float().mean(0) if ids else weight.mean(0, dtype=torch.float32)
     return base.unsqueeze(0).repeat(num_vectors, 1).cpu()
 
 
