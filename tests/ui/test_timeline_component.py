@@ -81,7 +81,7 @@ def timeline_app():
 
 def wait_events(page, events: list, count: int) -> list:
     page.wait_for_function("1", timeout=100)
-    for _ in range(100):
+    for _ in range(400):
         if len(events) >= count:
             return events
         page.wait_for_timeout(50)
