@@ -57,7 +57,8 @@ class EmbeddingTrainingConfig:
             preset = get_preset(preset)
         values = default_hyperparameters(preset.name, "embedding")
         values.update(width=preset.width, height=preset.height, max_sequence_length=preset.max_sequence_length)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        # None means "the preset's value" for every setting except the caption length, where it means unpadded.
+        values.update({k: v for k, v in overrides.items() if v is not None or k == "max_sequence_length"})
         return cls(**values)
 
     def validate(self) -> None:

@@ -66,7 +66,8 @@ class LoraTrainingConfig:
         values.update(width=preset.width, height=preset.height, max_sequence_length=preset.max_sequence_length)
         # Real Wan models keep every block's activations for the backward pass otherwise: recompute them instead.
         values["gradient_checkpointing"] = preset.source == "local"
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        # None means "the preset's value" for every setting except the caption length, where it means unpadded.
+        values.update({k: v for k, v in overrides.items() if v is not None or k == "max_sequence_length"})
         return cls(**values)
 
     def validate(self) -> None:
@@ -87,7 +88,7 @@ class PreparedSamples:
     """Reference views encoded once: training then never runs the VAE or the text encoder again."""
 
     latents: torch.Tensor  # [N, C, 1, h, w]
-    text: torch.Tensor  # [N, L, D]
+    text: list[torch.Tensor]  # per view, [L, D] (L: the caption's own length, or max_sequence_length)
     captions: list[str] = field(default_factory=list)
 
 
@@ -106,10 +107,24 @@ def prepare_samples(
     per_picture = max(1, config.augment_variants)
     view_captions = [caption for caption in captions for _ in range(per_picture)]
     latents = encode_images(components["vae"], views)
-    text = prompt_text_embeddings(
-        components["tokenizer"], components["text_encoder"], view_captions, config.max_sequence_length
-    ).float()
-    return PreparedSamples(latents=latents, text=text.cpu(), captions=view_captions)
+    # Each distinct caption once, on its own: batching the T5 encoder over every view would cost memory for
+    # nothing, and padding captions of different lengths together would change what an unpadded model sees.
+    encoded = {
+        caption: prompt_text_embeddings(
+            components["tokenizer"], components["text_encoder"], [caption], config.max_sequence_length
+        )[0]
+        .float()
+        .cpu()
+        for caption in dict.fromkeys(view_captions)
+    }
+    return PreparedSamples(latents=latents, text=[encoded[c] for c in view_captions], captions=view_captions)
+
+
+def batch_text(samples: PreparedSamples, index: torch.Tensor) -> torch.Tensor:
+    """[B, L, D] caption embeddings of the chosen samples, zero-padded to the longest of the batch."""
+    rows = [samples.text[int(i)] for i in index]
+    length = max(row.shape[0] for row in rows)
+    return torch.stack([torch.cat([row, row.new_zeros(length - row.shape[0], row.shape[1])]) for row in rows])
 
 
 def lora_config(config: LoraTrainingConfig):
@@ -201,7 +216,7 @@ def train_lora(
         prediction = transformer(
             hidden_states=noisy.to(device, dtype),
             timestep=timestep.to(device),
-            encoder_hidden_states=samples.text[index].to(device, dtype),
+            encoder_hidden_states=batch_text(samples, index).to(device, dtype),
             return_dict=False,
         )[0]
         return torch.nn.functional.mse_loss(prediction.float(), target.to(device))

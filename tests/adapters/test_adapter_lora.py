@@ -165,3 +165,18 @@ def test_training_is_reproducible_and_leaves_the_global_rng_alone(tmp_path):
         build_tiny_components()  # the same global draws as above, without training
         assert torch.equal(after, torch.rand(1))
     assert curves[0] == curves[1]
+
+
+def test_captions_of_different_lengths_unpadded(tmp_path):
+    from adapters.lora import batch_text, prepare_samples
+
+    components = build_tiny_components()
+    config = LoraTrainingConfig.for_preset("tiny", steps=3, batch_size=2, max_sequence_length=None, augment_variants=1)
+    pictures = [reference_picture(), reference_picture((40, 200, 40))]
+    captions = ["mara", "mara , a keeper in red"]
+    samples = prepare_samples(components, pictures, captions, config)
+    assert [t.shape[0] for t in samples.text] == [2, 7]  # each caption at its own length (words + eos)
+    batch = batch_text(samples, torch.tensor([0, 1]))
+    assert batch.shape[:2] == (2, 7) and torch.equal(batch[0, 2:], torch.zeros(5, batch.shape[2]))
+    result = train_lora(components, pictures, "<mara>", tmp_path / "m.safetensors", config=config, captions=captions)
+    assert result.steps_done == 3 and result.path.is_file()
