@@ -30,7 +30,7 @@ def fast_settings(settings, **update):
 def spawn_worker(settings, worker_id: str, log_path: Path, *args: str) -> subprocess.Popen:
     from studio.worker.process import settings_environment, worker_command
 
-    command = worker_command(settings, worker_id, ("--poll-interval", "0.02", "--threads", "1", *args))
+    command = worker_command(settings, worker_id, ("--poll-interval", "0.05", "--threads", "1", *args))
     env = settings_environment(settings)
     env["PYTHONPATH"] = str(REPO)
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime

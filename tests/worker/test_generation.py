@@ -6,6 +6,7 @@ import io
 
 import imageio_ffmpeg
 import numpy as np
+import pytest
 import safetensors.torch
 import torch
 from PIL import Image
@@ -188,3 +189,21 @@ def test_a_job_requeued_after_dying_between_two_takes_finishes_without_doubling_
     (second_take,) = services.takes.list_takes(second_shot)
     assert view.result["takes"] == [written.id, second_take.id]
     assert second_take.params["regenerated"] == [1]  # made with the first shot's take as its context
+
+
+@pytest.mark.gpu
+def test_generation_on_cuda_uses_bf16_and_records_the_device(sqlite_settings):
+    from studio.services import build_services
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    services = build_services(sqlite_settings.model_copy(update={"device": "cuda", "dtype": "auto"}))
+    try:
+        project, scene_id, shot_ids = tiny_project(services)
+        job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id}, project.id)
+        run_all(services)
+        assert services.jobs.get(job.id).status == "done", services.jobs.get(job.id).error
+        params = services.takes.chosen_take(shot_ids[0]).params
+        assert params["device"].startswith("cuda") and params["dtype"] in ("bfloat16", "float16")
+    finally:
+        services.close()
