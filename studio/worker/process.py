@@ -272,7 +272,12 @@ class Worker:
             heartbeat_stop.set()
             heartbeat.join(timeout=5)
             self.current_job_id = None
-        return jobs.get(job.id)
+            if "torch" in sys.modules:
+                from studio.worker.device import free_device_memory
+
+                # The warm pipeline stays; what a stopped or failed run left in the allocator goes back to the device.
+                free_device_memory(self._pipelines.device if self._pipelines is not None else None)
+        return retry_db(jobs.get, job.id)
 
     def _still_mine(self, job_id) -> bool:
         job = retry_db(self.services.jobs.get, job_id)
