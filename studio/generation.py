@@ -3,14 +3,17 @@
 Both build the scene's `ShotSpec`s from the services, run the worker's warm `MultiShotPipeline`, then write one
 take per generated shot through `services.takes.add_take` (MP4 at the project's fps, PNG thumbnail, the clean
 latents as .safetensors for later regeneration, and every parameter sent to the pipeline). Takes are written only
-after the last denoising step, all at the end, so a job killed mid-way has written nothing and can simply run again.
+after the last denoising step, each in one unit of work (files and row), so a job killed while denoising has
+written nothing and simply runs again; one killed between two takes finishes the missing ones when it runs again.
 
-Payloads:
-- generate_scene: {"scene_id": int, "only_missing": bool = False, "seed": int | None}
-  `only_missing` (what `python -m studio render` uses) generates only the shots without a take, with the other
-  shots' chosen takes as context, so a re-run after a kill never redoes a take that exists.
-- regenerate_shot: {"shot_id": int, "seed": int | None, "mode": "inpaint" | "context" | None}
-  A new take of one shot; its neighbours' chosen takes are the context and get no new take.
+Payloads (the job's project_id, or "project_id" in the payload, names the project):
+- generate_scene: {"scene_id": int, "shot_ids": [int] | None, "only_missing": bool = False, "seed": int | None,
+  "steps": int | None}. Without `shot_ids` every shot is generated; with them (or with `only_missing`, what
+  `python -m studio render` uses) only those, the scene's other shots joining as context through their chosen
+  takes, so a re-run never redoes a take that exists. `steps` overrides the project's step count.
+- regenerate_shot: {"shot_id": int, "seed": int | None, "mode": "inpaint" | "context" | None, "steps": int | None}
+  A new take of one shot (not chosen automatically); its neighbours' chosen takes are the context and get no new
+  take. Without a seed a new one is drawn.
 """
 
 from __future__ import annotations

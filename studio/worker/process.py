@@ -5,8 +5,10 @@ starts more. Every claim is atomic in the database (services.jobs.claim_next_job
 number of machines sharing the database and the asset store, never run the same job twice.
 
 While a job runs, a thread heartbeats its row every `heartbeat_s`. A worker that dies leaves a running job whose
-heartbeat stops; the next start of a worker with the same id recovers it at once, and any other worker recovers
-it once the heartbeat is older than `heartbeat_timeout_s` (checked every poll while idle).
+heartbeat stops. It is recovered (re-queued, or failed after too many attempts) at once by the next start of a
+worker with the same id, or by any worker on the same host once the owner's process is gone (ids carry the pid);
+any other worker recovers it when its heartbeat is older than `heartbeat_timeout_s` (checked while idle).
+SIGTERM/SIGINT stop the worker at the next step and put its running job back in the queue.
 """
 
 from __future__ import annotations
