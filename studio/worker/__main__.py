@@ -9,13 +9,29 @@ import sys
 
 from studio.config import add_settings_arguments, settings_overrides_from_args
 
+# The settings a worker uses (the web UI's host, port and auth are not among them).
+WORKER_SETTINGS = (
+    "data_dir",
+    "database_url",
+    "model_preset",
+    "device",
+    "dtype",
+    "offload",
+    "vae_tiling",
+    "preview_every",
+    "heartbeat_s",
+    "heartbeat_timeout_s",
+    "face_model_dir",
+    "model_dir",
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m studio.worker",
         description="Run a Shotline worker: claims queued jobs from the database and runs them on this device.",
     )
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, only=WORKER_SETTINGS)
     parser.add_argument(
         "--worker-id",
         help="stable id of this worker (default host:pid); a restart with the same id "
@@ -45,16 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from studio.config import load_settings
-    from studio.services import build_services
-    from studio.worker.process import Worker, install_signal_handlers
 
     try:
         settings = load_settings(None, **settings_overrides_from_args(args))
     except Exception as error:  # noqa: BLE001 - a bad value must end in one clear line, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from studio.services import build_services
+    from studio.worker.process import Worker, install_signal_handlers
+
     if args.threads:
         # Read by torch when it is first imported (by the first job that needs it), so idle workers stay light.
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
