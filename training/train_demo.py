@@ -345,18 +345,20 @@ def cmd_train(args) -> None:
 
 
 def cmd_export(args) -> None:
-    export_demo(args.run, args.dest, seed=args.seed, use_ema=not args.raw)
+    export_demo(args.run, args.dest, seed=args.seed, use_ema=not args.raw, vae_checkpoint=args.vae)
     print(f"exported to {args.dest}")
 
 
-def export_demo(run: Path, dest: Path, seed: int = 0, use_ema: bool = True) -> None:
+def export_demo(
+    run: Path, dest: Path, seed: int = 0, use_ema: bool = True, vae_checkpoint: Path | None = None
+) -> None:
     """Write tokenizer, text encoder, VAE (with latent statistics), transformer and scheduler in the diffusers
     folder layout, weights as safetensors."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
 
     dest.mkdir(parents=True, exist_ok=True)
     stats = json.loads((run / "latent_stats.json").read_text())
-    vae_ckpt = torch.load(Path(stats["vae"]).with_name("last.pt"), weights_only=False)
+    vae_ckpt = torch.load(vae_checkpoint or stats["vae"], weights_only=False)
     cached = torch.load(run / "vae_encoder.pt", weights_only=False)["vae"]
     for name, value in cached.items():
         if name.startswith(("encoder.", "quant_conv.")) and not torch.equal(value, vae_ckpt["vae"][name]):
@@ -422,6 +424,13 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--init", type=Path, default=None, help="start from an exported model folder")
     export = sub.choices["export"]
     export.add_argument("--dest", type=Path, default=Path("assets/demo"))
+    export.add_argument(
+        "--vae",
+        type=Path,
+        default=None,
+        help="VAE checkpoint (default: the one the cache used); "
+        "a decoder-only run from it sharpens the decoder and keeps the latent space",
+    )
     export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
     args = parser.parse_args(argv)
     {"cache": cmd_cache, "train": cmd_train, "export": cmd_export}[args.command](args)

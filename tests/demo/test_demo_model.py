@@ -1,0 +1,82 @@
+"""The shipped demo model (assets/demo): loads offline through the studio's loader and renders the storyboard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipelines.loading import DEMO_MODEL_DIR
+
+pytestmark = pytest.mark.skipif(
+    not (DEMO_MODEL_DIR / "model_index.json").exists(), reason="assets/demo is not exported yet"
+)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from pipelines.loading import load_pipeline
+
+    return load_pipeline("demo", device="cpu", dtype="fp32")
+
+
+def test_shipped_weights_are_small_safetensors():
+    files = [p for p in DEMO_MODEL_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 40 * 2**20
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+    assert {p.parent.name for p in weights} == {"text_encoder", "vae", "transformer"}
+    assert all(p.suffix == ".safetensors" for p in weights)
+    index = json.loads((DEMO_MODEL_DIR / "model_index.json").read_text())
+    assert index["transformer"] == ["diffusers", "WanTransformer3DModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKLWan"]
+    assert index["text_encoder"] == ["transformers", "UMT5EncoderModel"]
+
+
+def test_shipped_model_loads_with_the_training_configs(pipe):
+    from training.train_demo import TRANSFORMER_CONFIG
+    from training.train_vae import VAE_CONFIG
+
+    cfg = pipe.transformer.config
+    for key in ("num_attention_heads", "attention_head_dim", "num_layers", "ffn_dim", "in_channels", "text_dim"):
+        assert cfg[key] == TRANSFORMER_CONFIG[key]
+    assert tuple(cfg.patch_size) == TRANSFORMER_CONFIG["patch_size"]
+    assert pipe.vae.config.z_dim == VAE_CONFIG["z_dim"] and len(pipe.vae.config.latents_std) == VAE_CONFIG["z_dim"]
+    assert pipe.config.cross_attention == "mmrope" and pipe.config.regenerate_mode == "context"
+    assert pipe.scheduler.config.shift == 3.0
+    assert pipe.resolution_multiple == 16
+
+
+def test_pipeline_encodes_captions_exactly_as_training_did(pipe):
+    from training.train_demo import encode_text
+    from training.world import sample_scene
+
+    scene = sample_scene(5, render=False)
+    for text in [scene.global_caption, *scene.captions, ""]:
+        ours = encode_text(pipe.tokenizer, pipe.text_encoder, text)
+        theirs = pipe.encode_caption(text, max_sequence_length=None)
+        assert ours.shape == theirs.shape and torch.equal(ours, theirs.float())
+    assert pipe.tokenizer.unk_token_id not in pipe.tokenizer(scene.captions[0]).input_ids
+
+
+@pytest.mark.slow
+def test_two_shot_render_shows_the_captioned_characters(pipe):
+    from pipelines import ShotSpec
+    from training.detector import read_shot
+    from training.world import CHARACTER_BY_NAME, global_caption, make_shot, shot_caption
+
+    shots = [make_shot("mara", "snow", "medium", "stays"), make_shot("tom", "snow", "medium", "stays")]
+    out = pipe(
+        shots=[ShotSpec(caption=shot_caption(s), num_frames=17) for s in shots],
+        global_caption=global_caption("snow", ["mara", "tom"]),
+        height=64,
+        width=64,
+        num_inference_steps=10,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(0),
+        max_sequence_length=None,
+    )
+    assert len(out.shots) == 2 and out.shots[0].shape == (17, 64, 64, 3)
+    for labels, frames in zip(shots, out.shots, strict=True):
+        reading = read_shot(frames)
+        assert reading.colour == CHARACTER_BY_NAME[labels.character].colour
