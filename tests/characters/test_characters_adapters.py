@@ -113,3 +113,53 @@ def test_scene_adapters_follow_the_project_preset(sqlite_services, tiny_transfor
     assert [a.id for a in scene_adapters(services, project.id, [mara.id, tom.id, mara.id])] == [new.id]
     services.projects.update_settings(project.id, preset="demo")
     assert scene_adapters(services, project.id, [mara.id]) == []  # a tiny-model LoRA would not load on demo
+
+
+WAN_1_3B = {
+    "_class_name": "WanTransformer3DModel",
+    "patch_size": [1, 2, 2],
+    "num_attention_heads": 12,
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 8960,
+    "num_layers": 30,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-06,
+    "rope_max_seq_len": 1024,
+}
+
+
+def _zero_lora(width: int, blocks: int, rank: int = 1) -> dict:
+    state = {}
+    for block in range(blocks):
+        for attn in ("self_attn", "cross_attn"):
+            for proj in ("q", "k", "v", "o"):
+                base = f"diffusion_model.blocks.{block}.{attn}.{proj}"
+                state[f"{base}.lora_down.weight"] = torch.zeros(rank, width)
+                state[f"{base}.lora_up.weight"] = torch.zeros(width, rank)
+    return state
+
+
+def test_import_checks_a_real_model_config_without_its_weights(sqlite_services, tmp_path):
+    import json
+
+    services = sqlite_services
+    folder = services.settings.resolved_model_dir / "wan2.1-t2v-1.3b" / "transformer"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(WAN_1_3B))
+    project = services.projects.create("Real", preset="wan2.1-t2v-1.3b")
+    mara = services.characters.create(project.id, "Mara")
+    adapter = import_adapter(services, mara.id, "mara13b.safetensors", save(_zero_lora(1536, 30)))
+    assert adapter.base_preset == "wan2.1-t2v-1.3b" and adapter.hyperparameters["modules"] == 240
+    with pytest.raises(ValidationError, match="made for another model"):
+        import_adapter(services, mara.id, "mara14b.safetensors", save(_zero_lora(5120, 40)))
+    assert len(services.characters.list_adapters(mara.id)) == 1
+
+    other = services.projects.create("Elsewhere", preset="wan2.1-t2v-14b")
+    tom = services.characters.create(other.id, "Tom")
+    with pytest.raises(ValidationError, match="weights for model preset 'wan2.1-t2v-14b' are missing"):
+        import_adapter(services, tom.id, "tom.safetensors", save(_zero_lora(5120, 1)))
