@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
+        "--parent-pid", type=int, help="stop (putting the running job back in the queue) when this process is gone"
+    )
+    parser.add_argument(
         "--preload",
         metavar="PRESET",
         help="load this model preset before taking jobs, so the first one starts warm ('imports' only imports the "
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         kinds=kinds,
         poll_interval_s=args.poll_interval,
         progress_interval_s=args.progress_interval,
+        parent_pid=args.parent_pid,
     )
     install_signal_handlers(worker)
     if args.preload:

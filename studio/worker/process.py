@@ -93,6 +93,7 @@ class Worker:
         pipelines=None,
         poll_interval_s: float = 0.5,
         progress_interval_s: float = 0.5,
+        parent_pid: int | None = None,
     ):
         from studio.worker.handlers import default_handlers
 
@@ -107,6 +108,18 @@ class Worker:
         self._stop = threading.Event()
         self.stats = WorkerStats()
         self.current_job_id = None
+        self.parent_pid = parent_pid  # the app that started this worker: when it is gone, so is the worker
+
+    def orphaned(self) -> bool:
+        """True once the app that started this worker died (the child was re-parented); stops the worker."""
+        if self.parent_pid is None or os.getppid() == self.parent_pid:
+            return False
+        if not self._stop.is_set():
+            logger.warning(
+                "the studio that started worker %s (pid %s) is gone: stopping", self.worker_id, self.parent_pid
+            )
+            self._stop.set()
+        return True
 
     @property
     def pipelines(self):
@@ -182,7 +195,7 @@ class Worker:
             if max_jobs is not None and self.stats.claimed >= max_jobs:
                 break
             if job is None:
-                if exit_when_idle:
+                if exit_when_idle or self.orphaned():
                     break
                 if time.monotonic() - last_recover >= max(1.0, self.settings.heartbeat_timeout_s / 2):
                     self.recover()
@@ -289,6 +302,8 @@ class Worker:
         from studio.services.errors import ConflictError
 
         while not stop.wait(self.settings.heartbeat_s):
+            if self.orphaned():
+                return  # the job stops at its next step and goes back to the queue
             try:
                 self.services.jobs.heartbeat(job_id, self.worker_id)
             except ConflictError:
@@ -396,7 +411,8 @@ class LocalWorkerProcess:
         return self
 
     def _spawn(self) -> None:
-        command = worker_command(self.settings, self.worker_id, self.extra_args)
+        extra_args = (*self.extra_args, "--parent-pid", str(os.getpid()))
+        command = worker_command(self.settings, self.worker_id, extra_args)
         out = self.output
         self.process = subprocess.Popen(
             command, env=settings_environment(self.settings), stdout=out, stderr=subprocess.STDOUT if out else None

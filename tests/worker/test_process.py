@@ -184,3 +184,50 @@ def test_the_apps_local_worker_is_restarted_after_a_crash_and_stops_cleanly(sqli
             code = worker.stop()
     assert code == 0  # SIGTERM: the worker finished its loop and exited on its own
     assert worker.restarts == 1 and not worker.is_alive()
+
+
+def test_a_worker_stops_when_the_studio_that_started_it_is_killed(sqlite_settings, tmp_path):
+    """kill -9 of the app must not leave a worker holding the device: the orphaned child notices and exits."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from studio.services import build_services
+    from studio.worker.process import settings_environment, worker_command
+
+    settings = fast_settings(sqlite_settings)
+    build_services(settings).close()
+    log_path = tmp_path / "orphan.log"
+    command = worker_command(settings, "orphan", ("--poll-interval", "0.05"))
+    app = (  # a stand-in for app.py: starts the worker as its child, says its pid, then waits to be killed
+        "import json, os, subprocess, sys, time\n"
+        f"child = subprocess.Popen({command!r} + ['--parent-pid', str(os.getpid())], "
+        f"stdout=open({str(log_path)!r}, 'ab'), stderr=subprocess.STDOUT)\n"
+        "print(json.dumps(child.pid), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", app], stdout=subprocess.PIPE, env=settings_environment(settings), text=True
+    )
+    worker_pid = json.loads(parent.stdout.readline())
+    try:
+        wait_for_log(log_path, "worker orphan ready")
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        wait_for_log(log_path, "is gone: stopping", timeout_s=60)
+        wait_for(lambda: not os.path.exists(f"/proc/{worker_pid}") or _is_zombie(worker_pid), 60, what="exit")
+    finally:
+        try:
+            os.kill(worker_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return True
