@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.loading import AdapterSpec, AppliedAdapters, substitute_triggers
-from adapters.loading import apply_adapters as apply_specs
-
+# adapters (torch, diffusers, peft) is imported inside the functions: importing this module, e.g. through
+# studio.characters_jobs in the render command or the UI process, must stay cheap.
 SUBSTITUTIONS_ATTRIBUTE = "_studio_trigger_substitutions"
 
 
-def adapter_specs(services, adapters) -> list[AdapterSpec]:
-    """`AdapterSpec`s for `((adapter_id, version), ...)` from the adapter rows and their weights assets."""
+def adapter_specs(services, adapters) -> list:
+    """`adapters.loading.AdapterSpec`s for `((adapter_id, version), ...)` from the adapter rows and weights."""
+    from adapters.loading import AdapterSpec
+
     specs = []
     for adapter_id, version in adapters:
         adapter = services.characters.get_adapter(int(adapter_id))
@@ -39,8 +40,11 @@ def adapter_specs(services, adapters) -> list[AdapterSpec]:
     return specs
 
 
-def apply_adapters(pipe, adapters, context) -> AppliedAdapters:
-    """Put exactly `adapters` on `pipe` (others removed) and remember the trigger substitutions on it."""
+def apply_adapters(pipe, adapters, context):
+    """Put exactly `adapters` on `pipe` (others removed) and remember the trigger substitutions on it; returns
+    `adapters.loading.AppliedAdapters`."""
+    from adapters.loading import apply_adapters as apply_specs
+
     applied = apply_specs(pipe, adapter_specs(context, adapters))
     setattr(pipe, SUBSTITUTIONS_ATTRIBUTE, dict(applied.substitutions))
     return applied
@@ -48,5 +52,7 @@ def apply_adapters(pipe, adapters, context) -> AppliedAdapters:
 
 def substitute_captions(pipe, captions: list[str]) -> list[str]:
     """Captions with each trigger replaced by what the loaded adapter answers to (unchanged without adapters)."""
+    from adapters.loading import substitute_triggers
+
     substitutions = getattr(pipe, SUBSTITUTIONS_ATTRIBUTE, None) or {}
     return [substitute_triggers(caption, substitutions) for caption in captions]

@@ -1,0 +1,15 @@
+"""The character area's studio modules stay cheap to import (the UI process and the CLI load them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_studio_modules_do_not_import_torch():
+    code = (
+        "import sys, studio.characters_jobs, studio.faces.commands, studio.faces.service; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'peft', 'insightface') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
