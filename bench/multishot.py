@@ -4,12 +4,13 @@
     .venv/bin/python bench/multishot.py --preset wan2.1-t2v-1.3b --random-weights    # GPU: 480p, 81 frames, bf16
 
 What is measured: one denoising step of the real pipeline (conditional + unconditional transformer pass and the
-scheduler step), timed between consecutive `callback_on_step_end` calls (after `--warmup` steps, the least of
-`--iters`); peak memory is what the step adds on top of the loaded weights (CUDA: max allocated; CPU: peak RSS,
-reset through /proc/self/clear_refs). Every shot has the same length, so "stock one by one" is the stock
-`diffusers.WanPipeline` step of one shot times the number of shots (on CPU measured again next to every row).
-TFLOP/s counts matmuls and attention (only the query-key pairs each mode visits) per measured second; on a GPU
-it is also given as a share of `--peak-tflops`. Prints Markdown tables for docs/PERFORMANCE.md.
+scheduler step), timed between consecutive `callback_on_step_end` calls: after `--warmup` steps the least of
+`--iters`, and the least of `--rounds` such measurements, alternated with the row's baseline. Peak memory is what
+the step adds on top of the loaded weights (CUDA: max allocated; CPU: peak RSS, reset through
+/proc/self/clear_refs). Every shot has the same length, so "stock one by one" is the stock `diffusers.WanPipeline`
+step of one shot times the number of shots. TFLOP/s counts matmuls and attention (only the query-key pairs each
+mode visits) per measured second; on a GPU it is also given as a share of `--peak-tflops`. Prints Markdown tables
+for docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--max-sequence-length", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=None, help="timed steps per row (default: 6 CPU, 2 GPU)")
+    parser.add_argument("--iters", type=int, default=None, help="timed steps per measurement (4 CPU, 2 GPU)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternated measurements per row (3 CPU, 1 GPU)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the CPU table uses 1)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="card's dense bf16 peak (H100 SXM: 989)")
     args = parser.parse_args()
@@ -194,10 +196,10 @@ def main() -> None:
         parser.error("--preset needs --random-weights (real weights are not part of the benchmark)")
     torch.set_num_threads(args.threads)
     if args.preset:
-        defaults = dict(device="cuda", frames=81, height=480, width=832, max_sequence_length=512, iters=2)
+        defaults = dict(device="cuda", frames=81, height=480, width=832, max_sequence_length=512, iters=2, rounds=1)
         args.dtype = torch.bfloat16
     else:
-        defaults = dict(device="cpu", frames=33, height=128, width=128, max_sequence_length=32, iters=6)
+        defaults = dict(device="cpu", frames=33, height=128, width=128, max_sequence_length=32, iters=4, rounds=3)
         args.dtype = torch.float32
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -259,7 +261,7 @@ def main() -> None:
     tokens = layout_of(1, "window").num_video_tokens
     print(f"Multi-shot pipeline: {name}, {args.width}x{args.height}, {args.frames} frames/shot ({tokens} tokens), ")
     print(f"captions padded to {args.max_sequence_length}, CFG, {args.dtype}, {device_name}, ")
-    print(f"torch {torch.__version__}, {platform.machine()}; best of {args.iters} steps after {args.warmup} warm-up\n")
+    print(f"torch {torch.__version__}, {platform.machine()}; best of {args.iters} steps x {args.rounds} rounds\n")
 
     measure(run_stock, args)  # first calls allocate caches and encode captions: keep them out of the table
     measure(run_pipe(args.max_shots, "full", "full", global_caption="a lighthouse at night"), args)
@@ -268,9 +270,21 @@ def main() -> None:
     gpu = args.device.type == "cuda"
     flop_col = " | % of peak" if gpu else ""
 
-    def stock_now() -> float:
-        """Stock one-shot s/step measured next to the row on CPU, where other jobs' load drifts minute to minute."""
-        return measure(run_stock, args)[0] if not gpu else stock_step
+    def alternate(run, other) -> tuple[float, float, float]:
+        """(s/step, peak MiB) of `run` and s/step of `other`, measured alternately `--rounds` times (least of each):
+        on a shared CPU other jobs' load drifts minute to minute, and both sides then see the same drift."""
+        seconds, mem, other_s = float("inf"), 0.0, float("inf")
+        for _ in range(args.rounds):
+            s_run, m_run = measure(run, args)
+            seconds, mem = min(seconds, s_run), max(mem, m_run)
+            other_s = min(other_s, measure(other, args)[0])
+        return seconds, mem, other_s
+
+    def paired(run) -> tuple[float, float, float]:
+        """`alternate(run, stock)`; on a GPU the one stock measurement is steady enough."""
+        if gpu:
+            return (*measure(run, args), stock_step)
+        return alternate(run, run_stock)
 
     def flop_cell(tflop: float, seconds: float) -> str:
         rate = tflop / seconds
@@ -285,9 +299,9 @@ def main() -> None:
     )
     for k in range(1, args.max_shots + 1):
         for self_mode in ("full", "sparse", "isolated"):
-            seconds, mem = measure(run_pipe(k, self_mode, "window"), args)
+            seconds, mem, stock_s = paired(run_pipe(k, self_mode, "window"))
             tflop = step_tflop(config, layout_of(k, "window"), self_mode, "window", args.max_sequence_length)
-            baseline = k * stock_now()
+            baseline = k * stock_s
             print(
                 f"| {k} | {self_mode} | {seconds:.3f} | {baseline:.3f} | {seconds / baseline:.2f} | {mem:.0f} | "
                 f"{flop_cell(tflop, seconds)} |"
@@ -298,11 +312,11 @@ def main() -> None:
     print(f"| cross-attention | s/step | ratio to stock one-by-one | peak MiB | TFLOP/s{flop_col} |")
     print("|---|---|---|---|---|" + ("---|" if gpu else ""))
     for cross_mode in ("window", "mmrope", "full"):
-        seconds, mem = measure(run_pipe(k, "sparse", cross_mode, global_caption="a lighthouse at night"), args)
+        seconds, mem, stock_s = paired(run_pipe(k, "sparse", cross_mode, global_caption="a lighthouse at night"))
         layout = layout_of(k, cross_mode).with_text([args.max_sequence_length] * k, args.max_sequence_length)
         tflop = step_tflop(config, layout, "sparse", cross_mode, args.max_sequence_length)
         print(
-            f"| {cross_mode} | {seconds:.3f} | {seconds / (k * stock_now()):.2f} | {mem:.0f} | "
+            f"| {cross_mode} | {seconds:.3f} | {seconds / (k * stock_s):.2f} | {mem:.0f} | "
             f"{flop_cell(tflop, seconds)} |"
         )
 
@@ -312,10 +326,10 @@ def main() -> None:
     n = (args.frames - 1) // 4 + 1
     context = [torch.randn(1, 16, n, args.height // 8, args.width // 8) for _ in range(k)]
     for self_mode in ("full", "sparse", "isolated"):
-        scene, _ = measure(run_pipe(k, self_mode, "window"), args)
         for mode in ("inpaint", "context"):
-            regen, mem = measure(
-                run_pipe(k, self_mode, "window", regenerate=[1], context_latents=context, regenerate_mode=mode), args
+            regen, mem, scene = alternate(
+                run_pipe(k, self_mode, "window", regenerate=[1], context_latents=context, regenerate_mode=mode),
+                run_pipe(k, self_mode, "window"),
             )
             print(f"| {self_mode} | {mode} | {scene:.3f} | {regen:.3f} | {regen / scene:.2f} | {mem:.0f} |")
 

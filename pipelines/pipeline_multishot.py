@@ -386,7 +386,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         for name in tensor_inputs:
             if name not in self._callback_tensor_inputs:
                 raise ValueError(f"callback tensor {name!r} is not one of {self._callback_tensor_inputs}")
-        shots = list(shots)
+        shots = list(shots or [])
         self.check_inputs(
             shots,
             global_caption,
