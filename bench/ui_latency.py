@@ -10,6 +10,7 @@ Prints one table; the numbers go into docs/PERFORMANCE.md (UI section).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -24,10 +25,31 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from studio.config import load_settings  # noqa: E402
 from studio.services import build_services  # noqa: E402
 from studio.ui.app import build_app  # noqa: E402
-from studio.ui.latency import card_order, measure_caption_edit, measure_move  # noqa: E402
+from studio.ui.latency import card_order, last_render_ms, measure_caption_edit, measure_move  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
+
+
+SERVER_MS: list[float] = []
+
+
+def time_server_side() -> None:
+    """Record the Python time of each timeline edit (apply the edit + read the new timeline) in SERVER_MS."""
+    import studio.ui.app as ui_app
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                SERVER_MS.append((time.perf_counter() - start) * 1000)
+
+        return wrapper
+
+    ui_app.edits.apply_edit = timed(ui_app.edits.apply_edit)
+    ui_app.timeline_model = timed(ui_app.timeline_model)
 
 
 def free_port() -> int:
@@ -58,12 +80,13 @@ def summarise(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered), p90, ordered[-1]
 
 
-def run(shot_counts: list[int], repeats: int) -> list[tuple[int, str, float, float, float]]:
+def run(shot_counts: list[int], repeats: int) -> list[tuple]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="shotline-bench-") as folder:
         settings = load_settings(data_dir=Path(folder) / "data", port=free_port())
         services = build_services(settings)
         projects = {count: seed_project(services, count) for count in shot_counts}
+        time_server_side()
         app = build_app(services)
         app.launch(prevent_thread_lock=True, quiet=True)
         base = app.local_url.rstrip("/")
@@ -77,13 +100,16 @@ def run(shot_counts: list[int], repeats: int) -> list[tuple[int, str, float, flo
                     assert len(order) == count, (count, len(order))
                     middle = order[len(order) // 2]
                     measure_caption_edit(page, middle, "warm-up")  # first event pays one-off costs
+                    SERVER_MS.clear()
                     edits = [measure_caption_edit(page, middle, f"caption {i} {time.time()}") for i in range(repeats)]
-                    moves = []
-                    for i in range(repeats):
-                        moves.append(measure_move(page, middle, "right" if i % 2 == 0 else "left"))
+                    edit_server = sum(SERVER_MS) / repeats
+                    SERVER_MS.clear()
+                    moves = [measure_move(page, middle, "right" if i % 2 == 0 else "left") for i in range(repeats)]
+                    move_server = sum(SERVER_MS) / repeats
+                    render = last_render_ms(page)
                     assert sorted(card_order(page)) == sorted(order)  # nothing lost
-                    rows.append((count, "caption edit", *summarise(edits)))
-                    rows.append((count, "reorder (move button)", *summarise(moves)))
+                    rows.append((count, "caption edit", *summarise(edits), edit_server, render))
+                    rows.append((count, "reorder (move button)", *summarise(moves), move_server, render))
                     del projects[count]
                 browser.close()
         finally:
@@ -100,11 +126,12 @@ def main() -> None:
     rows = run(args.shots, args.repeats)
     print(
         f"UI edit latency, action to page updated (ms), {args.repeats} repeats; {platform.machine()}, "
-        f"{platform.python_version()}"
+        f"{platform.python_version()}; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'shots':>5}  {'edit':<22} {'median':>8} {'p90':>8} {'max':>8}")
-    for count, name, median, p90, worst in rows:
-        print(f"{count:>5}  {name:<22} {median:>8.1f} {p90:>8.1f} {worst:>8.1f}")
+    print(f"{'shots':>5}  {'edit':<22} {'median':>8} {'p90':>8} {'max':>8} {'server':>8} {'redraw':>8}")
+    for count, name, median, p90, worst, server, render in rows:
+        print(f"{count:>5}  {name:<22} {median:>8.1f} {p90:>8.1f} {worst:>8.1f} {server:>8.1f} {render:>8.1f}")
 
 
 if __name__ == "__main__":

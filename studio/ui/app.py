@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.registry import PRESETS, get_preset
-from studio.services.errors import ConflictError, ServiceError
+from studio.services.errors import ServiceError
 from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
 from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
 from studio.ui import storyboard as edits
@@ -685,6 +685,7 @@ def build_app(services: Any) -> gr.Blocks:
                     "cut",
                     0.0,
                     None,
+                    gr.update(),
                     takes_html(None, []),
                 )
             shot = next((x for x in s.storyboard.film_shots(project_id) if x.id == shot_id), None)
@@ -702,6 +703,7 @@ def build_app(services: Any) -> gr.Blocks:
                 shot.transition_type,
                 shot.transition_seconds,
                 shot.seed,
+                gr.update(choices=_scene_choices(project_id), value=shot.scene_id),
                 takes_html(shot, takes),
             )
 
@@ -716,40 +718,48 @@ def build_app(services: Any) -> gr.Blocks:
             shot_transition,
             shot_transition_s,
             shot_seed,
+            move_scene_pick,
             takes_panel,
         ]
 
-        def on_edit(project_id, selected, open_shot, evt: gr.EventData):
+        def apply_timeline_action(project_id, selected, open_shot, payload: dict) -> tuple[Any, str]:
             """One timeline action. A refusal shows why and redraws the timeline from the services."""
-            payload = evt._data or {}
-            message, timer_update, scenes = "", gr.update(), None
+            scenes = None
             try:
                 message, scenes = edits.apply_edit(s, project_id, payload)
-                if payload.get("op") in ("generate_scene", "regenerate"):
-                    timer_update = gr.update(active=True)
-            except ConflictError as error:
-                gr.Warning(str(error))
-                message = f"Refused: {error}"
-            except ServiceError as error:
+            except ServiceError as error:  # ConflictError included: a stale page gets the current storyboard
                 gr.Warning(str(error))
                 message = f"Refused: {error}"
             except Exception as error:
                 logger.exception("timeline edit failed")
                 message = f"Something went wrong ({type(error).__name__}); the server log has details."
             if project_id is None:
-                return None, esc(message), timer_update, gr.update()
-            structural = payload.get("op") in ("add_shot", "delete_scene", "restore", "empty_bin")
-            return (
-                timeline_model(s, project_id, selected, open_shot, scenes=scenes),
-                esc(message),
-                timer_update,
-                gr.update(choices=_scene_choices(project_id)) if structural else gr.update(),
-            )
+                return None, esc(message)
+            return timeline_model(s, project_id, selected, open_shot, scenes=scenes), esc(message)
 
+        def on_edit(project_id, selected, open_shot, evt: gr.EventData):
+            return apply_timeline_action(project_id, selected, open_shot, evt._data or {})
+
+        # Edits update only the timeline and the status line: every extra output (timer, dropdowns) measurably
+        # slowed each edit in the browser (docs/PERFORMANCE.md). Generation actions have their own event.
         timeline.edit(
             on_edit,
             [project_state, selected_state, open_shot_state],
-            [timeline, status, timer, move_scene_pick],
+            [timeline, status],
+            trigger_mode="multiple",
+            concurrency_limit=1,
+            concurrency_id="storyboard-edits",
+            show_progress="hidden",
+        )
+
+        def on_generate(project_id, selected, open_shot, evt: gr.EventData):
+            value, message = apply_timeline_action(project_id, selected, open_shot, evt._data or {})
+            return value, message, gr.update(active=_has_active_jobs(project_id)), _jobs_for(project_id, True)
+
+        timeline.generate(
+            on_generate,
+            [project_state, selected_state, open_shot_state],
+            [timeline, status, timer, jobs_panel],
             trigger_mode="multiple",
             concurrency_limit=1,
             concurrency_id="storyboard-edits",

@@ -65,3 +65,8 @@ def _checked(value: float | None, what: str) -> float:
     if value is None or value != value:  # NaN: the page never showed the answer
         raise TimeoutError(f"the page did not show the {what} within 10 s")
     return float(value)
+
+
+def last_render_ms(page) -> float:
+    """How long the timeline's last redraw took in the browser (set by timeline.js)."""
+    return float(page.eval_on_selector(".tl-root", "root => Number(root.dataset.renderMs || 'NaN')"))

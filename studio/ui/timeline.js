@@ -19,9 +19,11 @@ function button(action, label, title) {
   b.type = 'button'; b.dataset.action = action; if (title) b.title = title;
   return b;
 }
-function send(op, extra) {
-  trigger('edit', Object.assign({op: op, version: model ? model.version : '', project_id: model ? model.project_id : null}, extra || {}));
+function payload(op, extra) {
+  return Object.assign({op: op, version: model ? model.version : '', project_id: model ? model.project_id : null}, extra || {});
 }
+function send(op, extra) { trigger('edit', payload(op, extra)); }
+function sendGenerate(op, extra) { trigger('generate', payload(op, extra)); }
 function metaText(shot) {
   const parts = [];
   if (shot.characters.length) parts.push(shot.characters.join(', '));
@@ -82,6 +84,7 @@ function makeScene(scene) {
   return box;
 }
 function render(value) {
+  const renderStart = performance.now();
   model = value && value.scenes ? value : null;
   emptyBox.style.display = model ? 'none' : '';
   if (!model) { scenesBox.textContent = ''; binBox.textContent = ''; cards.clear(); sceneEls.clear(); root.dataset.version = ''; return; }
@@ -121,6 +124,7 @@ function render(value) {
   }
   root.dataset.version = model.version;
   root.dataset.renderedAt = String(performance.now());
+  root.dataset.renderMs = (performance.now() - renderStart).toFixed(2);
 }
 
 function cardOf(node) { return node && node.closest ? node.closest('.tl-card') : null; }
@@ -145,7 +149,8 @@ root.addEventListener('click', (event) => {
     send('move', {shot_id: shotId, to_scene_id: sceneId, position: from + (action === 'left' ? -1 : 1), seen: order});
     return;
   }
-  if (action === 'generate_scene') { send('generate_scene', {scene_id: sceneId}); return; }
+  if (action === 'generate_scene') { sendGenerate('generate_scene', {scene_id: sceneId}); return; }
+  if (action === 'regenerate') { sendGenerate('regenerate', {shot_id: shotId, scene_id: sceneId}); return; }
   send(action, {shot_id: shotId, scene_id: sceneId});
 });
 root.addEventListener('change', (event) => {
