@@ -163,3 +163,39 @@ def test_import_checks_a_real_model_config_without_its_weights(sqlite_services, 
     tom = services.characters.create(other.id, "Tom")
     with pytest.raises(ValidationError, match="weights for model preset 'wan2.1-t2v-14b' are missing"):
         import_adapter(services, tom.id, "tom.safetensors", save(_zero_lora(5120, 1)))
+
+
+def test_embedding_adapter_through_the_job_and_runtime(sqlite_services):
+    from pipelines import MultiShotPipeline, ShotSpec
+    from studio.faces.jobs import run_train_adapter
+    from studio.faces.service import request_training
+
+    services = sqlite_services
+    project = tiny_project(services)
+    mara = services.characters.create(project.id, "Mara", adapter_kind="embedding")
+    services.characters.add_reference(mara.id, "m.png", png_bytes(face_picture([(20, 30, 64, RED)])))
+    job = request_training(services, mara.id, hyperparameters={"steps": 10, "num_vectors": 2})
+    claimed = services.jobs.claim_next_job("w", kinds=("train_adapter",))
+    result = run_train_adapter(services, claimed, lambda *a, **k: None, lambda: False)
+    assert claimed.id == job.id and result["kind"] == "embedding"
+
+    def latent(pipe, caption):
+        out = pipe(
+            shots=[ShotSpec(caption=caption, num_frames=1)],
+            height=32,
+            width=32,
+            num_inference_steps=2,
+            guidance_scale=1.0,
+            max_sequence_length=16,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        )
+        return out.latents[0]
+
+    pipe = MultiShotPipeline(**build_tiny_components(), cross_attention="full")
+    before = latent(pipe, "<mara> climbs")
+    apply_adapters(pipe, ((result["adapter_id"], result["version"]),), services)
+    [caption] = substitute_captions(pipe, ["<mara> climbs"])
+    assert caption == "<mara> <mara_1> climbs"
+    assert pipe.tokenizer.tokenize(caption) == ["<mara>", "<mara_1>", "climbs"]
+    assert (latent(pipe, caption) - before).abs().max() > 1e-3
