@@ -25,6 +25,7 @@ from studio.db.engine import create_database_engine, is_sqlite, sqlite_path
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_KEY = 0x5107_11E0  # any constant: the PostgreSQL advisory lock that serialises migrations
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
@@ -56,10 +57,35 @@ def upgrade(url: str, backup_dir: Path | None = None, revision: str = "head") ->
         if has_tables and backup_dir is not None:
             backup = _backup(engine, url, backup_dir, current)
         logger.info("migrating database from %s to %s", current, target)
-        command.upgrade(alembic_config(engine), revision)
+        _upgrade_locked(engine, revision)
         return backup
     finally:
         engine.dispose()
+
+
+def _upgrade_locked(engine: Engine, revision: str) -> None:
+    """Run Alembic while holding the database's migration lock, so processes starting together (the app and its
+    worker, several workers on one PostgreSQL) migrate once: the others wait, then find the schema current.
+
+    SQLite: the migration's transaction begins IMMEDIATE (the write lock) before Alembic reads its version table.
+    PostgreSQL: a session advisory lock around the run.
+    """
+    config = alembic_config(engine)
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.execution_options(sqlite_begin="IMMEDIATE")
+        else:
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+            connection.commit()
+        config.attributes["connection"] = connection
+        try:
+            command.upgrade(config, revision)
+        finally:
+            if not sqlite:
+                connection.rollback()
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+                connection.commit()
 
 
 def downgrade(url: str, revision: str) -> None:

@@ -170,3 +170,42 @@ def test_backup_is_written_before_a_migration_runs(db_url, tmp_path):
         dump = json.loads(backups[0].read_text())
         assert len(dump["tables"]["projects"]) == 1
         assert dump["tables"]["takes"][0]["seed"] == 7
+
+
+def _start_studio(url: str, data_dir: str, start, results) -> None:
+    from studio.config import load_settings
+    from studio.services import build_services
+
+    start.wait()
+    try:
+        services = build_services(load_settings(data_dir=data_dir, database_url=url))
+        services.projects.create(f"made by {data_dir[-1]}")
+        services.close()
+        results.put("ok")
+    except Exception as error:  # reported to the test, which shows it
+        results.put(f"{type(error).__name__}: {error}")
+
+
+def test_two_processes_starting_on_a_new_database_migrate_once(db_url, tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Event(), context.Queue()
+    processes = [
+        context.Process(target=_start_studio, args=(db_url, str(tmp_path / f"data{n}"), start, results))
+        for n in range(2)
+    ]
+    for process in processes:
+        process.start()
+    start.set()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert outcomes == ["ok", "ok"]
+    db = Database(db_url)
+    try:
+        assert current_revision(db.engine) == head_revision()
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM projects")).scalar() == 2
+    finally:
+        db.dispose()

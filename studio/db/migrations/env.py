@@ -10,18 +10,26 @@ config = context.config
 target_metadata = Base.metadata
 
 
+def _run(connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
+        transactional_ddl=True,  # SQLite and PostgreSQL both roll back DDL: a failed migration leaves no half
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
+
+
 def run_migrations_online() -> None:
-    engine = config.attributes["engine"]
-    with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-        connection.commit()
+    connection = config.attributes.get("connection")
+    if connection is not None:  # studio.db.migrate.upgrade holds the migration lock on this connection
+        _run(connection)
+        return
+    with config.attributes["engine"].connect() as connection:
+        _run(connection)
 
 
 if context.is_offline_mode():
