@@ -56,9 +56,9 @@ def apply_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs
     return out.type_as(hidden_states)
 
 
-def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, backend=None) -> torch.Tensor:
     """Attention over `[B, S, H, D]` tensors through diffusers' dispatcher (honours the selected backend)."""
-    return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+    return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=backend)
 
 
 def _take(x: torch.Tensor, keys: tuple[int, int] | torch.Tensor) -> torch.Tensor:
@@ -91,6 +91,8 @@ def _check_video_length(state: MultiShotAttentionState, hidden_states: torch.Ten
 class MultiShotSelfAttnProcessor:
     """Video self-attention over a multi-shot scene (`full` | `sparse` | `isolated`)."""
 
+    _attention_backend = None  # set by `transformer.set_attention_backend(...)`, as on diffusers' processors
+
     def __init__(self, state: MultiShotAttentionState):
         self.state = state
 
@@ -105,19 +107,21 @@ class MultiShotSelfAttnProcessor:
 
         layout, mode = self.state.layout, self.state.self_attention
         if mode == "full" or len(layout.video_shots) == 1 and mode == "sparse":
-            out = _attend(query, key, value)
+            out = _attend(query, key, value, self._attention_backend)
         else:
             # One call per shot against its own key set: cost grows with the shots, not the scene squared.
             outs = []
             for shot, keys in layout.self_attention_keys(mode).items():
                 a, b = layout.token_spans[shot]
-                outs.append(_attend(query[:, a:b], _take(key, keys), _take(value, keys)))
+                outs.append(_attend(query[:, a:b], _take(key, keys), _take(value, keys), self._attention_backend))
             out = torch.cat(outs, dim=1)
         return _out(attn, out, query)
 
 
 class MultiShotCrossAttnProcessor:
     """Video-to-text cross-attention over per-shot captions (`mmrope` | `window` | `full`)."""
+
+    _attention_backend = None
 
     def __init__(self, state: MultiShotAttentionState):
         self.state = state
@@ -138,12 +142,12 @@ class MultiShotCrossAttnProcessor:
 
         if mode == "full" or not layout.has_captions:
             # Every caption for every shot; a text of global tokens only (the negative prompt) is the same in any mode.
-            out = _attend(query, key, value)
+            out = _attend(query, key, value, self._attention_backend)
         elif mode == "window":
             outs = []
             for shot, (a, b) in layout.token_spans.items():
                 keys = layout.window_text_keys(shot)
-                outs.append(_attend(query[:, a:b], _take(key, keys), _take(value, keys)))
+                outs.append(_attend(query[:, a:b], _take(key, keys), _take(value, keys), self._attention_backend))
             out = torch.cat(outs, dim=1)
         else:
             out = self._mmrope(attn, query, key, value)
@@ -158,7 +162,7 @@ class MultiShotCrossAttnProcessor:
         query_rot = apply_rotary_emb(query, v_cos, v_sin)
         key_rot = apply_rotary_emb(key, t_cos, t_sin)
         if layout.global_length == 0:
-            return _attend(query_rot, key_rot, value)
+            return _attend(query_rot, key_rot, value, self._attention_backend)
         # Global tokens are scored with the unrotated query so they favour no shot, shot captions with the rotated
         # one, in one softmax: only the temporal band (first t_dim channels) differs between the two, so
         #   query [q_rot_t, q_hw, q_t]  .  caption key [k_rot_t, k_hw, 0]  = q_rot . k_rot
@@ -237,6 +241,9 @@ def multishot_attention(
         raise RuntimeError("multishot_attention is already active on this transformer; nesting is not supported")
     stock_processors = transformer.attn_processors
     self_proc, cross_proc = MultiShotSelfAttnProcessor(state), MultiShotCrossAttnProcessor(state)
+    # Keep an attention backend chosen on the stock processors (e.g. flash), for the calls that go through diffusers.
+    backend = next((getattr(p, "_attention_backend", None) for p in stock_processors.values()), None)
+    self_proc._attention_backend = cross_proc._attention_backend = backend
     processors = {name: (cross_proc if ".attn2." in f".{name}" else self_proc) for name in stock_processors}
     # The stock rope is kept off the module tree while swapped out, so state dicts and offload hooks see no change.
     transformer.rope = MultiShotRotaryPosEmbed(state, stock_rope)
