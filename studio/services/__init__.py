@@ -53,7 +53,7 @@ def build_services(settings: Settings, migrate: bool = True, sweep: bool = True)
         settings=settings,
         db=db,
         assets=assets,
-        projects=ProjectService(db, settings.model_preset),
+        projects=ProjectService(db, settings.model_preset, assets),
         characters=CharacterService(db, assets),
         storyboard=StoryboardService(db, assets),
         takes=TakeService(db, assets),

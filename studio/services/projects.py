@@ -34,9 +34,10 @@ def _validated_settings(values: dict, preset_name: str) -> dict:
 
 
 class ProjectService:
-    def __init__(self, db: Database, default_preset: str) -> None:
+    def __init__(self, db: Database, default_preset: str, assets=None) -> None:
         self.db = db
         self.default_preset = default_preset
+        self.assets = assets  # AssetStore: files only this project used are removed when it is purged
 
     def create(self, name: str, preset: str | None = None, **settings_fields) -> ProjectView:
         unknown = set(settings_fields) - set(SETTINGS_FIELDS)
@@ -131,6 +132,36 @@ class ProjectService:
             project.deleted_at = None
             session.flush()
             return project_view(project)
+
+    def purge(self, project_id: int) -> int:
+        """Remove a binned project for good: its characters, scenes, shots, takes, exports and the files nothing
+        else uses. Its jobs stay in the history without a project. Returns the number of files removed."""
+        with self.db.unit_of_work() as session:
+            project = self._project(session, project_id)
+            if project.deleted_at is None:
+                raise ConflictError(f"project {project.name!r} is not in the bin; delete it first")
+            asset_ids = self._asset_ids(session, project.id)
+            session.delete(project)
+            session.flush()
+            return self.assets.delete_unreferenced(session, asset_ids) if self.assets is not None else 0
+
+    @staticmethod
+    def _asset_ids(session, project_id: int) -> set[int]:
+        character_ids = select(models.Character.id).where(models.Character.project_id == project_id)
+        shot_ids = select(models.Shot.id).join(models.Scene).where(models.Scene.project_id == project_id)
+        ids: set[int] = set()
+        for query in (
+            select(models.ReferenceImage.asset_id).where(models.ReferenceImage.character_id.in_(character_ids)),
+            select(models.ReferenceImage.crop_asset_id).where(models.ReferenceImage.character_id.in_(character_ids)),
+            select(models.Adapter.weights_asset_id).where(models.Adapter.character_id.in_(character_ids)),
+            select(models.Take.video_asset_id).where(models.Take.shot_id.in_(shot_ids)),
+            select(models.Take.thumbnail_asset_id).where(models.Take.shot_id.in_(shot_ids)),
+            select(models.Take.latents_asset_id).where(models.Take.shot_id.in_(shot_ids)),
+            select(models.Export.video_asset_id).where(models.Export.project_id == project_id),
+            select(models.Export.timeline_asset_id).where(models.Export.project_id == project_id),
+        ):
+            ids.update(i for i in session.scalars(query) if i is not None)
+        return ids
 
     # Internals ---------------------------------------------------------------------------------------------------
 

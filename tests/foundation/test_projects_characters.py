@@ -142,3 +142,28 @@ def test_adapters_version_and_status(services):
     with pytest.raises(ValidationError, match="unknown adapter kind"):
         services.characters.add_adapter(mara.id, "dreambooth", "demo")
     assert [a.id for a in services.characters.list_adapters(mara.id)] == [first.id, second.id, imported.id]
+
+
+def test_purge_removes_a_binned_project_and_only_its_files(services):
+    from tests.foundation.helpers import add_take
+
+    keep = services.projects.create("Keep")
+    gone = services.projects.create("Gone")
+    shared = png_bytes(30, 30, color=(1, 2, 3))
+    for project in (keep, gone):
+        character = services.characters.create(project.id, "Mara")
+        services.characters.add_reference(character.id, "mara.png", shared)
+    scene = services.storyboard.add_scene(gone.id)
+    shot = services.storyboard.add_shot(scene.id, "wide")
+    take = add_take(services, shot.id)
+    job = services.jobs.enqueue("generate_scene", {}, project_id=gone.id)
+    video = services.assets.path_of(take.video_asset_id)
+    with pytest.raises(ConflictError, match="not in the bin"):
+        services.projects.purge(gone.id)
+    services.projects.delete(gone.id)
+    assert services.projects.purge(gone.id) == 3  # video, thumbnail, latents; the shared reference stays
+    assert not video.exists()
+    assert [p.name for p in services.projects.list(include_binned=True)] == ["Keep"]
+    [reference] = services.characters.list_references(services.characters.list(keep.id)[0].id)
+    assert services.assets.read_bytes(reference.asset_id) == shared
+    assert services.jobs.get(job.id).project_id is None
