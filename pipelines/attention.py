@@ -65,7 +65,7 @@ def _take(x: torch.Tensor, keys: tuple[int, int] | torch.Tensor) -> torch.Tensor
     """Tokens `keys` (a span or an index tensor) of a `[B, S, H, D]` tensor along S."""
     if isinstance(keys, tuple):
         return x[:, keys[0] : keys[1]]
-    return x.index_select(1, keys.to(x.device))
+    return x.index_select(1, keys)
 
 
 def _project(attn, hidden_states: torch.Tensor, context: torch.Tensor):
@@ -111,7 +111,7 @@ class MultiShotSelfAttnProcessor:
         else:
             # One call per shot against its own key set: cost grows with the shots, not the scene squared.
             outs = []
-            for shot, keys in layout.self_attention_keys(mode).items():
+            for shot, keys in layout.self_attention_keys(mode, query.device).items():
                 a, b = layout.token_spans[shot]
                 outs.append(_attend(query[:, a:b], _take(key, keys), _take(value, keys), self._attention_backend))
             out = torch.cat(outs, dim=1)
@@ -146,7 +146,7 @@ class MultiShotCrossAttnProcessor:
         elif mode == "window":
             outs = []
             for shot, (a, b) in layout.token_spans.items():
-                keys = layout.window_text_keys(shot)
+                keys = layout.window_text_keys(shot, query.device)
                 outs.append(_attend(query[:, a:b], _take(key, keys), _take(value, keys), self._attention_backend))
             out = torch.cat(outs, dim=1)
         else:
@@ -168,7 +168,7 @@ class MultiShotCrossAttnProcessor:
         #   query [q_rot_t, q_hw, q_t]  .  caption key [k_rot_t, k_hw, 0]  = q_rot . k_rot
         #                                  global key  [0,       k_hw, k_t] = q . k
         # which costs head_dim + t_dim channels instead of the 2 * head_dim of [q_rot | q] . [k_rot | 0] / [0 | k].
-        is_global = (layout.text_owner < 0).to(key.device)[None, :, None, None]
+        is_global = layout.global_text_mask(key.device)[None, :, None, None]
         extra = [query[..., :t_dim]]
         key_extra = [key[..., :t_dim].masked_fill(~is_global, 0.0)]
         pad = -(head_dim + t_dim) % 8  # fused attention kernels want head sizes in multiples of 8

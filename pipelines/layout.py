@@ -230,6 +230,13 @@ class ShotLayout:
         ]
         return torch.cat(times)
 
+    def global_text_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """[L] bool on `device` (cached): True for global caption tokens."""
+        key = ("global_mask", str(device))
+        if key not in self._cache:
+            self._cache[key] = (self.text_owner == GLOBAL_OWNER).to(device)
+        return self._cache[key]
+
     def token_timesteps(self, shot_timesteps: torch.Tensor | list[float]) -> torch.Tensor:
         """Per-shot timesteps `[K]` or `[B, K]` -> per-video-token timesteps `[B, S]` for the transformer.
 
@@ -245,12 +252,15 @@ class ShotLayout:
 
     # ------------------------------------------------------------------ attention structure
 
-    def self_attention_keys(self, mode: str) -> dict[int, tuple[int, int] | torch.Tensor]:
+    def self_attention_keys(
+        self, mode: str, device: torch.device | str = "cpu"
+    ) -> dict[int, tuple[int, int] | torch.Tensor]:
         """Shot -> the video tokens its queries attend to under self-attention `mode` ("sparse" | "isolated").
 
-        A (start, end) span when the keys are contiguous, else a long index tensor. `full` has no per-shot keys.
+        A (start, end) span when the keys are contiguous, else a long index tensor on `device` (cached, so the
+        attention layers never copy indices to the device). `full` has no per-shot keys.
         """
-        key = ("self_keys", mode)
+        key = ("self_keys", mode, str(device))
         if key in self._cache:
             return self._cache[key]
         if mode == "isolated":
@@ -261,20 +271,23 @@ class ShotLayout:
             keys = {}
             for s, (a, b) in self.token_spans.items():
                 others = [torch.arange(oa, oa + tpf) for o, (oa, _) in self.token_spans.items() if o != s]
-                keys[s] = (a, b) if not others else torch.cat([torch.arange(a, b)] + others)
+                keys[s] = (a, b) if not others else torch.cat([torch.arange(a, b)] + others).to(device)
         else:
             raise ValueError(f"self_attention_keys is for 'sparse' or 'isolated', got {mode!r}")
         self._cache[key] = keys
         return keys
 
-    def window_text_keys(self, shot: int) -> tuple[int, int] | torch.Tensor:
+    def window_text_keys(self, shot: int, device: torch.device | str = "cpu") -> tuple[int, int] | torch.Tensor:
         """Text tokens shot `shot` sees under `window` cross-attention: the global caption and its own caption."""
         a, b = self.caption_spans[shot]
         if self.global_length == 0:
             return (a, b)
         if a == b:
             return self.global_span
-        return torch.cat([torch.arange(0, self.global_length), torch.arange(a, b)])
+        key = ("window_keys", shot, str(device))
+        if key not in self._cache:
+            self._cache[key] = torch.cat([torch.arange(0, self.global_length), torch.arange(a, b)]).to(device)
+        return self._cache[key]
 
     def self_attention_mask(self, mode: str) -> torch.Tensor:
         """[S, S] bool, True where a query may attend a key. Reference only: the processors never build it."""
