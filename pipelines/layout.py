@@ -47,6 +47,8 @@ class ShotLayout:
     global_length: int = 0
     video_shots: tuple[int, ...] | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    # Tables of the video part only, shared with `with_text` copies (both CFG passes use one set of rotary tables).
+    _video_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
         k = len(self.latent_frames)
@@ -125,7 +127,9 @@ class ShotLayout:
 
     def with_text(self, caption_lengths: list[int] | tuple[int, ...], global_length: int = 0) -> ShotLayout:
         """The same video layout with another text sequence (e.g. the negative prompt as one global caption)."""
-        return replace(self, caption_lengths=tuple(caption_lengths), global_length=int(global_length))
+        other = replace(self, caption_lengths=tuple(caption_lengths), global_length=int(global_length))
+        object.__setattr__(other, "_video_cache", self._video_cache)
+        return other
 
     def subset(self, shots: list[int] | tuple[int, ...]) -> ShotLayout:
         """Keep only `shots` in the video sequence, at their scene positions; the text sequence is unchanged."""
@@ -261,8 +265,8 @@ class ShotLayout:
         attention layers never copy indices to the device). `full` has no per-shot keys.
         """
         key = ("self_keys", mode, str(device))
-        if key in self._cache:
-            return self._cache[key]
+        if key in self._video_cache:
+            return self._video_cache[key]
         if mode == "isolated":
             keys = dict(self.token_spans)
         elif mode == "sparse":
@@ -274,7 +278,7 @@ class ShotLayout:
                 keys[s] = (a, b) if not others else torch.cat([torch.arange(a, b)] + others).to(device)
         else:
             raise ValueError(f"self_attention_keys is for 'sparse' or 'isolated', got {mode!r}")
-        self._cache[key] = keys
+        self._video_cache[key] = keys
         return keys
 
     def window_text_keys(self, shot: int, device: torch.device | str = "cpu") -> tuple[int, int] | torch.Tensor:
@@ -322,7 +326,7 @@ class ShotLayout:
         Same values and layout as `WanRotaryPosEmbed` gives for one continuous video when `gap=0` and one shot.
         """
         key = ("rotary", t_dim, h_dim, w_dim, str(device), theta)
-        if key not in self._cache:
+        if key not in self._video_cache:
             pos = self.video_positions
             cos_parts, sin_parts = [], []
             for axis, dim in enumerate((t_dim, h_dim, w_dim)):
@@ -331,8 +335,8 @@ class ShotLayout:
                 sin_parts.append(sin)
             cos = torch.cat(cos_parts, dim=-1)[None, :, None, :].to(device)
             sin = torch.cat(sin_parts, dim=-1)[None, :, None, :].to(device)
-            self._cache[key] = (cos, sin)
-        return self._cache[key]
+            self._video_cache[key] = (cos, sin)
+        return self._video_cache[key]
 
     def temporal_rotary_tables(
         self, t_dim: int, head_dim: int, device: torch.device | str = "cpu", theta: float = 10000.0
