@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,18 @@ def test_one_shot_equals_stock_wan_pipeline(tiny_components):
     )
     assert out.shots[0].shape == expected.shape == (9, 32, 32, 3)
     assert np.abs(out.shots[0] - expected).max() < 1e-5
+    assert set(pipe.components) == {"tokenizer", "text_encoder", "vae", "transformer", "scheduler"}
+
+
+def test_importing_the_registry_does_not_load_torch():
+    """Project validation reads presets only; the package loads torch and diffusers on first use of the pipeline."""
+    import subprocess
+    import sys
+
+    code = "import sys, pipelines; pipelines.get_preset('demo'); print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert result.stdout.strip() == "False"
 
 
 def test_window_isolated_equals_separate_one_shot_generations(pipe):
