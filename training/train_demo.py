@@ -122,7 +122,17 @@ def cmd_cache(args) -> None:
     run = args.run
     run.mkdir(parents=True, exist_ok=True)
     vae = build_vae(args.seed)
-    vae_state = torch.load(args.vae, weights_only=False)
+    if args.vae.is_dir():  # an exported model's vae/ folder: continue in the shipped latent space
+        from diffusers import AutoencoderKLWan
+
+        shipped = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True)
+        vae_state = {"vae": shipped.state_dict(), "step": -1}
+        stats_path = run / "latent_stats.json"
+        if not stats_path.exists():
+            stats = {k: list(shipped.config[k]) for k in ("latents_mean", "latents_std")} | {"vae": str(args.vae)}
+            stats_path.write_text(json.dumps(stats, indent=1))
+    else:
+        vae_state = torch.load(args.vae, weights_only=False)
     vae.load_state_dict(vae_state["vae"])
     vae.eval()
     encoder_copy = run / "vae_encoder.pt"  # the latent space: export checks the shipped encoder is this one
@@ -269,6 +279,8 @@ def cmd_train(args) -> None:
 
         transformer = WanTransformer3DModel.from_pretrained(args.init / "transformer", local_files_only=True)
         print(f"initialised from {args.init}", flush=True)
+    device = torch.device(args.device)
+    transformer.to(device)
     ema = copy.deepcopy(transformer).requires_grad_(False)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     rng = torch.Generator().manual_seed(args.seed)
@@ -298,10 +310,12 @@ def cmd_train(args) -> None:
             k = ks[int(torch.multinomial(probs, 1, generator=rng))]
             batch = max(1, args.tokens // (tokens_per_shot * k))
             x0, cond = data.batch(k, batch, rng)
+            x0, cond = x0.to(device), cond.to(device)
             sig, mask = sample_sigmas(rng, batch, k)
             layout = layouts[k]
+            sig, mask = sig.to(device), mask.to(device)
             sig_tok = layout.token_timesteps(sig)  # [B, S]
-            noise = torch.randn(x0.shape, generator=rng)
+            noise = torch.randn(x0.shape, generator=rng).to(device)
             sig_frames = sig.repeat_interleave(n_lat, dim=1)[:, None, :, None, None]  # [B, 1, K*n, 1, 1]
             xt = (1 - sig_frames) * x0 + sig_frames * noise
             target = noise - x0
@@ -309,7 +323,7 @@ def cmd_train(args) -> None:
             drop = torch.rand(1, generator=rng).item() < args.cfg_dropout
             if drop:
                 state.layout = layout.with_text([0] * k, empty.shape[0])
-                cond = empty.unsqueeze(0).expand(batch, -1, -1)
+                cond = empty.to(device).unsqueeze(0).expand(batch, -1, -1)
             else:
                 state.layout = layout
             pred = transformer(hidden_states=xt, timestep=sig_tok * 1000, encoder_hidden_states=cond).sample
@@ -413,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     cache.add_argument("--save-every", type=int, default=100)
     train = sub.choices["train"]
     train.add_argument("--minutes", type=float, default=60.0)
+    train.add_argument("--device", default="cpu", help="cpu or cuda (a lent GPU: same script, same results format)")
     train.add_argument("--max-steps", type=int, default=10**9)
     train.add_argument("--lr", type=float, default=5e-4)
     train.add_argument("--warmup", type=int, default=200)
