@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         parent_pid=args.parent_pid,
     )
     install_signal_handlers(worker)
+    import studio.generation  # noqa: F401 - light (no torch): the first job should not pay for its imports
+
     if args.preload:
         worker.preload(args.preload)
     logging.getLogger("studio.worker").info("worker %s ready, kinds=%s", worker.worker_id, kinds or "all")

@@ -39,7 +39,7 @@ def test_two_workers_racing_never_claim_the_same_job(settings, tmp_path):
     """Both workers poll every 50 ms while 40 jobs arrive; every job runs exactly once, on one of them."""
     from studio.services import build_services
 
-    settings = fast_settings(settings)
+    settings = fast_settings(settings, heartbeat_s=2.0, heartbeat_timeout_s=30.0)
     services = build_services(settings)
     logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
     workers = []
