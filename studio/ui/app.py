@@ -134,6 +134,16 @@ def build_app(services: Any) -> gr.Blocks:
         status = gr.Markdown("", elem_id="sl-status")
         timer = gr.Timer(TICK_SECONDS, active=False)
 
+        def timeline_edit(payload: dict) -> dict:
+            """The timeline's server function: apply one edit, answer with the storyboard as it now is."""
+            payload = payload if isinstance(payload, dict) else {}
+            project_id = payload.get("project_id")
+            project_id = int(project_id) if isinstance(project_id, int | float) else None
+            open_shot = payload.get("open_shot_id")
+            open_shot = int(open_shot) if isinstance(open_shot, int | float) else None
+            value, message = apply_timeline_action(project_id, _ids(payload.get("selected")), open_shot, payload)
+            return {"ok": not message.startswith(("Refused", "Something")), "message": message, "model": value}
+
         with gr.Tabs():
             # ---------------------------------------------------------------- Projects
             with gr.Tab("Projects", id="projects"):
@@ -235,7 +245,7 @@ def build_app(services: Any) -> gr.Blocks:
                     generate_selected_button = gr.Button(
                         "Generate selected shots", variant="primary", scale=1, elem_id="sl-generate-selected"
                     )
-                timeline = Timeline(None, elem_id="sl-timeline")
+                timeline = Timeline(None, timeline_edit=timeline_edit, elem_id="sl-timeline")
                 with gr.Accordion("Selected shot", open=True):
                     shot_title = gr.Markdown("No shot open: click “Takes” on a card.", elem_id="sl-shot-title")
                     with gr.Row():
@@ -728,7 +738,6 @@ def build_app(services: Any) -> gr.Blocks:
             try:
                 message, scenes = edits.apply_edit(s, project_id, payload)
             except ServiceError as error:  # ConflictError included: a stale page gets the current storyboard
-                gr.Warning(str(error))
                 message = f"Refused: {error}"
             except Exception as error:
                 logger.exception("timeline edit failed")
@@ -737,20 +746,8 @@ def build_app(services: Any) -> gr.Blocks:
                 return None, esc(message)
             return timeline_model(s, project_id, selected, open_shot, scenes=scenes), esc(message)
 
-        def on_edit(project_id, selected, open_shot, evt: gr.EventData):
-            return apply_timeline_action(project_id, selected, open_shot, evt._data or {})
-
-        # Edits update only the timeline and the status line: every extra output (timer, dropdowns) measurably
-        # slowed each edit in the browser (docs/PERFORMANCE.md). Generation actions have their own event.
-        timeline.edit(
-            on_edit,
-            [project_state, selected_state, open_shot_state],
-            [timeline, status],
-            trigger_mode="multiple",
-            concurrency_limit=1,
-            concurrency_id="storyboard-edits",
-            show_progress="hidden",
-        )
+        def _ids(values: Any) -> list[int]:
+            return [int(v) for v in values or [] if isinstance(v, int | float | str) and str(v).lstrip("-").isdigit()]
 
         def on_generate(project_id, selected, open_shot, evt: gr.EventData):
             value, message = apply_timeline_action(project_id, selected, open_shot, evt._data or {})

@@ -22,7 +22,31 @@ function button(action, label, title) {
 function payload(op, extra) {
   return Object.assign({op: op, version: model ? model.version : '', project_id: model ? model.project_id : null}, extra || {});
 }
-function send(op, extra) { trigger('edit', payload(op, extra)); }
+// Edits go to the server function `timeline_edit` (a direct request, no Gradio queue), one at a time per tab in
+// click order; each answer carries the timeline as the services now have it, drawn at once. A payload may be a
+// function, built when its turn comes, so quick clicks apply to the order the previous click left.
+let chain = Promise.resolve();
+const statusBox = root.querySelector('.tl-status');
+function showStatus(message, ok) {
+  statusBox.textContent = message || '';
+  statusBox.classList.toggle('tl-refused', ok === false);
+}
+function send(op, extra) {
+  chain = chain.then(async () => {
+    const details = typeof extra === 'function' ? extra() : extra;
+    if (details === null) return;
+    const request = payload(op, details);
+    request.selected = Array.from(selected);
+    request.open_shot_id = model ? model.open_shot_id : null;
+    try {
+      const answer = await server.timeline_edit(request);
+      if (answer && answer.model !== undefined) render(answer.model);
+      showStatus(answer ? answer.message : '', answer ? answer.ok : false);
+    } catch (error) {
+      showStatus('The studio did not answer (' + error + '); reload the page.', false);
+    }
+  });
+}
 function sendGenerate(op, extra) { trigger('generate', payload(op, extra)); }
 function metaText(shot) {
   const parts = [];
@@ -145,8 +169,12 @@ root.addEventListener('click', (event) => {
   if (action === 'empty_bin') { if (confirm('Delete the bin\u2019s shots and their takes for good?')) send('empty_bin', {}); return; }
   if (action === 'open') { trigger('select', {shot_id: shotId, selected: Array.from(selected)}); return; }
   if (action === 'left' || action === 'right') {
-    const order = sceneOrder(sceneId); const from = order.indexOf(shotId);
-    send('move', {shot_id: shotId, to_scene_id: sceneId, position: from + (action === 'left' ? -1 : 1), seen: order});
+    send('move', () => {
+      const scene = model.scenes.find(x => x.shots.some(y => y.id === shotId));
+      if (!scene) return null;
+      const from = scene.shots.findIndex(y => y.id === shotId);
+      return {shot_id: shotId, to_scene_id: scene.id, position: from + (action === 'left' ? -1 : 1)};
+    });
     return;
   }
   if (action === 'generate_scene') { sendGenerate('generate_scene', {scene_id: sceneId}); return; }
@@ -220,11 +248,16 @@ root.addEventListener('drop', (event) => {
   const place = dropPlace(event); clearDropMarks();
   if (!place) return;
   event.preventDefault();
-  const fromScene = Number(cards.get(dragId).dataset.sceneId);
-  send('move', {shot_id: dragId, to_scene_id: place.sceneId, position: place.position, seen: sceneOrder(fromScene)});
+  send('move', {shot_id: dragId, to_scene_id: place.sceneId, position: place.position});
   dragId = null;
 });
 root.addEventListener('dragend', () => { dragId = null; clearDropMarks(); });
 
-render(props.value);
-watch('value', () => render(props.value));
+// A value pushed by Python (project opened, timer tick during a job) older than what an edit answer drew is
+// skipped: `stamp` grows with every timeline the server builds.
+function renderPushed(value) {
+  if (value && model && value.project_id === model.project_id && (value.stamp || 0) < (model.stamp || 0)) return;
+  render(value);
+}
+renderPushed(props.value);
+watch('value', () => renderPushed(props.value));

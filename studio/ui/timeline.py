@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from studio.ui.security import take_thumbnail_url
 
 TIMELINE_HTML = """
 <div class="tl-root" data-version="">
+  <div class="tl-status" aria-live="polite"></div>
   <div class="tl-scenes"></div>
   <div class="tl-bin"></div>
   <div class="tl-empty">Open or create a project to see its storyboard.</div>
@@ -54,6 +57,8 @@ TIMELINE_CSS = """
 .tl-actions button, .tl-scene-head button, .tl-bin button { font-size: 12px; padding: 1px 6px; border-radius: 4px;
   border: 1px solid var(--border-color-primary); background: var(--background-fill-primary); cursor: pointer; }
 .tl-bin { font-size: 12px; }
+.tl-status { min-height: 1.2em; font-size: 13px; color: var(--body-text-color-subdued); }
+.tl-status.tl-refused { color: #c0392b; }
 .tl-bin-item { display: inline-flex; gap: 4px; align-items: center; margin-right: 10px; }
 """
 
@@ -62,18 +67,27 @@ TIMELINE_CSS = """
 TIMELINE_JS = (Path(__file__).with_name("timeline.js")).read_text(encoding="utf-8")
 
 
-def Timeline(value: dict[str, Any] | None = None, **kwargs: Any) -> gr.HTML:  # noqa: N802 (reads as a component)
-    """The storyboard timeline. Its value is `timeline_model(...)` (a dict) or None; events: `edit`, `select`.
+def Timeline(  # noqa: N802 (reads as a component)
+    value: dict[str, Any] | None = None, *, timeline_edit: Callable[[dict[str, Any]], dict[str, Any]], **kwargs: Any
+) -> gr.HTML:
+    """The storyboard timeline. Its value is `timeline_model(...)` (a dict) or None.
+
+    `timeline_edit(payload) -> {"ok", "message", "model"}` applies one edit; the page calls it directly as a server
+    function (no queue) and draws the model it returns. Events: `select` (selection, open a shot's takes) and
+    `generate` (generate a scene, regenerate a shot: they also switch the job timer on).
 
     A plain `gr.HTML` (its pre/postprocess pass a dict through untouched), not a subclass: Gradio writes a `.pyi`
     stub next to the source file of every Component subclass it sees.
     """
+    if timeline_edit.__name__ != "timeline_edit":
+        raise ValueError("the edit function must be named timeline_edit (the page calls server.timeline_edit)")
     return gr.HTML(
         value=value,
         html_template=TIMELINE_HTML,
         css_template=TIMELINE_CSS,
         js_on_load=TIMELINE_JS,
         apply_default_css=False,
+        server_functions=[timeline_edit],
         **kwargs,
     )
 
@@ -106,6 +120,7 @@ def timeline_model(
     bin_shots = list(getattr(bin_view, "shots", ()) or ())
     return {
         "project_id": project_id,
+        "stamp": time.monotonic_ns(),
         "version": structure_version(scenes),
         "open_shot_id": open_shot_id,
         "selected": list(selected or []),

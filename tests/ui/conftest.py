@@ -52,6 +52,7 @@ class PageWatch:
     def __init__(self) -> None:
         self.dialogs: list[str] = []
         self.errors: list[str] = []
+        self.console: list[str] = []
 
 
 @pytest.fixture
@@ -61,12 +62,15 @@ def page(browser, request) -> Iterator:
     watch = PageWatch()
     page.on("dialog", lambda dialog: (watch.dialogs.append(dialog.message), dialog.dismiss()))
     page.on("pageerror", lambda error: watch.errors.append(str(error)))
+    page.on("console", lambda message: watch.console.append(f"{message.type}: {message.text}"))
     page.watch = watch
     page.set_default_timeout(20_000)
     yield page
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"failed-{request.node.name}.png"), full_page=True)
+        log = "\n".join(watch.console + [f"pageerror: {e}" for e in watch.errors])
+        (ARTIFACTS / f"failed-{request.node.name}.console.txt").write_text(log, encoding="utf-8")
     context.close()
 
 

@@ -148,14 +148,25 @@ def test_make_a_film_in_the_browser(page, studio, tmp_path):
     screenshot(page, "e2e-3-takes")
 
     # Reorder: drag shot 3 in front of shot 1.
+    # (Chromium's synthetic drag under heavy CPU load sometimes ends before the drag session starts: one retry.)
     first = page.locator(f".tl-card[data-shot-id='{shot_ids[0]}']")
-    page.locator(f".tl-card[data-shot-id='{shot_ids[2]}'] .tl-meta").drag_to(first, target_position={"x": 5, "y": 40})
     new_order = [shot_ids[2], shot_ids[0], shot_ids[1]]
-    page.wait_for_function(
-        "(want) => Array.from(document.querySelectorAll('.tl-card'))"
-        ".map(c => Number(c.dataset.shotId)).join() === want",
-        arg=",".join(map(str, new_order)),
-    )
+    for attempt in range(2):
+        first.scroll_into_view_if_needed()
+        page.locator(f".tl-card[data-shot-id='{shot_ids[2]}'] .tl-meta").drag_to(
+            first, target_position={"x": 5, "y": 40}
+        )
+        try:
+            page.wait_for_function(
+                "(want) => Array.from(document.querySelectorAll('.tl-card'))"
+                ".map(c => Number(c.dataset.shotId)).join() === want",
+                arg=",".join(map(str, new_order)),
+                timeout=8_000,
+            )
+            break
+        except Exception:
+            if attempt == 1:
+                raise
     assert [s.id for s in services.storyboard.get_scene(scene.id).shots] == new_order
     screenshot(page, "e2e-4-storyboard")
 

@@ -139,7 +139,7 @@ def test_a_move_against_a_stale_page_is_refused_and_the_page_redraws(browser, st
         # The first tab still shows a, b, c; its move is refused and it redraws the current order.
         first.locator(f".tl-card[data-shot-id='{ids[0]}'] button[data-action=right]").click()
         wait_order(first, [ids[0], ids[2], ids[1]])
-        assert "changed since the page drew it" in first.locator("#sl-status").inner_text()
+        assert "changed since the page drew it" in first.locator("#sl-timeline .tl-status").inner_text()
         assert live_order(services, scene_id) == [ids[0], ids[2], ids[1]]
     finally:
         context.close()

@@ -54,14 +54,15 @@ def timeline_app():
     events: list[dict] = []
     lock = threading.Lock()
     state = {"value": model("v1", NASTY)}
-    with gr.Blocks(title="TITLE-LEAK") as app:
-        timeline = Timeline(state["value"], elem_id="tl")
-        push = gr.Button("push", elem_id="push")
 
-        def on_edit(evt: gr.EventData):
-            with lock:
-                events.append(dict(evt._data))
-            return state["value"]
+    def timeline_edit(payload: dict) -> dict:
+        with lock:
+            events.append(dict(payload))
+        return {"ok": True, "message": f"applied {payload.get('op')}", "model": state["value"]}
+
+    with gr.Blocks(title="TITLE-LEAK") as app:
+        timeline = Timeline(state["value"], timeline_edit=timeline_edit, elem_id="tl")
+        push = gr.Button("push", elem_id="push")
 
         def on_select(evt: gr.EventData):
             with lock:
@@ -71,7 +72,6 @@ def timeline_app():
             state["value"] = model("v2", ["pushed one", "pushed two", "pushed three"], order=[3, 1, 2])
             return state["value"]
 
-        timeline.edit(on_edit, None, timeline, trigger_mode="multiple", concurrency_limit=1)
         timeline.select(on_select, None, None, trigger_mode="multiple")
         push.click(on_push, None, timeline)
     url = serve(app)
@@ -113,7 +113,7 @@ def test_buttons_send_one_event_with_the_card_ids(page, timeline_app):
     page.locator(".tl-card").nth(0).locator("button[data-action=delete]").click()
     got = wait_events(page, events, 3)
     assert [(e["op"], e["shot_id"]) for e in got] == [("duplicate", 2), ("move", 3), ("delete", 1)]
-    assert got[1]["position"] == 1 and got[1]["to_scene_id"] == 10 and got[1]["seen"] == [1, 2, 3]
+    assert got[1]["position"] == 1 and got[1]["to_scene_id"] == 10
     assert all(e["version"] == "v1" and e["project_id"] == 7 for e in got)
 
 
@@ -130,7 +130,18 @@ def test_caption_saved_once_on_enter_not_per_keystroke(page, timeline_app):
     assert events == []  # nothing sent while typing
     field.press("Enter")
     got = wait_events(page, events, 1)
-    assert got == [{"op": "caption", "shot_id": 2, "caption": "ABCDEFGHIJ", "version": "v1", "project_id": 7}]
+    assert got == [
+        {
+            "op": "caption",
+            "shot_id": 2,
+            "caption": "ABCDEFGHIJ",
+            "version": "v1",
+            "project_id": 7,
+            "selected": [],
+            "open_shot_id": None,
+        }
+    ]
+    page.wait_for_function("document.querySelector('.tl-status').textContent === 'applied caption'")
 
 
 def test_redraw_keeps_the_caption_being_typed(page, timeline_app):
