@@ -77,10 +77,16 @@ class Database:
         return self.engine.dialect.name
 
     @contextlib.contextmanager
-    def unit_of_work(self, write_lock: bool = False) -> Iterator[Session]:
-        """A session inside one transaction. `write_lock=True` takes SQLite's write lock at BEGIN (job claims)."""
+    def unit_of_work(self, write_lock: bool = True, read_only: bool = False) -> Iterator[Session]:
+        """A session inside one transaction: commit on success, rollback (and rollback callbacks) on error.
+
+        SQLite: a unit of work that may write begins IMMEDIATE, taking the write lock before it reads. A deferred
+        transaction that read first and writes after another connection committed fails at once with "database
+        is locked" (SQLITE_BUSY_SNAPSHOT), whatever the busy timeout; with the lock taken up front it waits its
+        turn instead. Pure reads pass `read_only=True` and never block writers (WAL).
+        """
         session = self.session_factory()
-        if write_lock and self.dialect == "sqlite":
+        if self.dialect == "sqlite" and write_lock and not read_only:
             session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
         try:
             yield session

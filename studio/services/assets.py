@@ -152,12 +152,12 @@ class AssetStore:
         return self.root / sha256[:2] / f"{sha256}{EXTENSIONS.get(mime, '.dat')}"
 
     def path_of(self, asset_id: int) -> Path:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             row = self._row(session, asset_id)
             return self.path_for(row.sha256, row.mime)
 
     def get(self, asset_id: int) -> AssetView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             return asset_view(self._row(session, asset_id))
 
     def read_bytes(self, asset_id: int) -> bytes:
@@ -274,7 +274,7 @@ class AssetStore:
         optional links (latents, crops, previews, timelines) are cleared.
         """
         now = time.time()
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             rows = session.execute(select(models.Asset.id, models.Asset.sha256, models.Asset.mime)).all()
         known_paths = {self.path_for(sha, mime) for _, sha, mime in rows}
 

@@ -84,12 +84,12 @@ class CharacterService:
             return character_view(character)
 
     def list(self, project_id: int) -> list[CharacterView]:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             query = select(models.Character).where(models.Character.project_id == project_id)
             return [character_view(c) for c in session.scalars(query.order_by(models.Character.id))]
 
     def get(self, character_id: int) -> CharacterView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             return character_view(self._character(session, character_id))
 
     def update(
@@ -159,12 +159,12 @@ class CharacterService:
             return reference_view(reference)
 
     def list_references(self, character_id: int) -> list[ReferenceView]:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             character = self._character(session, character_id)
             return [reference_view(r) for r in character.references]
 
     def get_reference(self, reference_id: int) -> ReferenceView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             return reference_view(self._reference(session, reference_id))
 
     def delete_reference(self, reference_id: int) -> None:
@@ -264,12 +264,12 @@ class CharacterService:
             return adapter_view(adapter)
 
     def list_adapters(self, character_id: int) -> list[AdapterView]:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             character = self._character(session, character_id)
             return [adapter_view(a) for a in character.adapters]
 
     def get_adapter(self, adapter_id: int) -> AdapterView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             return adapter_view(self._adapter(session, adapter_id))
 
     def update_adapter_status(
@@ -308,7 +308,7 @@ class CharacterService:
             return adapter_view(adapter)
 
     def latest_ready_adapter(self, character_id: int, kind: str | None = None) -> AdapterView | None:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             query = select(models.Adapter).where(
                 models.Adapter.character_id == character_id, models.Adapter.status == "ready"
             )

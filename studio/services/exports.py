@@ -64,12 +64,12 @@ class ExportService:
 
     def list(self, project_id: int) -> list[ExportView]:
         """Newest first."""
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             query = select(models.Export).where(models.Export.project_id == project_id)
             return [export_view(e) for e in session.scalars(query.order_by(models.Export.id.desc()))]
 
     def get(self, export_id: int) -> ExportView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             export = session.get(models.Export, export_id)
             if export is None:
                 raise NotFoundError(f"export {export_id} does not exist")

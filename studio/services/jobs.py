@@ -135,7 +135,7 @@ class JobService:
             return job_view(job)
 
     def is_cancel_requested(self, job_id: int) -> bool:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             return bool(self._job(session, job_id).cancel_requested)
 
     def finish(self, job_id: int, result: dict) -> JobView:
@@ -186,14 +186,14 @@ class JobService:
             return job_view(job)
 
     def get(self, job_id: int) -> JobView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             return job_view(self._job(session, job_id))
 
     def list_jobs(self, status: str | None = None, project_id: int | None = None) -> list[JobView]:
         """Newest first."""
         if status is not None and status not in JOB_STATUSES:
             raise ValidationError(f"unknown job status {status!r}; use one of: {', '.join(JOB_STATUSES)}")
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             query = select(models.Job).order_by(models.Job.id.desc())
             if status is not None:
                 query = query.where(models.Job.status == status)

@@ -63,18 +63,18 @@ class ProjectService:
             return project_view(project)
 
     def list(self, include_binned: bool = False) -> list[ProjectView]:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             query = select(models.Project).order_by(models.Project.name)
             if not include_binned:
                 query = query.where(models.Project.deleted_at.is_(None))
             return [project_view(p) for p in session.scalars(query)]
 
     def get(self, project_id: int) -> ProjectView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             return project_view(self._project(session, project_id))
 
     def get_by_name(self, name: str) -> ProjectView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             project = session.scalar(select(models.Project).where(models.Project.name == " ".join(name.split())))
             if project is None:
                 raise NotFoundError(f"no project named {name!r}; `python -m studio project list` shows them")

@@ -117,7 +117,7 @@ class StoryboardService:
             return scene_view(scene)
 
     def get_scene(self, scene_id: int) -> SceneView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             scene = session.scalars(
                 select(models.Scene).where(models.Scene.id == scene_id).options(*_SCENE_LOADS)
             ).first()
@@ -158,7 +158,7 @@ class StoryboardService:
 
     def list_scenes(self, project_id: int) -> list[SceneView]:
         """Live scenes in order, each with its live shots in order."""
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             self._project(session, project_id)
             return [scene_view(s) for s in self._live_scenes(session, project_id, with_shots=True)]
 
@@ -208,7 +208,7 @@ class StoryboardService:
             return shot_view(shot, project.id)
 
     def get_shot(self, shot_id: int) -> ShotView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             return shot_view(self._shot(session, shot_id))
 
     def update_shot(self, shot_id: int, **fields) -> ShotView:
@@ -310,7 +310,7 @@ class StoryboardService:
             return shot_view(shot)
 
     def list_bin(self, project_id: int) -> BinView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             self._project(session, project_id)
             scenes = session.scalars(
                 select(models.Scene)

@@ -93,14 +93,14 @@ class TakeService:
 
     def list_takes(self, shot_id: int) -> list[TakeView]:
         """Oldest first (take 1, 2, ...)."""
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             shot = session.get(models.Shot, shot_id)
             if shot is None:
                 raise NotFoundError(f"shot {shot_id} does not exist")
             return [take_view(t, shot.chosen_take_id) for t in shot.takes]
 
     def get(self, take_id: int) -> TakeView:
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             take = self._take(session, take_id)
             return take_view(take, take.shot.chosen_take_id)
 
@@ -116,7 +116,7 @@ class TakeService:
 
     def chosen_take(self, shot_id: int) -> TakeView | None:
         """The shot's chosen take, or None when it has no take yet."""
-        with self.db.unit_of_work() as session:
+        with self.db.unit_of_work(read_only=True) as session:
             shot = session.get(models.Shot, shot_id)
             if shot is None:
                 raise NotFoundError(f"shot {shot_id} does not exist")

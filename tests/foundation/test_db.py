@@ -209,3 +209,41 @@ def test_two_processes_starting_on_a_new_database_migrate_once(db_url, tmp_path)
             assert connection.execute(text("SELECT count(*) FROM projects")).scalar() == 2
     finally:
         db.dispose()
+
+
+def test_sqlite_read_then_write_waits_instead_of_failing(sqlite_services):
+    """A unit of work that reads, then writes after another connection committed, must not fail with
+    'database is locked' (SQLITE_BUSY_SNAPSHOT): the second writer waits for the first."""
+    import threading
+
+    services = sqlite_services
+    job = services.jobs.enqueue("generate_scene", {})
+    services.jobs.claim_next_job("w")
+    other_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def other_writer() -> None:
+        try:
+            services.jobs.report_progress(job.id, 0.5, "from another connection")
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            other_done.set()
+
+    with services.db.unit_of_work() as session:
+        row = session.get(models.Job, job.id)  # read first
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        assert not other_done.wait(0.5)  # the other writer waits for this unit of work
+        row.message = "written after reading"
+    thread.join(timeout=30)
+    assert errors == []
+    assert services.jobs.get(job.id).message == "from another connection"  # it ran after, not lost
+
+
+def test_read_only_units_do_not_block_writers(sqlite_services):
+    services = sqlite_services
+    with services.db.unit_of_work(read_only=True) as session:
+        session.execute(select(func.count()).select_from(models.Job)).scalar()
+        job = services.jobs.enqueue("generate_scene", {})  # another connection writes meanwhile
+    assert services.jobs.get(job.id).status == "queued"
