@@ -76,6 +76,25 @@ def cmd_project_show(args, services) -> int:
     return 0
 
 
+def cmd_project_delete(args, services) -> int:
+    project = services.projects.delete(services.projects.find(args.project).id)
+    print(f"project {project.name!r} is in the bin (`project restore` brings it back, `project purge` removes it)")
+    return 0
+
+
+def cmd_project_restore(args, services) -> int:
+    project = services.projects.restore(services.projects.find(args.project).id)
+    print(f"project {project.name!r} restored")
+    return 0
+
+
+def cmd_project_purge(args, services) -> int:
+    project = services.projects.find(args.project)
+    files = services.projects.purge(project.id)
+    print(f"project {project.name!r} removed for good ({files} file(s) no longer used were deleted)")
+    return 0
+
+
 def cmd_import(args, services) -> int:
     from studio.storyboard_file import import_storyboard, load_storyboard
 
@@ -145,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     show = project_actions.add_parser("show", help="show a project's characters, scenes and shots")
     show.add_argument("project", help="name or id")
     show.set_defaults(func=cmd_project_show)
+    for action, handler, text in (
+        ("delete", cmd_project_delete, "move a project to the bin"),
+        ("restore", cmd_project_restore, "bring a project back from the bin"),
+        ("purge", cmd_project_purge, "remove a binned project and the files only it used, for good"),
+    ):
+        sub = project_actions.add_parser(action, help=text)
+        sub.add_argument("project", help="name or id")
+        sub.set_defaults(func=handler)
 
     importer = commands.add_parser("import", help="import a storyboard file into its project (idempotent)")
     importer.add_argument("storyboard", help="storyboard YAML (reference paths are relative to it)")

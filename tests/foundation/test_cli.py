@@ -60,3 +60,18 @@ def test_render_refuses_a_bad_shot_reference(data_dir, tmp_path, capsys):
     code = main([*data_dir, "render", str(EXAMPLE), "--out", str(tmp_path / "f.mp4"), "--regenerate", "3.1"])
     assert code == 1
     assert "no such shot (scene 1: 2 shots, scene 2: 2 shots)" in capsys.readouterr().err
+
+
+def test_project_bin_commands(data_dir, capsys):
+    assert main([*data_dir, "project", "create", "Old"]) == 0
+    assert main([*data_dir, "project", "purge", "Old"]) == 1
+    assert "not in the bin; delete it first" in capsys.readouterr().err
+    assert main([*data_dir, "project", "delete", "Old"]) == 0
+    assert main([*data_dir, "project", "list"]) == 0
+    assert "no projects yet" in capsys.readouterr().out
+    assert main([*data_dir, "project", "restore", "Old"]) == 0
+    assert main([*data_dir, "project", "delete", "1"]) == 0
+    assert main([*data_dir, "project", "purge", "Old"]) == 0
+    assert "removed for good (0 file(s)" in capsys.readouterr().out
+    assert main([*data_dir, "project", "list", "--all"]) == 0
+    assert "Old" not in capsys.readouterr().out

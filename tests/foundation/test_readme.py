@@ -37,3 +37,13 @@ def test_settings_table_lists_every_setting():
 def test_readme_mentions_the_files_it_points_at():
     for path in ("assets/examples/lighthouse.yaml", "pipelines/registry.py", "app.py", ".ci/run"):
         assert (ROOT / path).exists(), path
+
+
+def test_every_requirement_is_pinned():
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for line in (ROOT / name).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line or line.startswith("-r "):
+                continue
+            assert re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[a-z0-9,]+\])?==[0-9][A-Za-z0-9.+]*", line), f"{name}: {line}"
+    assert "torch==2.13.0" in (ROOT / "requirements.txt").read_text().splitlines()
