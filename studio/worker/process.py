@@ -142,6 +142,10 @@ class Worker:
         """Import the model libraries and, unless `preset` is "imports", load the preset into the cache."""
         started = time.perf_counter()
         try:
+            import imageio_ffmpeg  # noqa: F401 - and what writing a take uses
+            import PIL.Image  # noqa: F401
+            import safetensors.torch  # noqa: F401
+
             import pipelines.pipeline_multishot  # noqa: F401 - diffusers and transformers: most of a cold start
 
             if preset != "imports":
