@@ -8,7 +8,8 @@ Import is idempotent: the project is found by title (or an explicit name), every
 only what differs is written, so importing the same file twice changes nothing (not even updated_at). A shot keeps
 its identity across imports by its `id:` (written by the exporter) or else by its position in its scene; a changed
 caption updates that shot and keeps its takes; shots missing from the file go to the bin (their takes stay there).
-Reference images are added when their content is new to the character and never removed by an import.
+Reference images are added when their content is new to the character; an import never removes characters or
+references (they may have been added in the UI). A shot's characters are kept in the order the file declares them.
 """
 
 from __future__ import annotations
@@ -317,7 +318,18 @@ def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
         for shot_index, raw_shot in enumerate(reader.list(scene_map, "shots", scene_path)):
             shot_path = f"{scene_path}.shots[{shot_index}]"
             shot_map = reader.mapping(raw_shot, shot_path, scene_map, "shots", SHOT_FIELDS)
-            shots.append(_parse_shot(reader, shot_map, shot_path, preset, fps, names, seen_ids))
+            shots.append(
+                _parse_shot(
+                    reader,
+                    shot_map,
+                    shot_path,
+                    preset,
+                    fps,
+                    names,
+                    seen_ids,
+                    {c.name.lower(): c.name for c in characters},
+                )
+            )
         scenes.append(
             StoryboardScene(
                 caption=scene_caption,
@@ -373,6 +385,7 @@ def _parse_shot(
     fps: int,
     names: dict[str, int],
     seen_ids: dict,
+    declared: dict[str, str],
 ) -> StoryboardShot:
     caption = reader.check(
         check.caption, shot, "caption", path, reader.text(shot, "caption", path, required=True), "shot caption"
@@ -400,7 +413,10 @@ def _parse_shot(
             raise reader.error(
                 f"unknown character {name!r}; add it under characters (known: {known})", shot, "characters", path
             )
-        characters.append(name.strip())
+        characters.append(name.strip().lower())
+    # Declared spelling, declaration order, once each: the order the studio keeps (and the exporter writes).
+    order = list(names)
+    characters = [declared[key] for key in sorted(set(characters), key=order.index)]
     shot_size = reader.check(_choice, shot, "size", path, shot.get("size"), SHOT_SIZES, "shot size")
     camera = reader.check(_choice, shot, "camera", path, shot.get("camera"), CAMERA_MOVES, "camera move")
     transition = shot.get("transition")

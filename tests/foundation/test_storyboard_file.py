@@ -200,3 +200,14 @@ def test_invalid_reference_image_is_refused_before_writing(sqlite_services, tmp_
         import_storyboard(sqlite_services, load_storyboard(tmp_path / "ex" / "lighthouse.yaml"), tmp_path / "ex")
     assert caught.value.field == "characters[0].references"
     assert sqlite_services.projects.list() == []
+
+
+def test_shot_characters_are_kept_in_declaration_order_and_spelling(sqlite_services):
+    text = BASE.replace("  - name: Mara", "  - name: Mara\n  - name: Tom").replace(
+        "frames: 17", "frames: 17\n        characters: [tom, Mara, Tom]"
+    )
+    doc = parse_storyboard(text)
+    assert doc.scenes[0].shots[0].characters == ("Mara", "Tom")
+    report = import_storyboard(sqlite_services, doc, Path("."))
+    exported = parse_storyboard(export_storyboard(sqlite_services, report.project_id))
+    assert exported == doc
