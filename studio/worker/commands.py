@@ -21,10 +21,7 @@ def register(subparsers) -> None:
 def _project_id(services, ref: str | None):
     if ref is None:
         return None
-    try:
-        return services.projects.get_by_name(ref).id
-    except Exception:  # noqa: BLE001 - fall back to an id
-        return services.projects.get(int(ref) if ref.isdigit() else ref).id
+    return services.projects.find(int(ref) if ref.isdigit() else ref).id
 
 
 def format_job_row(job) -> str:
