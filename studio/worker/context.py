@@ -45,7 +45,8 @@ class JobContext:
     """Handed to every job handler.
 
     `report_progress(fraction, message, step, total, preview=None)` records progress (monotone, clamped to
-    [0, 1], ETA computed from the elapsed time); `preview` is PNG bytes stored as an asset and linked to the job.
+    [0, 1], ETA from the rate since the first progress); `preview` is PNG bytes, stored as an asset and linked to
+    the job (the job's previous preview is dropped).
     `should_cancel()` reads the job's cancel flag from the database on every call, so a handler that calls it once
     per step stops within one step of the request; `check_cancelled()` raises `JobCancelled` instead.
     """
@@ -62,6 +63,7 @@ class JobContext:
     started_at: float | None = None
     _last_write_at: float | None = None
     _cancelled: bool = False
+    _rate_origin: tuple[float, float] | None = None  # (time, fraction) of the first progress above 0
     writes: int = 0  # progress rows written, for the benchmark and tests
 
     def __post_init__(self) -> None:
@@ -87,9 +89,14 @@ class JobContext:
         reached_end = fraction >= 1.0 and self.state.fraction < 1.0
         fraction = min(1.0, max(self.state.fraction, float(fraction)))
         now = self.clock()
-        elapsed = now - self.started_at
-        # ETA from the average rate so far: per-step rates of a diffusion loop are nearly constant after step one.
-        eta_s = elapsed * (1.0 - fraction) / fraction if fraction > 0 else None
+        # ETA from the average rate since the first progress was made (a model load before it would skew it);
+        # per-step rates of a diffusion or training loop are nearly constant.
+        if self._rate_origin is None and fraction > 0:
+            self._rate_origin = (now, fraction)
+        eta_s = None
+        if self._rate_origin is not None and fraction > self._rate_origin[1]:
+            origin_time, origin_fraction = self._rate_origin
+            eta_s = (now - origin_time) * (1.0 - fraction) / (fraction - origin_fraction)
         preview_asset_id = None
         if preview is not None:
             asset = self.services.assets.put_bytes(

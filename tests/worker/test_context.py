@@ -67,11 +67,16 @@ def test_progress_is_throttled_monotone_and_reaches_one():
     assert ctx.state.fraction == 1.0
 
 
-def test_eta_follows_the_average_rate_and_fraction_is_clamped():
+def test_eta_follows_the_rate_since_the_first_step_and_fraction_is_clamped():
     ctx, jobs, clock = make_context(interval=0.0)
-    clock.now += 10.0
+    clock.now += 60.0  # loading the model: no progress yet, and it must not count in the rate
+    ctx.report_progress(0.0, "loading model")
+    clock.now += 5.0
     ctx.report_progress(0.25, step=1, total=4)
-    assert jobs.rows[-1][4] == pytest.approx(30.0)  # 10 s for a quarter: 30 s to go
+    assert jobs.rows[-1][4] is None  # one point gives no rate
+    clock.now += 10.0
+    ctx.report_progress(0.5, step=2, total=4)
+    assert jobs.rows[-1][4] == pytest.approx(20.0)  # a quarter per 10 s: half to go
     clock.now += 10.0
     ctx.report_progress(2.0)
     assert jobs.rows[-1][0] == 1.0 and jobs.rows[-1][4] == pytest.approx(0.0)
