@@ -21,6 +21,7 @@ from pipelines.registry import PRESETS, get_preset
 from studio.services.errors import ServiceError
 from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
 from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
+from studio.storyboard_file import StoryboardError
 from studio.ui import storyboard as edits
 from studio.ui.panels import (
     PANEL_CSS,
@@ -82,7 +83,7 @@ def guarded(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except ServiceError as error:
+        except (ServiceError, StoryboardError) as error:
             raise gr.Error(str(error), print_exception=False) from None
         except Exception as error:
             logger.exception("UI handler %s failed", fn.__name__)
@@ -488,7 +489,7 @@ def build_app(services: Any) -> gr.Blocks:
                     (base_dir / "refs" / ref.name).write_bytes(data)
                 report = import_storyboard(s, doc, base_dir)
             project_id = getattr(report, "project_id", None) or project_id
-            return (*project_outputs(project_id), f"Imported: {esc(_report_text(report))}")
+            return (*project_outputs(project_id), f"Imported: {esc(_report_text(report))}", None, None)
 
         @guarded
         def on_export_storyboard(project_id):
@@ -503,7 +504,11 @@ def build_app(services: Any) -> gr.Blocks:
             path.write_text(text, encoding="utf-8")
             return str(path)
 
-        import_button.click(on_import, [project_state, import_file, import_refs], [*project_outputs_list, status])
+        import_button.click(
+            on_import,
+            [project_state, import_file, import_refs],
+            [*project_outputs_list, status, import_file, import_refs],
+        )
         export_sb_button.click(on_export_storyboard, project_state, storyboard_download)
 
         # ---- characters

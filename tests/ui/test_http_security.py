@@ -61,6 +61,29 @@ def test_cross_origin_event_is_refused(studio):
     assert response.status_code == 403
 
 
+def test_cross_origin_timeline_edit_is_refused(studio):
+    """The timeline's server function (direct POST, no queue) sits behind the same origin check."""
+    _, services, client, base = studio
+    project = services.projects.create("guarded", preset="tiny")
+    scene = services.storyboard.add_scene(project.id)
+    shot = services.storyboard.add_shot(scene.id, "before")
+    config = client.get("/config").json()
+    timeline_id = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "sl-timeline")
+    body = {
+        "session_hash": "abc",
+        "component_id": timeline_id,
+        "fn_name": "timeline_edit",
+        "data": {"op": "caption", "project_id": project.id, "shot_id": shot.id, "caption": "evil"},
+    }
+    refused = client.post("/gradio_api/component_server", json=body, headers={"Origin": "https://evil.example"})
+    assert refused.status_code == 403
+    assert services.storyboard.get_shot(shot.id).caption == "before"
+    accepted = client.post("/gradio_api/component_server", json=body, headers={"Origin": base})
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["ok"] is True
+    assert services.storyboard.get_shot(shot.id).caption == "evil"
+
+
 def test_upload_over_the_cap_is_refused(studio):
     _, _, client, base = studio
     response = upload(client, 5 * CAP, Origin=base)
