@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import imageio_ffmpeg
+import pytest
 import torch
 
 from studio.render import render_storyboard
@@ -115,3 +116,45 @@ def test_rerun_after_a_killed_render_finishes_without_redoing_takes(sqlite_servi
     assert (view.status, view.attempts) == ("done", 2)  # recovered at once (its process is gone) and reused
     assert len(jobs_of(services, "generate_scene")) == 2
     assert film.is_file()
+
+
+@pytest.mark.slow
+def test_killed_render_command_finishes_on_rerun_without_redoing_takes(sqlite_settings, tmp_path):
+    """The real CLI, killed with SIGKILL while the second scene generates, then run again to the end."""
+    import os
+    import signal
+
+    from studio.services import build_services
+    from tests.worker.helpers import REPO, wait_for
+
+    story = write_storyboard(tmp_path, steps=300)
+    film = tmp_path / "film.mp4"
+    command = [sys.executable, "-m", "studio", "--data-dir", str(sqlite_settings.data_dir), "--db",
+               sqlite_settings.resolved_database_url, "render", str(story), "--out", str(film)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    services = build_services(sqlite_settings)
+    try:
+        first = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+
+        def second_scene_running():
+            jobs = [j for j in services.jobs.list_jobs(status="running") if j.kind == "generate_scene"]
+            done = [j for j in services.jobs.list_jobs(status="done") if j.kind == "generate_scene"]
+            return done and jobs and (jobs[0].step or 0) >= 2
+
+        wait_for(second_scene_running, 600, interval_s=0.05, what="the second scene to be generating")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        project = services.projects.get_by_name("Render Test")
+        shots = film_shots(services, project.id)
+        before = {shot: ids for shot, ids in takes_by_shot(services, shots).items() if ids}
+        assert len(before) == 2 and not film.exists()  # scene 1 done, scene 2 interrupted
+
+        assert subprocess.run(command, cwd=REPO, env=env, stderr=subprocess.DEVNULL).returncode == 0
+
+        after = takes_by_shot(services, shots)
+        assert {shot: after[shot] for shot in before} == before  # the takes that existed were not redone
+        assert [len(ids) for ids in after.values()] == [1, 1, 1]
+        assert len(jobs_of(services, "generate_scene")) == 2  # the interrupted job was recovered and reused
+        assert frame_count(film)[1] == 5 + 5 + 9 - 2
+    finally:
+        services.close()
