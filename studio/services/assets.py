@@ -122,6 +122,14 @@ def validate_image(data: bytes, filename: str | None, max_bytes: int, max_pixels
     return ImageInfo(mime=UPLOAD_IMAGE_FORMATS[image_format], width=width, height=height, filename=name)
 
 
+# The sweep refuses to remove more than half of what exists once there are more than this many candidates.
+SWEEP_SAFETY_MIN = 10
+
+
+def _looks_mismatched(removable: int, total: int) -> bool:
+    return removable > SWEEP_SAFETY_MIN and removable * 2 > total
+
+
 def _fsync_dir(path: Path) -> None:
     # Make the rename itself durable (POSIX). Windows cannot open directories; skipping is harmless there.
     try:
@@ -278,20 +286,41 @@ class AssetStore:
             rows = session.execute(select(models.Asset.id, models.Asset.sha256, models.Asset.mime)).all()
         known_paths = {self.path_for(sha, mime) for _, sha, mime in rows}
 
-        files_removed = 0
-        for path in self.root.rglob("*"):
-            if not path.is_file() or path in known_paths:
+        files = [path for path in self.root.rglob("*") if path.is_file()]
+        orphans = []
+        for path in files:
+            if path in known_paths:
                 continue
             try:
-                if now - path.stat().st_mtime < grace_s:
-                    continue
+                if now - path.stat().st_mtime >= grace_s:
+                    orphans.append(path)
+            except FileNotFoundError:
+                continue
+        missing = {asset_id for asset_id, sha, mime in rows if not self.path_for(sha, mime).exists()}
+
+        # A data folder and a database that do not belong together (a wrong --data-dir or --db, an unmounted
+        # share) look like "every file is an orphan" or "every row lost its file". Sweeping then would destroy a
+        # project's takes or another database's files, so a sweep that would remove most of either does nothing.
+        if _looks_mismatched(len(orphans), len(files)) or _looks_mismatched(len(missing), len(rows)):
+            logger.error(
+                "asset sweep skipped: %d of %d files have no row and %d of %d rows have no file in %s; is this the "
+                "data folder of this database (--data-dir / --db)?",
+                len(orphans),
+                len(files),
+                len(missing),
+                len(rows),
+                self.root,
+            )
+            return 0, 0
+
+        files_removed = 0
+        for path in orphans:
+            try:
                 path.unlink()
                 files_removed += 1
                 logger.info("removed orphan asset file %s", path)
             except FileNotFoundError:
                 continue
-
-        missing = {asset_id for asset_id, sha, mime in rows if not self.path_for(sha, mime).exists()}
         if missing:
             with self.db.unit_of_work() as session:
                 self._drop_missing(session, missing)

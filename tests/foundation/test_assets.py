@@ -214,3 +214,32 @@ def test_truncated_image_refused():
 )
 def test_sanitize_filename(raw, safe):
     assert sanitize_filename(raw) == safe
+
+
+def test_sweep_refuses_when_folder_and_database_do_not_match(tmp_path):
+    """A wrong --data-dir (or --db) must not wipe the takes of a database or the files of another one."""
+    from studio.config import load_settings
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = build_services(load_settings(data_dir=tmp_path / "a", database_url=url))
+    try:
+        ids = [first.assets.put_bytes(f"file {n}".encode(), "video", "video/mp4").id for n in range(12)]
+    finally:
+        first.close()
+    for path in (tmp_path / "a" / "assets").rglob("*"):
+        if path.is_file():
+            _age(path)
+    # Same database, another (empty) data folder: every row would lose its file.
+    wrong_folder = build_services(load_settings(data_dir=tmp_path / "b", database_url=url))
+    try:
+        assert wrong_folder.assets.sweep_orphans() == (0, 0)
+        assert [wrong_folder.assets.get(i).id for i in ids] == ids
+    finally:
+        wrong_folder.close()
+    # Same data folder, another (empty) database: every file would be an orphan.
+    other_db = build_services(load_settings(data_dir=tmp_path / "a", database_url=f"sqlite:///{tmp_path / 'o.db'}"))
+    try:
+        assert other_db.assets.sweep_orphans() == (0, 0)
+        assert len(_files(tmp_path / "a" / "assets")) == 12
+    finally:
+        other_db.close()
