@@ -6,8 +6,9 @@ multiple, characters named in shots) and every error names the line and the fiel
 
 Import is idempotent: the project is found by title (or an explicit name), every row is compared with the file and
 only what differs is written, so importing the same file twice changes nothing (not even updated_at). A shot keeps
-its identity across imports by its `id:` (written by the exporter) or else by its position in its scene; a changed
-caption updates that shot and keeps its takes; shots missing from the file go to the bin (their takes stay there).
+its identity across imports by its `id:` (written by the exporter); without one, by an unchanged caption in its
+scene, and else by its position among the scene's remaining shots. A changed caption updates that shot and keeps
+its takes; shots missing from the file go to the bin (their takes stay there).
 Reference images are added when their content is new to the character; an import never removes characters or
 references (they may have been added in the UI). A shot's characters are kept in the order the file declares them.
 """
@@ -752,6 +753,19 @@ def _sync_scenes(services, doc: StoryboardDoc, project_id: int, character_ids: d
     for scene_index, (scene_spec, scene_id) in enumerate(zip(doc.scenes, scene_ids, strict=True)):
         scene_view = storyboard.get_scene(scene_id)
         free_shots = [s for s in scene_view.shots if s.id not in claimed_shots]
+        # Without an id, an unchanged caption finds its shot first (a shot inserted above does not shift the
+        # others onto the wrong takes); what is left pairs up by position.
+        assigned: list[Any] = [None] * len(scene_spec.shots)
+        for shot_index, spec in enumerate(scene_spec.shots):
+            if spec.id is not None and spec.id in all_live_shots:
+                continue
+            same = next((s for s in free_shots if s.caption == spec.caption), None)
+            if same is not None:
+                assigned[shot_index] = same
+                free_shots.remove(same)
+        for shot_index, spec in enumerate(scene_spec.shots):
+            if assigned[shot_index] is None and not (spec.id is not None and spec.id in all_live_shots) and free_shots:
+                assigned[shot_index] = free_shots.pop(0)
         wanted_ids: list[int] = []
         for shot_index, spec in enumerate(scene_spec.shots):
             path = f"scenes[{scene_index}].shots[{shot_index}]"
@@ -759,10 +773,8 @@ def _sync_scenes(services, doc: StoryboardDoc, project_id: int, character_ids: d
             with _wrap(doc, spec.line, path):
                 if spec.id is not None and spec.id in all_live_shots:
                     current = storyboard.get_shot(spec.id)
-                elif free_shots:
-                    current = free_shots.pop(0)
                 else:
-                    current = None
+                    current = assigned[shot_index]
                 if current is None:
                     current = storyboard.add_shot(
                         scene_id,

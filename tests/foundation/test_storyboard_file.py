@@ -211,3 +211,21 @@ def test_shot_characters_are_kept_in_declaration_order_and_spelling(sqlite_servi
     report = import_storyboard(sqlite_services, doc, Path("."))
     exported = parse_storyboard(export_storyboard(sqlite_services, report.project_id))
     assert exported == doc
+
+
+def test_without_ids_an_inserted_shot_does_not_shift_takes(sqlite_services):
+    services = sqlite_services
+    report = import_storyboard(services, load_storyboard(EXAMPLE), EXAMPLES)
+    first, second = report.film_shot_ids[:2]
+    take = add_take(services, first)
+    text = EXAMPLE.read_text().replace(
+        "      - caption: wide shot, Mara climbs the stairs",
+        "      - caption: establishing shot, the lighthouse in the rain\n        frames: 9\n"
+        "      - caption: wide shot, Mara climbs the stairs",
+    )
+    changed = import_storyboard(services, parse_storyboard(text), EXAMPLES)
+    assert (changed.shots_created, changed.shots_updated, changed.shots_binned) == (1, 0, 0)
+    new = changed.film_shot_ids[0]
+    assert changed.film_shot_ids[1:3] == [first, second]
+    assert services.takes.chosen_take(first).id == take.id
+    assert services.takes.chosen_take(new) is None
