@@ -1,10 +1,11 @@
-"""Retrying the worker's own database writes through short lock conflicts.
+"""Retrying the worker's own database writes through short, transient failures.
 
-SQLite in WAL mode answers "database is locked" at once, whatever the busy timeout, when a transaction that has
-read tries to write after another connection committed (SQLITE_BUSY_SNAPSHOT); with a UI and several workers
-writing progress, that happens. PostgreSQL can drop a connection on restart. Each service call is one unit of work
-that rolls back completely on error (asset files included), so calling it again is safe. A generation that ran
-for minutes must not be lost to a lock that clears in milliseconds.
+A generation that ran for minutes must not be lost to a hiccup that clears in milliseconds: a PostgreSQL restart
+or failover drops connections (`connection_invalidated`), a serialization conflict asks for a retry, and SQLite
+can still answer "database is locked" once its busy timeout runs out under heavy write load. (The studio's units
+of work that may write begin IMMEDIATE on SQLite, so the instant SQLITE_BUSY_SNAPSHOT of a read-then-write
+transaction no longer happens.) Each service call is one unit of work that rolls back completely on error, asset
+files included, so calling it again is safe.
 """
 
 from __future__ import annotations

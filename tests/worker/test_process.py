@@ -49,8 +49,7 @@ def test_two_workers_racing_never_claim_the_same_job(settings, tmp_path):
         workers = [spawn_worker(settings, f"racer-{i}", log) for i, log in enumerate(logs)]
         for worker, log in zip(workers, logs, strict=True):
             wait_for_log(log, "ready", worker)
-        # retry_db: SQLite answers "database is locked" at once to a read-then-write transaction that a worker's
-        # commit overtook (SQLITE_BUSY_SNAPSHOT; see studio/worker/retry.py).
+        # retry_db: as the UI would, ride out a transient lock while two workers commit (studio/worker/retry.py).
         jobs = [
             retry_db(services.jobs.enqueue, "generate_scene", {"scene_id": scene_id, "only_missing": True}, project.id)
             for _ in range(40)
