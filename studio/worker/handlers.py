@@ -8,6 +8,7 @@ fails only the jobs of its kind, with a message, instead of the whole worker.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 
 from studio.worker.context import JobContext
@@ -48,7 +49,7 @@ def _area_handler(module_names: tuple[str, ...], function_name: str) -> Handler:
                 f"{ctx.job.kind} jobs"
             )
         kwargs = {}
-        if "pipelines" in getattr(function, "__code__", type("", (), {"co_varnames": ()})).co_varnames:
+        if "pipelines" in inspect.signature(function).parameters:
             kwargs["pipelines"] = ctx.pipelines  # training reuses the worker's warm base model when it can
         result = function(ctx.services, ctx.job, ctx.report_progress, ctx.should_cancel, **kwargs)
         return result or {}
