@@ -162,3 +162,23 @@ def test_out_of_memory_is_recognised_from_text(error):
 
     assert is_out_of_memory(error)
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_a_job_of_a_silent_worker_elsewhere_is_taken_over_after_the_heartbeat_timeout(sqlite_settings):
+    import time
+
+    from studio.services import build_services
+
+    services = build_services(sqlite_settings.model_copy(update={"heartbeat_s": 0.1, "heartbeat_timeout_s": 0.5}))
+    try:
+        jobs = services.jobs
+        job = jobs.enqueue("export_film", {})
+        jobs.claim_next_job("other-machine:4242")  # then that machine loses power: no more beats
+        worker = make_worker(services, {"export_film": lambda ctx: {"ran_on": ctx.worker_id}})
+        assert worker.recover() == []  # its heartbeat is fresh: it may still be working
+        time.sleep(0.6)
+        worker.run(exit_when_idle=True)
+        view = jobs.get(job.id)
+        assert (view.status, view.result, view.attempts) == ("done", {"ran_on": "test-worker"}, 2)
+    finally:
+        services.close()
