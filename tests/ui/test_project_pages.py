@@ -29,7 +29,10 @@ def fill(page, elem_id: str, text: str) -> None:
 
 
 def title_has(page, text: str) -> None:
-    page.wait_for_function("(t) => document.querySelector('#sl-project-title').innerText.includes(t)", arg=text)
+    page.wait_for_function(
+        "(t) => { const n = document.querySelector('#sl-project-title'); return !!n && n.innerText.includes(t); }",
+        arg=text,
+    )
 
 
 def test_create_rename_settings_bin_and_restore(page, studio):
@@ -75,6 +78,7 @@ def test_storyboard_file_round_trip(page, studio, tmp_path):
     services.storyboard.add_shot(scene.id, "Mara climbs the stairs")
     services.storyboard.add_shot(scene.id, "the lamp turns")
     page.goto(f"{base}/?project={project.id}")
+    title_has(page, "Lighthouse file")  # the page has opened the project
     page.locator("#sl-export-storyboard").click()
     link = page.locator("#sl-storyboard-file a").first
     link.wait_for()
