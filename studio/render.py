@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,7 +100,46 @@ def _regenerate_job(services, project_id: int, shot_id: int):
     return retry_db(services.jobs.enqueue, "regenerate_shot", {"shot_id": shot_id}, project_id, priority=1)
 
 
-def run_jobs(services, worker, jobs: list, stage: str, log: Callable[[str], None], poll_s: float = 0.5) -> list:
+def describe_job(view) -> str:
+    text = f"job {view.id} ({view.kind}) {view.status} {100 * view.progress:.0f}%"
+    if view.step is not None and view.total_steps:
+        text += f", step {view.step}/{view.total_steps}"
+    if view.status == "running" and view.eta_s is not None:
+        minutes, seconds = divmod(round(view.eta_s), 60)
+        text += f", about {minutes}m{seconds:02d}s left" if minutes else f", about {seconds}s left"
+    return text
+
+
+class _ProgressPrinter(threading.Thread):
+    """Prints the stage's unfinished jobs every few seconds while they run (in this process or elsewhere)."""
+
+    def __init__(self, services, job_ids: set, stage: str, log: Callable[[str], None], every_s: float):
+        super().__init__(daemon=True, name="render-progress")
+        self.services, self.job_ids, self.stage, self.log, self.every_s = services, job_ids, stage, log, every_s
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        last = ""
+        while not self.done.wait(self.every_s):
+            try:
+                views = [self.services.jobs.get(job_id) for job_id in sorted(self.job_ids)]
+            except Exception:  # noqa: BLE001 - a progress line is a nicety; the main loop sees real errors
+                continue
+            line = "; ".join(describe_job(v) for v in views if not v.is_finished)
+            if line and line != last:
+                self.log(f"{self.stage}: {line}")
+                last = line
+
+
+def run_jobs(
+    services,
+    worker,
+    jobs: list,
+    stage: str,
+    log: Callable[[str], None],
+    poll_s: float = 0.5,
+    progress_every_s: float = 5.0,
+) -> list:
     """Run (in this process) or wait for (another worker has them) `jobs` until all have finished.
 
     Raises RenderError naming `stage` when one fails or is cancelled. The in-process worker claims in queue order,
@@ -109,37 +149,37 @@ def run_jobs(services, worker, jobs: list, stage: str, log: Callable[[str], None
 
     pending = {job.id for job in jobs}
     finished = []
-    last_line = ""
     last_recover = time.monotonic()
-    while pending:
-        for job_id in sorted(pending):
-            view = retry_db(services.jobs.get, job_id)
-            if not view.is_finished:
-                continue
-            pending.discard(job_id)
-            finished.append(view)
-            if view.status != "done":
-                reason = view.error or view.message or view.status
-                raise RenderError(f"{stage}: job {job_id} ({view.kind}) {view.status}: {reason}")
-        if not pending:
-            break
-        try:
-            ran = worker.run_once()
-        except Exception as error:
-            if not is_transient(error):
-                raise
-            ran = None
-        if ran is None:
-            # Nothing we can claim: another worker runs our jobs; wait and look again (and recover dead ones).
-            views = [retry_db(services.jobs.get, job_id) for job_id in sorted(pending)]
-            line = "; ".join(f"job {v.id} {v.status} {100 * v.progress:.0f}%" for v in views)
-            if line != last_line:
-                log(f"{stage}: waiting for {line}")
-                last_line = line
-            if time.monotonic() - last_recover > max(1.0, services.settings.heartbeat_timeout_s / 2):
-                worker.recover()
-                last_recover = time.monotonic()
-            time.sleep(poll_s)
+    printer = _ProgressPrinter(services, set(pending), stage, log, progress_every_s)
+    printer.start()
+    try:
+        while pending:
+            for job_id in sorted(pending):
+                view = retry_db(services.jobs.get, job_id)
+                if not view.is_finished:
+                    continue
+                pending.discard(job_id)
+                finished.append(view)
+                if view.status != "done":
+                    reason = view.error or view.message or view.status
+                    raise RenderError(f"{stage}: job {job_id} ({view.kind}) {view.status}: {reason}")
+            if not pending:
+                break
+            try:
+                ran = worker.run_once()
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                ran = None
+            if ran is None:
+                # Nothing we can claim: another worker runs our jobs; wait and look again (and recover dead ones).
+                if time.monotonic() - last_recover > max(1.0, services.settings.heartbeat_timeout_s / 2):
+                    worker.recover()
+                    last_recover = time.monotonic()
+                time.sleep(poll_s)
+    finally:
+        printer.done.set()
+        printer.join(timeout=5)
     return finished
 
 
