@@ -30,13 +30,17 @@ def format_job_row(job) -> str:
     total = getattr(job, "total_steps", None)
     if step is not None and total:
         progress += f" {step}/{total}"
+    eta_s = getattr(job, "eta_s", None)
+    if job.status == "running" and eta_s is not None:
+        minutes, seconds = divmod(round(eta_s), 60)
+        progress += f" ~{minutes}m{seconds:02d}s"
     message = (job.message or "").replace("\n", " ")
-    return f"{job.id!s:>6}  {job.kind:<16}{job.status:<10}{progress:<16}{message}"
+    return f"{job.id!s:>6}  {job.kind:<16}{job.status:<10}{progress:<24}{message}"
 
 
 def list_jobs(args, services) -> int:
     jobs = services.jobs.list_jobs(status=args.status, project_id=_project_id(services, args.project))
-    print(f"{'id':>6}  {'kind':<16}{'status':<10}{'progress':<16}message")
+    print(f"{'id':>6}  {'kind':<16}{'status':<10}{'progress':<24}message")
     for job in jobs:
         print(format_job_row(job))
     return 0
