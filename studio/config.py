@@ -7,7 +7,6 @@ environment variable or flag that sets it) and says what is allowed.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -126,7 +125,7 @@ class Settings(BaseSettings):
         return self.model_dir or self.data_dir / "models"
 
 
-# CLI flags: name -> (settings field, extra argparse kwargs). Flags beat the environment.
+# CLI flag -> settings field. Flags beat the environment.
 _FLAGS: dict[str, str] = {
     "--data-dir": "data_dir",
     "--db": "database_url",
@@ -207,8 +206,3 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
         (field, f"STUDIO_{field.upper()}", _FLAG_OF_FIELD.get(field, ""), info.description or "")
         for field, info in Settings.model_fields.items()
     ]
-
-
-def environ_snapshot() -> dict[str, str]:
-    """The STUDIO_ variables currently set (for logs; auth is masked)."""
-    return {k: ("***" if k == "STUDIO_AUTH" else v) for k, v in os.environ.items() if k.startswith("STUDIO_")}
