@@ -1,0 +1,165 @@
+"""Storyboard page features beyond the card edits: the shot inspector (characters, frames, size, transition), move
+between scenes, scene caption, insert, generate selected shots, regenerate with a new caption, live job progress and
+training from the Characters tab. No worker runs here: jobs are checked in the queue as the page enqueued them."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from studio.config import load_settings
+from studio.services import build_services
+from studio.ui.app import build_app
+from studio.ui.latency import card_order
+from tests.ui.conftest import free_port
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    settings = load_settings(data_dir=tmp_path_factory.mktemp("board") / "data", port=free_port())
+    services = build_services(settings)
+    app = build_app(services)
+    app.launch(prevent_thread_lock=True, quiet=True)
+    yield services, app.local_url.rstrip("/")
+    app.close()
+    services.close()
+
+
+def project_with_shots(services, name: str, count: int):
+    project = services.projects.create(name, preset="tiny")
+    scene = services.storyboard.add_scene(project.id, caption="the harbour")
+    shots = [services.storyboard.add_shot(scene.id, f"shot {i + 1}").id for i in range(count)]
+    return project, scene, shots
+
+
+def open_board(page, base: str, project_id: int) -> None:
+    page.goto(f"{base}/?project={project_id}")
+    page.get_by_role("tab", name="Storyboard").click()
+    page.wait_for_selector(".tl-card")
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_inspector_sets_characters_frames_size_and_transition(page, studio):
+    services, base = studio
+    project, scene, shots = project_with_shots(services, "inspector", 2)
+    mara = services.characters.create(project.id, "Mara")
+    open_board(page, base, project.id)
+    page.locator(f".tl-card[data-shot-id='{shots[1]}'] button[data-action=open]").click()
+    page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot')")
+    page.locator("#sl-shot-characters").get_by_label("Mara").check()
+    page.locator("#sl-shot-frames input").fill("17")
+    pick(page, "sl-shot-size", "close-up")
+    pick(page, "sl-shot-transition", "dissolve")
+    page.locator("#sl-shot-transition-s input").fill("0.5")
+    page.locator("#sl-save-shot").click()
+    page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Shot saved')")
+    shot = services.storyboard.get_shot(shots[1])
+    assert shot.character_ids == (mara.id,) and shot.num_frames == 17 and shot.shot_size == "close-up"
+    assert (shot.transition_type, shot.transition_seconds) == ("dissolve", 0.5)
+    meta = page.locator(f".tl-card[data-shot-id='{shots[1]}'] .tl-meta").inner_text()
+    assert "Mara" in meta and "17 f" in meta and "close-up" in meta and "dissolve 0.5 s" in meta
+    # A value the service refuses (frames must be 4n+1) is a message; the shot keeps its frames.
+    page.locator("#sl-shot-frames input").fill("18")
+    page.locator("#sl-save-shot").click()
+    page.get_by_text("frames", exact=False).last.wait_for()
+    assert services.storyboard.get_shot(shots[1]).num_frames == 17
+
+
+def test_scene_caption_insert_and_move_between_scenes(page, studio):
+    services, base = studio
+    project, scene, shots = project_with_shots(services, "scenes", 2)
+    open_board(page, base, project.id)
+    caption = page.locator(".tl-scene-caption").first
+    caption.fill("a harbour at dawn, mist")
+    caption.press("Enter")
+    page.wait_for_function("document.querySelector('.tl-scene').dataset.savedCaption === 'a harbour at dawn, mist'")
+    assert services.storyboard.get_scene(scene.id).caption == "a harbour at dawn, mist"
+    page.locator(f".tl-card[data-shot-id='{shots[0]}'] button[data-action=insert]").click()
+    page.wait_for_function("document.querySelectorAll('.tl-card').length === 3")
+    live = services.storyboard.get_scene(scene.id).shots
+    assert [s.id for s in live][0] == shots[0] and [s.id for s in live][2] == shots[1]
+    page.locator("#sl-new-scene-caption textarea, #sl-new-scene-caption input").first.fill("the lighthouse at night")
+    page.locator("#sl-add-scene").click()
+    page.wait_for_function("document.querySelectorAll('.tl-scene').length === 2")
+    second = services.storyboard.list_scenes(project.id)[1]
+    assert second.caption == "the lighthouse at night" and len(second.shots) == 1
+    target = page.locator(".tl-scene").nth(1).locator(".tl-shots")
+    page.locator(f".tl-card[data-shot-id='{shots[1]}'] .tl-meta").drag_to(target)
+    page.wait_for_function(
+        f"document.querySelectorAll('.tl-scene')[1].querySelector(\".tl-card[data-shot-id='{shots[1]}']\") !== null"
+    )
+    assert services.storyboard.get_shot(shots[1]).scene_id == second.id
+    assert card_order(page) == [s.id for s in services.storyboard.film_shots(project.id)]
+
+
+def test_generate_selected_and_regenerate_with_a_new_caption(page, studio):
+    services, base = studio
+    project, scene, shots = project_with_shots(services, "generate", 3)
+    open_board(page, base, project.id)
+    for shot_id in (shots[0], shots[2]):
+        page.locator(f".tl-card[data-shot-id='{shot_id}'] .tl-pick").check()
+    page.wait_for_timeout(300)
+    page.locator("#sl-generate-selected").click()
+    page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Generation queued')")
+    jobs = services.jobs.list_jobs(project_id=project.id)
+    assert len(jobs) == 1 and jobs[0].kind == "generate_scene"
+    assert jobs[0].payload["scene_id"] == scene.id and sorted(jobs[0].payload["shot_ids"]) == [shots[0], shots[2]]
+    page.locator(f".tl-card[data-shot-id='{shots[1]}'] button[data-action=open]").click()
+    page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot')")
+    page.locator("#sl-shot-caption textarea, #sl-shot-caption input").first.fill("close-up, a new idea")
+    page.locator("#sl-regen-caption").click()
+    page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Regeneration queued')")
+    regen = [job for job in services.jobs.list_jobs(project_id=project.id) if job.kind == "regenerate_shot"]
+    assert len(regen) == 1 and regen[0].payload["shot_id"] == shots[1]
+    assert services.storyboard.get_shot(shots[1]).caption == "close-up, a new idea"
+    assert [s.caption for s in services.storyboard.get_scene(scene.id).shots][::2] == ["shot 1", "shot 3"]
+
+
+def test_queue_shows_live_progress_and_eta(page, studio):
+    services, base = studio
+    project, scene, _ = project_with_shots(services, "progress", 1)
+    payload = {"project_id": project.id, "scene_id": scene.id}
+    job = services.jobs.enqueue("generate_scene", payload, project.id, priority=10)  # claimed before other tests'
+    page.goto(f"{base}/?project={project.id}")
+    page.wait_for_selector(f"#sl-jobs .sl-job[data-job-id='{job.id}'][data-status='queued']")
+    claimed = services.jobs.claim_next_job("test-worker")
+    assert claimed.id == job.id
+    services.jobs.report_progress(job.id, 0.5, "step 5/10", step=5, total=10, eta_s=75)
+    row = page.locator(f"#sl-jobs .sl-job[data-job-id='{job.id}'][data-status='running']")
+    row.wait_for(timeout=15_000)
+    page.wait_for_function(
+        f"document.querySelector(\"#sl-jobs .sl-job[data-job-id='{job.id}']\").innerText.includes('ETA 1:15')"
+    )
+    assert "50%" in row.inner_text() and "step 5/10" in row.inner_text()
+    services.jobs.finish(job.id, {})
+    page.wait_for_selector(f"#sl-jobs .sl-job[data-job-id='{job.id}'][data-status='done']", timeout=15_000)
+
+
+def test_train_button_queues_training_for_the_open_character(page, studio):
+    services, base = studio
+    project, _, _ = project_with_shots(services, "training", 1)
+    mara = services.characters.create(project.id, "Mara")
+    services.characters.add_reference(mara.id, "mara.png", png())
+    page.goto(f"{base}/?project={project.id}")
+    page.get_by_role("tab", name="Characters").click()
+    page.locator(f"#sl-characters .sl-card[data-character-id='{mara.id}'] button[data-action=open_character]").click()
+    page.wait_for_selector("#sl-references .sl-ref")
+    assert "No adapter yet" in page.locator("#sl-adapter-status").inner_text()
+    page.locator("#sl-train").click()
+    page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Training queued')")
+    jobs = [job for job in services.jobs.list_jobs(project_id=project.id) if job.kind == "train_adapter"]
+    assert len(jobs) == 1 and jobs[0].payload["character_id"] == mara.id and jobs[0].payload["kind"] == "lora"
