@@ -75,7 +75,10 @@ def launch_studio(services: Any, **kwargs: Any):
 
 
 def guarded(fn: Callable) -> Callable:
-    """Turn service refusals into a readable toast and anything unexpected into a short message (trace in the log)."""
+    """Turn service refusals into a readable toast and anything unexpected into a short message (trace in the log).
+
+    Gradio renders toast text as (sanitised) HTML, so messages are escaped: a name quoted in a refusal shows as
+    typed."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -84,11 +87,11 @@ def guarded(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except (ServiceError, StoryboardError) as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise gr.Error(esc(error), print_exception=False) from None
         except Exception as error:
             logger.exception("UI handler %s failed", fn.__name__)
             raise gr.Error(
-                f"Something went wrong ({type(error).__name__}: {error}); the server log has details.",
+                esc(f"Something went wrong ({type(error).__name__}: {error}); the server log has details."),
                 print_exception=False,
             ) from None
 
@@ -227,7 +230,7 @@ def build_app(services: Any) -> gr.Blocks:
                             ["lora", "embedding"], value="lora", label="Adapter", elem_id="sl-adapter-kind"
                         )
                         train_button = gr.Button("Train", variant="primary", elem_id="sl-train")
-                    adapter_status = gr.Markdown("", elem_id="sl-adapter-status")
+                    adapter_status = gr.HTML("", elem_id="sl-adapter-status", css_template=PANEL_CSS)
                     loss_plot = gr.LinePlot(
                         x="step", y="loss", title="Training loss", height=220, elem_id="sl-loss-plot"
                     )
@@ -544,7 +547,7 @@ def build_app(services: Any) -> gr.Blocks:
                 character.trigger,
                 character.description,
                 references_html(refs),
-                _adapter_text(adapter),
+                _adapter_text(adapter, character_id),
                 gr.update(value="Retrain" if adapter else "Train"),
                 _loss_frame(adapter),
                 _identity_rows(project_id, character),
@@ -567,22 +570,37 @@ def build_app(services: Any) -> gr.Blocks:
             shot_characters,
         ]
 
-        def _adapter_text(adapter: Any | None) -> str:
+        def _adapter_text(adapter: Any | None, character_id: int | None = None) -> str:
+            """Adapter status and, while a training job of this character runs, its progress bar and message."""
             if adapter is None:
-                return "No adapter yet: upload references, then Train."
-            text = f"**{esc(adapter.kind)} v{adapter.version}**: {esc(adapter.status)}"
-            if adapter.message:
-                text += f" — {esc(adapter.message)}"
-            if adapter.job_id:
-                job = s.jobs.get(adapter.job_id)
-                if not job.is_finished:
-                    text += f"  \nTraining: {int(round(100 * job.progress))}% {esc(job.message)}"
+                text = "<div>No adapter yet: upload references, then Train.</div>"
+            else:
+                text = f"<div><b>{esc(adapter.kind)} v{adapter.version}</b>: {esc(adapter.status)}"
+                text += f" — {esc(adapter.message)}</div>" if adapter.message else "</div>"
+            if character_id is not None:
+                character = s.characters.get(character_id)
+                training = [
+                    job
+                    for job in s.jobs.list_jobs(project_id=character.project_id)
+                    if job.kind == "train_adapter" and (job.payload or {}).get("character_id") == character_id
+                ]
+                job = max(training, key=lambda j: j.id) if training else None
+                if job is not None and not job.is_finished:
+                    percent = int(round(100 * max(0.0, min(1.0, job.progress or 0.0))))
+                    text += (
+                        f'<div class="sl-training" data-job-id="{job.id}">Training ({esc(job.status)}): {percent}%'
+                        f'<div class="sl-bar"><div style="width:{percent}%"></div></div>'
+                        f'<div class="sl-small">{esc(job.message)}</div></div>'
+                    )
+                elif job is not None and job.status == "failed":
+                    text += f'<div class="sl-flag">Training failed: {esc(job.error or job.message)}</div>'
             return text
 
         def _loss_frame(adapter: Any | None):
             import pandas as pd
 
-            losses = (adapter.metrics or {}).get("loss") if adapter else None
+            metrics = (adapter.metrics or {}) if adapter else {}
+            losses = metrics.get("loss_curve") or metrics.get("loss")
             if not losses:
                 return pd.DataFrame({"step": [], "loss": []})
             if isinstance(losses, dict):
@@ -599,10 +617,13 @@ def build_app(services: Any) -> gr.Blocks:
                 if character.id not in shot.character_ids:
                     continue
                 for take in s.takes.list_takes(shot.id)[-3:]:
-                    score = (take.identity_scores or {}).get(character.name)
+                    # Scores are keyed by character name (or id); a string says why there is no number.
+                    scores = take.identity_scores or {}
+                    score = next((scores[k] for k in (character.name, str(character.id)) if k in scores), None)
                     if isinstance(score, dict):
                         score = score.get("mean")
-                    rows.append([shot.id, take.number, round(float(score), 3) if score is not None else None])
+                    shown = round(float(score), 3) if isinstance(score, int | float) else (score or "not scored")
+                    rows.append([shot.id, take.number, str(shown)])
             return rows[-12:]
 
         @guarded

@@ -163,3 +163,6 @@ def test_train_button_queues_training_for_the_open_character(page, studio):
     page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Training queued')")
     jobs = [job for job in services.jobs.list_jobs(project_id=project.id) if job.kind == "train_adapter"]
     assert len(jobs) == 1 and jobs[0].payload["character_id"] == mara.id and jobs[0].payload["kind"] == "lora"
+    # The character's panel shows the training job's progress bar while it runs (the timer refreshes it).
+    page.wait_for_selector(f"#sl-adapter-status .sl-training[data-job-id='{jobs[0].id}']")
+    assert "0%" in page.locator("#sl-adapter-status").inner_text()

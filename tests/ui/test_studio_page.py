@@ -84,10 +84,18 @@ def test_service_refusal_is_a_readable_message_and_the_page_stays_usable(page, s
     toast.wait_for()
     body = page.locator("body").inner_text()
     assert "Traceback" not in body and 'File "' not in body
+    # A refusal that quotes a hostile name shows it as text.
+    services.characters.create(project_id, NASTY[1])
+    page.locator("#sl-char-new-name textarea, #sl-char-new-name input").first.fill(NASTY[1])
+    page.locator("#sl-char-create").click()
+    page.get_by_text("onerror", exact=False).first.wait_for()
+    page.wait_for_timeout(300)
+    assert page.watch.dialogs == []
+    assert page.locator("img[src='x']").count() == 0
     page.locator("#sl-char-new-name textarea, #sl-char-new-name input").first.fill("Theo")
     page.locator("#sl-char-create").click()
     page.wait_for_function("document.querySelector('#sl-characters').innerText.includes('Theo')")
-    assert sorted(c.name for c in services.characters.list(project_id)) == ["Mara", "Theo"]
+    assert sorted(c.name for c in services.characters.list(project_id)) == sorted(["Mara", "Theo", NASTY[1]])
 
 
 def test_timeline_edits_reach_the_services(page, studio):
