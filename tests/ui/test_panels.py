@@ -1,0 +1,93 @@
+"""Server-drawn panels: every user string escaped, and the numbers a film-maker reads (scores, progress, ETA)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from types import SimpleNamespace
+
+from studio.ui.panels import exports_html, format_scores, jobs_html, references_html, takes_html
+
+HOSTILE = "<img src=x onerror=alert(1)> ${document.title} {{value}}"
+
+
+def test_references_show_crop_or_the_flag_reason():
+    now = datetime(2026, 1, 1)
+    refs = [
+        SimpleNamespace(id=1, asset_id=10, crop_asset_id=11, flags=(), analyzed_at=now, original_name=HOSTILE),
+        SimpleNamespace(id=2, asset_id=20, crop_asset_id=None, flags=("no_face",), analyzed_at=now, original_name="b"),
+        SimpleNamespace(id=3, asset_id=30, crop_asset_id=None, flags=(), analyzed_at=None, original_name="c"),
+    ]
+    html = references_html(refs)
+    assert 'src="/studio/asset/11"' in html and 'src="/studio/asset/20"' in html
+    assert "no face found" in html and "not analysed yet" in html
+    assert "<img src=x" not in html and "${" not in html and "{{" not in html
+
+
+def test_takes_side_by_side_with_seed_scores_and_choose():
+    shot = SimpleNamespace(id=5, caption=HOSTILE)
+    takes = [
+        SimpleNamespace(
+            id=1,
+            number=1,
+            video_asset_id=7,
+            seed=42,
+            identity_scores={"Mara": 0.61234},
+            is_chosen=True,
+            params={"caption": HOSTILE},
+        ),
+        SimpleNamespace(
+            id=2,
+            number=2,
+            video_asset_id=8,
+            seed=43,
+            identity_scores={"Mara": "no face found"},
+            is_chosen=False,
+            params={},
+        ),
+    ]
+    html = takes_html(shot, takes)
+    assert html.count("<video") == 2 and 'src="/studio/asset/8"' in html
+    assert "seed 42" in html and "Mara 0.61" in html and "Mara no face found" in html
+    assert html.count('data-action="choose_take"') == 1 and 'data-id="2"' in html
+    assert "<img src=x" not in html and "${" not in html
+    assert format_scores(None) == "identity: n/a"
+
+
+def test_jobs_show_progress_eta_cancel_and_preview():
+    job = SimpleNamespace(
+        id=3,
+        kind="generate_scene",
+        status="running",
+        progress=0.456,
+        cancel_requested=False,
+        is_finished=False,
+        eta_s=125.0,
+        error=None,
+        message=HOSTILE,
+        preview_asset_id=9,
+    )
+    done = SimpleNamespace(
+        id=2,
+        kind="export_film",
+        status="done",
+        progress=1.0,
+        cancel_requested=False,
+        is_finished=True,
+        eta_s=None,
+        error=None,
+        message="exported 51 frames",
+        preview_asset_id=9,
+    )
+    html = jobs_html([job, done])
+    assert "46%" in html and "ETA 2:05" in html and "width:46%" in html
+    assert html.count('data-action="cancel_job"') == 1 and html.count("preview") == 1
+    assert "<img src=x" not in html
+
+
+def test_exports_play_in_the_page_with_download_links():
+    export = SimpleNamespace(
+        id=4, video_asset_id=12, timeline_asset_id=13, settings={}, created_at=datetime(2026, 1, 1)
+    )
+    html = exports_html([export])
+    assert '<video controls preload="metadata" src="/studio/asset/12">' in html
+    assert "/studio/asset/12?download=film-4.mp4" in html and "/studio/asset/13?download=film-4.otio" in html
