@@ -25,7 +25,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from studio.config import load_settings  # noqa: E402
 from studio.services import build_services  # noqa: E402
 from studio.ui.app import build_app  # noqa: E402
-from studio.ui.latency import card_order, last_render_ms, measure_caption_edit, measure_move  # noqa: E402
+from studio.ui.latency import card_order, last_render_ms, measure_caption_edit, measure_drag, measure_move  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
@@ -106,10 +106,24 @@ def run(shot_counts: list[int], repeats: int) -> list[tuple]:
                     SERVER_MS.clear()
                     moves = [measure_move(page, middle, "right" if i % 2 == 0 else "left") for i in range(repeats)]
                     move_server = sum(SERVER_MS) / repeats
+                    SERVER_MS.clear()
+                    drags = []
+                    for i in range(repeats):
+                        now = card_order(page)
+                        first, last = now[0], now[-1]
+                        # Alternately the last card to the front and the first card to the end.
+                        drags.append(
+                            measure_drag(page, last, first, after=False)
+                            if i % 2 == 0
+                            else measure_drag(page, first, last, after=True)
+                        )
+                    drag_server = sum(SERVER_MS) / repeats
+                    assert sorted(card_order(page)) == sorted(order)  # nothing lost
                     render = last_render_ms(page)
                     assert sorted(card_order(page)) == sorted(order)  # nothing lost
                     rows.append((count, "caption edit", *summarise(edits), edit_server, render))
                     rows.append((count, "reorder (move button)", *summarise(moves), move_server, render))
+                    rows.append((count, "reorder (drag and drop)", *summarise(drags), drag_server, render))
                     del projects[count]
                 browser.close()
         finally:
@@ -129,9 +143,9 @@ def main() -> None:
         f"{platform.python_version()}; "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'shots':>5}  {'edit':<22} {'median':>8} {'p90':>8} {'max':>8} {'server':>8} {'redraw':>8}")
+    print(f"{'shots':>5}  {'edit':<24} {'median':>8} {'p90':>8} {'max':>8} {'server':>8} {'redraw':>8}")
     for count, name, median, p90, worst, server, render in rows:
-        print(f"{count:>5}  {name:<22} {median:>8.1f} {p90:>8.1f} {worst:>8.1f} {server:>8.1f} {render:>8.1f}")
+        print(f"{count:>5}  {name:<24} {median:>8.1f} {p90:>8.1f} {worst:>8.1f} {server:>8.1f} {render:>8.1f}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,31 @@ async ([shotId, direction]) => {
 }
 """
 
+DRAG_JS = """
+async ([shotId, overId, after]) => {
+  const root = document.querySelector('.tl-root');
+  const before = root.dataset.version;
+  const source = document.querySelector(`.tl-card[data-shot-id="${shotId}"]`);
+  const target = document.querySelector(`.tl-card[data-shot-id="${overId}"]`);
+  const rect = target.getBoundingClientRect();
+  const point = {clientX: after ? rect.right - 4 : rect.left + 4, clientY: rect.top + rect.height / 2, bubbles: true};
+  const data = new DataTransfer();
+  const done = new Promise((resolve) => {
+    const observer = new MutationObserver(() => {
+      if (root.dataset.version !== before) { observer.disconnect(); resolve(performance.now()); }
+    });
+    observer.observe(root, {attributes: true, attributeFilter: ['data-version']});
+    setTimeout(() => resolve(NaN), 10000);
+  });
+  source.dispatchEvent(new DragEvent('dragstart', {...point, dataTransfer: data}));
+  target.dispatchEvent(new DragEvent('dragover', {...point, dataTransfer: data, cancelable: true}));
+  const start = performance.now();
+  target.dispatchEvent(new DragEvent('drop', {...point, dataTransfer: data, cancelable: true}));
+  source.dispatchEvent(new DragEvent('dragend', {...point, dataTransfer: data}));
+  return (await done) - start;
+}
+"""
+
 
 def card_order(page) -> list[int]:
     return page.eval_on_selector_all(".tl-card", "nodes => nodes.map(n => Number(n.dataset.shotId))")
@@ -59,6 +84,11 @@ def measure_caption_edit(page, shot_id: int, text: str) -> float:
 def measure_move(page, shot_id: int, direction: str = "right") -> float:
     """Milliseconds from clicking the shot's move button to the timeline redrawn in the new order."""
     return _checked(page.evaluate(MOVE_JS, [shot_id, direction]), "move")
+
+
+def measure_drag(page, shot_id: int, over_id: int, after: bool = True) -> float:
+    """Milliseconds from dropping a dragged card on another card (HTML5 drag events) to the timeline redrawn."""
+    return _checked(page.evaluate(DRAG_JS, [shot_id, over_id, after]), "drag and drop")
 
 
 def _checked(value: float | None, what: str) -> float:
