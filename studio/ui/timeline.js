@@ -60,7 +60,7 @@ function metaText(shot) {
 }
 function makeCard(shot) {
   const card = el('div', 'tl-card');
-  card.draggable = true;
+  card.draggable = true;  // switched off while the pointer is on a field, so text can be selected there
   const head = el('div', 'tl-card-head');
   const pick = el('input', 'tl-pick'); pick.type = 'checkbox'; pick.title = 'select for generation';
   head.append(pick, el('span', 'tl-index'), button('open', 'Takes', 'show this shot\u2019s takes and settings'));
@@ -212,6 +212,10 @@ root.addEventListener('keydown', (event) => {
   } else if (event.key === 'Escape' && target.classList.contains('tl-caption')) {
     target.value = cardOf(target).dataset.savedCaption; target.blur();
   }
+});
+root.addEventListener('pointerdown', (event) => {
+  const card = cardOf(event.target);
+  if (card) card.draggable = !event.target.closest('textarea, input, button, select');
 });
 root.addEventListener('dragstart', (event) => {
   const card = cardOf(event.target);

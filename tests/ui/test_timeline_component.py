@@ -179,3 +179,24 @@ def test_drag_and_drop_sends_a_move_to_the_drop_place(page, timeline_app):
     page.locator(".tl-card[data-shot-id='2'] .tl-meta").drag_to(empty_scene)
     got = wait_events(page, events, 1)
     assert (got[0]["shot_id"], got[0]["to_scene_id"], got[0]["position"]) == (2, 11, 0)
+
+
+def test_dragging_inside_a_caption_selects_text_and_moves_nothing(page, timeline_app):
+    url, events, state = timeline_app
+    state["value"] = model("v1", ["a long caption to select", "two", "three"])
+    page.goto(url)
+    page.wait_for_selector(".tl-card")
+    events.clear()
+    box = page.locator(".tl-card[data-shot-id='1'] .tl-caption").bounding_box()
+    page.mouse.move(box["x"] + 6, box["y"] + 10)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 6, box["y"] + 10, steps=8)
+    page.mouse.move(page.locator(".tl-card[data-shot-id='3']").bounding_box()["x"] + 20, box["y"] + 10, steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    assert [e for e in events if e.get("op") == "move"] == []
+    selected = page.eval_on_selector(
+        ".tl-card[data-shot-id='1'] .tl-caption", "n => n.selectionEnd - n.selectionStart"
+    )
+    assert selected > 0
+    state["value"] = model("v1", NASTY)
