@@ -123,6 +123,9 @@ def _apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) 
         if op == "restore":
             services.storyboard.restore_shot(_int(payload, "shot_id"))
             return "shot restored", None
+        if op == "restore_scene":
+            services.storyboard.restore_scene(_int(payload, "scene_id"))
+            return "scene restored", None
         if op == "empty_bin":
             services.storyboard.empty_bin(project_id)
             return "bin emptied", None

@@ -137,8 +137,15 @@ function render(value) {
   for (const [id, card] of cards) if (!liveShots.has(id)) { card.remove(); cards.delete(id); }
   for (const [id, box] of sceneEls) if (!liveScenes.has(id)) { box.remove(); sceneEls.delete(id); }
   binBox.textContent = '';
-  if (model.bin && model.bin.length) {
+  const binScenes = model.bin_scenes || [];
+  if ((model.bin && model.bin.length) || binScenes.length) {
     binBox.append(el('span', 'tl-bin-label', 'Bin: '));
+    for (const item of binScenes) {
+      const entry = el('span', 'tl-bin-item tl-bin-scene'); entry.dataset.sceneId = item.id;
+      const label = 'Scene: ' + (item.caption || '(no caption)') + ' (' + item.shot_count + ' shots)';
+      entry.append(el('span', 'tl-bin-caption', label), button('restore_scene', 'Restore', 'put the scene back'));
+      binBox.append(entry);
+    }
     for (const item of model.bin) {
       const entry = el('span', 'tl-bin-item'); entry.dataset.shotId = item.id;
       entry.append(el('span', 'tl-bin-caption', item.caption || '(no caption)'), button('restore', 'Restore', 'put it back'));
@@ -165,6 +172,7 @@ root.addEventListener('click', (event) => {
   if (!target || !model) return;
   const action = target.dataset.action;
   const shotId = shotIdOf(target); const sceneId = sceneIdOf(target);
+  if (action === 'restore_scene') { send('restore_scene', {scene_id: Number(target.closest('.tl-bin-item').dataset.sceneId)}); return; }
   if (action === 'restore') { send('restore', {shot_id: Number(target.closest('.tl-bin-item').dataset.shotId)}); return; }
   if (action === 'empty_bin') { if (confirm('Delete the bin\u2019s shots and their takes for good?')) send('empty_bin', {}); return; }
   if (action === 'open') { trigger('select', {shot_id: shotId, selected: Array.from(selected)}); return; }

@@ -149,4 +149,8 @@ def timeline_model(
             for scene in scenes
         ],
         "bin": [{"id": shot.id, "caption": shot.caption} for shot in bin_shots],
+        "bin_scenes": [
+            {"id": scene.id, "caption": scene.caption, "shot_count": len(scene.shots)}
+            for scene in getattr(bin_view, "scenes", ()) or ()
+        ],
     }

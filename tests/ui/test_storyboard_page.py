@@ -166,3 +166,19 @@ def test_train_button_queues_training_for_the_open_character(page, studio):
     # The character's panel shows the training job's progress bar while it runs (the timer refreshes it).
     page.wait_for_selector(f"#sl-adapter-status .sl-training[data-job-id='{jobs[0].id}']")
     assert "0%" in page.locator("#sl-adapter-status").inner_text()
+
+
+def test_a_deleted_scene_comes_back_from_the_bin_with_its_shots(page, studio):
+    services, base = studio
+    project, scene, shots = project_with_shots(services, "scene bin", 2)
+    other = services.storyboard.add_scene(project.id, caption="the second scene")
+    kept = services.storyboard.add_shot(other.id, "kept").id
+    open_board(page, base, project.id)
+    page.locator(".tl-scene").first.locator("button[data-action=delete_scene]").click()
+    page.wait_for_function("document.querySelectorAll('.tl-scene').length === 1")
+    assert card_order(page) == [kept]
+    assert "the harbour (2 shots)" in page.locator(".tl-bin").inner_text()
+    page.locator(".tl-bin-scene button[data-action=restore_scene]").click()
+    page.wait_for_function("document.querySelectorAll('.tl-scene').length === 2")
+    assert [s.id for s in services.storyboard.film_shots(project.id)] == [*shots, kept]
+    assert card_order(page) == [*shots, kept]
