@@ -283,6 +283,19 @@ def build_app(services: Any) -> gr.Blocks:
                     export_music = gr.File(
                         label="Music track (optional)", file_types=["audio"], elem_id="sl-export-music"
                     )
+                    with gr.Column():
+                        export_fade = gr.Number(
+                            label="Music fade-out (s)", value=1.0, minimum=0, maximum=30, elem_id="sl-export-fade"
+                        )
+                        export_placeholder = gr.Checkbox(
+                            label="Grey card for shots without a take (else refused)",
+                            value=False,
+                            elem_id="sl-export-placeholder",
+                        )
+                gr.Markdown(
+                    "The film uses each shot's chosen take, the project's size and fps, and each shot's transition."
+                )
+                with gr.Row():
                     export_button = gr.Button("Export film", variant="primary", elem_id="sl-export")
                 exports_panel = ActionPanel("", elem_id="sl-exports")
                 with gr.Row():
@@ -934,11 +947,15 @@ def build_app(services: Any) -> gr.Blocks:
 
         # ---- export
         @guarded
-        def on_export(project_id, music):
+        def on_export(project_id, music, fade, placeholder):
             project_id = _require_project(project_id)
             if not s.storyboard.film_shots(project_id):
                 raise gr.Error("The storyboard has no shots to export.", print_exception=False)
-            payload: dict[str, Any] = {"project_id": project_id}
+            payload: dict[str, Any] = {
+                "project_id": project_id,
+                "music_fade_seconds": float(fade or 0.0),
+                "placeholder": bool(placeholder),
+            }
             if music is not None:
                 path = _file_path(music)
                 asset = s.assets.put_bytes(path.read_bytes(), "music", _audio_mime(path.name), filename=path.name)
@@ -946,7 +963,9 @@ def build_app(services: Any) -> gr.Blocks:
             job = s.jobs.enqueue("export_film", payload, project_id=project_id)
             return gr.update(active=True), f"Export queued (job {job.id}).", _jobs_for(project_id, True)
 
-        export_button.click(on_export, [project_state, export_music], [timer, status, jobs_panel])
+        export_button.click(
+            on_export, [project_state, export_music, export_fade, export_placeholder], [timer, status, jobs_panel]
+        )
 
         @guarded
         def on_bundle(project_id):

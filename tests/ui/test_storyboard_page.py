@@ -182,3 +182,17 @@ def test_a_deleted_scene_comes_back_from_the_bin_with_its_shots(page, studio):
     page.wait_for_function("document.querySelectorAll('.tl-scene').length === 2")
     assert [s.id for s in services.storyboard.film_shots(project.id)] == [*shots, kept]
     assert card_order(page) == [*shots, kept]
+
+
+def test_export_queues_a_film_job_with_its_settings(page, studio):
+    services, base = studio
+    project, _, _ = project_with_shots(services, "export settings", 1)
+    page.goto(f"{base}/?project={project.id}")
+    page.get_by_role("tab", name="Export").click()
+    page.locator("#sl-export-fade input").fill("2.5")
+    page.locator("#sl-export-placeholder input").check()
+    page.locator("#sl-export").click()
+    page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Export queued')")
+    jobs = [job for job in services.jobs.list_jobs(project_id=project.id) if job.kind == "export_film"]
+    assert len(jobs) == 1
+    assert jobs[0].payload == {"project_id": project.id, "music_fade_seconds": 2.5, "placeholder": True}
