@@ -1032,6 +1032,7 @@ def build_app(services: Any) -> gr.Blocks:
             [timer, jobs_panel, timeline, takes_panel, exports_panel, adapter_status],
             concurrency_id="ticks",
             concurrency_limit=1,
+            trigger_mode="once",  # a slow refresh drops the ticks that come meanwhile instead of queueing them
             show_progress="hidden",
         )
     return app
