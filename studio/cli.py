@@ -102,6 +102,9 @@ def cmd_import(args, services) -> int:
     doc = load_storyboard(path)
     report = import_storyboard(services, doc, path.parent, project=args.project)
     print(report.summary())
+    from studio.characters_jobs import analyze_pending_references
+
+    analyze_pending_references(services, report.project_id)  # faces of imported references (no-op without models)
     return 0
 
 

@@ -211,6 +211,11 @@ def render_storyboard(
     report = import_storyboard(services, doc, path.parent)
     project_id = report.project_id
     log(report.summary())
+    # References that arrived with the file are stored unanalysed; find their faces now so identity scores of the
+    # takes below have something to compare with (no-op without the face models).
+    from studio.characters_jobs import analyze_pending_references
+
+    analyze_pending_references(services, project_id)
 
     worker = Worker(services, worker_id=default_worker_id(f"{RENDER_SLOT}-{os.getpid()}"), poll_interval_s=0.2)
     worker.recover()  # a killed render's running job goes back to the queue (or fails after too many tries)
