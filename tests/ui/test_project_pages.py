@@ -35,6 +35,12 @@ def title_has(page, text: str) -> None:
     )
 
 
+def upload_import_file(page, path) -> None:
+    """Put `path` in the storyboard upload box and wait until the upload has finished (the box shows its name)."""
+    page.locator("#sl-import-file input[type=file]").set_input_files(str(path))
+    page.locator(f"#sl-import-file td.filename[aria-label='{path.name}']").wait_for()
+
+
 def test_create_rename_settings_bin_and_restore(page, studio):
     services, base = studio
     page.goto(base)
@@ -80,7 +86,8 @@ def test_storyboard_file_round_trip(page, studio, tmp_path):
     page.goto(f"{base}/?project={project.id}")
     title_has(page, "Lighthouse file")  # the page has opened the project
     page.locator("#sl-export-storyboard").click()
-    link = page.locator("#sl-storyboard-file a").first
+    # Wait for the link to this project's file itself, not just any node in the file component.
+    link = page.locator("#sl-storyboard-file a[download='Lighthouse-file.yaml']")
     link.wait_for()
     with page.expect_download() as download:
         link.click()
@@ -91,19 +98,19 @@ def test_storyboard_file_round_trip(page, studio, tmp_path):
     # Import it back under another title: a second project with the same shots.
     renamed = tmp_path / "copy.yaml"
     renamed.write_text(text.replace("Lighthouse file", "Lighthouse copy", 1), encoding="utf-8")
-    page.locator("#sl-import-file input[type=file]").set_input_files(str(renamed))
-    page.wait_for_timeout(500)
+    upload_import_file(page, renamed)
     page.locator("#sl-import").click()
     title_has(page, "Lighthouse copy")
+    # A successful import empties the upload box: wait for that before the next upload.
+    page.locator("#sl-import-file td.filename").wait_for(state="detached")
     copy = services.projects.get_by_name("Lighthouse copy")
     assert [s.caption for s in services.storyboard.film_shots(copy.id)] == ["Mara climbs the stairs", "the lamp turns"]
-    # A broken file: the message names the problem; nothing is created.
+    # A broken file: the message names the file and the line; nothing is created.
     broken = tmp_path / "broken.yaml"
     broken.write_text("title: Broken\nscenes: [\n", encoding="utf-8")
-    page.locator("#sl-import-file input[type=file]").set_input_files(str(broken))
-    page.wait_for_timeout(500)
+    upload_import_file(page, broken)
     page.locator("#sl-import").click()
-    page.get_by_text("line", exact=False).last.wait_for()
+    page.get_by_text("broken.yaml line", exact=False).first.wait_for()
     assert "Broken" not in [p.name for p in services.projects.list()]
 
 
