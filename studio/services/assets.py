@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from studio.db import models
 from studio.db.engine import AFTER_COMMIT_UNLINK, ON_ROLLBACK, Database
 from studio.services.convert import asset_view
-from studio.services.errors import NotFoundError, ValidationError
+from studio.services.errors import NotFoundError, ValidationError, get_or_not_found
 from studio.services.views import AssetView
 
 logger = logging.getLogger(__name__)
@@ -369,7 +369,4 @@ class AssetStore:
 
     @staticmethod
     def _row(session: Session, asset_id: int) -> models.Asset:
-        row = session.get(models.Asset, asset_id)
-        if row is None:
-            raise NotFoundError(f"asset {asset_id} does not exist")
-        return row
+        return get_or_not_found(session, models.Asset, asset_id, "asset")

@@ -15,7 +15,7 @@ from studio.db.models import ADAPTER_KINDS, ADAPTER_STATUSES, utcnow
 from studio.services import validation as check
 from studio.services.assets import AssetStore
 from studio.services.convert import adapter_view, character_view, reference_view
-from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services.errors import ConflictError, NotFoundError, ValidationError, get_or_not_found
 from studio.services.views import AdapterView, CharacterView, ReferenceView
 
 TRIGGER_PATTERN = re.compile(r"^<[a-z0-9][a-z0-9_-]{0,62}>$")
@@ -338,24 +338,15 @@ class CharacterService:
 
     @staticmethod
     def _character(session, character_id: int) -> models.Character:
-        character = session.get(models.Character, character_id)
-        if character is None:
-            raise NotFoundError(f"character {character_id} does not exist")
-        return character
+        return get_or_not_found(session, models.Character, character_id, "character")
 
     @staticmethod
     def _reference(session, reference_id: int) -> models.ReferenceImage:
-        reference = session.get(models.ReferenceImage, reference_id)
-        if reference is None:
-            raise NotFoundError(f"reference image {reference_id} does not exist")
-        return reference
+        return get_or_not_found(session, models.ReferenceImage, reference_id, "reference image")
 
     @staticmethod
     def _adapter(session, adapter_id: int) -> models.Adapter:
-        adapter = session.get(models.Adapter, adapter_id)
-        if adapter is None:
-            raise NotFoundError(f"adapter {adapter_id} does not exist")
-        return adapter
+        return get_or_not_found(session, models.Adapter, adapter_id, "adapter")
 
 
 def _display_name(filename: str | None) -> str:

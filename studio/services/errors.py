@@ -17,3 +17,11 @@ class NotFoundError(ServiceError):
 
 class ConflictError(ServiceError):
     """The request clashes with the current state (stale reorder, duplicate name, job already finished...)."""
+
+
+def get_or_not_found(session, model, ident: int, what: str):
+    """`session.get(model, ident)`, or NotFoundError("<what> <ident> does not exist") when there is no such row."""
+    row = session.get(model, ident)
+    if row is None:
+        raise NotFoundError(f"{what} {ident} does not exist")
+    return row

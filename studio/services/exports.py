@@ -11,7 +11,7 @@ from studio.db import models
 from studio.db.engine import Database
 from studio.services.assets import AssetStore
 from studio.services.convert import export_view
-from studio.services.errors import NotFoundError, ValidationError
+from studio.services.errors import NotFoundError, ValidationError, get_or_not_found
 from studio.services.views import ExportView
 
 
@@ -34,9 +34,7 @@ class ExportService:
         except (TypeError, ValueError) as error:
             raise ValidationError(f"export settings must be JSON data: {error}") from None
         with self.db.unit_of_work() as session:
-            project = session.get(models.Project, project_id)
-            if project is None:
-                raise NotFoundError(f"project {project_id} does not exist")
+            project = get_or_not_found(session, models.Project, project_id, "project")
             if job_id is not None and session.get(models.Job, job_id) is None:
                 raise NotFoundError(f"job {job_id} does not exist")
             name = f"{project.name}.mp4"
@@ -70,7 +68,5 @@ class ExportService:
 
     def get(self, export_id: int) -> ExportView:
         with self.db.unit_of_work(read_only=True) as session:
-            export = session.get(models.Export, export_id)
-            if export is None:
-                raise NotFoundError(f"export {export_id} does not exist")
+            export = get_or_not_found(session, models.Export, export_id, "export")
             return export_view(export)

@@ -23,7 +23,7 @@ from studio.db import models
 from studio.db.engine import Database
 from studio.db.models import JOB_KINDS, JOB_STATUSES, utcnow
 from studio.services.convert import job_view
-from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services.errors import ConflictError, NotFoundError, ValidationError, get_or_not_found
 from studio.services.views import JobView
 
 MAX_ATTEMPTS = 3
@@ -246,10 +246,7 @@ class JobService:
 
     @staticmethod
     def _job(session, job_id: int) -> models.Job:
-        job = session.get(models.Job, job_id)
-        if job is None:
-            raise NotFoundError(f"job {job_id} does not exist")
-        return job
+        return get_or_not_found(session, models.Job, job_id, "job")
 
     def _running(self, session, job_id: int) -> models.Job:
         job = self._job(session, job_id)

@@ -9,7 +9,7 @@ from studio.db.engine import Database
 from studio.db.models import utcnow
 from studio.services import validation as check
 from studio.services.convert import project_view
-from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services.errors import ConflictError, NotFoundError, ValidationError, get_or_not_found
 from studio.services.views import ProjectView
 
 SETTINGS_FIELDS = ("preset", "width", "height", "fps", "steps", "guidance", "negative_prompt")
@@ -167,10 +167,7 @@ class ProjectService:
 
     @staticmethod
     def _project(session, project_id: int) -> models.Project:
-        project = session.get(models.Project, project_id)
-        if project is None:
-            raise NotFoundError(f"project {project_id} does not exist")
-        return project
+        return get_or_not_found(session, models.Project, project_id, "project")
 
     @staticmethod
     def _check_name_free(session, name: str) -> None:

@@ -18,7 +18,7 @@ from studio.db.models import TRANSITION_TYPES, utcnow
 from studio.services import validation as check
 from studio.services.assets import AssetStore
 from studio.services.convert import scene_view, shot_view
-from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services.errors import ConflictError, NotFoundError, ValidationError, get_or_not_found
 from studio.services.views import BinView, SceneView, ShotView
 
 SHOT_SIZES = ("extreme-wide", "wide", "full", "medium", "medium-close-up", "close-up", "extreme-close-up", "insert")
@@ -449,24 +449,15 @@ class StoryboardService:
 
     @staticmethod
     def _project(session, project_id: int) -> models.Project:
-        project = session.get(models.Project, project_id)
-        if project is None:
-            raise NotFoundError(f"project {project_id} does not exist")
-        return project
+        return get_or_not_found(session, models.Project, project_id, "project")
 
     @staticmethod
     def _scene(session, scene_id: int) -> models.Scene:
-        scene = session.get(models.Scene, scene_id)
-        if scene is None:
-            raise NotFoundError(f"scene {scene_id} does not exist")
-        return scene
+        return get_or_not_found(session, models.Scene, scene_id, "scene")
 
     @staticmethod
     def _shot(session, shot_id: int) -> models.Shot:
-        shot = session.get(models.Shot, shot_id)
-        if shot is None:
-            raise NotFoundError(f"shot {shot_id} does not exist")
-        return shot
+        return get_or_not_found(session, models.Shot, shot_id, "shot")
 
     @staticmethod
     def _live_scenes(session, project_id: int, with_shots: bool = False) -> list[models.Scene]:

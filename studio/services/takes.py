@@ -11,7 +11,7 @@ from studio.db.engine import Database
 from studio.services import validation as check
 from studio.services.assets import AssetStore
 from studio.services.convert import take_view
-from studio.services.errors import NotFoundError, ValidationError
+from studio.services.errors import NotFoundError, ValidationError, get_or_not_found
 from studio.services.views import TakeView
 
 
@@ -53,9 +53,7 @@ class TakeService:
         if identity_scores is not None:
             _json(identity_scores, "identity scores")
         with self.db.unit_of_work() as session:
-            shot = session.get(models.Shot, shot_id)
-            if shot is None:
-                raise NotFoundError(f"shot {shot_id} does not exist")
+            shot = get_or_not_found(session, models.Shot, shot_id, "shot")
             if job_id is not None and session.get(models.Job, job_id) is None:
                 raise NotFoundError(f"job {job_id} does not exist")
             # Lock the shot's row on PostgreSQL so two workers finishing takes of one shot number them in turn.
@@ -94,9 +92,7 @@ class TakeService:
     def list_takes(self, shot_id: int) -> list[TakeView]:
         """Oldest first (take 1, 2, ...)."""
         with self.db.unit_of_work(read_only=True) as session:
-            shot = session.get(models.Shot, shot_id)
-            if shot is None:
-                raise NotFoundError(f"shot {shot_id} does not exist")
+            shot = get_or_not_found(session, models.Shot, shot_id, "shot")
             return [take_view(t, shot.chosen_take_id) for t in shot.takes]
 
     def get(self, take_id: int) -> TakeView:
@@ -117,9 +113,7 @@ class TakeService:
     def chosen_take(self, shot_id: int) -> TakeView | None:
         """The shot's chosen take, or None when it has no take yet."""
         with self.db.unit_of_work(read_only=True) as session:
-            shot = session.get(models.Shot, shot_id)
-            if shot is None:
-                raise NotFoundError(f"shot {shot_id} does not exist")
+            shot = get_or_not_found(session, models.Shot, shot_id, "shot")
             if shot.chosen_take_id is None:
                 return None
             return take_view(session.get(models.Take, shot.chosen_take_id), shot.chosen_take_id)
@@ -134,10 +128,7 @@ class TakeService:
 
     @staticmethod
     def _take(session, take_id: int) -> models.Take:
-        take = session.get(models.Take, take_id)
-        if take is None:
-            raise NotFoundError(f"take {take_id} does not exist")
-        return take
+        return get_or_not_found(session, models.Take, take_id, "take")
 
 
 def _image_mime(data: bytes) -> str:
