@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +52,23 @@ def default_hyperparameters(preset: str, kind: str) -> dict:
     if kind == "embedding":
         return dict(_EMBEDDING_DEFAULTS.get(preset, _EMBEDDING_DEFAULTS["demo"]))
     raise ValueError(f"unknown adapter kind {kind!r}; choose one of: lora, embedding")
+
+
+def preset_training_values(preset, kind: str, overrides: dict, derived: Callable[[Any], dict] | None = None) -> dict:
+    """A training config's values: `kind`'s defaults for a `pipelines.registry.ModelPreset` (or a preset name) with
+    its frame size and caption length, then `derived(preset)` (settings that follow from the preset), then the
+    explicit overrides."""
+    if isinstance(preset, str):
+        from pipelines.registry import get_preset
+
+        preset = get_preset(preset)
+    values = default_hyperparameters(preset.name, kind)
+    values.update(width=preset.width, height=preset.height, max_sequence_length=preset.max_sequence_length)
+    if derived is not None:
+        values.update(derived(preset))
+    # None means "the preset's value" for every setting except the caption length, where it means unpadded.
+    values.update({k: v for k, v in overrides.items() if v is not None or k == "max_sequence_length"})
+    return values
 
 
 @dataclass
@@ -241,6 +259,44 @@ def evaluation_draws(
         s = sigma.view(count, *([1] * (latents.dim() - 1)))
         draws.append((index, (1 - s) * clean + s * noise, sigma * 1000, noise - clean))
     return draws
+
+
+@torch.no_grad()
+def evaluation_loss(flow_loss: Callable[..., torch.Tensor], draws: Sequence[tuple]) -> float:
+    """Mean of `flow_loss(index, x_t, timestep, target)` over fixed `evaluation_draws`, without gradients."""
+    return sum(float(flow_loss(*draw)) for draw in draws) / len(draws)
+
+
+def run_training_steps(
+    config,
+    latents: torch.Tensor,
+    flow_loss: Callable[..., torch.Tensor],
+    params: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    generator: torch.Generator,
+    shift: float,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> tuple[list[float], bool]:
+    """`config.steps` optimiser steps on random batches of `latents` noised by `sample_flow_matching`, gradients
+    clipped to `config.max_grad_norm`; return (loss per step, whether `should_stop()` ended the run early)."""
+    losses: list[float] = []
+    for step in range(config.steps):
+        if should_stop is not None and should_stop():
+            return losses, True
+        index = torch.randint(0, latents.shape[0], (config.batch_size,), generator=generator)
+        noisy, timestep, target = sample_flow_matching(latents[index], generator, shift)
+        loss = flow_loss(index, noisy, timestep, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step + 1, config.steps, losses[-1])
+    return losses, False
 
 
 def scheduler_shift(scheduler, default: float = 1.0) -> float:

@@ -23,12 +23,13 @@ from adapters.common import (
     atomic_write,
     augmented_views,
     cosine_lr,
-    default_hyperparameters,
     encode_images,
     evaluation_draws,
+    evaluation_loss,
     load_image,
+    preset_training_values,
     prompt_text_embeddings,
-    sample_flow_matching,
+    run_training_steps,
     scheduler_shift,
 )
 
@@ -51,15 +52,7 @@ class EmbeddingTrainingConfig:
 
     @classmethod
     def for_preset(cls, preset, **overrides) -> EmbeddingTrainingConfig:
-        if isinstance(preset, str):
-            from pipelines.registry import get_preset
-
-            preset = get_preset(preset)
-        values = default_hyperparameters(preset.name, "embedding")
-        values.update(width=preset.width, height=preset.height, max_sequence_length=preset.max_sequence_length)
-        # None means "the preset's value" for every setting except the caption length, where it means unpadded.
-        values.update({k: v for k, v in overrides.items() if v is not None or k == "max_sequence_length"})
-        return cls(**values)
+        return cls(**preset_training_values(preset, "embedding", overrides))
 
     def validate(self) -> None:
         if not 1 <= self.num_vectors <= 16:
@@ -192,8 +185,6 @@ def train_embedding(
         module.eval()
     optimizer = torch.optim.AdamW([vectors], lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, config.steps))
-    losses: list[float] = []
-    stopped = False
     draws = evaluation_draws(latents, config.seed)
 
     def flow_loss(index: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, target: torch.Tensor):
@@ -208,28 +199,12 @@ def train_embedding(
         )[0]
         return torch.nn.functional.mse_loss(prediction.float(), target.to(device))
 
-    @torch.no_grad()
-    def evaluation_loss() -> float:
-        return sum(float(flow_loss(*draw)) for draw in draws) / len(draws)
-
     try:
-        eval_before = evaluation_loss()
-        for step in range(config.steps):
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            index = torch.randint(0, latents.shape[0], (config.batch_size,), generator=generator)
-            noisy, timestep, target = sample_flow_matching(latents[index], generator, shift)
-            loss = flow_loss(index, noisy, timestep, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([vectors], config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(step + 1, config.steps, losses[-1])
-        eval_after = evaluation_loss()
+        eval_before = evaluation_loss(flow_loss, draws)
+        losses, stopped = run_training_steps(
+            config, latents, flow_loss, [vectors], optimizer, scheduler, generator, shift, progress, should_stop
+        )
+        eval_after = evaluation_loss(flow_loss, draws)
     finally:
         for module, flags, training in frozen:
             for name, p in module.named_parameters():

@@ -24,12 +24,13 @@ from adapters.common import (
     atomic_write,
     augmented_views,
     cosine_lr,
-    default_hyperparameters,
     encode_images,
     evaluation_draws,
+    evaluation_loss,
     load_image,
+    preset_training_values,
     prompt_text_embeddings,
-    sample_flow_matching,
+    run_training_steps,
     scheduler_shift,
     training_captions,
     trigger_text,
@@ -58,16 +59,10 @@ class LoraTrainingConfig:
     @classmethod
     def for_preset(cls, preset, **overrides) -> LoraTrainingConfig:
         """Defaults from a `pipelines.registry.ModelPreset` (or a preset name), then explicit overrides."""
-        if isinstance(preset, str):
-            from pipelines.registry import get_preset
-
-            preset = get_preset(preset)
-        values = default_hyperparameters(preset.name, "lora")
-        values.update(width=preset.width, height=preset.height, max_sequence_length=preset.max_sequence_length)
         # Real Wan models keep every block's activations for the backward pass otherwise: recompute them instead.
-        values["gradient_checkpointing"] = preset.source == "local"
-        # None means "the preset's value" for every setting except the caption length, where it means unpadded.
-        values.update({k: v for k, v in overrides.items() if v is not None or k == "max_sequence_length"})
+        values = preset_training_values(
+            preset, "lora", overrides, lambda p: {"gradient_checkpointing": p.source == "local"}
+        )
         return cls(**values)
 
     def validate(self) -> None:
@@ -208,8 +203,6 @@ def train_lora(
         transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, config.steps, config.warmup_steps))
-    losses: list[float] = []
-    stopped = False
     draws = evaluation_draws(samples.latents, config.seed)
 
     def flow_loss(index: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, target: torch.Tensor):
@@ -221,29 +214,12 @@ def train_lora(
         )[0]
         return torch.nn.functional.mse_loss(prediction.float(), target.to(device))
 
-    @torch.no_grad()
-    def evaluation_loss() -> float:
-        return sum(float(flow_loss(*draw)) for draw in draws) / len(draws)
-
     try:
-        eval_before = evaluation_loss()  # lora_B starts at zero: this is the base model's loss
+        eval_before = evaluation_loss(flow_loss, draws)  # lora_B starts at zero: this is the base model's loss
         transformer.train()
-        count = samples.latents.shape[0]
-        for step in range(config.steps):
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            index = torch.randint(0, count, (config.batch_size,), generator=generator)
-            noisy, timestep, target = sample_flow_matching(samples.latents[index], generator, shift)
-            loss = flow_loss(index, noisy, timestep, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(step + 1, config.steps, losses[-1])
+        losses, stopped = run_training_steps(
+            config, samples.latents, flow_loss, params, optimizer, scheduler, generator, shift, progress, should_stop
+        )
         path = None
         info = {
             "kind": "lora",
@@ -255,7 +231,7 @@ def train_lora(
             "steps_done": len(losses),
         }
         transformer.eval()
-        eval_after = evaluation_loss()
+        eval_after = evaluation_loss(flow_loss, draws)
         info["eval_loss_before"], info["eval_loss_after"] = eval_before, eval_after
         if not stopped:
             path = save_lora(Path(output_path), transformer, TRAINING_ADAPTER_NAME, info)
