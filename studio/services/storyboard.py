@@ -7,7 +7,7 @@ takes until the bin is emptied.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -129,20 +129,14 @@ class StoryboardService:
         """Move the scene (with its shots and takes) to the bin."""
         with self.db.unit_of_work() as session:
             scene = self._scene(session, scene_id)
-            if scene.deleted_at is None:
-                scene.deleted_at = utcnow()
-                self._renumber(self._live_scenes(session, scene.project_id))
+            self._to_bin(scene, lambda: self._live_scenes(session, scene.project_id))
             session.flush()
             return scene_view(scene)
 
     def restore_scene(self, scene_id: int) -> SceneView:
         with self.db.unit_of_work() as session:
             scene = self._scene(session, scene_id)
-            if scene.deleted_at is not None:
-                scenes = self._live_scenes(session, scene.project_id)
-                scene.deleted_at = None
-                scenes.insert(min(scene.position, len(scenes)), scene)
-                self._renumber(scenes)
+            self._from_bin(scene, lambda: self._live_scenes(session, scene.project_id))
             session.flush()
             return scene_view(scene)
 
@@ -285,9 +279,7 @@ class StoryboardService:
         """To the bin; its takes stay until the bin is emptied."""
         with self.db.unit_of_work() as session:
             shot = self._shot(session, shot_id)
-            if shot.deleted_at is None:
-                shot.deleted_at = utcnow()
-                self._renumber(self._live_shots(session, shot.scene_id))
+            self._to_bin(shot, lambda: self._live_shots(session, shot.scene_id))
             session.flush()
             return shot_view(shot)
 
@@ -296,16 +288,8 @@ class StoryboardService:
         with self.db.unit_of_work() as session:
             shot = self._shot(session, shot_id)
             scene = shot.scene
-            if scene.deleted_at is not None:
-                scenes = self._live_scenes(session, scene.project_id)
-                scene.deleted_at = None
-                scenes.insert(min(scene.position, len(scenes)), scene)
-                self._renumber(scenes)
-            if shot.deleted_at is not None:
-                shots = self._live_shots(session, scene.id)
-                shot.deleted_at = None
-                shots.insert(min(shot.position, len(shots)), shot)
-                self._renumber(shots)
+            self._from_bin(scene, lambda: self._live_scenes(session, scene.project_id))
+            self._from_bin(shot, lambda: self._live_shots(session, scene.id))
             session.flush()
             return shot_view(shot)
 
@@ -411,6 +395,22 @@ class StoryboardService:
         for index, item in enumerate(items):
             if item.position != index:
                 item.position = index
+
+    @classmethod
+    def _to_bin(cls, item: models.Scene | models.Shot, live: Callable[[], list]) -> None:
+        """Bin a live scene or shot and close the gap among `live()`, its live siblings once it is binned."""
+        if item.deleted_at is None:
+            item.deleted_at = utcnow()
+            cls._renumber(live())
+
+    @classmethod
+    def _from_bin(cls, item: models.Scene | models.Shot, live: Callable[[], list]) -> None:
+        """Bring a binned scene or shot back among `live()`, its live siblings, at its old position (or the end)."""
+        if item.deleted_at is not None:
+            siblings = live()
+            item.deleted_at = None
+            siblings.insert(min(item.position, len(siblings)), item)
+            cls._renumber(siblings)
 
     @staticmethod
     def _insert_index(position: int | None, count: int, what: str) -> int:
