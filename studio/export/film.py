@@ -351,6 +351,21 @@ def same_parameter_sets(plan: FilmPlan) -> bool:
     return len(sets) == 1 and b"" not in sets
 
 
+def write_atomically(out_path: Path, suffix: str, write: Callable[[Path], object]) -> None:
+    """Make `out_path` through `write(partial)` on a hidden partial file (ending in `suffix`) beside it, fsync it,
+    then rename it into place: a reader never sees half a file, and on any failure the partial file goes."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(f".{out_path.stem}.{uuid.uuid4().hex[:8]}.partial{suffix}")
+    try:
+        write(partial)
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, out_path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 def render_film(
     clips: Sequence[ClipSpec],
     out_path: str | Path,
@@ -366,21 +381,11 @@ def render_film(
         raise ExportError(f"the film is an MP4; give an output path ending in .mp4, got {out_path}")
     plan = plan if plan is not None else plan_film(clips, settings)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(f".{out_path.stem}.{uuid.uuid4().hex[:8]}.partial.mp4")
     method: Literal["concat", "reencode"] = (
         "concat" if settings.allow_fast_path and can_concat(plan) and same_parameter_sets(plan) else "reencode"
     )
-    try:
-        if method == "concat":
-            _write_concat(plan, partial, settings, progress)
-        else:
-            _write_reencode(plan, partial, settings, progress)
-        with open(partial, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, out_path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    write = _write_concat if method == "concat" else _write_reencode
+    write_atomically(out_path, ".mp4", lambda partial: write(plan, partial, settings, progress))
     return FilmResult(
         out_path=out_path, frames=plan.total_frames, fps=plan.fps, duration=plan.duration, width=plan.width,
         height=plan.height, method=method, clip_starts=[clip.start for clip in plan.clips],

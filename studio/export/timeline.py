@@ -23,15 +23,21 @@ so `clips_from_timeline` rebuilds the clip list from the file alone.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import opentimelineio as otio
 
-from studio.export.film import ClipSpec, ExportError, ExportSettings, FilmPlan, PlannedClip, plan_film
+from studio.export.film import (
+    ClipSpec,
+    ExportError,
+    ExportSettings,
+    FilmPlan,
+    PlannedClip,
+    plan_film,
+    write_atomically,
+)
 from studio.export.probe import media_duration
 
 METADATA_KEY = "shotline"
@@ -171,16 +177,7 @@ def write_timeline(
         raise ExportError(f"the timeline is an OpenTimelineIO file; give a path ending in .otio, got {out_path}")
     plan = clips if isinstance(clips, FilmPlan) else plan_film(clips, settings)
     timeline = build_timeline(plan, settings, name=name)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(f".{out_path.stem}.{uuid.uuid4().hex[:8]}.partial.otio")
-    try:
-        otio.adapters.write_to_file(timeline, str(partial))
-        with open(partial, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, out_path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    write_atomically(out_path, ".otio", lambda partial: otio.adapters.write_to_file(timeline, str(partial)))
     return out_path
 
 
