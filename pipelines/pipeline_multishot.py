@@ -179,26 +179,16 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         cached = self._text_cache.get(key)
         if cached is None:
             cleaned = prompt_clean(text)
-            if max_sequence_length is None:
-                inputs = self.tokenizer(
-                    [cleaned],
-                    padding=False,
-                    max_length=self.tokenizer.model_max_length,
-                    truncation=True,
-                    add_special_tokens=True,
-                    return_attention_mask=True,
-                    return_tensors="pt",
-                )
-            else:
-                inputs = self.tokenizer(
-                    [cleaned],
-                    padding="max_length",
-                    max_length=max_sequence_length,
-                    truncation=True,
-                    add_special_tokens=True,
-                    return_attention_mask=True,
-                    return_tensors="pt",
-                )
+            unpadded = max_sequence_length is None
+            inputs = self.tokenizer(
+                [cleaned],
+                padding=False if unpadded else "max_length",
+                max_length=self.tokenizer.model_max_length if unpadded else max_sequence_length,
+                truncation=True,
+                add_special_tokens=True,
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
             ids, mask = inputs.input_ids, inputs.attention_mask
             seq_len = int(mask.gt(0).sum())
             model_device = get_module_execution_device(self.text_encoder)
