@@ -61,7 +61,7 @@ def test_pipeline_encodes_captions_exactly_as_training_did(pipe):
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="the shipped weights (6600 CPU steps) do not yet render the captioned colours reliably; see docs/QUALITY.md",
+    reason="the shipped weights (6600 CPU steps) do not yet render captioned colours reliably; see docs/QUALITY.md",
     strict=False,
 )
 def test_two_shot_render_shows_the_captioned_characters(pipe):
