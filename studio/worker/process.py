@@ -25,6 +25,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from studio.worker.context import JobCancelled, JobContext, JobLost, WorkerStopping
 from studio.worker.retry import is_transient, retry_db
@@ -366,6 +367,9 @@ def settings_environment(settings) -> dict[str, str]:
     import json
 
     env = dict(os.environ)
+    # The child runs `python -m studio.worker`: make the checkout importable whatever folder the app started in.
+    repo_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
     for name, value in settings.model_dump().items():
         if value is None:
             env.pop(f"STUDIO_{name.upper()}", None)
