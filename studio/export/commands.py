@@ -45,17 +45,6 @@ def _refusals() -> tuple[type[BaseException], ...]:
     return ExportError, ServiceError, FileNotFoundError
 
 
-def find_project(services, reference: str):
-    """A project by name, or by id when no project has that name."""
-    from studio.services.errors import NotFoundError
-
-    try:
-        return services.projects.get_by_name(reference)
-    except NotFoundError:
-        if reference.isdigit():
-            return services.projects.get(int(reference))
-        raise
-
 
 def _fail(error: BaseException) -> int:
     print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
@@ -75,7 +64,7 @@ def export_command(args, services) -> int:
             print(f"  {done}/{total} frames", file=sys.stderr)
 
     try:
-        project = find_project(services, args.project)
+        project = services.projects.find(args.project)
         outcome = export_project(
             services, project.id, args.out, music=args.music, music_fade_seconds=args.music_fade,
             placeholder=args.placeholders, allow_fast_path=not args.reencode, progress=progress,
@@ -94,7 +83,7 @@ def bundle_command(args, services) -> int:
     from studio.export.bundle import export_bundle
 
     try:
-        project = find_project(services, args.project)
+        project = services.projects.find(args.project)
         report = export_bundle(services, project.id, args.out)
     except _refusals() as error:
         return _fail(error)

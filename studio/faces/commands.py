@@ -80,16 +80,6 @@ def _refusals() -> tuple[type[BaseException], ...]:
     return ServiceError, AdapterImportError, FileNotFoundError, IsADirectoryError
 
 
-def find_project(services, reference: str):
-    from studio.services.errors import NotFoundError
-
-    try:
-        return services.projects.get_by_name(reference)
-    except NotFoundError:
-        if reference.isdigit():
-            return services.projects.get(int(reference))
-        raise
-
 
 def find_character(services, project_id: int, reference: str):
     from studio.services.errors import NotFoundError
@@ -110,7 +100,7 @@ def character_add_command(args, services) -> int:
     from studio.faces.service import add_reference
 
     try:
-        project = find_project(services, args.project)
+        project = services.projects.find(args.project)
         # Read every picture before creating anything: a missing file refuses the whole command.
         pictures = [(path.name, path.read_bytes()) for path in args.ref]
         character = services.characters.create(
@@ -145,7 +135,7 @@ def character_refs_command(args, services) -> int:
     from studio.faces.service import FLAG_REASONS
 
     try:
-        project = find_project(services, args.project)
+        project = services.projects.find(args.project)
         character = find_character(services, project.id, args.character)
         references = services.characters.list_references(character.id)
     except _refusals() as error:
@@ -165,7 +155,7 @@ def character_analyze_command(args, services) -> int:
     from studio.faces.service import reanalyze_character
 
     try:
-        project = find_project(services, args.project)
+        project = services.projects.find(args.project)
         character = find_character(services, project.id, args.character)
         results = reanalyze_character(services, character.id)
     except _refusals() as error:
@@ -193,7 +183,7 @@ def adapter_train_command(args, services) -> int:
         if value is not None
     }
     try:
-        project = find_project(services, args.project)
+        project = services.projects.find(args.project)
         character = find_character(services, project.id, args.character)
         kind = args.kind or (character.adapter_kind if character.adapter_kind in ("lora", "embedding") else "lora")
         if kind == "embedding" and "rank" in overrides:
@@ -263,7 +253,7 @@ def adapter_import_command(args, services) -> int:
     from studio.faces.service import import_adapter
 
     try:
-        project = find_project(services, args.project)
+        project = services.projects.find(args.project)
         character = find_character(services, project.id, args.character)
         if args.file.is_dir():
             raise IsADirectoryError(f"{args.file} is a folder; give the LoRA's .safetensors file")
@@ -283,7 +273,7 @@ def adapter_import_command(args, services) -> int:
 
 def adapter_list_command(args, services) -> int:
     try:
-        project = find_project(services, args.project)
+        project = services.projects.find(args.project)
         character = find_character(services, project.id, args.character)
         adapters = services.characters.list_adapters(character.id)
     except _refusals() as error:

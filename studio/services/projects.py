@@ -81,14 +81,16 @@ class ProjectService:
             return project_view(project)
 
     def find(self, name_or_id: str | int) -> ProjectView:
-        """By id (an int or digits) or by name: what the CLI accepts."""
-        if isinstance(name_or_id, int) or str(name_or_id).isdigit():
-            try:
+        """What the CLI, the UI's address and storyboard titles accept: an int is an id; text is a name first, and
+        only when no project has that name, digits are read as an id (so a film titled "1917" stays itself)."""
+        if isinstance(name_or_id, int):
+            return self.get(name_or_id)
+        try:
+            return self.get_by_name(name_or_id)
+        except NotFoundError:
+            if name_or_id.strip().isdigit():
                 return self.get(int(name_or_id))
-            except NotFoundError:
-                if isinstance(name_or_id, int):
-                    raise
-        return self.get_by_name(str(name_or_id))
+            raise
 
     def rename(self, project_id: int, name: str) -> ProjectView:
         project_name = check.name(name, "project name", check.MAX_PROJECT_NAME_CHARS)

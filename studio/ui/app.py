@@ -421,7 +421,7 @@ def build_app(services: Any) -> gr.Blocks:
             """Open `?project=<id or name>` when the address names one, else the only project if there is one."""
             wanted = (request.query_params.get("project") if request is not None else None) or ""
             if wanted:
-                return project_outputs(s.projects.find(int(wanted) if wanted.isdigit() else wanted).id)
+                return project_outputs(s.projects.find(wanted).id)
             projects = s.projects.list()
             return project_outputs(projects[0].id if len(projects) == 1 else None)
 

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 def _project_id(services, ref: str | None):
     if ref is None:
         return None
-    return services.projects.find(int(ref) if ref.isdigit() else ref).id
+    return services.projects.find(ref).id
 
 
 def format_job_row(job) -> str:

@@ -20,6 +20,19 @@ def test_project_defaults_come_from_the_preset(services):
     assert services.projects.find(str(project.id)).id == project.id
 
 
+def test_find_reads_a_name_before_an_id(sqlite_services):
+    first = sqlite_services.projects.create("Lighthouse")
+    second = sqlite_services.projects.create("Harbour")
+    # A film titled with the other project's id: the name wins, digits fall back to an id only when no name matches.
+    titled = sqlite_services.projects.create(str(first.id))
+    assert titled.id != first.id
+    assert sqlite_services.projects.find(str(first.id)).id == titled.id
+    assert sqlite_services.projects.find(str(second.id)).id == second.id
+    assert sqlite_services.projects.find(first.id).id == first.id
+    with pytest.raises(NotFoundError):
+        sqlite_services.projects.find("no such film")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
