@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from training.world import COLOURS, INK, LOCATIONS, SHAPES, shape_mask
+from training.world import ALL_COLOURS, ALL_SHAPES, INK, LOCATIONS, shape_mask
 
 TEMPLATE_SIZE = 24
 MIN_FIGURE_PIXELS = 12  # at 64x64; fewer figure pixels than this means no figure
@@ -76,7 +76,7 @@ def _palette() -> tuple[np.ndarray, list[tuple[str, str]]]:
         for rgb in (loc.sky, loc.ground, loc.post):
             colours.append(rgb)
             owners.append(("location", loc.name))
-    for name, rgb in COLOURS.items():
+    for name, rgb in ALL_COLOURS.items():  # the held-out characters' colours too (world.NEW_COLOURS)
         colours.append(rgb)
         owners.append(("colour", name))
     colours.append(INK)
@@ -86,7 +86,7 @@ def _palette() -> tuple[np.ndarray, list[tuple[str, str]]]:
 
 PALETTE, PALETTE_OWNERS = _palette()
 LOCATION_NAMES = [loc.name for loc in LOCATIONS]
-COLOUR_NAMES = list(COLOURS)
+COLOUR_NAMES = list(ALL_COLOURS)
 
 
 @lru_cache(maxsize=1)
@@ -96,7 +96,7 @@ def _templates() -> dict[str, tuple[np.ndarray, float]]:
     coords = (np.arange(n) + 0.5) / n * 2.4 - 1.2
     v, u = np.meshgrid(coords, coords, indexing="ij")
     out = {}
-    for shape in SHAPES:
+    for shape in ALL_SHAPES:  # the held-out shapes too (world.NEW_SHAPES)
         mask = shape_mask(shape, u, v)
         ys, xs = np.nonzero(mask)
         crop = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
@@ -120,7 +120,7 @@ def classify_shape(mask: np.ndarray) -> tuple[str, float]:
     h, w = mask.shape
     observed = _resize_mask(mask)
     aspect = w / h
-    best, best_score = SHAPES[0], -1e9
+    best, best_score = ALL_SHAPES[0], -1e9
     for shape, (template, template_aspect) in _templates().items():
         iou = (observed & template).sum() / max(1, (observed | template).sum())
         score = iou - 0.5 * abs(np.log(aspect / template_aspect))

@@ -102,6 +102,23 @@ ACTION_PHRASES = {
 CAMERA_PHRASES = {"static": "camera is static", "pans left": "camera pans left", "pans right": "camera pans right"}
 
 CHARACTER_BY_NAME = {c.name: c for c in CHARACTERS}
+
+# Held-out characters: never drawn by `sample_shot`/`sample_scene` (the demo model never sees them in training)
+# and not in `vocabulary()` (the shipped tokenizer does not know their names). They exist so that character
+# adapters (LoRA, embedding) can be evaluated on a figure the base model cannot already draw: a colour, a shape and
+# a pattern of their own, kept apart from the training world's tuples above so those stay exactly as trained.
+# Lime is the colour farthest from every palette and location colour (127 RGB units from the nearest one, orange
+# vs red are 109 apart); the hourglass keeps a waist so it stays one 8-connected figure at the wide shot size.
+NEW_COLOURS: dict[str, tuple[int, int, int]] = {"lime": (120, 255, 0)}
+NEW_SHAPES = ("hourglass",)
+NEW_PATTERNS = ("banded",)
+NEW_CHARACTERS: tuple[Character, ...] = (Character("kai", "lime", "hourglass", "banded"),)
+NEW_CHARACTER_BY_NAME = {c.name: c for c in NEW_CHARACTERS}
+# Everything `render_shot` and `make_shot` can draw (training sampling only ever uses CHARACTERS).
+ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
+ALL_SHAPES = SHAPES + NEW_SHAPES
+ALL_CHARACTER_BY_NAME = {**CHARACTER_BY_NAME, **NEW_CHARACTER_BY_NAME}
+
 LOCATION_BY_NAME = {loc.name: loc for loc in LOCATIONS}
 
 # Extra plain words a user may type that the tokenizer should know (they carry no meaning for the demo model).
@@ -193,7 +210,7 @@ def make_shot(
 ) -> ShotLabels:
     """Labels of one shot; the start position is drawn from `rng` (centred when None) so the whole move fits."""
     for value, allowed, what in (
-        (character, CHARACTER_BY_NAME, "character"),
+        (character, ALL_CHARACTER_BY_NAME, "character"),
         (location, LOCATION_BY_NAME, "location"),
         (shot_size, SHOT_SIZES, "shot size"),
         (action, ACTIONS, "action"),
@@ -201,7 +218,7 @@ def make_shot(
     ):
         if value not in allowed:
             raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
-    char = CHARACTER_BY_NAME[character]
+    char = ALL_CHARACTER_BY_NAME[character]
     jitter = (rng.uniform(-4, 4, size=2) if rng is not None else np.zeros(2)).tolist()
     dx, dy = _travel(action)
     cx = 32 - dx / 2 + jitter[0]
@@ -286,7 +303,9 @@ def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (au <= 0.42) & (av <= 1)
     if shape == "tee":
         return inside_box & ((v <= -0.35) | (au <= 0.32))
-    raise ValueError(f"unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}")
+    if shape == "hourglass":  # held-out shape (NEW_SHAPES): two triangles tip to tip, joined by a waist
+        return inside_box & (au <= 0.25 + 0.7 * av)
+    raise ValueError(f"unknown shape {shape!r}; choose one of: {', '.join(ALL_SHAPES)}")
 
 
 def pattern_mask(pattern: str, px: np.ndarray, py: np.ndarray, scale: float) -> np.ndarray:
@@ -300,7 +319,9 @@ def pattern_mask(pattern: str, px: np.ndarray, py: np.ndarray, scale: float) -> 
         return (np.floor(px / cell) % 3 == 0) & (np.floor(py / cell) % 3 == 0)
     if pattern == "checked":
         return (np.floor(px / cell) + np.floor(py / cell)) % 4 == 0
-    raise ValueError(f"unknown pattern {pattern!r}; choose one of: {', '.join(PATTERNS)}")
+    if pattern == "banded":  # held-out pattern (NEW_PATTERNS): vertical bands
+        return np.floor(px / cell) % 3 == 0
+    raise ValueError(f"unknown pattern {pattern!r}; choose one of: {', '.join(PATTERNS + NEW_PATTERNS)}")
 
 
 def render_background(location: str, size: int, offset: float) -> np.ndarray:
@@ -336,8 +357,8 @@ def figure_state(labels: ShotLabels, frame_index: int, num_frames: int) -> tuple
 def render_shot(labels: ShotLabels, size: int = 64, num_frames: int = 17) -> np.ndarray:
     """The frames of one shot, uint8 [num_frames, size, size, 3]."""
     scale = size / 64
-    char = CHARACTER_BY_NAME[labels.character]
-    colour = np.array(COLOURS[char.colour], dtype=np.uint8)
+    char = ALL_CHARACTER_BY_NAME[labels.character]
+    colour = np.array(ALL_COLOURS[char.colour], dtype=np.uint8)
     ink = np.array(INK, dtype=np.uint8)
     pan_speed = {"static": 0.0, "pans left": 1.0, "pans right": -1.0}[labels.camera]  # background px per frame
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
