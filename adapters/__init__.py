@@ -7,7 +7,7 @@ from adapters.common import ADAPTER_KINDS, LORA_TARGET_MODULES, TrainingResult, 
 from adapters.embedding import EmbeddingTrainingConfig, load_embedding_into, read_embedding, train_embedding
 from adapters.importing import AdapterImportError, ImportedLora, import_lora, inspect_lora
 from adapters.loading import AdapterSpec, AppliedAdapters, apply_adapters, substitute_triggers
-from adapters.lora import LoraTrainingConfig, read_lora_metadata, train_lora
+from adapters.lora import LoraTrainingConfig, add_trigger_words, read_lora_metadata, train_lora
 
 __all__ = [
     "ADAPTER_KINDS",
@@ -19,6 +19,7 @@ __all__ = [
     "ImportedLora",
     "LoraTrainingConfig",
     "TrainingResult",
+    "add_trigger_words",
     "apply_adapters",
     "default_hyperparameters",
     "import_lora",

@@ -327,7 +327,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 
 def trigger_text(trigger: str) -> str:
     """What a LoRA learns to answer to in captions: the trigger without its angle brackets ('<mara>' -> 'mara'),
-    which every tokenizer can spell; textual inversion adds the bracketed token itself instead."""
+    which a subword tokenizer can always spell (a word-level one that does not know it gets it as a whole token:
+    `adapters.lora.add_trigger_words`); textual inversion adds the bracketed token itself instead."""
     text = trigger.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]

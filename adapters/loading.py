@@ -1,5 +1,6 @@
 """Use a scene's character adapters at inference: load and combine LoRAs (`set_adapters` with weights), write
-embedding rows, and substitute each character's trigger in the captions with what its adapter answers to.
+embedding rows, and substitute each character's trigger in the captions with what its adapter answers to (a
+LoRA's trigger words that the tokenizer does not know are added as whole tokens first, as `train_lora` does).
 
     applied = apply_adapters(pipe, [AdapterSpec(...), ...], fallback_texts={"<tom>": "tom, a fisherman"})
     captions = [applied.substitute(c) for c in captions]
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from adapters.common import trigger_text as default_trigger_text
 from adapters.embedding import load_embedding_into
-from adapters.lora import read_lora_metadata
+from adapters.lora import add_trigger_words, read_lora_metadata
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def apply_adapters(
         unload_loras(pipe, [n for n in loaded_loras(pipe) if n not in wanted])
     present = set(loaded_loras(pipe))
     per_trigger: dict[str, list[str]] = {}
+    words_added: list[str] = []
     for spec in specs:
         path = Path(spec.path)
         if not path.is_file():
@@ -132,11 +134,16 @@ def apply_adapters(
             if spec.adapter_name not in present:
                 pipe.load_lora_weights(str(path), adapter_name=spec.adapter_name)
             text = spec.trigger_text or read_lora_metadata(path).get("trigger_text")
-            per_trigger.setdefault(spec.trigger, []).append(text or default_trigger_text(spec.trigger))
+            text = text or default_trigger_text(spec.trigger)
+            if getattr(pipe, "tokenizer", None) is not None and getattr(pipe, "text_encoder", None) is not None:
+                # The trigger words as train_lora saw them: words the tokenizer does not know become whole tokens
+                # with the same rows as at training (a function of the word alone), instead of `<unk>`.
+                words_added += add_trigger_words(pipe.tokenizer, pipe.text_encoder, text)
+            per_trigger.setdefault(spec.trigger, []).append(text)
         else:
             raise ValueError(f"unknown adapter kind {spec.kind!r}; choose one of: lora, embedding, imported")
-    if any(spec.kind == "embedding" for spec in specs) and hasattr(pipe, "clear_text_cache"):
-        # Embedding rows were written in place: captions encoded before must be encoded again.
+    if (words_added or any(spec.kind == "embedding" for spec in specs)) and hasattr(pipe, "clear_text_cache"):
+        # Embedding or trigger-word rows were written in place: captions encoded before must be encoded again.
         pipe.clear_text_cache()
     if lora_specs:
         pipe.enable_lora()  # a previous scene without LoRAs may have disabled them

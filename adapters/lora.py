@@ -7,6 +7,7 @@ reference pictures as one-frame videos with Wan's flow-matching objective, saved
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,82 @@ from adapters.common import (
 )
 
 TRAINING_ADAPTER_NAME = "shotline_training"
+# How the text-encoder row of a trigger word the tokenizer did not know is made (recorded with the LoRA).
+TRIGGER_WORD_ROWS = "sha256-seeded normal, scaled to the vocabulary rows' mean norm (v1)"
+
+
+def _unknown_to(tokenizer, word: str) -> bool:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return unk is not None and unk in tokenizer(word, add_special_tokens=False).input_ids
+
+
+def _normalized(tokenizer, word: str) -> str:
+    """The word as the tokenizer's normalizer sees it ('Kai' -> 'kai' on a lower-casing one)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer = getattr(backend, "normalizer", None)
+    return normalizer.normalize_str(word) if normalizer is not None else word
+
+
+@torch.no_grad()
+def trigger_word_row(word: str, weight: torch.Tensor, vocabulary_rows: int) -> torch.Tensor:
+    """The input-embedding row of an added trigger word: a function of the word and of the vocabulary's own rows
+    only (never of the token's id, of added tokens or of embeddings), so every pipeline that adds the word, in
+    whatever order, gives it the same vector. fp32, on the CPU."""
+    seed = int(hashlib.sha256(word.encode("utf-8")).hexdigest()[:15], 16)
+    vector = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    rows = weight[:vocabulary_rows]
+    # Mean row norm of the real vocabulary, in chunks (UMT5's table is 256k x 4096) and in fp32.
+    norm = sum(float(rows[i : i + 4096].float().norm(dim=1).sum()) for i in range(0, rows.shape[0], 4096))
+    norm = norm / max(1, rows.shape[0]) or 1.0
+    return vector * (norm / float(vector.norm()))
+
+
+def added_trigger_words(tokenizer, text: str) -> list[str]:
+    """The words of `text` that stand as trigger words added by `add_trigger_words` (one whole, non-special added
+    token each), whenever they were added."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    words = []
+    for word in dict.fromkeys(text.split()):
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) == 1 and ids[0] in added and not added[ids[0]].special:
+            words.append(word)
+    return words
+
+
+def add_trigger_words(tokenizer, text_encoder, text: str) -> list[str]:
+    """Make every word of a LoRA's trigger `text` that `tokenizer` only spells with its unknown token one whole
+    token, whose text-encoder input row is `trigger_word_row(word)`; return the words added now.
+
+    Without this a word-level tokenizer (the demo model's) reads every unknown word as `<unk>`: any typo or other
+    LoRA character's name would read as this character. Tokenizers that spell the word without `<unk>` (Wan's
+    sentencepiece one always does) are left untouched, and so is a word added before: re-adding is a no-op. The
+    new token gets a fresh id, so no vocabulary word's row and no embedding's trained row is ever written.
+    """
+    from tokenizers import AddedToken
+
+    added = []
+    for word in dict.fromkeys(text.split()):
+        if not _unknown_to(tokenizer, word):
+            continue
+        vocabulary_rows = min(tokenizer.vocab_size, text_encoder.get_input_embeddings().weight.shape[0])
+        # Whole word only ("kaiser" stays unknown) and matched after normalisation ("Kai" is the same token).
+        tokenizer.add_tokens([AddedToken(word, single_word=True, normalized=True, special=False)])
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) != 1:  # a tokenizer whose normalizer the added token cannot match: nothing more to do
+            continue
+        token_id = ids[0]
+        if token_id < tokenizer.vocab_size:
+            raise RuntimeError(f"trigger word {word!r} got the id of a vocabulary word ({token_id})")
+        if len(tokenizer) > text_encoder.get_input_embeddings().weight.shape[0]:
+            # Only grow (spare rows are used first); the new rows' random init must not move the caller's RNG.
+            with torch.random.fork_rng(devices=[]):
+                text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        weight = text_encoder.get_input_embeddings().weight
+        row = trigger_word_row(_normalized(tokenizer, word), weight, vocabulary_rows)
+        with torch.no_grad():
+            weight[token_id] = row.to(weight.device, weight.dtype)
+        added.append(word)
+    return added
 
 
 @dataclass
@@ -178,6 +255,10 @@ def train_lora(
     config = config or (LoraTrainingConfig.for_preset(preset) if preset else LoraTrainingConfig())
     config.validate()
     transformer = components["transformer"]
+    # Before any caption is encoded: the trigger word must not be read as the tokenizer's unknown token.
+    word_text = trigger_text(trigger)
+    add_trigger_words(components["tokenizer"], components["text_encoder"], word_text)
+    words_added = added_trigger_words(components["tokenizer"], word_text)
     captions = list(captions) if captions else training_captions(trigger, description)
     samples = prepare_samples(components, images, captions, config)
 
@@ -224,7 +305,11 @@ def train_lora(
         info = {
             "kind": "lora",
             "trigger": trigger,
-            "trigger_text": trigger_text(trigger),
+            "trigger_text": word_text,
+            # Words of trigger_text the tokenizer did not know: added as whole tokens with the rows of
+            # TRIGGER_WORD_ROWS (apply_adapters adds them the same way before rendering).
+            "trigger_words_added": words_added,
+            **({"trigger_word_rows": TRIGGER_WORD_ROWS} if words_added else {}),
             "preset": preset,
             "captions": sorted(set(samples.captions)),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},

@@ -31,17 +31,13 @@ Trigger words on the demo tokenizer (a word-level vocabulary of the world; unkno
   capacity: the shipped one has 128 rows for 89 words) and trains exactly those rows; `apply_adapters` writes
   them back and substitutes `<kai>` -> `<kai> <kai_1>`. Works as designed on this tokenizer.
 - LoRA: the studio substitutes `<kai>` with the LoRA's trigger text, the bracket-less word `kai`
-  (`adapters.common.trigger_text`), which this tokenizer does not know: it becomes `<unk>`, the same id as every
-  other unknown word (a typo, a name of another character without an adapter). The LoRA then learns "`<unk>` in
-  the character's slot looks like kai", and with two such characters in a scene their captions would be identical.
-  Decision: arm `lora` adds the trigger word to the tokenizer the way the embedding path does
-  (`adapters.embedding.add_tokens`), before training and before rendering, so `kai` is one token of its own whose
-  text-encoder row is the first spare row (untrained, frozen, stored in the shipped weights: the same on every
-  load because every arm starts from a fresh pipeline and adds only this word; a text encoder without spare rows
-  grows one, initialised from `--seed`). Arm `lora-unk` keeps the studio's
-  behaviour as it is today (`kai` -> `<unk>`) for comparison. The studio itself does not add LoRA trigger words
-  (adapters/ and studio/ are outside this script); doing so there would need the word's row (or its id) to be
-  stored with the adapter, since ids follow the order in which words are added.
+  (`adapters.common.trigger_text`), which this tokenizer does not know. `train_lora` (before encoding captions)
+  and `apply_adapters` (before rendering) therefore add it as one whole token (`adapters.lora.add_trigger_words`)
+  whose text-encoder row is a function of the word alone (a normal vector seeded by the word's sha256, scaled to
+  the vocabulary rows' mean norm), so training and rendering see the same vector whatever id the word gets; the
+  LoRA's metadata lists it (`trigger_words_added`). Arm `lora` runs exactly that studio code. The former
+  `lora-unk` arm (`kai` -> `<unk>`, the studio's behaviour before this fix) was dropped: the studio no longer
+  produces it, and making it again would mean bypassing the adapter code, not measuring it.
 - LoRA training captions: `train_lora` takes one caption per reference; by default (`--lora-captions shot`) each
   reference gets its own shot's caption with the trigger word (`close-up shot, kai stays still, camera is static`),
   the grammar the demo model was trained on. `--lora-captions studio` uses what the studio job sends today: the
@@ -88,7 +84,7 @@ CHARACTER = NEW_CHARACTERS[0]
 TRIGGER = f"<{CHARACTER.name}>"
 HELD_OUT_SEED = 2 * 10**6  # held-out scenes of this evaluation (training draws seeds < 10**6, evaluate_demo 10**6..)
 REFERENCE_SEED = 3 * 10**6
-ARMS = ("baseline", "lora", "lora-unk", "embedding")
+ARMS = ("baseline", "lora", "embedding")
 COMPONENT_NAMES = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 
 
@@ -232,20 +228,15 @@ def vae_roundtrip(vae, frames: np.ndarray) -> np.ndarray:
 
 def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[ShotLabels], args, workdir: Path):
     """Train `arm`'s adapter on `pipe`'s components and apply it; returns (applied adapters, training info)."""
-    from adapters.embedding import EmbeddingTrainingConfig, add_tokens, train_embedding
+    from adapters.embedding import EmbeddingTrainingConfig, train_embedding
     from adapters.loading import AdapterSpec, apply_adapters
     from adapters.lora import LoraTrainingConfig, train_lora
 
     components = {name: getattr(pipe, name) for name in COMPONENT_NAMES}
     path = workdir / f"{arm}.safetensors"
     start = time.time()
-    if arm in ("lora", "lora-unk"):
+    if arm == "lora":
         word = CHARACTER.name  # what adapters.common.trigger_text makes of the trigger
-        if arm == "lora":
-            with torch.random.fork_rng():  # a text encoder without spare rows grows one, initialised at random
-                torch.manual_seed(args.seed)
-                add_tokens(pipe.tokenizer, pipe.text_encoder, [word])
-        ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
         config = LoraTrainingConfig.for_preset(
             "demo", steps=args.lora_steps, rank=args.lora_rank, learning_rate=args.lora_lr, seed=args.seed
         )
@@ -258,7 +249,13 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
             components, references, TRIGGER, path, config, args.description, preset="demo", captions=captions
         )
         kind = "lora"
-        token_note = {"trigger_word": word, "trigger_ids": ids, "unk": pipe.tokenizer.unk_token_id in ids}
+        ids = pipe.tokenizer(word, add_special_tokens=False).input_ids  # after train_lora added the word
+        token_note = {
+            "trigger_word": word,
+            "trigger_ids": ids,
+            "unk": pipe.tokenizer.unk_token_id in ids,
+            "trigger_words_added": result.metadata.get("trigger_words_added"),
+        }
     elif arm == "embedding":
         config = EmbeddingTrainingConfig.for_preset(
             "demo", steps=args.embedding_steps, learning_rate=args.embedding_lr, seed=args.seed
