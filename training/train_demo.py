@@ -54,14 +54,14 @@ TEXT_CONFIG = dict(
 )
 TRANSFORMER_CONFIG = dict(
     patch_size=(1, 2, 2),
-    num_attention_heads=4,
+    num_attention_heads=6,
     attention_head_dim=32,
     in_channels=VAE_CONFIG["z_dim"],
     out_channels=VAE_CONFIG["z_dim"],
     text_dim=TEXT_CONFIG["d_model"],
     freq_dim=256,
-    ffn_dim=512,
-    num_layers=6,
+    ffn_dim=768,
+    num_layers=8,
     cross_attn_norm=True,
     qk_norm="rms_norm_across_heads",
     rope_max_seq_len=64,
@@ -74,9 +74,15 @@ TOKENS_PER_BATCH = 1280  # video tokens per step (batch size = this / (80 * K))
 # --- components ------------------------------------------------------------------------------------------------------
 
 
-def build_text_encoder(seed: int = 0):
+def build_text_encoder(seed: int = 0, path: Path | None = None):
+    """The frozen text encoder: from `path` (a saved `text_encoder/` folder, e.g. assets/demo/text_encoder) when
+    given, so that training on another machine (another transformers version, another initialiser) sees exactly
+    the shipped encoder; else a fresh random one from `seed`."""
     from transformers import UMT5Config, UMT5EncoderModel
 
+    if path is not None:
+        encoder = UMT5EncoderModel.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+        return encoder.eval().requires_grad_(False)
     torch.manual_seed(seed + 7)
     return UMT5EncoderModel(UMT5Config(**TEXT_CONFIG)).eval().requires_grad_(False)
 
@@ -115,6 +121,22 @@ def encode_shot(vae, frames: np.ndarray) -> torch.Tensor:
     return vae.encode(x).latent_dist.mode()[0]
 
 
+def save_shot_pool(run: Path, cache: dict, vae_source: str) -> None:
+    """Write `<run>/shots.pt` and, the first time, `<run>/latent_stats.json` (the transformer's latent normalisation,
+    fixed once so it never moves under a resumed run)."""
+    cache_path = run / "shots.pt"
+    tmp = cache_path.with_suffix(".tmp")
+    torch.save(cache, tmp)
+    os.replace(tmp, cache_path)  # the trainer may be reading it: never a half-written file
+    stats_path = run / "latent_stats.json"
+    if not stats_path.exists():
+        allz = torch.stack(cache["latents"]).float()  # [N, C, n, h, w]
+        mean, std = allz.mean(dim=(0, 2, 3, 4)), allz.std(dim=(0, 2, 3, 4))
+        stats = {"latents_mean": mean.tolist(), "latents_std": std.tolist(), "vae": vae_source}
+        stats_path.write_text(json.dumps(stats, indent=1))
+        print(f"latent stats from {len(allz)} shots: |mean| {mean.abs().mean():.3f} std {std.mean():.3f}", flush=True)
+
+
 def cmd_cache(args) -> None:
     """Encode a pool of single shots; training composes scenes from them (any shots of one location and two
     characters make a scene), so a few thousand encoded shots give far more distinct scenes than encoding scenes."""
@@ -143,16 +165,7 @@ def cmd_cache(args) -> None:
     start = time.time()
 
     def save():
-        tmp = cache_path.with_suffix(".tmp")
-        torch.save(cache, tmp)
-        os.replace(tmp, cache_path)  # the trainer may be reading it: never a half-written file
-        stats_path = run / "latent_stats.json"
-        if not stats_path.exists():  # fixed once: the transformer's latent normalisation must never move
-            allz = torch.stack(cache["latents"]).float()  # [N, C, n, h, w]
-            mean, std = allz.mean(dim=(0, 2, 3, 4)), allz.std(dim=(0, 2, 3, 4))
-            stats = {"latents_mean": mean.tolist(), "latents_std": std.tolist(), "vae": str(args.vae)}
-            stats_path.write_text(json.dumps(stats, indent=1))
-            print(f"latent stats from {len(allz)} shots: |mean| {mean.abs().mean():.3f} std {std.mean():.3f}")
+        save_shot_pool(run, cache, str(args.vae))
 
     while len(cache["labels"]) < args.shots:
         # Shot i is drawn from its own seed, so the pool is the same however often the cache was resumed.
@@ -245,8 +258,12 @@ def cmd_train(args) -> None:
     torch.set_num_threads(args.threads)
     run = args.run
     stats = json.loads((run / "latent_stats.json").read_text())
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls: no autocast to get wrong
+        torch.backends.cudnn.allow_tf32 = True
     tokenizer = build_world_tokenizer()
-    text_encoder = build_text_encoder(args.seed)
+    text_encoder = build_text_encoder(args.seed, args.text_encoder)
     text: dict[str, torch.Tensor] = {}
 
     def load_data() -> SceneComposer:
@@ -254,7 +271,8 @@ def cmd_train(args) -> None:
         data = SceneComposer(torch.load(run / "shots.pt", weights_only=False), stats, text)
         for t in data.texts():
             if t not in text:
-                text[t] = encode_text(tokenizer, text_encoder, t)
+                text[t] = encode_text(tokenizer, text_encoder, t).to(device)
+        data.latents = data.latents.to(device)  # scenes are composed where the model trains
         print(f"shot pool: {len(data.labels)} shots", flush=True)
         return data
 
@@ -279,19 +297,18 @@ def cmd_train(args) -> None:
 
         transformer = WanTransformer3DModel.from_pretrained(args.init / "transformer", local_files_only=True)
         print(f"initialised from {args.init}", flush=True)
-    device = torch.device(args.device)
     transformer.to(device)
     ema = copy.deepcopy(transformer).requires_grad_(False)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     rng = torch.Generator().manual_seed(args.seed)
     step, losses = 0, []
     if (run / "last.pt").exists():
-        ckpt = torch.load(run / "last.pt", weights_only=False)
+        ckpt = torch.load(run / "last.pt", weights_only=False, map_location=device)
         transformer.load_state_dict(ckpt["transformer"])
         ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
-        rng.set_state(ckpt["rng"])
+        rng.set_state(ckpt["rng"].cpu())
         print(f"resumed from {run / 'last.pt'} at step {step}", flush=True)
     n_params = sum(p.numel() for p in transformer.parameters())
     print(f"transformer {n_params / 1e6:.2f}M params; shots {ks}; {tokens_per_shot} tokens/shot", flush=True)
@@ -359,12 +376,24 @@ def cmd_train(args) -> None:
 
 
 def cmd_export(args) -> None:
-    export_demo(args.run, args.dest, seed=args.seed, use_ema=not args.raw, vae_checkpoint=args.vae)
+    export_demo(
+        args.run,
+        args.dest,
+        seed=args.seed,
+        use_ema=not args.raw,
+        vae_checkpoint=args.vae,
+        text_encoder=args.text_encoder,
+    )
     print(f"exported to {args.dest}")
 
 
 def export_demo(
-    run: Path, dest: Path, seed: int = 0, use_ema: bool = True, vae_checkpoint: Path | None = None
+    run: Path,
+    dest: Path,
+    seed: int = 0,
+    use_ema: bool = True,
+    vae_checkpoint: Path | None = None,
+    text_encoder: Path | None = None,
 ) -> None:
     """Write tokenizer, text encoder, VAE (with latent statistics), transformer and scheduler in the diffusers
     folder layout, weights as safetensors."""
@@ -372,8 +401,8 @@ def export_demo(
 
     dest.mkdir(parents=True, exist_ok=True)
     stats = json.loads((run / "latent_stats.json").read_text())
-    vae_ckpt = torch.load(vae_checkpoint or stats["vae"], weights_only=False)
-    cached = torch.load(run / "vae_encoder.pt", weights_only=False)["vae"]
+    vae_ckpt = torch.load(vae_checkpoint or stats["vae"], weights_only=False, map_location="cpu")
+    cached = torch.load(run / "vae_encoder.pt", weights_only=False, map_location="cpu")["vae"]
     for name, value in cached.items():
         if name.startswith(("encoder.", "quant_conv.")) and not torch.equal(value, vae_ckpt["vae"][name]):
             raise ValueError(f"the VAE encoder changed since the latent cache was made ({name}); retrain from it")
@@ -381,12 +410,12 @@ def export_demo(
     vae.load_state_dict(vae_ckpt["vae"])
     vae.save_pretrained(dest / "vae", safe_serialization=True)
 
-    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt = torch.load(run / "last.pt", weights_only=False, map_location="cpu")
     transformer = build_transformer(seed)
     transformer.load_state_dict(ckpt["ema" if use_ema else "transformer"])
     transformer.save_pretrained(dest / "transformer", safe_serialization=True)
 
-    build_text_encoder(seed).save_pretrained(dest / "text_encoder", safe_serialization=True)
+    build_text_encoder(seed, text_encoder).save_pretrained(dest / "text_encoder", safe_serialization=True)
     build_world_tokenizer().save_pretrained(dest / "tokenizer")
     FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT).save_pretrained(dest / "scheduler")
     import diffusers
@@ -421,6 +450,12 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--run", type=Path, required=True, help="run folder (latent cache, checkpoints)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
+        p.add_argument(
+            "--text-encoder",
+            type=Path,
+            default=None,
+            help="a saved text_encoder/ folder to use (default: a fresh random one from --seed)",
+        )
     cache = sub.choices["cache"]
     cache.add_argument("--vae", type=Path, required=True, help="VAE checkpoint from training/train_vae.py")
     cache.add_argument("--shots", type=int, default=1500, help="shots in the pool (resumable: raise it to add more)")

@@ -59,17 +59,14 @@ def test_pipeline_encodes_captions_exactly_as_training_did(pipe):
     assert pipe.tokenizer.unk_token_id not in pipe.tokenizer(scene.captions[0]).input_ids
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="the shipped weights (6600 CPU steps) do not yet render captioned colours reliably; see docs/QUALITY.md",
-    strict=False,
-)
 def test_two_shot_render_shows_the_captioned_characters(pipe):
+    """The functional test of the shipped weights: a fixed two-shot storyboard, 10 steps on the CPU (a few seconds),
+    read back by the detector that reads real frames at 100%."""
     from pipelines import ShotSpec
     from training.detector import read_shot
-    from training.world import CHARACTER_BY_NAME, global_caption, make_shot, shot_caption
+    from training.world import global_caption, make_shot, shot_caption
 
-    shots = [make_shot("mara", "snow", "medium", "stays"), make_shot("tom", "snow", "medium", "stays")]
+    shots = [make_shot("mara", "snow", "medium", "stays"), make_shot("tom", "snow", "close-up", "moves left")]
     out = pipe(
         shots=[ShotSpec(caption=shot_caption(s), num_frames=17) for s in shots],
         global_caption=global_caption("snow", ["mara", "tom"]),
@@ -83,4 +80,6 @@ def test_two_shot_render_shows_the_captioned_characters(pipe):
     assert len(out.shots) == 2 and out.shots[0].shape == (17, 64, 64, 3)
     for labels, frames in zip(shots, out.shots, strict=True):
         reading = read_shot(frames)
-        assert reading.colour == CHARACTER_BY_NAME[labels.character].colour
+        assert reading.coherent, f"no coherent figure in the shot of {labels.character}"
+        seen = (reading.location, reading.colour, reading.shape, reading.shot_size, reading.action)
+        assert seen == (labels.location, labels.colour, labels.shape, labels.shot_size, labels.action)

@@ -1,0 +1,72 @@
+"""The one-command GPU training session (training/train_gpu.py) and the autoencoder loss it shares with
+training/train_vae.py. The end-to-end run takes a minute on the CPU, so it is marked slow."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from training.train_gpu import render_pool, to_pixels
+from training.train_vae import figure_mask, permute_colours
+from training.world import COLOURS, INK, make_shot, render_shot, sample_shot
+
+
+def test_pool_is_the_same_draw_as_the_cpu_shot_cache():
+    frames, labels = render_pool(seed=3, count=5, workers=1)
+    assert frames.shape == (5, 17, 64, 64, 3) and frames.dtype == np.uint8
+    for i in range(5):
+        expected = sample_shot(np.random.default_rng([3, i]))  # what `train_demo cache` draws for shot i
+        assert labels[i] == asdict(expected)
+        assert np.array_equal(frames[i], render_shot(expected, size=64, num_frames=17))
+    again, _ = render_pool(seed=3, count=5, workers=2)
+    assert np.array_equal(frames, again)  # forked workers change nothing
+
+
+def test_figure_mask_marks_exactly_the_character_and_ink_pixels():
+    frames = render_shot(make_shot("tom", "desert", "close-up", "stays"), size=64, num_frames=5)
+    x = to_pixels(torch.from_numpy(frames[None]))
+    mask = figure_mask(x)[0, 0].numpy().astype(bool)  # [F, H, W]
+    palette = np.array([*COLOURS.values(), INK])
+    expected = (frames[..., None, :] == palette).all(axis=-1).any(axis=-1)
+    assert np.array_equal(mask, expected)
+    assert 0.05 < mask.mean() < 0.5  # a close-up figure is a fair share of the frame, never all of it
+
+
+def test_permuted_colours_swap_channels_of_some_clips_only():
+    x = torch.rand(64, 3, 2, 4, 4)
+    gen = torch.Generator().manual_seed(0)
+    y = permute_colours(x, gen, share=0.5)
+    same = torch.tensor([torch.equal(a, b) for a, b in zip(x, y, strict=True)])
+    assert 0.3 < (~same).float().mean() < 0.7  # about half the clips, and some permutations are the identity
+    for a, b in zip(x, y, strict=True):  # every clip keeps its three channels, in some order
+        assert sorted(a.sum(dim=(1, 2, 3)).tolist()) == pytest.approx(sorted(b.sum(dim=(1, 2, 3)).tolist()))
+    assert torch.equal(permute_colours(x, gen, share=0.0), x)
+
+
+@pytest.mark.slow
+def test_one_command_session_exports_a_loadable_model(tmp_path):
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from training.train_gpu import main
+
+    out = tmp_path / "gpu"
+    main(
+        ["all", "--out", str(out), "--device", "cpu", "--shots", "24", "--workers", "1", "--budget-seconds", "40"]
+        + ["--vae-seconds", "4", "--vae-batch", "1", "--tokens", "320", "--text-encoder", "assets/demo/text_encoder"]
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["vae_steps"] >= 1 and report["transformer_steps"] >= 1 and report["decoder_steps"] >= 1
+    assert not (out / "pool.npy").exists()  # the rendered pool is scratch, not output
+    transformer = WanTransformer3DModel.from_pretrained(out / "demo" / "transformer", local_files_only=True)
+    vae = AutoencoderKLWan.from_pretrained(out / "demo" / "vae", local_files_only=True)
+    # The exported encoder is the one the shot pool was encoded with (the transformer's latent space).
+    encoder = torch.load(out / "run" / "vae_encoder.pt", weights_only=False)["vae"]
+    for name, value in vae.state_dict().items():
+        if name.startswith("encoder."):
+            assert torch.equal(value, encoder[name])
+    assert sum(p.numel() for p in transformer.parameters()) > 10**6
+    assert json.loads((out / "demo" / "training.json").read_text())["gpu_session"]["shots"] == 24

@@ -1,0 +1,239 @@
+"""Train the whole demo model in one command on a lent GPU (the device tool gives a session minutes, not hours).
+
+    bash training/gpu_session.sh OUT_DIR 480     # on the device machine: installs the wheel, runs this, packs
+    python -m training.train_gpu all --out runs/gpu --device cuda --budget-seconds 480 \
+        --text-encoder assets/demo/text_encoder
+
+Every stage is bounded by wall-clock time so that the command ends inside its lease:
+
+1. render a pool of shots of the world with every CPU core (before CUDA starts, since the workers fork);
+2. train the VAE jointly on whole 17-frame shots with the figure-weighted loss of `training.train_vae`;
+3. freeze the encoder and encode the pool: the shot pool and latent statistics `training.train_demo` trains from;
+4. train the transformer (`train_demo train`, same loop as on the CPU) while a second process sharpens the decoder;
+5. export the diffusers folder (`train_demo export`) to `<out>/demo`.
+
+Everything lands in `--out` in the formats the CPU scripts use (`vae_joint.pt` and `vae_decoder.pt` as
+`train_vae` checkpoints, `run/` as a `train_demo` run folder), so they resume from it on any machine. Shot `i` of
+the pool is `sample_shot(default_rng([seed, i]))`, the same draw as `train_demo cache`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training import train_demo
+from training.train_vae import VAE_CONFIG, build_vae, figure_mask, permute_colours, reconstruction_loss
+from training.world import render_shot, sample_shot
+
+
+def _render(index_seed: tuple[int, int]) -> tuple[np.ndarray, dict]:
+    seed, index = index_seed
+    labels = sample_shot(np.random.default_rng([seed, index]))
+    frames = render_shot(labels, size=train_demo.SIZE, num_frames=train_demo.SHOT_FRAMES)
+    return frames, asdict(labels)
+
+
+def render_pool(seed: int, count: int, workers: int) -> tuple[np.ndarray, list[dict]]:
+    """uint8 `[N, F, H, W, 3]` frames and the labels of shots 0..N-1."""
+    jobs = [(seed, i) for i in range(count)]
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.map(_render, jobs, chunksize=64)
+    else:
+        results = [_render(job) for job in jobs]
+    return np.stack([frames for frames, _ in results]), [labels for _, labels in results]
+
+
+def to_pixels(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 `[B, F, H, W, 3]` -> float `[B, 3, F, H, W]` in [-1, 1]."""
+    return frames.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+def train_autoencoder(
+    vae, pool: torch.Tensor, seconds: float, batch: int, lr: float, decoder_only: bool, seed: int, save_to: Path
+) -> int:
+    """Train on random whole shots of `pool` (uint8, on the training device) for `seconds`; save a `train_vae`
+    checkpoint to `save_to` (atomically, every few hundred steps and at the end). Returns the steps taken."""
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+        params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    else:
+        params = list(vae.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    step, losses, start = 0, [], time.time()
+
+    def save():
+        state = {"vae": {k: v.cpu() for k, v in vae.state_dict().items()}, "optimizer": optimizer.state_dict()}
+        state |= {"step": step, "rng": None, "decoder_only": decoder_only, "config": VAE_CONFIG}
+        tmp = save_to.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, save_to)
+
+    vae.train()
+    while time.time() - start < seconds:
+        index = torch.randint(len(pool), (batch,), generator=gen).to(pool.device)
+        x = to_pixels(pool[index])
+        mask = figure_mask(x)
+        x = permute_colours(x, gen)
+        loss, l1 = reconstruction_loss(vae, x, 0.0 if decoder_only else 1e-6, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        # The last fifth at a tenth of the rate: the weights settle instead of ending on a noisy step.
+        for group in optimizer.param_groups:
+            group["lr"] = lr * (0.1 if time.time() - start > 0.8 * seconds else 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(l1.item())
+        if step % 50 == 0:
+            rate = (time.time() - start) / step
+            kind = "decoder" if decoder_only else "vae"
+            print(f"{kind} step {step} l1 {np.mean(losses[-50:]):.4f} {rate:.3f}s/step", flush=True)
+        if step % 500 == 0:
+            save()
+    save()
+    return step
+
+
+@torch.no_grad()
+def encode_pool(vae, pool: torch.Tensor, batch: int = 64) -> list[torch.Tensor]:
+    """Posterior means `[C, n, h, w]` (half, CPU) of every shot, as `train_demo.encode_shot` computes them."""
+    vae.eval()
+    out = []
+    for i in range(0, len(pool), batch):
+        z = vae.encode(to_pixels(pool[i : i + batch])).latent_dist.mode()
+        out.extend(z.half().cpu())
+    return out
+
+
+def cmd_decoder(args) -> None:
+    """Second process of stage 4: sharpen the decoder of `vae_joint.pt` on the pool while the transformer trains."""
+    device = torch.device(args.device)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    pool = torch.from_numpy(np.load(args.out / "pool.npy")).to(device)
+    vae = build_vae(args.seed)
+    vae.load_state_dict(torch.load(args.out / "vae_joint.pt", weights_only=False)["vae"])
+    vae.to(device)
+    steps = train_autoencoder(
+        vae, pool, args.seconds, args.vae_batch, args.lr / 2, True, args.seed + 1, args.out / "vae_decoder.pt"
+    )
+    print(f"decoder: {steps} steps", flush=True)
+
+
+def cmd_all(args) -> None:
+    t0 = time.time()
+    out, run = args.out, args.out / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    report: dict = {"device": args.device, "shots": args.shots}
+
+    # 1. render the pool (forked workers: before CUDA is initialised)
+    frames, labels = render_pool(args.seed, args.shots, args.workers or os.cpu_count() or 1)
+    np.save(out / "pool.npy", frames)
+    report["render_s"] = round(time.time() - t0, 1)
+    print(f"rendered {len(frames)} shots in {report['render_s']}s", flush=True)
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        report["gpu"] = torch.cuda.get_device_name(device)
+    pool = torch.from_numpy(frames).to(device)
+
+    # 2. the autoencoder, jointly
+    t = time.time()
+    vae = build_vae(args.seed).to(device)
+    vae_seconds = min(args.vae_seconds, args.budget_seconds * 0.3)
+    report["vae_steps"] = train_autoencoder(
+        vae, pool, vae_seconds, args.vae_batch, args.lr, False, args.seed, out / "vae_joint.pt"
+    )
+    report["vae_s"] = round(time.time() - t, 1)
+
+    # 3. the latent space is fixed from here: encode the pool into train_demo's shot-pool format
+    t = time.time()
+    joint = torch.load(out / "vae_joint.pt", weights_only=False)
+    latents = encode_pool(vae, pool)
+    encoder_state = {"vae": joint["vae"], "step": joint["step"], "source": str(out / "vae_joint.pt")}
+    torch.save(encoder_state, run / "vae_encoder.pt")
+    train_demo.save_shot_pool(run, {"latents": latents, "labels": labels}, str(out / "vae_joint.pt"))
+    del vae, pool
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    report["encode_s"] = round(time.time() - t, 1)
+
+    # 4. transformer and decoder side by side, for what is left of the budget (the export needs a few seconds)
+    left = args.budget_seconds - (time.time() - t0) - args.reserve_seconds
+    train_seconds = max(10.0, min(args.transformer_seconds, left))
+    decoder = subprocess.Popen(
+        [sys.executable, "-m", "training.train_gpu", "decoder", "--out", str(out), "--device", args.device]
+        + ["--seconds", str(train_seconds), "--seed", str(args.seed), "--vae-batch", str(args.vae_batch)]
+        + ["--lr", str(args.lr)],
+    )
+    t = time.time()
+    train_args = ["train", "--run", str(run), "--device", args.device, "--minutes", str(train_seconds / 60)]
+    train_args += ["--tokens", str(args.tokens), "--lr", str(args.transformer_lr), "--warmup", "300"]
+    train_args += ["--save-every", "1000", "--seed", str(args.seed), "--ema", str(args.ema)]
+    if args.text_encoder is not None:
+        train_args += ["--text-encoder", str(args.text_encoder)]
+    train_demo.main(train_args)
+    report["transformer_s"] = round(time.time() - t, 1)
+    report["transformer_steps"] = torch.load(run / "last.pt", weights_only=False, map_location="cpu")["step"]
+    if decoder.wait() != 0:
+        raise RuntimeError(f"the decoder process failed with exit code {decoder.returncode}")
+    report["decoder_steps"] = torch.load(out / "vae_decoder.pt", weights_only=False)["step"]
+
+    # 5. export
+    train_demo.export_demo(
+        run, out / "demo", seed=args.seed, vae_checkpoint=out / "vae_decoder.pt", text_encoder=args.text_encoder
+    )
+    info_path = out / "demo" / "training.json"
+    info = json.loads(info_path.read_text()) | {"gpu_session": report}
+    info["command"] = "python -m training.train_gpu (see docs/QUALITY.md)"
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    if device.type == "cuda":
+        report["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    report["total_s"] = round(time.time() - t0, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "pool.npy").unlink()
+    print(json.dumps(report), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("all", "decoder"):
+        p = sub.add_parser(name)
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--device", default="cuda")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--vae-batch", type=int, default=16, help="whole 17-frame shots per autoencoder step")
+        p.add_argument("--lr", type=float, default=1e-3, help="autoencoder learning rate (the decoder: half)")
+    full = sub.choices["all"]
+    full.add_argument("--budget-seconds", type=float, default=500.0, help="wall clock for the whole command")
+    full.add_argument("--reserve-seconds", type=float, default=30.0, help="kept back for the export")
+    full.add_argument("--shots", type=int, default=8000, help="shots in the pool")
+    full.add_argument("--workers", type=int, default=0, help="render processes (0: one per CPU core)")
+    full.add_argument("--vae-seconds", type=float, default=150.0)
+    full.add_argument("--transformer-seconds", type=float, default=10**6, help="at most this (else: what is left)")
+    full.add_argument("--tokens", type=int, default=16000, help="video tokens per transformer step")
+    full.add_argument("--transformer-lr", type=float, default=1e-3)
+    full.add_argument("--ema", type=float, default=0.999)
+    full.add_argument("--text-encoder", type=Path, default=None, help="a saved text_encoder/ folder to train with")
+    sub.choices["decoder"].add_argument("--seconds", type=float, required=True)
+    args = parser.parse_args(argv)
+    {"all": cmd_all, "decoder": cmd_decoder}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
