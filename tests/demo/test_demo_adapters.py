@@ -125,7 +125,7 @@ def test_adapter_evaluation_runs_end_to_end(tmp_path):
         ]
     )
     assert json.loads(out.read_text())["rows"].keys() == result["rows"].keys()
-    assert {"baseline", "lora", "lora-unk", "embedding"} <= set(result["rows"])
+    assert {"baseline", "lora", "embedding"} <= set(result["rows"])
     for row in result["rows"].values():
         for key in ("appears", "colour", "shape", "coherent", "leak"):
             assert 0.0 <= row[key] <= 1.0
@@ -133,5 +133,5 @@ def test_adapter_evaluation_runs_end_to_end(tmp_path):
     lora = result["training"]["lora"]
     assert lora["eval_loss_after"] < lora["eval_loss_before"]
     assert lora["loss_last"] < lora["loss_first"]
-    assert lora["unk"] is False and result["training"]["lora-unk"]["unk"] is True
+    assert lora["unk"] is False and lora["trigger_words_added"] == ["kai"]
     assert result["training"]["embedding"]["substitution"] == "<kai> <kai_1>"
