@@ -31,14 +31,14 @@ SHOTLINE_METADATA_KEY = "shotline"
 # want a low learning rate so a character LoRA does not wash out the base model's look.
 _LORA_DEFAULTS = {
     "tiny": dict(rank=4, alpha=4.0, steps=150, learning_rate=1e-2),
-    "demo": dict(rank=8, alpha=8.0, steps=300, learning_rate=1e-3),
+    "demo": dict(rank=8, alpha=8.0, steps=300, learning_rate=1e-3, still_frames=17),
     "wan2.1-t2v-1.3b": dict(rank=16, alpha=16.0, steps=800, learning_rate=1e-4),
     "wan2.1-t2v-14b": dict(rank=32, alpha=32.0, steps=800, learning_rate=5e-5),
     "wan2.2-ti2v-5b": dict(rank=32, alpha=32.0, steps=800, learning_rate=8e-5),
 }
 _EMBEDDING_DEFAULTS = {
     "tiny": dict(num_vectors=1, steps=100, learning_rate=5e-2),
-    "demo": dict(num_vectors=2, steps=300, learning_rate=5e-3),
+    "demo": dict(num_vectors=2, steps=300, learning_rate=5e-3, still_frames=17),
     "wan2.1-t2v-1.3b": dict(num_vectors=2, steps=1000, learning_rate=5e-3),
     "wan2.1-t2v-14b": dict(num_vectors=2, steps=1000, learning_rate=3e-3),
     "wan2.2-ti2v-5b": dict(num_vectors=2, steps=1000, learning_rate=3e-3),
@@ -64,6 +64,7 @@ def preset_training_values(preset, kind: str, overrides: dict, derived: Callable
         preset = get_preset(preset)
     values = default_hyperparameters(preset.name, kind)
     values.update(width=preset.width, height=preset.height, max_sequence_length=preset.max_sequence_length)
+    values.update(cross_attention=preset.cross_attention)
     if derived is not None:
         values.update(derived(preset))
     # None means "the preset's value" for every setting except the caption length, where it means unpadded.
@@ -145,10 +146,12 @@ def augmented_views(
     return views
 
 
-def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
-    """[N, 3, 1, H, W] in [-1, 1]: one-frame videos, the layout Wan's causal VAE takes."""
+def images_to_tensor(images: Sequence[Image.Image], frames: int = 1) -> torch.Tensor:
+    """[N, 3, frames, H, W] in [-1, 1]: videos of each picture held still (one frame: an image), the layout Wan's
+    causal VAE takes."""
     arrays = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0 for image in images])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).unsqueeze(2).contiguous()
+    video = torch.from_numpy(arrays).permute(0, 3, 1, 2).unsqueeze(2)
+    return video.repeat(1, 1, frames, 1, 1).contiguous()
 
 
 def latent_normalization(vae) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,12 +163,13 @@ def latent_normalization(vae) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def encode_images(vae, images: Sequence[Image.Image], batch_size: int = 4) -> torch.Tensor:
-    """VAE-encode pictures as one-frame videos into the normalised latent space the transformer denoises."""
+def encode_images(vae, images: Sequence[Image.Image], batch_size: int = 4, frames: int = 1) -> torch.Tensor:
+    """VAE-encode pictures as videos held still for `frames` frames (1: one-frame videos) into the normalised
+    latent space the transformer denoises."""
     device = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype
     mean, std = latent_normalization(vae)
-    pixels = images_to_tensor(images)
+    pixels = images_to_tensor(images, frames)
     latents = []
     for start in range(0, len(pixels), batch_size):
         batch = pixels[start : start + batch_size].to(device=device, dtype=dtype)
@@ -297,6 +301,40 @@ def run_training_steps(
         if progress is not None:
             progress(step + 1, config.steps, losses[-1])
     return losses, False
+
+
+def still_frames_check(frames: int) -> None:
+    if frames < 1 or (frames - 1) % 4:
+        raise ValueError(f"still clips must have 4n+1 frames (1 = a still image), got {frames}")
+
+
+def transformer_forward(
+    transformer,
+    hidden_states: torch.Tensor,
+    timestep: torch.Tensor,
+    text: torch.Tensor,
+    cross_attention: str | None = None,
+) -> torch.Tensor:
+    """One training forward of the stock Wan transformer over one shot and its caption.
+
+    A clip of several latent frames runs inside `pipelines.attention.multishot_attention` as a one-shot scene with
+    the preset's cross-attention mode, because that is how `MultiShotPipeline` will run the adapter: with `mmrope`
+    the caption sits at the shot's temporal centre, which the stock forward does not do. One latent frame (an image)
+    is the same either way, so it takes the stock forward."""
+    if cross_attention is None or hidden_states.shape[2] == 1:
+        return transformer(
+            hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=text, return_dict=False
+        )[0]
+    from pipelines.attention import multishot_attention
+    from pipelines.layout import ShotLayout
+
+    patch = transformer.config.patch_size
+    _, _, frames, height, width = hidden_states.shape
+    layout = ShotLayout.build([frames], height // patch[1], width // patch[2], [text.shape[1]])
+    with multishot_attention(transformer, layout, cross_attention, "full"):
+        return transformer(
+            hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=text, return_dict=False
+        )[0]
 
 
 def scheduler_shift(scheduler, default: float = 1.0) -> float:

@@ -31,6 +31,8 @@ from adapters.common import (
     prompt_text_embeddings,
     run_training_steps,
     scheduler_shift,
+    still_frames_check,
+    transformer_forward,
 )
 
 EMBEDDING_TENSOR_KEY = "embeddings"
@@ -46,6 +48,8 @@ class EmbeddingTrainingConfig:
     height: int = 64
     max_sequence_length: int | None = None
     augment_variants: int = 4
+    still_frames: int = 1  # references as clips held still for this many frames (see LoraTrainingConfig)
+    cross_attention: str | None = None  # the preset's mode (see LoraTrainingConfig)
     init_text: str = ""  # words whose mean embedding starts the new rows ("" -> the description, else the mean row)
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -63,6 +67,7 @@ class EmbeddingTrainingConfig:
             raise ValueError(f"learning rate must be in (0, 10], got {self.learning_rate}")
         if self.width % 16 or self.height % 16:
             raise ValueError(f"training size must be a multiple of 16, got {self.width}x{self.height}")
+        still_frames_check(self.still_frames)
 
 
 def placeholder_tokens(trigger: str, num_vectors: int) -> list[str]:
@@ -159,7 +164,7 @@ def train_embedding(
     subject = " ".join(tokens)
     caption = f"{subject}, {description.strip()}" if description.strip() else subject
     views = augmented_views(pictures, config.width, config.height, config.augment_variants, config.seed)
-    latents = encode_images(components["vae"], views)
+    latents = encode_images(components["vae"], views, frames=config.still_frames)
 
     device = next(text_encoder.parameters()).device
     text_dtype = text_encoder.get_input_embeddings().weight.dtype
@@ -191,12 +196,9 @@ def train_embedding(
         text = prompt_text_embeddings(
             tokenizer, text_encoder, [caption] * len(index), config.max_sequence_length, swap_in
         )
-        prediction = transformer(
-            hidden_states=noisy.to(device, dtype),
-            timestep=timestep.to(device),
-            encoder_hidden_states=text.to(dtype),
-            return_dict=False,
-        )[0]
+        prediction = transformer_forward(
+            transformer, noisy.to(device, dtype), timestep.to(device), text.to(dtype), config.cross_attention
+        )
         return torch.nn.functional.mse_loss(prediction.float(), target.to(device))
 
     try:

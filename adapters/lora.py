@@ -33,7 +33,9 @@ from adapters.common import (
     prompt_text_embeddings,
     run_training_steps,
     scheduler_shift,
+    still_frames_check,
     training_captions,
+    transformer_forward,
     trigger_text,
 )
 
@@ -132,6 +134,10 @@ class LoraTrainingConfig:
     warmup_steps: int = 0
     seed: int = 0
     gradient_checkpointing: bool = False  # trade compute for memory on large models
+    # References are shown as clips held still for this many frames (4n+1; 1 = images). A model trained only on
+    # clips (the demo model) learns a character from a still clip far better than from a one-frame video.
+    still_frames: int = 1
+    cross_attention: str | None = None  # the preset's mode: multi-frame training runs as the pipeline will
 
     @classmethod
     def for_preset(cls, preset, **overrides) -> LoraTrainingConfig:
@@ -153,13 +159,14 @@ class LoraTrainingConfig:
             raise ValueError(f"learning rate must be in (0, 1], got {self.learning_rate}")
         if self.width % 16 or self.height % 16:
             raise ValueError(f"training size must be a multiple of 16, got {self.width}x{self.height}")
+        still_frames_check(self.still_frames)
 
 
 @dataclass
 class PreparedSamples:
     """Reference views encoded once: training then never runs the VAE or the text encoder again."""
 
-    latents: torch.Tensor  # [N, C, 1, h, w]
+    latents: torch.Tensor  # [N, C, n, h, w] (n = 1 for still images)
     text: list[torch.Tensor]  # per view, [L, D] (L: the caption's own length, or max_sequence_length)
     captions: list[str] = field(default_factory=list)
 
@@ -178,7 +185,7 @@ def prepare_samples(
     views = augmented_views(pictures, config.width, config.height, config.augment_variants, config.seed)
     per_picture = max(1, config.augment_variants)
     view_captions = [caption for caption in captions for _ in range(per_picture)]
-    latents = encode_images(components["vae"], views)
+    latents = encode_images(components["vae"], views, frames=config.still_frames)
     # Each distinct caption once, on its own: batching the T5 encoder over every view would cost memory for
     # nothing, and padding captions of different lengths together would change what an unpadded model sees.
     encoded = {
@@ -287,12 +294,10 @@ def train_lora(
     draws = evaluation_draws(samples.latents, config.seed)
 
     def flow_loss(index: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, target: torch.Tensor):
-        prediction = transformer(
-            hidden_states=noisy.to(device, dtype),
-            timestep=timestep.to(device),
-            encoder_hidden_states=batch_text(samples, index).to(device, dtype),
-            return_dict=False,
-        )[0]
+        text = batch_text(samples, index).to(device, dtype)
+        prediction = transformer_forward(
+            transformer, noisy.to(device, dtype), timestep.to(device), text, config.cross_attention
+        )
         return torch.nn.functional.mse_loss(prediction.float(), target.to(device))
 
     try:
