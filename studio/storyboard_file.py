@@ -11,6 +11,8 @@ scene, and else by its position among the scene's remaining shots. A changed cap
 its takes; shots missing from the file go to the bin (their takes stay there).
 Reference images are added when their content is new to the character; an import never removes characters or
 references (they may have been added in the UI). A shot's characters are kept in the order the file declares them.
+An import is all or nothing: it runs as one unit of work, so an error on any item leaves the project (or its
+absence), its rows and the asset store exactly as they were.
 """
 
 from __future__ import annotations
@@ -581,16 +583,20 @@ def _wrap(doc: StoryboardDoc, line: int | None, field_path: str):
 def import_storyboard(
     services, doc: StoryboardDoc, base_dir: str | Path, project: str | int | None = None
 ) -> ImportReport:
-    """Bring a project in line with the document (creating it if needed); see the module docstring."""
+    """Bring a project in line with the document (creating it if needed); see the module docstring.
+
+    All or nothing: every service call joins one unit of work, so an error on any item (raised as a
+    StoryboardError naming its line) leaves the database and the asset store exactly as they were."""
     base = Path(base_dir)
     references = _read_references(services, doc, base)
-    project_view, created = _find_or_create_project(services, doc, project)
-    report = ImportReport(project_id=project_view.id, project_name=project_view.name, project_created=created)
-    if not created:
-        _sync_project(services, doc, project_view, report)
-    characters = _sync_characters(services, doc, project_view.id, references, report)
-    _sync_scenes(services, doc, project_view.id, characters, report)
-    report.film_shot_ids = [s.id for s in services.storyboard.film_shots(project_view.id)]
+    with services.db.unit_of_work():
+        project_view, created = _find_or_create_project(services, doc, project)
+        report = ImportReport(project_id=project_view.id, project_name=project_view.name, project_created=created)
+        if not created:
+            _sync_project(services, doc, project_view, report)
+        characters = _sync_characters(services, doc, project_view.id, references, report)
+        _sync_scenes(services, doc, project_view.id, characters, report)
+        report.film_shot_ids = [s.id for s in services.storyboard.film_shots(project_view.id)]
     return report
 
 

@@ -8,6 +8,7 @@ can take the write lock up front (BEGIN IMMEDIATE) instead of upgrading a read l
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,11 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 ON_ROLLBACK = "studio_on_rollback"
 # Session.info key holding file paths to remove once the unit of work has committed (rows of dropped assets).
 AFTER_COMMIT_UNLINK = "studio_after_commit_unlink"
+# The units of work open in the current context (thread or task), per Database: a nested `unit_of_work()` joins the
+# outer one, so a caller can make several service calls one transaction (a storyboard import is all-or-nothing).
+_OPEN_UNITS: contextvars.ContextVar[dict[int, tuple[Session, bool]] | None] = contextvars.ContextVar(
+    "studio_open_units", default=None
+)
 
 
 def is_sqlite(url: str) -> bool:
@@ -79,16 +85,25 @@ class Database:
     @contextlib.contextmanager
     def unit_of_work(self, write_lock: bool = True, read_only: bool = False) -> Iterator[Session]:
         """A session inside one transaction: commit on success, rollback (and rollback callbacks) on error.
+        Opened while a writing unit of this database is open in the same context (thread or task), it joins that
+        one (see `_joined_unit`): only the outermost commits or rolls back. Inside a read-only unit a new unit is
+        its own transaction, as before.
 
         SQLite: a unit of work that may write begins IMMEDIATE, taking the write lock before it reads. A deferred
         transaction that read first and writes after another connection committed fails at once with "database
         is locked" (SQLITE_BUSY_SNAPSHOT), whatever the busy timeout; with the lock taken up front it waits its
         turn instead. Pure reads pass `read_only=True` and never block writers (WAL).
         """
+        open_units = _OPEN_UNITS.get() or {}
+        outer = open_units.get(id(self))
+        if outer is not None and not outer[1]:  # inside a read-only unit, a unit stays its own transaction
+            yield from self._joined_unit(outer[0], read_only)
+            return
         session = self.session_factory()
-        if self.dialect == "sqlite" and write_lock and not read_only:
-            session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+        token = _OPEN_UNITS.set({**open_units, id(self): (session, read_only)})
         try:
+            if self.dialect == "sqlite" and write_lock and not read_only:
+                session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
             yield session
             session.commit()
             for path in session.info.pop(AFTER_COMMIT_UNLINK, []):
@@ -102,7 +117,17 @@ class Database:
                     callback()
             raise
         finally:
+            _OPEN_UNITS.reset(token)
             session.close()
+
+    @staticmethod
+    def _joined_unit(session: Session, read_only: bool) -> Iterator[Session]:
+        """A unit of work inside an open writing one: the same session and transaction. Nothing commits here; a
+        flush makes the inner work's ids and constraint errors appear where they would have with a commit, and an
+        error rolls back the whole outer unit when it reaches it (its ON_ROLLBACK callbacks run once, there)."""
+        yield session
+        if not read_only:
+            session.flush()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,0 +1,103 @@
+"""A storyboard import is one transaction: an error on any item leaves the database and the asset store as they
+were, for a new project and for an existing one being synced. Built on re-entrant units of work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from studio.db import models
+from studio.db.engine import ON_ROLLBACK
+from studio.services.errors import ValidationError
+from studio.storyboard_file import StoryboardError, import_storyboard, load_storyboard
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
+EXAMPLE = EXAMPLES / "lighthouse.yaml"
+
+
+def _snapshot(services) -> dict:
+    """Every table's rows and every file under the data folder: what 'as it was' means."""
+    state: dict = {}
+    with services.db.unit_of_work(read_only=True) as session:
+        for table in models.Base.metadata.sorted_tables:
+            rows = session.execute(select(table).order_by(*table.primary_key.columns)).all()
+            state[table.name] = [tuple(row) for row in rows]
+    data_dir = Path(services.settings.data_dir)
+    state["files"] = sorted(
+        str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith("studio.db")
+    )
+    return state
+
+
+def _fail_on_shot(monkeypatch, services, number: int) -> None:
+    """The storyboard service refuses the `number`-th shot it is asked to add."""
+    original = services.storyboard.add_shot
+    calls = {"n": 0}
+
+    def add_shot(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise ValidationError("this shot is refused (test)")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(services.storyboard, "add_shot", add_shot)
+
+
+def test_nested_units_commit_once_at_the_outermost(services):
+    with services.db.unit_of_work() as outer:
+        project = services.projects.create("Nested", preset="demo")
+        with services.db.unit_of_work() as inner:
+            assert inner is outer
+        # Another connection does not see the project before the outer unit commits.
+        other = services.db.session_factory()
+        try:
+            seen = other.scalar(
+                select(func.count()).select_from(models.Project).where(models.Project.id == project.id)
+            )
+        finally:
+            other.close()
+        assert seen == 0
+    assert services.projects.find("Nested").id == project.id
+
+
+def test_an_error_in_a_nested_unit_rolls_back_the_outer_and_its_callbacks_run_once(services):
+    calls = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with services.db.unit_of_work() as session:
+            services.projects.create("Doomed", preset="demo")
+            session.info.setdefault(ON_ROLLBACK, []).append(lambda: calls.append("rolled back"))
+            with services.db.unit_of_work():
+                raise RuntimeError("boom")
+    assert calls == ["rolled back"]
+    assert [p.name for p in services.projects.list()] == []
+
+
+def test_failed_import_of_a_new_project_leaves_nothing(services, monkeypatch):
+    before = _snapshot(services)
+    _fail_on_shot(monkeypatch, services, 3)
+    with pytest.raises(StoryboardError, match="this shot is refused") as error:
+        import_storyboard(services, load_storyboard(EXAMPLE), EXAMPLES)
+    assert "line" in str(error.value) or error.value.line is not None
+    assert _snapshot(services) == before  # no project, characters, reference files, scenes or shots
+
+
+def test_failed_resync_of_an_existing_project_keeps_it_as_it_was(services, monkeypatch, tmp_path):
+    import_storyboard(services, load_storyboard(EXAMPLE), EXAMPLES)
+    before = _snapshot(services)
+    text = EXAMPLE.read_text()
+    changed = text.replace("close-up, Mara lights the lamp", "close-up, Mara lights the great lamp")
+    changed += "      - caption: one more shot\n        frames: 17\n"
+    storyboard = tmp_path / "lighthouse.yaml"
+    storyboard.write_text(changed)
+    for ref in (EXAMPLES / "refs").iterdir():
+        (tmp_path / "refs").mkdir(exist_ok=True)
+        (tmp_path / "refs" / ref.name).write_bytes(ref.read_bytes())
+    _fail_on_shot(monkeypatch, services, 1)  # the caption change is made, then the new shot is refused
+    with pytest.raises(StoryboardError, match="this shot is refused"):
+        import_storyboard(services, load_storyboard(storyboard), tmp_path)
+    assert _snapshot(services) == before
+    monkeypatch.undo()
+    report = import_storyboard(services, load_storyboard(storyboard), tmp_path)  # fixed: it goes through
+    assert report.shots_created == 1 and report.shots_updated == 1
