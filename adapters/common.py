@@ -31,7 +31,7 @@ SHOTLINE_METADATA_KEY = "shotline"
 # want a low learning rate so a character LoRA does not wash out the base model's look.
 _LORA_DEFAULTS = {
     "tiny": dict(rank=4, alpha=4.0, steps=150, learning_rate=1e-2),
-    "demo": dict(rank=8, alpha=8.0, steps=300, learning_rate=1e-3, still_frames=17),
+    "demo": dict(rank=8, alpha=8.0, steps=600, learning_rate=1e-3, still_frames=17),
     "wan2.1-t2v-1.3b": dict(rank=16, alpha=16.0, steps=800, learning_rate=1e-4),
     "wan2.1-t2v-14b": dict(rank=32, alpha=32.0, steps=800, learning_rate=5e-5),
     "wan2.2-ti2v-5b": dict(rank=32, alpha=32.0, steps=800, learning_rate=8e-5),
