@@ -72,6 +72,8 @@ from training.world import (
     CHARACTERS,
     LOCATIONS,
     NEW_CHARACTERS,
+    REFERENCE_FRAME,
+    REFERENCE_SEED,
     SHOT_SIZES,
     SIZE_PHRASES,
     ShotLabels,
@@ -79,11 +81,11 @@ from training.world import (
     make_shot,
     render_shot,
 )
+from training.world import reference_shots as world_reference_shots
 
 CHARACTER = NEW_CHARACTERS[0]
 TRIGGER = f"<{CHARACTER.name}>"
 HELD_OUT_SEED = 2 * 10**6  # held-out scenes of this evaluation (training draws seeds < 10**6, evaluate_demo 10**6..)
-REFERENCE_SEED = 3 * 10**6
 ARMS = ("baseline", "lora", "embedding")
 COMPONENT_NAMES = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 
@@ -119,26 +121,13 @@ def caption_with_trigger(labels: ShotLabels, trigger: str) -> str:
 
 
 def reference_shots(count: int) -> list[ShotLabels]:
-    """`count` (4-8) shots of the new character across locations and shot sizes, each its own start position."""
-    if not 4 <= count <= 8:
-        raise ValueError(f"use 4 to 8 reference frames, got {count}")
-    rng = np.random.default_rng(REFERENCE_SEED)
-    return [
-        make_shot(
-            CHARACTER.name,
-            LOCATIONS[i % len(LOCATIONS)].name,
-            SHOT_SIZES[(i + i // len(LOCATIONS)) % len(SHOT_SIZES)],
-            ("stays", "moves left", "moves right", "grows")[i % 4],
-            "static",
-            rng,
-        )
-        for i in range(count)
-    ]
+    """`count` (4-8) shots of the new character across locations and shot sizes (`training.world.reference_shots`)."""
+    return world_reference_shots(CHARACTER.name, count, REFERENCE_SEED)
 
 
 def reference_frames(shots: list[ShotLabels]) -> list[np.ndarray]:
     """The middle frame of each reference shot, uint8 [64, 64, 3]."""
-    return [render_shot(s)[8] for s in shots]
+    return [render_shot(s)[REFERENCE_FRAME] for s in shots]
 
 
 def held_out_scenes(count: int) -> list[EvalScene]:
