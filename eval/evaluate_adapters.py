@@ -2,7 +2,7 @@
 
     python -m eval.evaluate_adapters --model assets/demo --references 6 --shots 24 --json adapters.json
 
-The character is `training.world.NEW_CHARACTERS[0]` (kai: a lime hourglass with vertical bands; colour, shape and
+The character is `training.world.NEW_CHARACTERS[0]` (kai: a teal hourglass with vertical bands; colour, shape and
 pattern none of the training world's characters has, never drawn by the training world's sampler, and not a word
 of the shipped tokenizer). Its trigger is `<kai>`, as the studio would give it (`default_trigger`).
 

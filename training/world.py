@@ -107,12 +107,14 @@ CHARACTER_BY_NAME = {c.name: c for c in CHARACTERS}
 # and not in `vocabulary()` (the shipped tokenizer does not know their names). They exist so that character
 # adapters (LoRA, embedding) can be evaluated on a figure the base model cannot already draw: a colour, a shape and
 # a pattern of their own, kept apart from the training world's tuples above so those stay exactly as trained.
-# Lime is the colour farthest from every palette and location colour (127 RGB units from the nearest one, orange
-# vs red are 109 apart); the hourglass keeps a waist so it stays one 8-connected figure at the wide shot size.
-NEW_COLOURS: dict[str, tuple[int, int, int]] = {"lime": (120, 255, 0)}
+# Teal is far from every palette and location colour (131 RGB units, L1, from the nearest, the city's ground) and
+# is one the shipped VAE carries (docs/QUALITY.md section 5: lime, magenta or mint came back as other colours, and an
+# adapter cannot draw what the autoencoder cannot decode); the hourglass keeps a waist so it stays one 8-connected
+# figure at the wide shot size.
+NEW_COLOURS: dict[str, tuple[int, int, int]] = {"teal": (0, 128, 128)}
 NEW_SHAPES = ("hourglass",)
 NEW_PATTERNS = ("banded",)
-NEW_CHARACTERS: tuple[Character, ...] = (Character("kai", "lime", "hourglass", "banded"),)
+NEW_CHARACTERS: tuple[Character, ...] = (Character("kai", "teal", "hourglass", "banded"),)
 NEW_CHARACTER_BY_NAME = {c.name: c for c in NEW_CHARACTERS}
 # Everything `render_shot` and `make_shot` can draw (training sampling only ever uses CHARACTERS).
 ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
