@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,9 +22,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 ON_ROLLBACK = "studio_on_rollback"
 # Session.info key holding file paths to remove once the unit of work has committed (rows of dropped assets).
 AFTER_COMMIT_UNLINK = "studio_after_commit_unlink"
-# The units of work open in the current context (thread or task), per Database: a nested `unit_of_work()` joins the
-# outer one, so a caller can make several service calls one transaction (a storyboard import is all-or-nothing).
-_OPEN_UNITS: contextvars.ContextVar[dict[int, tuple[Session, bool]] | None] = contextvars.ContextVar(
+# The units of work open in the current context (thread or task), per Database id: (session, read_only, thread id).
+# A nested `unit_of_work()` joins the outer one, so a caller can make several service calls one transaction (a
+# storyboard import is all-or-nothing).
+_OPEN_UNITS: contextvars.ContextVar[dict[int, tuple[Session, bool, int]] | None] = contextvars.ContextVar(
     "studio_open_units", default=None
 )
 
@@ -70,6 +72,12 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _run_rollback_callbacks(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        with contextlib.suppress(Exception):
+            callback()
+
+
 class Database:
     """Engine + session factory. `unit_of_work()` is one transaction: commit on success, rollback on error."""
 
@@ -85,9 +93,11 @@ class Database:
     @contextlib.contextmanager
     def unit_of_work(self, write_lock: bool = True, read_only: bool = False) -> Iterator[Session]:
         """A session inside one transaction: commit on success, rollback (and rollback callbacks) on error.
-        Opened while a writing unit of this database is open in the same context (thread or task), it joins that
-        one (see `_joined_unit`): only the outermost commits or rolls back. Inside a read-only unit a new unit is
-        its own transaction, as before.
+
+        Re-entrant: opened while a unit of this database is open in the same thread and context, it joins that one
+        (see `_joined_unit`): the same session and transaction; only the outermost commits (then removes the
+        AFTER_COMMIT_UNLINK files) or rolls back (then runs the ON_ROLLBACK callbacks, once). A read-only unit may
+        join a writing one; a writing unit inside a read-only one raises RuntimeError (a programming error).
 
         SQLite: a unit of work that may write begins IMMEDIATE, taking the write lock before it reads. A deferred
         transaction that read first and writes after another connection committed fails at once with "database
@@ -96,38 +106,67 @@ class Database:
         """
         open_units = _OPEN_UNITS.get() or {}
         outer = open_units.get(id(self))
-        if outer is not None and not outer[1]:  # inside a read-only unit, a unit stays its own transaction
-            yield from self._joined_unit(outer[0], read_only)
+        # A context copied into another thread (asyncio.to_thread, copy_context().run) must not share the session.
+        if outer is not None and outer[2] == threading.get_ident():
+            with self._joined_unit(outer[0], outer[1], read_only) as session:
+                yield session
             return
         session = self.session_factory()
-        token = _OPEN_UNITS.set({**open_units, id(self): (session, read_only)})
+        token = _OPEN_UNITS.set({**open_units, id(self): (session, read_only, threading.get_ident())})
         try:
-            if self.dialect == "sqlite" and write_lock and not read_only:
-                session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
-            yield session
+            try:
+                if self.dialect == "sqlite" and write_lock and not read_only:
+                    session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+                yield session
+            finally:
+                # Closed for joining before the commit or rollback: the callbacks below run their own units.
+                _OPEN_UNITS.reset(token)
             session.commit()
             for path in session.info.pop(AFTER_COMMIT_UNLINK, []):
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
         except BaseException:
             session.rollback()
-            callbacks: list[Callable[[], None]] = session.info.pop(ON_ROLLBACK, [])
-            for callback in callbacks:
-                with contextlib.suppress(Exception):
-                    callback()
+            _run_rollback_callbacks(session.info.pop(ON_ROLLBACK, []))
             raise
         finally:
-            _OPEN_UNITS.reset(token)
             session.close()
 
     @staticmethod
-    def _joined_unit(session: Session, read_only: bool) -> Iterator[Session]:
-        """A unit of work inside an open writing one: the same session and transaction. Nothing commits here; a
-        flush makes the inner work's ids and constraint errors appear where they would have with a commit, and an
-        error rolls back the whole outer unit when it reaches it (its ON_ROLLBACK callbacks run once, there)."""
-        yield session
-        if not read_only:
+    @contextlib.contextmanager
+    def _joined_unit(session: Session, outer_read_only: bool, read_only: bool) -> Iterator[Session]:
+        """A unit of work inside an open one: the same session and transaction, nothing committed here.
+
+        It starts and ends from what the transaction holds (objects expired, as a fresh session would load them),
+        so a service sees the work of the calls before it as it would have after their commits. A writing unit
+        runs in a SAVEPOINT: if it fails, its own writes are undone, its new files removed and its pending file
+        removals dropped, whether or not the caller goes on; the error reaching the outermost rolls back all.
+        """
+        if read_only:
             session.flush()
+            session.expire_all()
+            yield session
+            return
+        if outer_read_only:
+            raise RuntimeError(
+                "a writing unit of work was opened inside a read-only one; open the outer unit without read_only"
+            )
+        rollbacks = len(session.info.get(ON_ROLLBACK, ()))
+        unlinks = len(session.info.get(AFTER_COMMIT_UNLINK, ()))
+        savepoint = session.begin_nested()  # flushes the outer work first
+        session.expire_all()
+        try:
+            yield session
+            savepoint.commit()  # flushes: ids and constraint errors appear here, as at a commit
+        except BaseException:
+            if savepoint.is_active:
+                savepoint.rollback()
+            del session.info.get(AFTER_COMMIT_UNLINK, [])[unlinks:]
+            callbacks = session.info.get(ON_ROLLBACK, [])
+            failed, callbacks[rollbacks:] = callbacks[rollbacks:], []
+            _run_rollback_callbacks(failed)
+            raise
+        session.expire_all()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -249,5 +250,7 @@ def test_read_only_units_do_not_block_writers(sqlite_services):
     services = sqlite_services
     with services.db.unit_of_work(read_only=True) as session:
         session.execute(select(func.count()).select_from(models.Job)).scalar()
-        job = services.jobs.enqueue("generate_scene", {})  # another connection writes meanwhile
+        # Another connection writes meanwhile (its own thread: a writing unit nested in this one would be an error).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            job = pool.submit(services.jobs.enqueue, "generate_scene", {}).result(timeout=10)
     assert services.jobs.get(job.id).status == "queued"

@@ -3,6 +3,8 @@ were, for a new project and for an existing one being synced. Built on re-entran
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -68,18 +70,61 @@ def test_an_error_in_a_nested_unit_rolls_back_the_outer_and_its_callbacks_run_on
         with services.db.unit_of_work() as session:
             services.projects.create("Doomed", preset="demo")
             session.info.setdefault(ON_ROLLBACK, []).append(lambda: calls.append("rolled back"))
-            with services.db.unit_of_work():
+            with services.db.unit_of_work() as inner:
+                inner.info.setdefault(ON_ROLLBACK, []).append(lambda: calls.append("inner rolled back"))
                 raise RuntimeError("boom")
-    assert calls == ["rolled back"]
+    assert calls == ["inner rolled back", "rolled back"]  # each once: the inner one at its savepoint
     assert [p.name for p in services.projects.list()] == []
+
+
+def test_a_read_only_unit_joins_a_writing_one_but_not_the_other_way(services):
+    with services.db.unit_of_work():
+        project = services.projects.create("Joined", preset="demo")
+        assert services.projects.get(project.id).name == "Joined"  # a read-only unit sees the uncommitted row
+    with services.db.unit_of_work(read_only=True):
+        with pytest.raises(RuntimeError, match="inside a read-only one"):
+            services.projects.create("Refused", preset="demo")
+    assert [p.name for p in services.projects.list()] == ["Joined"]
+
+
+def test_a_failed_nested_unit_undoes_its_own_writes_and_files_even_when_the_caller_goes_on(services):
+    """A writing unit inside another runs in a savepoint: a caller that catches its error commits the rest only."""
+    png = (EXAMPLES / "refs" / "mara_1.png").read_bytes()
+    before_files = _snapshot(services)["files"]
+    with services.db.unit_of_work() as session:
+        project = services.projects.create("Kept", preset="demo")
+        with pytest.raises(ValidationError):
+            with services.db.unit_of_work() as inner:
+                services.assets.add_bytes(inner, png, "reference", "image/png", "mara_1.png")
+                services.projects.create("Undone", preset="demo")
+                raise ValidationError("refused after writing (test)")
+        assert session.info.get(ON_ROLLBACK, []) == []  # the failed unit's callbacks ran and are gone
+    assert [p.name for p in services.projects.list()] == ["Kept"]
+    assert services.projects.get(project.id).name == "Kept"
+    after = _snapshot(services)
+    assert after["assets"] == [] and after["files"] == before_files  # the savepoint's new file was removed
+
+
+def test_another_thread_never_joins_the_open_unit(services):
+    """Even with the context copied (asyncio.to_thread does), another thread gets its own session."""
+    with services.db.unit_of_work():
+        services.projects.create("Private", preset="demo")
+        context = contextvars.copy_context()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            seen = pool.submit(context.run, lambda: [p.name for p in services.projects.list()]).result(timeout=30)
+        assert seen == []  # its own transaction: the uncommitted project is not there
+    assert [p.name for p in services.projects.list()] == ["Private"]
 
 
 def test_failed_import_of_a_new_project_leaves_nothing(services, monkeypatch):
     before = _snapshot(services)
     _fail_on_shot(monkeypatch, services, 3)
+    doc = load_storyboard(EXAMPLE)
     with pytest.raises(StoryboardError, match="this shot is refused") as error:
-        import_storyboard(services, load_storyboard(EXAMPLE), EXAMPLES)
-    assert "line" in str(error.value) or error.value.line is not None
+        import_storyboard(services, doc, EXAMPLES)
+    third = doc.scenes[1].shots[0]
+    assert (error.value.line, error.value.field) == (third.line, "scenes[1].shots[0]")
+    assert f"lighthouse.yaml line {third.line}, scenes[1].shots[0]" in str(error.value)
     assert _snapshot(services) == before  # no project, characters, reference files, scenes or shots
 
 
