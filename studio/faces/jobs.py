@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 PREPARE_SHARE = 0.05  # progress fraction for loading the model and encoding the references
 SAVE_SHARE = 0.03  # and for writing the weights at the end
+LOSS_EVERY_STEPS = 10  # the loss points so far are written to the job (its partial result) every this many steps
 COMPONENT_NAMES = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 # Hyper-parameters a payload may override, per kind (the rest comes from the preset's defaults).
 OVERRIDABLE = {
@@ -94,9 +95,17 @@ def run_train_adapter(services, job, report_progress, should_cancel, pipelines=N
         return {"cancelled": True, "steps": 0}
     report_progress(PREPARE_SHARE, f"training {character.name}'s {kind}", step=0, total=config.steps)
 
+    curve: list[list[float]] = []  # [step, loss] so far, shown as the live loss curve while the job runs
+
     def progress(step: int, total: int, loss: float) -> None:
         fraction = PREPARE_SHARE + (1 - PREPARE_SHARE - SAVE_SHARE) * step / total
         report_progress(fraction, f"{kind} step {step}/{total}, loss {loss:.4f}", step=step, total=total)
+        curve.append([int(step), round(float(loss), 6)])
+        if step % LOSS_EVERY_STEPS == 0 or step == total:
+            try:
+                services.jobs.report_partial_result(job.id, {"loss_curve": curve})
+            except Exception:  # the live curve is a view: a failed write never stops the training
+                logger.warning("could not write the loss curve of job %s at step %s", job.id, step, exc_info=True)
 
     tmp_dir = Path(services.settings.data_dir) / "tmp"
     output = tmp_dir / f"adapter-job{job.id}-{uuid.uuid4().hex[:8]}.safetensors"

@@ -80,6 +80,7 @@ class JobService:
             job.progress = 0.0
             job.message = "started"
             job.error = None
+            job.result = None  # a partial result of an earlier attempt is that attempt's
             session.flush()
             return job_view(job)
 
@@ -106,6 +107,19 @@ class JobService:
             job.eta_s = eta_s
             if preview_asset_id is not None:
                 job.preview_asset_id = preview_asset_id
+            job.heartbeat_at = utcnow()
+            session.flush()
+            return job_view(job)
+
+    def report_partial_result(self, job_id: int, data: dict) -> JobView:
+        """What a running job has so far (e.g. a training's loss points), readable while it runs as its `result`
+        with `"partial": True`; `finish` replaces it with the final result. Only a running job takes one."""
+        if not isinstance(data, dict):
+            raise ValidationError("a partial result must be a dict")
+        _check_json(data, "the partial result")
+        with self.db.unit_of_work() as session:
+            job = self._running(session, job_id)
+            job.result = {**data, "partial": True}
             job.heartbeat_at = utcnow()
             session.flush()
             return job_view(job)

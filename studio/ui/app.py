@@ -30,6 +30,7 @@ from studio.ui.panels import (
     esc,
     exports_html,
     jobs_html,
+    jobs_signature,
     references_html,
     takes_html,
 )
@@ -131,6 +132,7 @@ def build_app(services: Any) -> gr.Blocks:
         selected_state = gr.State([])
         open_shot_state = gr.State(None)
         character_state = gr.State(None)
+        jobs_seen_state = gr.State(None)  # the job list the timer last drew (`jobs_signature`)
 
         with gr.Row():
             gr.Markdown("## Shotline studio")
@@ -373,7 +375,7 @@ def build_app(services: Any) -> gr.Blocks:
                 jobs_html(s.jobs.list_jobs(project_id=project_id)[:20]),
                 gr.update(choices=[(c.name, c.id) for c in chars], value=[]),
                 gr.update(choices=_scene_choices(project_id)),
-                gr.update(active=_has_active_jobs(project_id)),
+                gr.update(active=_polls(project_id)),
             )
 
         project_outputs_list = [
@@ -411,10 +413,10 @@ def build_app(services: Any) -> gr.Blocks:
         def _scene_choices(project_id: int) -> list[tuple[str, int]]:
             return [(f"Scene {scene.position + 1}", scene.id) for scene in s.storyboard.list_scenes(project_id)]
 
-        def _has_active_jobs(project_id: int | None) -> bool:
-            if project_id is None:
-                return False
-            return any(not job.is_finished for job in s.jobs.list_jobs(project_id=project_id))
+        def _polls(project_id: int | None) -> bool:
+            """The timer runs whenever a project is open: it polls the job service, so a job queued from the CLI,
+            another tab or the worker shows too (an idle tick costs one job query and sends nothing)."""
+            return project_id is not None
 
         @guarded
         def on_load(request: gr.Request):
@@ -562,7 +564,7 @@ def build_app(services: Any) -> gr.Blocks:
                 references_html(refs),
                 _adapter_text(adapter, character_id),
                 gr.update(value="Retrain" if adapter else "Train"),
-                _loss_frame(adapter),
+                _loss_frame(adapter, _training_job(character)),
                 _identity_rows(project_id, character),
                 gr.update(choices=[(c.name, c.id) for c in chars]),
             )
@@ -591,13 +593,7 @@ def build_app(services: Any) -> gr.Blocks:
                 text = f"<div><b>{esc(adapter.kind)} v{adapter.version}</b>: {esc(adapter.status)}"
                 text += f" — {esc(adapter.message)}</div>" if adapter.message else "</div>"
             if character_id is not None:
-                character = s.characters.get(character_id)
-                training = [
-                    job
-                    for job in s.jobs.list_jobs(project_id=character.project_id)
-                    if job.kind == "train_adapter" and (job.payload or {}).get("character_id") == character_id
-                ]
-                job = max(training, key=lambda j: j.id) if training else None
+                job = _training_job(s.characters.get(character_id))
                 if job is not None and not job.is_finished:
                     percent = int(round(100 * max(0.0, min(1.0, job.progress or 0.0))))
                     text += (
@@ -609,10 +605,22 @@ def build_app(services: Any) -> gr.Blocks:
                     text += f'<div class="sl-flag">Training failed: {esc(job.error or job.message)}</div>'
             return text
 
-        def _loss_frame(adapter: Any | None):
+        def _training_job(character: Any) -> Any | None:
+            """The character's latest train_adapter job, if any."""
+            training = [
+                job
+                for job in s.jobs.list_jobs(project_id=character.project_id)
+                if job.kind == "train_adapter" and (job.payload or {}).get("character_id") == character.id
+            ]
+            return max(training, key=lambda j: j.id) if training else None
+
+        def _loss_frame(adapter: Any | None, job: Any | None = None):
+            """The loss curve: the running training job's points so far (its partial result), else the adapter's."""
             import pandas as pd
 
             metrics = (adapter.metrics or {}) if adapter else {}
+            if job is not None and not job.is_finished and (job.result or {}).get("loss_curve"):
+                metrics = job.result
             losses = metrics.get("loss_curve") or metrics.get("loss")
             if not losses:
                 return pd.DataFrame({"step": [], "loss": []})
@@ -790,7 +798,7 @@ def build_app(services: Any) -> gr.Blocks:
 
         def on_generate(project_id, selected, open_shot, evt: gr.EventData):
             value, message = apply_timeline_action(project_id, selected, open_shot, evt._data or {})
-            return value, message, gr.update(active=_has_active_jobs(project_id)), _jobs_for(project_id, True)
+            return value, message, gr.update(active=_polls(project_id)), _jobs_for(project_id, True)
 
         timeline.generate(
             on_generate,
@@ -1007,29 +1015,38 @@ def build_app(services: Any) -> gr.Blocks:
 
         jobs_panel.action(on_job_action, [project_state, show_preview], [jobs_panel, status])
 
-        def on_tick(project_id, selected, open_shot, character_id, preview):
-            """While jobs run: progress, new takes and exports, adapter status. Switches itself off when idle."""
+        def on_tick(project_id, selected, open_shot, character_id, preview, seen):
+            """Polls the job service for the open project's jobs, wherever they were queued. While jobs are queued
+            or running: progress, elapsed time, new takes and exports, adapter status and the live loss curve; once
+            more when the last one ends (its result); an idle tick with nothing new sends nothing."""
+            nothing = (gr.update(), *[gr.update()] * 6, seen)
             try:
                 if project_id is None:
-                    return (gr.update(active=False), *[gr.update()] * 5)
-                active = _has_active_jobs(project_id)
+                    return (gr.update(active=False), *nothing[1:])
+                jobs = s.jobs.list_jobs(project_id=project_id)
+                signature = jobs_signature(jobs)
+                active = any(not job.is_finished for job in jobs)
+                if not active and signature == seen:
+                    return nothing
                 character = character_outputs(project_id, character_id) if character_id is not None else None
                 return (
-                    gr.update(active=active),
-                    _jobs_for(project_id, preview),
+                    gr.update(),
+                    jobs_html(jobs[:20], show_preview=preview),
                     timeline_model(s, project_id, selected, open_shot),
                     shot_outputs(project_id, open_shot)[-1] if open_shot is not None else gr.update(),
                     exports_html(s.exports.list(project_id)),
                     character[8] if character else gr.update(),
+                    character[10] if character and signature != seen else gr.update(),
+                    signature,
                 )
             except Exception:
                 logger.exception("timer refresh failed")
-                return (gr.update(), *[gr.update()] * 5)
+                return nothing
 
         timer.tick(
             on_tick,
-            [project_state, selected_state, open_shot_state, character_state, show_preview],
-            [timer, jobs_panel, timeline, takes_panel, exports_panel, adapter_status],
+            [project_state, selected_state, open_shot_state, character_state, show_preview, jobs_seen_state],
+            [timer, jobs_panel, timeline, takes_panel, exports_panel, adapter_status, loss_plot, jobs_seen_state],
             concurrency_id="ticks",
             concurrency_limit=1,
             trigger_mode="once",  # a slow refresh drops the ticks that come meanwhile instead of queueing them

@@ -7,7 +7,9 @@ turns a click into one `action` event with those two values.
 
 from __future__ import annotations
 
+import hashlib
 import html
+from datetime import UTC, datetime
 from typing import Any
 
 import gradio as gr
@@ -107,6 +109,27 @@ def _eta(seconds: float | None) -> str:
     return f" · ETA {seconds // 60}:{seconds % 60:02d}"
 
 
+def _elapsed(job: Any, now: datetime | None = None) -> str:
+    """How long a running job has run (from its start), or a queued one has waited; read from the job's times."""
+    start = getattr(job, "started_at" if job.status == "running" else "created_at", None)
+    if start is None:
+        return ""
+    now = now or datetime.now(UTC).replace(tzinfo=None)  # the database keeps naive UTC
+    seconds = max(0, int((now - start).total_seconds()))
+    label = "running" if job.status == "running" else "waiting"
+    return f' · <span class="sl-elapsed">{label} {seconds // 60}:{seconds % 60:02d}</span>'
+
+
+def jobs_signature(jobs: list[Any]) -> str:
+    """What the queue panel shows of these jobs, as a short digest: the timer redraws only when it changes (or while a
+    job is queued or running, whose elapsed time moves)."""
+    parts = [
+        (job.id, job.status, round(job.progress or 0.0, 4), job.message, job.step, job.cancel_requested)
+        for job in jobs
+    ]
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
+
+
 JOB_LABELS = {
     "generate_scene": "Generate scene",
     "regenerate_shot": "Regenerate shot",
@@ -115,8 +138,9 @@ JOB_LABELS = {
 }
 
 
-def jobs_html(jobs: list[Any], show_preview: bool = True) -> str:
-    """The queue: newest first, with progress bar, message, ETA, Cancel, and the latest preview frame."""
+def jobs_html(jobs: list[Any], show_preview: bool = True, now: datetime | None = None) -> str:
+    """The queue: newest first, with progress bar, message, elapsed time, ETA, Cancel, and the latest preview
+    frame. Every job of the project shows, wherever it was queued (page, CLI, another tab, the worker)."""
     if not jobs:
         return '<p class="sl-small">No jobs yet.</p>'
     rows = []
@@ -124,6 +148,7 @@ def jobs_html(jobs: list[Any], show_preview: bool = True) -> str:
         percent = int(round(100 * max(0.0, min(1.0, job.progress or 0.0))))
         status = job.status + (" (cancel requested)" if job.cancel_requested and not job.is_finished else "")
         line = f"<b>#{job.id} {esc(JOB_LABELS.get(job.kind, job.kind))}</b> · {esc(status)} · {percent}%"
+        line += _elapsed(job, now) if job.status in ("queued", "running") else ""
         line += _eta(job.eta_s) if job.status == "running" else ""
         detail = esc(job.error or job.message or "")
         cancel = "" if job.is_finished else _button("cancel_job", "Cancel", job.id)

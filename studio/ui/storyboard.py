@@ -76,6 +76,24 @@ def move_shot(
     return f"moved shot to scene {target.position + 1}, position {position + 1}", None
 
 
+def move_scene(services: Any, project_id: int, scene_id: int, position: int, version: str) -> tuple[str, None]:
+    """Put scene `scene_id` at `position` (0-based, among the other live scenes) of the film; its shots and their
+    takes go with it. A move against a stale structure version is refused like a shot move."""
+    scenes = services.storyboard.list_scenes(project_id)
+    if version != structure_version(scenes):
+        raise ConflictError("the storyboard changed since the page drew it (another tab or action); move it again")
+    current = [scene.id for scene in scenes]
+    if scene_id not in current:
+        raise NotFoundError("that scene is gone; the page now shows the current storyboard")
+    order = [i for i in current if i != scene_id]
+    position = max(0, min(position, len(order)))
+    order.insert(position, scene_id)
+    if order == current:
+        return "already there", None
+    services.storyboard.reorder_scenes(project_id, order)
+    return f"moved scene to position {position + 1}", None
+
+
 def apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) -> tuple[str, list[Any] | None]:
     """Apply one timeline action. Returns a short message for the status line and, when the action already loaded
     them, the project's scenes as they are now (else None). Raises ServiceError on refusal."""
@@ -102,6 +120,14 @@ def _apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) 
                 project_id,
                 _int(payload, "shot_id"),
                 _int(payload, "to_scene_id"),
+                _int(payload, "position"),
+                str(payload.get("version", "")),
+            )
+        if op == "move_scene":
+            return move_scene(
+                services,
+                project_id,
+                _int(payload, "scene_id"),
                 _int(payload, "position"),
                 str(payload.get("version", "")),
             )

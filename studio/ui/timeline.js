@@ -101,7 +101,9 @@ function makeScene(scene) {
   const head = el('div', 'tl-scene-head');
   const caption = el('input', 'tl-scene-caption'); caption.type = 'text';
   caption.placeholder = 'scene caption: place, look, who is there';
-  head.append(el('span', 'tl-scene-label'), caption, button('add_shot', '+ Shot', 'add a shot at the end'),
+  head.append(el('span', 'tl-scene-label'), caption,
+              button('scene_left', '\u25b2', 'move the scene earlier'), button('scene_right', '\u25bc', 'move the scene later'),
+              button('add_shot', '+ Shot', 'add a shot at the end'),
               button('generate_scene', 'Generate scene', 'generate every shot of this scene'),
               button('delete_scene', 'Delete scene', 'delete the scene (to the bin)'));
   box.append(head, el('div', 'tl-shots'));
@@ -182,6 +184,14 @@ root.addEventListener('click', (event) => {
       if (!scene) return null;
       const from = scene.shots.findIndex(y => y.id === shotId);
       return {shot_id: shotId, to_scene_id: scene.id, position: from + (action === 'left' ? -1 : 1)};
+    });
+    return;
+  }
+  if (action === 'scene_left' || action === 'scene_right') {
+    send('move_scene', () => {
+      const from = model.scenes.findIndex(x => x.id === sceneId);
+      if (from < 0) return null;
+      return {scene_id: sceneId, position: from + (action === 'scene_left' ? -1 : 1)};
     });
     return;
   }

@@ -124,3 +124,24 @@ def test_refusals(sqlite_services):
             lambda *a, **k: None,
             lambda: False,
         )
+
+
+def test_training_loss_points_are_readable_while_the_job_runs(services):
+    """The character panel draws the loss curve while training: the job's partial result has the points so far."""
+    _, mara = _character_with_reference(services)
+    job = request_training(services, mara.id, hyperparameters={"steps": 20})
+    seen = {}
+
+    def report(fraction, message="", step=None, total=None, **_):
+        if step is not None and step > 0 and step not in seen:
+            seen[step] = services.jobs.get(job.id).result
+
+    result = run_train_adapter(services, _claimed(services, job), report, lambda: False)
+    assert seen[1] is None  # nothing before the first write
+    assert seen[11]["partial"] is True and [p[0] for p in seen[11]["loss_curve"]] == list(range(1, 11))
+    running = services.jobs.get(job.id)
+    assert running.status == "running" and len(running.result["loss_curve"]) == 20
+    adapter = services.characters.get_adapter(result["adapter_id"])
+    assert [p[1] for p in running.result["loss_curve"]] == pytest.approx(adapter.metrics["loss_curve"], abs=1e-5)
+    done = services.jobs.finish(job.id, result)
+    assert "partial" not in done.result and "loss_curve" not in done.result

@@ -174,3 +174,26 @@ def test_two_processes_never_claim_the_same_job(services):
     assert set(first) | set(second) == ids
     assert len(first) + len(second) == total
     assert {j.worker_id for j in services.jobs.list_jobs(status="running")} <= {"p0", "p1"}
+
+
+def test_partial_result_is_readable_while_running_and_replaced_when_done(services):
+    job = services.jobs.enqueue("train_adapter", {"character_id": 1}, project_id=None)
+    with pytest.raises(ConflictError, match="not running"):
+        services.jobs.report_partial_result(job.id, {"loss_curve": [[1, 0.5]]})
+    services.jobs.claim_next_job("w1")
+    with pytest.raises(ValidationError):
+        services.jobs.report_partial_result(job.id, {"loss": float("nan")})
+    running = services.jobs.report_partial_result(job.id, {"loss_curve": [[1, 0.5], [2, 0.4]]})
+    assert running.result == {"loss_curve": [[1, 0.5], [2, 0.4]], "partial": True}
+    assert services.jobs.list_jobs()[0].result["loss_curve"][-1] == [2, 0.4]
+    assert services.jobs.finish(job.id, {"steps": 2}).result == {"steps": 2}
+
+
+def test_a_new_attempt_starts_without_the_last_attempts_partial_result(services):
+    job = services.jobs.enqueue("train_adapter", {"character_id": 1})
+    services.jobs.claim_next_job("w1")
+    services.jobs.report_partial_result(job.id, {"loss_curve": [[1, 0.5]]})
+    with services.db.unit_of_work() as session:
+        row = session.get(models.Job, job.id)
+        row.status, row.worker_id = "queued", None  # as recovery requeues a job whose worker died
+    assert services.jobs.claim_next_job("w2").result is None

@@ -189,3 +189,27 @@ def test_scene_caption_rules(board):
     inserted = services.storyboard.add_scene(project.id, "prologue", position=0)
     assert [s.caption for s in services.storyboard.list_scenes(project.id)] == ["prologue", "storm", ""]
     assert inserted.position == 0
+
+
+def test_reorder_scenes_keeps_positions_dense_and_shots_with_their_takes(board):
+    services, project, scene, _, _ = board
+    second = services.storyboard.add_scene(project.id, "the harbour")
+    third = services.storyboard.add_scene(project.id, "the cliff")
+    a, b = (services.storyboard.add_shot(scene.id, caption).id for caption in "ab")
+    x = services.storyboard.add_shot(second.id, "x").id
+    y = services.storyboard.add_shot(third.id, "y").id
+    take = add_take(services, b)
+    services.storyboard.delete_scene(second.id)  # a binned scene is not part of the order
+    with pytest.raises(ConflictError, match="changed since"):
+        services.storyboard.reorder_scenes(project.id, [third.id, second.id, scene.id])
+    services.storyboard.restore_scene(second.id)
+    views = services.storyboard.reorder_scenes(project.id, [third.id, scene.id, second.id])
+    assert [v.id for v in views] == [third.id, scene.id, second.id]
+    live = services.storyboard.list_scenes(project.id)
+    assert [(s.id, s.position) for s in live] == [(third.id, 0), (scene.id, 1), (second.id, 2)]
+    assert [s.id for s in services.storyboard.film_shots(project.id)] == [y, a, b, x]
+    assert _captions(services, scene.id) == ["a", "b"]
+    moved = services.storyboard.get_shot(b)
+    assert (moved.scene_id, moved.position, moved.chosen_take_id, moved.take_count) == (scene.id, 1, take.id, 1)
+    with pytest.raises(ConflictError):
+        services.storyboard.reorder_scenes(project.id, [third.id, scene.id, scene.id])

@@ -196,3 +196,38 @@ def test_export_queues_a_film_job_with_its_settings(page, studio):
     jobs = [job for job in services.jobs.list_jobs(project_id=project.id) if job.kind == "export_film"]
     assert len(jobs) == 1
     assert jobs[0].payload == {"project_id": project.id, "music_fade_seconds": 2.5, "placeholder": True}
+
+
+def test_scene_moves_later_and_earlier_with_its_shots(page, studio):
+    services, base = studio
+    project, first, shots = project_with_shots(services, "scene order", 1)
+    second = services.storyboard.add_scene(project.id, caption="the lighthouse")
+    other = services.storyboard.add_shot(second.id, "inside").id
+    open_board(page, base, project.id)
+    page.locator(f".tl-scene[data-scene-id='{first.id}'] button[data-action=scene_right]").click()
+    page.wait_for_function(f"document.querySelector('.tl-scene').dataset.sceneId === '{second.id}'")
+    assert [s.id for s in services.storyboard.list_scenes(project.id)] == [second.id, first.id]
+    assert card_order(page) == [other, shots[0]] == [s.id for s in services.storyboard.film_shots(project.id)]
+    assert page.locator(".tl-scene-label").first.inner_text() == "Scene 1"
+    page.locator(f".tl-scene[data-scene-id='{first.id}'] button[data-action=scene_left]").click()
+    page.wait_for_function(f"document.querySelector('.tl-scene').dataset.sceneId === '{first.id}'")
+    assert [s.id for s in services.storyboard.list_scenes(project.id)] == [first.id, second.id]
+
+
+def test_a_job_queued_elsewhere_shows_running_and_done(page, studio):
+    """A job the page did not queue (CLI, another tab, the worker's follow-up) shows as soon as it exists."""
+    services, base = studio
+    project, scene, _ = project_with_shots(services, "elsewhere", 1)
+    page.goto(f"{base}/?project={project.id}")
+    page.wait_for_function("(document.querySelector('#sl-jobs')?.innerText || '').includes('No jobs yet')")
+    payload = {"project_id": project.id, "scene_id": scene.id}
+    job = services.jobs.enqueue("generate_scene", payload, project.id, priority=20)
+    row = f"#sl-jobs .sl-job[data-job-id='{job.id}']"
+    page.wait_for_selector(f"{row}[data-status='queued']", timeout=15_000)
+    assert services.jobs.claim_next_job("cli-worker").id == job.id
+    services.jobs.report_progress(job.id, 0.5, "step 5/10", step=5, total=10)
+    page.wait_for_selector(f"{row}[data-status='running']", timeout=15_000)
+    page.wait_for_function(f"(document.querySelector(\"{row}\")?.innerText || '').includes('running 0:')")
+    assert "50%" in page.locator(row).inner_text()
+    services.jobs.finish(job.id, {})
+    page.wait_for_selector(f"{row}[data-status='done']", timeout=15_000)
