@@ -756,6 +756,14 @@ def _sync_scenes(services, doc: StoryboardDoc, project_id: int, character_ids: d
     claimed_shots = {
         spec.id for scene in doc.scenes for spec in scene.shots if spec.id is not None and spec.id in all_live_shots
     }
+    # Shots the file moves to another scene go there first: a scene is reordered once its own shots are done, and a
+    # shot still waiting to leave for a later scene would be in the way.
+    for scene_index, (scene_spec, scene_id) in enumerate(zip(doc.scenes, scene_ids, strict=True)):
+        for shot_index, spec in enumerate(scene_spec.shots):
+            if spec.id in claimed_shots and all_live_shots[spec.id].scene_id != scene_id:
+                with _wrap(doc, spec.line, f"scenes[{scene_index}].shots[{shot_index}]"):
+                    storyboard.move_shot(spec.id, scene_id, None)
+                report.shots_moved += 1
     for scene_index, (scene_spec, scene_id) in enumerate(zip(doc.scenes, scene_ids, strict=True)):
         scene_view = storyboard.get_scene(scene_id)
         free_shots = [s for s in scene_view.shots if s.id not in claimed_shots]
@@ -797,9 +805,6 @@ def _sync_scenes(services, doc: StoryboardDoc, project_id: int, character_ids: d
                     )
                     report.shots_created += 1
                 else:
-                    if current.scene_id != scene_id:
-                        storyboard.move_shot(current.id, scene_id, None)
-                        report.shots_moved += 1
                     changes = _shot_changes(current, wanted)
                     if changes:
                         storyboard.update_shot(current.id, **changes)

@@ -124,6 +124,28 @@ def test_removed_shot_goes_to_bin_and_ids_follow_reordering(sqlite_services, tmp
     assert [(s.id, s.take_count) for s in binned] == [(d, 1)]
 
 
+def test_a_shot_moved_to_a_later_scene_by_id_keeps_its_takes(services):
+    report = import_storyboard(services, load_storyboard(EXAMPLE), EXAMPLES)
+    a, b, c, d = report.film_shot_ids
+    add_take(services, a)
+    doc = parse_storyboard(export_storyboard(services, report.project_id))
+    one, two = doc.scenes
+    # The first scene's first shot now closes the second scene: scene 1 is done before the shot arrives in scene 2.
+    edited = doc.__class__(
+        **{f: getattr(doc, f) for f in ("title", "model", "width", "height", "fps", "steps", "guidance")},
+        negative_prompt=doc.negative_prompt,
+        characters=doc.characters,
+        scenes=(
+            one.__class__(caption=one.caption, shots=one.shots[1:], id=one.id),
+            two.__class__(caption=two.caption, shots=two.shots + one.shots[:1], id=two.id),
+        ),
+    )
+    result = import_storyboard(services, edited, EXAMPLES)
+    assert (result.shots_moved, result.shots_binned, result.shots_created) == (1, 0, 0)
+    assert result.film_shot_ids == [b, c, d, a]
+    assert services.storyboard.get_shot(a).take_count == 1
+
+
 def test_explicit_project_name(sqlite_services):
     services = sqlite_services
     report = import_storyboard(services, load_storyboard(EXAMPLE), EXAMPLES, project="Second cut")
