@@ -87,11 +87,19 @@ def build_text_encoder(seed: int = 0, path: Path | None = None):
     return UMT5EncoderModel(UMT5Config(**TEXT_CONFIG)).eval().requires_grad_(False)
 
 
-def build_transformer(seed: int = 0):
+def transformer_config(patch: int = 2, heads: int | None = None) -> dict:
+    """TRANSFORMER_CONFIG with another spatial patch (4 on a 4x VAE keeps 80 tokens a shot) or head count."""
+    config = dict(TRANSFORMER_CONFIG, patch_size=(1, patch, patch))
+    if heads is not None:
+        config["num_attention_heads"] = heads
+    return config
+
+
+def build_transformer(seed: int = 0, config: dict | None = None):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed + 11)
-    return WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    return WanTransformer3DModel(**(config or TRANSFORMER_CONFIG))
 
 
 @torch.no_grad()
@@ -143,11 +151,11 @@ def cmd_cache(args) -> None:
     torch.set_num_threads(args.threads)
     run = args.run
     run.mkdir(parents=True, exist_ok=True)
-    vae = build_vae(args.seed)
     if args.vae.is_dir():  # an exported model's vae/ folder: continue in the shipped latent space
         from diffusers import AutoencoderKLWan
 
         shipped = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True)
+        vae = shipped
         vae_state = {"vae": shipped.state_dict(), "step": -1}
         stats_path = run / "latent_stats.json"
         if not stats_path.exists():
@@ -155,6 +163,7 @@ def cmd_cache(args) -> None:
             stats_path.write_text(json.dumps(stats, indent=1))
     else:
         vae_state = torch.load(args.vae, weights_only=False)
+        vae = build_vae(args.seed, vae_state.get("config"))
     vae.load_state_dict(vae_state["vae"])
     vae.eval()
     encoder_copy = run / "vae_encoder.pt"  # the latent space: export checks the shipped encoder is this one
@@ -280,8 +289,12 @@ def cmd_train(args) -> None:
     pool_mtime = (run / "shots.pt").stat().st_mtime
     ks = list(SHOTS_PER_SCENE)
     probs = torch.tensor([SHOTS_PER_SCENE[k] for k in ks])
+    resumed = (
+        torch.load(run / "last.pt", weights_only=False, map_location=device) if (run / "last.pt").exists() else None
+    )
+    config = resumed["config"] if resumed is not None else transformer_config(args.patch, args.heads)
     n_lat = data.latents.shape[2]
-    grid = data.latents.shape[3] // TRANSFORMER_CONFIG["patch_size"][1]
+    grid = data.latents.shape[3] // config["patch_size"][1]
     tokens_per_shot = n_lat * grid * grid
     caption_len = data.text[data.labels[0].caption].shape[0]
     global_len = encode_text(tokenizer, text_encoder, global_caption("forest", ["mara", "tom"])).shape[0]
@@ -291,8 +304,8 @@ def cmd_train(args) -> None:
     layouts = {k: ShotLayout.build([n_lat] * k, grid, grid, [caption_len] * k, global_len) for k in ks}
     empty = data.text[""]
 
-    transformer = build_transformer(args.seed)
-    if args.init is not None and not (run / "last.pt").exists():
+    transformer = build_transformer(args.seed, config)
+    if args.init is not None and resumed is None:
         from diffusers import WanTransformer3DModel
 
         transformer = WanTransformer3DModel.from_pretrained(args.init / "transformer", local_files_only=True)
@@ -302,8 +315,8 @@ def cmd_train(args) -> None:
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     rng = torch.Generator().manual_seed(args.seed)
     step, losses = 0, []
-    if (run / "last.pt").exists():
-        ckpt = torch.load(run / "last.pt", weights_only=False, map_location=device)
+    if resumed is not None:
+        ckpt = resumed
         transformer.load_state_dict(ckpt["transformer"])
         ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -316,7 +329,7 @@ def cmd_train(args) -> None:
     def save():
         tmp = run / "last.pt.tmp"
         state = {"transformer": transformer.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict()}
-        state |= {"step": step, "rng": rng.get_state(), "config": TRANSFORMER_CONFIG, "seed": args.seed}
+        state |= {"step": step, "rng": rng.get_state(), "config": config, "seed": args.seed}
         torch.save(state, tmp)
         os.replace(tmp, run / "last.pt")
 
@@ -406,12 +419,13 @@ def export_demo(
     for name, value in cached.items():
         if name.startswith(("encoder.", "quant_conv.")) and not torch.equal(value, vae_ckpt["vae"][name]):
             raise ValueError(f"the VAE encoder changed since the latent cache was made ({name}); retrain from it")
-    vae = AutoencoderKLWan(**VAE_CONFIG, latents_mean=stats["latents_mean"], latents_std=stats["latents_std"])
+    vae_config = vae_ckpt.get("config") or VAE_CONFIG
+    vae = AutoencoderKLWan(**vae_config, latents_mean=stats["latents_mean"], latents_std=stats["latents_std"])
     vae.load_state_dict(vae_ckpt["vae"])
     vae.save_pretrained(dest / "vae", safe_serialization=True)
 
     ckpt = torch.load(run / "last.pt", weights_only=False, map_location="cpu")
-    transformer = build_transformer(seed)
+    transformer = build_transformer(seed, ckpt.get("config"))
     transformer.load_state_dict(ckpt["ema" if use_ema else "transformer"])
     transformer.save_pretrained(dest / "transformer", safe_serialization=True)
 
@@ -472,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--save-every", type=int, default=100)
     train.add_argument("--reload-every", type=int, default=200, help="steps between looks for a grown shot pool")
     train.add_argument("--init", type=Path, default=None, help="start from an exported model folder")
+    train.add_argument("--patch", type=int, default=2, help="spatial patch of a new transformer (4 on a 4x VAE)")
+    train.add_argument("--heads", type=int, default=None, help="attention heads of a new transformer (32 wide each)")
     export = sub.choices["export"]
     export.add_argument("--dest", type=Path, default=Path("assets/demo"))
     export.add_argument(

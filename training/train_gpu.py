@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from training import train_demo
-from training.train_vae import VAE_CONFIG, build_vae, figure_mask, permute_colours, reconstruction_loss
+from training.train_vae import VAE_CONFIGS, build_vae, figure_mask, permute_colours, reconstruction_loss
 from training.world import render_shot, sample_shot
 
 
@@ -61,7 +61,15 @@ def to_pixels(frames: torch.Tensor) -> torch.Tensor:
 
 
 def train_autoencoder(
-    vae, pool: torch.Tensor, seconds: float, batch: int, lr: float, decoder_only: bool, seed: int, save_to: Path
+    vae,
+    config: dict,
+    pool: torch.Tensor,
+    seconds: float,
+    batch: int,
+    lr: float,
+    decoder_only: bool,
+    seed: int,
+    save_to: Path,
 ) -> int:
     """Train on random whole shots of `pool` (uint8, on the training device) for `seconds`; save a `train_vae`
     checkpoint to `save_to` (atomically, every few hundred steps and at the end). Returns the steps taken."""
@@ -77,7 +85,7 @@ def train_autoencoder(
 
     def save():
         state = {"vae": {k: v.cpu() for k, v in vae.state_dict().items()}, "optimizer": optimizer.state_dict()}
-        state |= {"step": step, "rng": None, "decoder_only": decoder_only, "config": VAE_CONFIG}
+        state |= {"step": step, "rng": None, "decoder_only": decoder_only, "config": config}
         tmp = save_to.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, save_to)
@@ -124,11 +132,20 @@ def cmd_decoder(args) -> None:
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     pool = torch.from_numpy(np.load(args.out / "pool.npy")).to(device)
-    vae = build_vae(args.seed)
-    vae.load_state_dict(torch.load(args.out / "vae_joint.pt", weights_only=False)["vae"])
+    joint = torch.load(args.out / "vae_joint.pt", weights_only=False)
+    vae = build_vae(args.seed, joint["config"])
+    vae.load_state_dict(joint["vae"])
     vae.to(device)
     steps = train_autoencoder(
-        vae, pool, args.seconds, args.vae_batch, args.lr / 2, True, args.seed + 1, args.out / "vae_decoder.pt"
+        vae,
+        joint["config"],
+        pool,
+        args.seconds,
+        args.vae_batch,
+        args.lr / 2,
+        True,
+        args.seed + 1,
+        args.out / "vae_decoder.pt",
     )
     print(f"decoder: {steps} steps", flush=True)
 
@@ -153,10 +170,18 @@ def cmd_all(args) -> None:
 
     # 2. the autoencoder, jointly
     t = time.time()
-    vae = build_vae(args.seed).to(device)
+    vae = build_vae(args.seed, VAE_CONFIGS[args.vae_compression]).to(device)
     vae_seconds = min(args.vae_seconds, args.budget_seconds * 0.3)
     report["vae_steps"] = train_autoencoder(
-        vae, pool, vae_seconds, args.vae_batch, args.lr, False, args.seed, out / "vae_joint.pt"
+        vae,
+        VAE_CONFIGS[args.vae_compression],
+        pool,
+        vae_seconds,
+        args.vae_batch,
+        args.lr,
+        False,
+        args.seed,
+        out / "vae_joint.pt",
     )
     report["vae_s"] = round(time.time() - t, 1)
 
@@ -183,7 +208,18 @@ def cmd_all(args) -> None:
     t = time.time()
     train_args = ["train", "--run", str(run), "--device", args.device, "--minutes", str(train_seconds / 60)]
     train_args += ["--tokens", str(args.tokens), "--lr", str(args.transformer_lr), "--warmup", "300"]
-    train_args += ["--save-every", "1000", "--seed", str(args.seed), "--ema", str(args.ema)]
+    train_args += [
+        "--save-every",
+        "1000",
+        "--seed",
+        str(args.seed),
+        "--ema",
+        str(args.ema),
+        "--patch",
+        str(args.patch),
+    ]
+    if args.heads is not None:
+        train_args += ["--heads", str(args.heads)]
     if args.text_encoder is not None:
         train_args += ["--text-encoder", str(args.text_encoder)]
     train_demo.main(train_args)
@@ -229,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     full.add_argument("--tokens", type=int, default=16000, help="video tokens per transformer step")
     full.add_argument("--transformer-lr", type=float, default=1e-3)
     full.add_argument("--ema", type=float, default=0.999)
+    full.add_argument("--vae-compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor")
+    full.add_argument("--patch", type=int, default=2, help="transformer spatial patch (4 with --vae-compression 4)")
+    full.add_argument("--heads", type=int, default=None, help="transformer heads, 32 wide each (default 6)")
     full.add_argument("--text-encoder", type=Path, default=None, help="a saved text_encoder/ folder to train with")
     sub.choices["decoder"].add_argument("--seconds", type=float, required=True)
     args = parser.parse_args(argv)

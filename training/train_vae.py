@@ -32,14 +32,21 @@ VAE_CONFIG = dict(
     temperal_downsample=[False, True, True],
     dropout=0.0,
 )
+# 4x spatial compression (16x16 latents at 64x64): keeps the outline of a wide shot's figure, which 8x blurs into
+# a blob (docs/QUALITY.md section 4). Not shipped yet: for the next GPU session (`train_gpu --vae-compression 4`).
+VAE_CONFIGS = {
+    8: VAE_CONFIG,
+    4: {**VAE_CONFIG, "dim_mult": [1, 2, 4], "temperal_downsample": [True, True], "scale_factor_spatial": 4},
+}
 CLIP_FRAMES = 5
 
 
-def build_vae(seed: int = 0):
+def build_vae(seed: int = 0, config: dict | None = None):
+    """A fresh VAE of `config` (default: the shipped layout; a checkpoint's own "config" to rebuild it)."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
-    return AutoencoderKLWan(**VAE_CONFIG)
+    return AutoencoderKLWan(**(config or VAE_CONFIG))
 
 
 def sample_clips(rng: np.random.Generator, batch: int, size: int = 64, crop: int | None = None) -> torch.Tensor:
@@ -110,12 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--permute", type=float, default=0.5, help="share of clips with their colour channels swapped")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--init", type=Path, default=None, help="start from an exported vae/ folder")
+    parser.add_argument("--compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor")
     parser.add_argument("--save-every", type=int, default=200)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    vae = build_vae(args.seed)
+    config = VAE_CONFIGS[args.compression]
+    vae = build_vae(args.seed, config)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()) if args.decoder_only else None
     if args.decoder_only:
         vae.encoder.requires_grad_(False)
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     def save():
         tmp = args.out / "last.pt.tmp"
         state = {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-        state |= {"rng": rng.bit_generator.state, "decoder_only": args.decoder_only, "config": VAE_CONFIG}
+        state |= {"rng": rng.bit_generator.state, "decoder_only": args.decoder_only, "config": config}
         torch.save(state, tmp)
         os.replace(tmp, last)
 

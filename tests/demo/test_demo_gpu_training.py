@@ -47,8 +47,20 @@ def test_permuted_colours_swap_channels_of_some_clips_only():
     assert torch.equal(permute_colours(x, gen, share=0.0), x)
 
 
+def test_4x_vae_gives_16x16_latents_and_keeps_the_resolution_multiple_with_patch_4():
+    from training.train_demo import transformer_config
+    from training.train_vae import VAE_CONFIGS, build_vae
+
+    vae = build_vae(0, VAE_CONFIGS[4]).eval()
+    with torch.no_grad():
+        z = vae.encode(torch.zeros(1, 3, 17, 64, 64)).latent_dist.mode()
+    assert z.shape == (1, 16, 5, 16, 16)
+    assert vae.config.scale_factor_spatial * transformer_config(patch=4)["patch_size"][1] == 16
+
+
 @pytest.mark.slow
-def test_one_command_session_exports_a_loadable_model(tmp_path):
+@pytest.mark.parametrize("layout", [[], ["--vae-compression", "4", "--patch", "4"]], ids=["8x", "4x"])
+def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     from training.train_gpu import main
@@ -57,6 +69,7 @@ def test_one_command_session_exports_a_loadable_model(tmp_path):
     main(
         ["all", "--out", str(out), "--device", "cpu", "--shots", "24", "--workers", "1", "--budget-seconds", "40"]
         + ["--vae-seconds", "4", "--vae-batch", "1", "--tokens", "320", "--text-encoder", "assets/demo/text_encoder"]
+        + layout
     )
     report = json.loads((out / "report.json").read_text())
     assert report["vae_steps"] >= 1 and report["transformer_steps"] >= 1 and report["decoder_steps"] >= 1
@@ -69,4 +82,7 @@ def test_one_command_session_exports_a_loadable_model(tmp_path):
         if name.startswith("encoder."):
             assert torch.equal(value, encoder[name])
     assert sum(p.numel() for p in transformer.parameters()) > 10**6
+    compression = 4 if layout else 8
+    assert vae.config.scale_factor_spatial == compression
+    assert tuple(transformer.config.patch_size) == (1, 16 // compression, 16 // compression)
     assert json.loads((out / "demo" / "training.json").read_text())["gpu_session"]["shots"] == 24
