@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval.evaluate_demo import load_demo_pipeline, render_storyboard, vae_roundtrip
 from training.detector import ShotReading, read_shot
 from training.world import (
     ACTION_PHRASES,
@@ -159,31 +160,9 @@ def held_out_scenes(count: int) -> list[EvalScene]:
     return scenes
 
 
-def load_pipeline(model: Path):
-    from pipelines.loading import load_pipeline as load
-
-    pipe = load("demo", device="cpu", dtype="fp32", model_dir=model)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def render_scene(pipe, scene: EvalScene, substitute, steps: int, guidance: float) -> list[np.ndarray]:
-    from pipelines import ShotSpec
-
-    out = pipe(
-        shots=[ShotSpec(caption=substitute(c), num_frames=17) for c in scene.captions(TRIGGER)],
-        global_caption=substitute(scene.global_caption(TRIGGER)),
-        height=64,
-        width=64,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        cross_attention="mmrope",
-        self_attention="full",
-        generator=torch.Generator().manual_seed(scene.seed),
-        max_sequence_length=None,
-        output_type="np",
-    )
-    return out.shots
+    captions = [substitute(c) for c in scene.captions(TRIGGER)]
+    return render_storyboard(pipe, captions, substitute(scene.global_caption(TRIGGER)), scene.seed, steps, guidance)
 
 
 def is_character(reading: ShotReading) -> bool:
@@ -206,13 +185,6 @@ def score(scenes: list[EvalScene], readings: list[list[ShotReading]]) -> dict:
         # What the detector saw in the new character's shots instead (diagnostics, most common first).
         "seen": dict(Counter(f"{r.colour} {r.shape}" for r in own).most_common(4)),
     }
-
-
-@torch.no_grad()
-def vae_roundtrip(vae, frames: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2).unsqueeze(0)
-    z = vae.encode(x).latent_dist.mode()
-    return vae.decode(z).sample[0].permute(1, 2, 3, 0).add(1).div(2).clamp(0, 1).numpy()
 
 
 def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[ShotLabels], args, workdir: Path):
@@ -282,7 +254,7 @@ def evaluate(args) -> dict:
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="shotline-adapters-") as tmp:
         for index, arm in enumerate(args.arms):
-            pipe = load_pipeline(args.model)  # fresh weights and tokenizer for every arm
+            pipe = load_demo_pipeline(args.model)  # fresh weights and tokenizer for every arm
             if index == 0:
                 # Held-out kai frames through the VAE: how much of the new colour and shape the latent space keeps.
                 rows["real frames through the VAE"] = score(

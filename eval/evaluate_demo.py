@@ -26,17 +26,21 @@ import numpy as np
 import torch
 
 from training.detector import ShotReading, consistent, read_shot
+from training.train_vae import frames_to_pixels
 from training.world import CHARACTER_BY_NAME, Scene, sample_scene
 
 ATTRIBUTES = ("location", "colour", "shape", "shot_size", "action")
 HELD_OUT_SEED = 10**6
 
 
-def load_demo_pipeline(model: Path):
-    """`MultiShotPipeline` on the exported demo folder, through the studio's own loader (demo preset defaults)."""
+def load_demo_pipeline(model: Path | None = None):
+    """`MultiShotPipeline` on the exported demo folder (default: the shipped one), through the studio's own loader
+    (demo preset defaults), progress bars off."""
     from pipelines.loading import load_pipeline
 
-    return load_pipeline("demo", device="cpu", dtype="fp32", model_dir=model)
+    pipe = load_pipeline("demo", device="cpu", dtype="fp32", model_dir=model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def held_out_scenes(count: int, num_frames: int = 17) -> list[Scene]:
@@ -44,28 +48,47 @@ def held_out_scenes(count: int, num_frames: int = 17) -> list[Scene]:
     return [sample_scene(HELD_OUT_SEED + i, num_shots=2 + i % 2, num_frames=num_frames) for i in range(count)]
 
 
-def render(pipe, scene: Scene, steps: int, guidance: float, cross: str, self_attn: str, num_frames: int = 17):
+def render_storyboard(
+    pipe,
+    captions: list[str],
+    global_caption: str,
+    seed: int,
+    steps: int = 20,
+    guidance: float = 3.0,
+    cross: str = "mmrope",
+    self_attn: str = "full",
+    num_frames: int = 17,
+) -> list[np.ndarray]:
+    """One scene of the demo world through `MultiShotPipeline` at 64x64 (captions unpadded, as trained): per shot,
+    float frames `[F, 64, 64, 3]` in [0, 1], what `training.detector.read_shot` reads."""
     from pipelines import ShotSpec
 
     out = pipe(
-        shots=[ShotSpec(caption=c, num_frames=num_frames) for c in scene.captions],
-        global_caption=scene.global_caption,
+        shots=[ShotSpec(caption=c, num_frames=num_frames) for c in captions],
+        global_caption=global_caption,
         height=64,
         width=64,
         num_inference_steps=steps,
         guidance_scale=guidance,
         cross_attention=cross,
         self_attention=self_attn,
-        generator=torch.Generator().manual_seed(scene.seed),
+        generator=torch.Generator().manual_seed(seed),
         max_sequence_length=None,
         output_type="np",
     )
     return out.shots
 
 
+def render(pipe, scene: Scene, steps: int, guidance: float, cross: str, self_attn: str, num_frames: int = 17):
+    return render_storyboard(
+        pipe, scene.captions, scene.global_caption, scene.seed, steps, guidance, cross, self_attn, num_frames
+    )
+
+
 @torch.no_grad()
 def vae_roundtrip(vae, frames: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2).unsqueeze(0)
+    """Real uint8 frames `[F, H, W, 3]` through the autoencoder (posterior mean), as floats in [0, 1]."""
+    x = frames_to_pixels(torch.from_numpy(frames)[None])
     z = vae.encode(x).latent_dist.mode()
     y = vae.decode(z).sample[0].permute(1, 2, 3, 0)
     return y.add(1).div(2).clamp(0, 1).numpy()

@@ -34,7 +34,7 @@ import torch
 from pipelines.attention import multishot_attention
 from pipelines.layout import ShotLayout
 from training.tokenizer import build_world_tokenizer
-from training.train_vae import VAE_CONFIG, build_vae
+from training.train_vae import VAE_CONFIG, build_vae, frames_to_pixels
 from training.world import ShotLabels, global_caption, render_shot, sample_shot
 
 SHOT_FRAMES = 17  # frames per shot the demo model is trained on (5 latent frames)
@@ -125,8 +125,7 @@ def encode_text(tokenizer, text_encoder, text: str) -> torch.Tensor:
 @torch.no_grad()
 def encode_shot(vae, frames: np.ndarray) -> torch.Tensor:
     """uint8 [F, H, W, 3] -> posterior mean [C, n, h, w] (unnormalised)."""
-    x = torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2).unsqueeze(0)
-    return vae.encode(x).latent_dist.mode()[0]
+    return vae.encode(frames_to_pixels(torch.from_numpy(frames)[None])).latent_dist.mode()[0]
 
 
 def save_shot_pool(run: Path, cache: dict, vae_source: str) -> None:
@@ -263,7 +262,7 @@ class SceneComposer:
         return sorted(texts)
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int:
     torch.set_num_threads(args.threads)
     run = args.run
     stats = json.loads((run / "latent_stats.json").read_text())
@@ -383,6 +382,7 @@ def cmd_train(args) -> None:
                 data = load_data()
     save()
     print(f"saved {run / 'last.pt'} at step {step}", flush=True)
+    return step
 
 
 # --- stage 3: export -------------------------------------------------------------------------------------------------
@@ -456,7 +456,8 @@ def export_demo(
     (dest / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
+    """Run one stage; returns what it returns (`train`: the step reached)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("cache", "train", "export"):
@@ -499,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
     args = parser.parse_args(argv)
-    {"cache": cmd_cache, "train": cmd_train, "export": cmd_export}[args.command](args)
+    return {"cache": cmd_cache, "train": cmd_train, "export": cmd_export}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,14 @@ import numpy as np
 import torch
 
 from training import train_demo
-from training.train_vae import VAE_CONFIGS, build_vae, figure_mask, permute_colours, reconstruction_loss
+from training.train_vae import (
+    VAE_CONFIGS,
+    autoencoder_step,
+    build_vae,
+    frames_to_pixels,
+    save_autoencoder,
+    trainable_parameters,
+)
 from training.world import render_shot, sample_shot
 
 
@@ -55,11 +62,6 @@ def render_pool(seed: int, count: int, workers: int) -> tuple[np.ndarray, list[d
     return np.stack([frames for frames, _ in results]), [labels for _, labels in results]
 
 
-def to_pixels(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 `[B, F, H, W, 3]` -> float `[B, 3, F, H, W]` in [-1, 1]."""
-    return frames.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
-
-
 def train_autoencoder(
     vae,
     config: dict,
@@ -73,46 +75,29 @@ def train_autoencoder(
 ) -> int:
     """Train on random whole shots of `pool` (uint8, on the training device) for `seconds`; save a `train_vae`
     checkpoint to `save_to` (atomically, every few hundred steps and at the end). Returns the steps taken."""
-    if decoder_only:
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
-        params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    else:
-        params = list(vae.parameters())
+    params = trainable_parameters(vae, decoder_only)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     step, losses, start = 0, [], time.time()
 
-    def save():
-        state = {"vae": {k: v.cpu() for k, v in vae.state_dict().items()}, "optimizer": optimizer.state_dict()}
-        state |= {"step": step, "rng": None, "decoder_only": decoder_only, "config": config}
-        tmp = save_to.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, save_to)
-
     vae.train()
     while time.time() - start < seconds:
         index = torch.randint(len(pool), (batch,), generator=gen).to(pool.device)
-        x = to_pixels(pool[index])
-        mask = figure_mask(x)
-        x = permute_colours(x, gen)
-        loss, l1 = reconstruction_loss(vae, x, 0.0 if decoder_only else 1e-6, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
         # The last fifth at a tenth of the rate: the weights settle instead of ending on a noisy step.
         for group in optimizer.param_groups:
             group["lr"] = lr * (0.1 if time.time() - start > 0.8 * seconds else 1.0)
-        optimizer.step()
+        _, l1 = autoencoder_step(
+            vae, frames_to_pixels(pool[index]), optimizer, params, 0.0 if decoder_only else 1e-6, gen
+        )
         step += 1
-        losses.append(l1.item())
+        losses.append(l1)
         if step % 50 == 0:
             rate = (time.time() - start) / step
             kind = "decoder" if decoder_only else "vae"
             print(f"{kind} step {step} l1 {np.mean(losses[-50:]):.4f} {rate:.3f}s/step", flush=True)
         if step % 500 == 0:
-            save()
-    save()
+            save_autoencoder(save_to, vae, optimizer, step, decoder_only, config)
+    save_autoencoder(save_to, vae, optimizer, step, decoder_only, config)
     return step
 
 
@@ -122,7 +107,7 @@ def encode_pool(vae, pool: torch.Tensor, batch: int = 64) -> list[torch.Tensor]:
     vae.eval()
     out = []
     for i in range(0, len(pool), batch):
-        z = vae.encode(to_pixels(pool[i : i + batch])).latent_dist.mode()
+        z = vae.encode(frames_to_pixels(pool[i : i + batch])).latent_dist.mode()
         out.extend(z.half().cpu())
     return out
 
@@ -222,9 +207,8 @@ def cmd_all(args) -> None:
         train_args += ["--heads", str(args.heads)]
     if args.text_encoder is not None:
         train_args += ["--text-encoder", str(args.text_encoder)]
-    train_demo.main(train_args)
+    report["transformer_steps"] = train_demo.main(train_args)
     report["transformer_s"] = round(time.time() - t, 1)
-    report["transformer_steps"] = torch.load(run / "last.pt", weights_only=False, map_location="cpu")["step"]
     if decoder.wait() != 0:
         raise RuntimeError(f"the decoder process failed with exit code {decoder.returncode}")
     report["decoder_steps"] = torch.load(out / "vae_decoder.pt", weights_only=False)["step"]

@@ -49,6 +49,11 @@ def build_vae(seed: int = 0, config: dict | None = None):
     return AutoencoderKLWan(**(config or VAE_CONFIG))
 
 
+def frames_to_pixels(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames `[B, F, H, W, 3]` (the world's) -> the autoencoder's input `[B, 3, F, H, W]` in [-1, 1]."""
+    return frames.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
 def sample_clips(rng: np.random.Generator, batch: int, size: int = 64, crop: int | None = None) -> torch.Tensor:
     """[B, 3, CLIP_FRAMES, crop, crop] in [-1, 1]: random 5-frame windows of random shots, randomly cropped
     (the VAE is convolutional: crops buy four times the steps for the same compute)."""
@@ -60,8 +65,7 @@ def sample_clips(rng: np.random.Generator, batch: int, size: int = 64, crop: int
         start = int(rng.integers(0, frames.shape[0] - CLIP_FRAMES + 1))
         y, x = (int(rng.integers(0, (size - crop) // 8 + 1)) * 8 for _ in range(2))
         clips.append(frames[start : start + CLIP_FRAMES, y : y + crop, x : x + crop])
-    x = torch.from_numpy(np.stack(clips)).float().div(127.5).sub(1.0)
-    return x.permute(0, 4, 1, 2, 3).contiguous()
+    return frames_to_pixels(torch.from_numpy(np.stack(clips))).contiguous()
 
 
 # Figure pixels are a few percent of a wide shot: without extra weight the autoencoder learns the background and
@@ -103,6 +107,40 @@ def permute_colours(x: torch.Tensor, gen: torch.Generator, share: float = 0.5) -
     return torch.gather(x, 1, index)
 
 
+def trainable_parameters(vae, decoder_only: bool) -> list[torch.nn.Parameter]:
+    """What an autoencoder run trains: everything, or with `decoder_only` the decoder side alone (the encoder, and
+    so the latent space a transformer was trained in, is frozen)."""
+    if not decoder_only:
+        return list(vae.parameters())
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    return list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+
+
+def autoencoder_step(
+    vae, x: torch.Tensor, optimizer, params, kl: float, colour_gen: torch.Generator, permute: float = 0.5
+) -> tuple[float, float]:
+    """One optimiser step on clips `x` (figure mask taken before the colour swap): returns (loss, l1)."""
+    mask = figure_mask(x)
+    x = permute_colours(x, colour_gen, permute)
+    loss, l1 = reconstruction_loss(vae, x, kl, mask)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return loss.item(), l1.item()
+
+
+def save_autoencoder(path: Path, vae, optimizer, step: int, decoder_only: bool, config: dict, rng=None) -> None:
+    """A resumable checkpoint (`train_vae`'s format: the cache, the decoder run and the export read it), written
+    atomically; weights on the CPU."""
+    state = {"vae": {k: v.cpu() for k, v in vae.state_dict().items()}, "optimizer": optimizer.state_dict()}
+    state |= {"step": step, "rng": rng, "decoder_only": decoder_only, "config": config}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -125,11 +163,8 @@ def main(argv: list[str] | None = None) -> None:
 
     config = VAE_CONFIGS[args.compression]
     vae = build_vae(args.seed, config)
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()) if args.decoder_only else None
-    if args.decoder_only:
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
-    optimizer = torch.optim.AdamW(params or vae.parameters(), lr=args.lr, weight_decay=0.0)
+    params = trainable_parameters(vae, args.decoder_only)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     step, rng_state = 0, None
     last = args.out / "last.pt"
     init = args.out / "init.pt"  # --decoder-only starts from the joint run's weights placed here
@@ -155,28 +190,19 @@ def main(argv: list[str] | None = None) -> None:
     colour_gen = torch.Generator().manual_seed(args.seed + step)
 
     def save():
-        tmp = args.out / "last.pt.tmp"
-        state = {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-        state |= {"rng": rng.bit_generator.state, "decoder_only": args.decoder_only, "config": config}
-        torch.save(state, tmp)
-        os.replace(tmp, last)
+        save_autoencoder(last, vae, optimizer, step, args.decoder_only, config, rng.bit_generator.state)
 
     start, log = time.time(), []
     vae.train()
     while step < args.max_steps and time.time() - start < args.minutes * 60:
         x = sample_clips(rng, args.batch, crop=args.crop)
-        mask = figure_mask(x)
-        x = permute_colours(x, colour_gen, args.permute)
-        loss, l1 = reconstruction_loss(vae, x, 0.0 if args.decoder_only else args.kl, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
+        kl = 0.0 if args.decoder_only else args.kl
+        loss, l1 = autoencoder_step(vae, x, optimizer, params, kl, colour_gen, args.permute)
         step += 1
-        log.append(l1.item())
+        log.append(l1)
         if step % 50 == 0:
             rate = (time.time() - start) / max(1, len(log))
-            print(f"step {step} l1 {np.mean(log[-50:]):.4f} loss {loss.item():.4f} {rate:.2f}s/step", flush=True)
+            print(f"step {step} l1 {np.mean(log[-50:]):.4f} loss {loss:.4f} {rate:.2f}s/step", flush=True)
         if step % args.save_every == 0:
             save()
     save()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pipelines.loading import DEMO_MODEL_DIR
@@ -70,29 +69,20 @@ def test_kai_references_equal_a_fresh_render():
 
 
 @pytest.mark.skipif(not (DEMO_MODEL_DIR / "model_index.json").exists(), reason="assets/demo is not exported yet")
-def test_first_scene_renders_as_captioned():
+def test_first_scene_renders_as_captioned(demo_pipe):
     """Scene 1 (no adapter) with the shipped weights, 10 steps on the CPU, read back by the world's detector:
     location, colour and shot size (the attributes docs/QUALITY.md measures at 88-100%)."""
-    from pipelines import ShotSpec
-    from pipelines.loading import load_pipeline
+    from eval.evaluate_demo import render_storyboard
     from training.detector import read_shot
 
-    torch.set_num_threads(1)
-    pipe = load_pipeline("demo", device="cpu", dtype="fp32")
     scene = _doc().scenes[0]
-    out = pipe(
-        shots=[ShotSpec(caption=shot.caption, num_frames=shot.frames) for shot in scene.shots],
-        global_caption=scene.caption,
-        height=64,
-        width=64,
-        num_inference_steps=10,
-        guidance_scale=3.0,
-        generator=torch.Generator().manual_seed(0),
-        max_sequence_length=None,
+    captions = [shot.caption for shot in scene.shots]
+    rendered = render_storyboard(
+        demo_pipe, captions, scene.caption, seed=0, steps=10, num_frames=scene.shots[0].frames
     )
     location = scene.caption.split()[4]
-    assert len(out.shots) == len(scene.shots)
-    for shot, frames in zip(scene.shots, out.shots, strict=True):
+    assert len(rendered) == len(scene.shots)
+    for shot, frames in zip(scene.shots, rendered, strict=True):
         size, rest = shot.caption.split(", ", 1)
         character = ALL_CHARACTER_BY_NAME[rest.split()[0]]
         reading = read_shot(frames)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.train_gpu import render_pool, to_pixels
-from training.train_vae import figure_mask, permute_colours
+from training.train_gpu import render_pool
+from training.train_vae import figure_mask, frames_to_pixels, permute_colours
 from training.world import COLOURS, INK, make_shot, render_shot, sample_shot
 
 
@@ -28,7 +28,7 @@ def test_pool_is_the_same_draw_as_the_cpu_shot_cache():
 
 def test_figure_mask_marks_exactly_the_character_and_ink_pixels():
     frames = render_shot(make_shot("tom", "desert", "close-up", "stays"), size=64, num_frames=5)
-    x = to_pixels(torch.from_numpy(frames[None]))
+    x = frames_to_pixels(torch.from_numpy(frames[None]))
     mask = figure_mask(x)[0, 0].numpy().astype(bool)  # [F, H, W]
     palette = np.array([*COLOURS.values(), INK])
     expected = (frames[..., None, :] == palette).all(axis=-1).any(axis=-1)

@@ -15,10 +15,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    from pipelines.loading import load_pipeline
-
-    return load_pipeline("demo", device="cpu", dtype="fp32")
+def pipe(demo_pipe):
+    return demo_pipe
 
 
 def test_shipped_weights_are_small_safetensors():
@@ -62,23 +60,15 @@ def test_pipeline_encodes_captions_exactly_as_training_did(pipe):
 def test_two_shot_render_shows_the_captioned_characters(pipe):
     """The functional test of the shipped weights: a fixed two-shot storyboard, 10 steps on the CPU (a few seconds),
     read back by the detector that reads real frames at 100%."""
-    from pipelines import ShotSpec
+    from eval.evaluate_demo import render_storyboard
     from training.detector import read_shot
     from training.world import global_caption, make_shot, shot_caption
 
     shots = [make_shot("mara", "snow", "medium", "stays"), make_shot("tom", "snow", "close-up", "moves left")]
-    out = pipe(
-        shots=[ShotSpec(caption=shot_caption(s), num_frames=17) for s in shots],
-        global_caption=global_caption("snow", ["mara", "tom"]),
-        height=64,
-        width=64,
-        num_inference_steps=10,
-        guidance_scale=3.0,
-        generator=torch.Generator().manual_seed(0),
-        max_sequence_length=None,
-    )
-    assert len(out.shots) == 2 and out.shots[0].shape == (17, 64, 64, 3)
-    for labels, frames in zip(shots, out.shots, strict=True):
+    captions = [shot_caption(s) for s in shots]
+    rendered = render_storyboard(pipe, captions, global_caption("snow", ["mara", "tom"]), seed=0, steps=10)
+    assert len(rendered) == 2 and rendered[0].shape == (17, 64, 64, 3)
+    for labels, frames in zip(shots, rendered, strict=True):
         reading = read_shot(frames)
         assert reading.coherent, f"no coherent figure in the shot of {labels.character}"
         seen = (reading.location, reading.colour, reading.shape, reading.shot_size, reading.action)
