@@ -64,6 +64,14 @@ def test_training_forward_is_the_pipelines_one_shot_forward():
 def test_adapters_train_on_still_clips(tmp_path, kind):
     torch.set_num_threads(1)
     components = build_tiny_components()
+    transformer = components["transformer"]
+    seen = []  # (latent frames, cross-attention processor) of every training forward
+
+    def record(module, args, kwargs):
+        processor = module.blocks[0].attn2.processor
+        seen.append((kwargs["hidden_states"].shape[2], type(processor).__name__))
+
+    hook = transformer.register_forward_pre_hook(record, with_kwargs=True)
     common = dict(steps=40, still_frames=5, cross_attention="mmrope")
     if kind == "lora":
         config = LoraTrainingConfig.for_preset("tiny", **common)
@@ -77,4 +85,7 @@ def test_adapters_train_on_still_clips(tmp_path, kind):
             components, [reference_picture()], "<mara>", tmp_path / "m.safetensors", config, preset="tiny"
         )
         assert result.metadata["config"]["still_frames"] == 5
+    hook.remove()
     assert result.steps_done == 40 and result.eval_loss_after < result.eval_loss_before
+    # Every step saw a 5-frame still clip (2 latent frames) through the pipeline's multi-shot cross-attention.
+    assert len(seen) >= 40 and set(seen) == {(2, "MultiShotCrossAttnProcessor")}
