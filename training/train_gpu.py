@@ -38,6 +38,7 @@ from training.train_vae import (
     autoencoder_step,
     build_vae,
     frames_to_pixels,
+    late_lr_scale,
     save_autoencoder,
     trainable_parameters,
 )
@@ -83,9 +84,8 @@ def train_autoencoder(
     vae.train()
     while time.time() - start < seconds:
         index = torch.randint(len(pool), (batch,), generator=gen).to(pool.device)
-        # The last fifth at a tenth of the rate: the weights settle instead of ending on a noisy step.
         for group in optimizer.param_groups:
-            group["lr"] = lr * (0.1 if time.time() - start > 0.8 * seconds else 1.0)
+            group["lr"] = lr * late_lr_scale(time.time() - start, seconds)
         _, l1 = autoencoder_step(
             vae, frames_to_pixels(pool[index]), optimizer, params, 0.0 if decoder_only else 1e-6, gen
         )

@@ -2,11 +2,16 @@
 
     python -m training.train_vae --out /work/runs/demo/vae --minutes 25 --seed 0
     python -m training.train_vae --out /work/runs/demo/vae --minutes 20 --decoder-only   # encoder frozen
+    # sharpen the shipped decoder on whole shots (the latent space stays the shipped transformer's):
+    python -m training.train_vae --out RUNS/decoder --init assets/demo/vae --decoder-only --clip-frames 17
+        --batch 2 --lr 3e-4 --minutes 95
 
 Clips are 5 frames (the causal VAE's image frame + one 4-frame group) drawn from random scenes, so both halves of
-the causal encoder are trained. Loss: L1 + MSE on pixels in [-1, 1], figure pixels weighted up, a tiny KL.
-On a lent GPU, `training/train_gpu.py` runs the same loss on whole 17-frame shots. `--decoder-only` keeps the
-encoder (and so the latent space the transformer is trained in) fixed and sharpens the decoder.
+the causal encoder are trained; `--clip-frames 17` trains on whole shots instead (what the decoder needs for its
+temporal cache: a decoder sharpened on 5-frame clips got worse at motion, docs/QUALITY.md section 4).
+Loss: L1 + MSE on pixels in [-1, 1], figure pixels weighted up, a tiny KL. On a lent GPU, `training/train_gpu.py`
+runs the same loss on whole 17-frame shots. `--decoder-only` keeps the encoder (and so the latent space the
+transformer is trained in) fixed and sharpens the decoder.
 Resumable: re-running with the same --out continues from `last.pt`.
 """
 
@@ -39,6 +44,7 @@ VAE_CONFIGS = {
     4: {**VAE_CONFIG, "dim_mult": [1, 2, 4], "temperal_downsample": [True, True], "scale_factor_spatial": 4},
 }
 CLIP_FRAMES = 5
+SHOT_FRAMES = 17  # frames of one world shot (training.world.render_shot's default)
 
 
 def build_vae(seed: int = 0, config: dict | None = None):
@@ -54,18 +60,30 @@ def frames_to_pixels(frames: torch.Tensor) -> torch.Tensor:
     return frames.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
-def sample_clips(rng: np.random.Generator, batch: int, size: int = 64, crop: int | None = None) -> torch.Tensor:
-    """[B, 3, CLIP_FRAMES, crop, crop] in [-1, 1]: random 5-frame windows of random shots, randomly cropped
-    (the VAE is convolutional: crops buy four times the steps for the same compute)."""
+def sample_clips(
+    rng: np.random.Generator, batch: int, size: int = 64, crop: int | None = None, frames: int = CLIP_FRAMES
+) -> torch.Tensor:
+    """[B, 3, frames, crop, crop] in [-1, 1]: random windows of `frames` frames (5, or 17 = whole shots) of random
+    shots, randomly cropped (the VAE is convolutional: crops buy four times the steps for the same compute)."""
+    if (frames - 1) % 4 or not 1 <= frames <= SHOT_FRAMES:
+        raise ValueError(
+            f"clip frames must be 4k+1 between 1 and {SHOT_FRAMES} (the causal VAE's layout), got {frames}"
+        )
     clips = []
     crop = crop or size
     for _ in range(batch):
         scene = sample_scene(int(rng.integers(0, 2**31 - 1)), num_shots=2, size=size)
-        frames = scene.frames[int(rng.integers(len(scene.frames)))]
-        start = int(rng.integers(0, frames.shape[0] - CLIP_FRAMES + 1))
+        shot = scene.frames[int(rng.integers(len(scene.frames)))]
+        start = int(rng.integers(0, shot.shape[0] - frames + 1))
         y, x = (int(rng.integers(0, (size - crop) // 8 + 1)) * 8 for _ in range(2))
-        clips.append(frames[start : start + CLIP_FRAMES, y : y + crop, x : x + crop])
+        clips.append(shot[start : start + frames, y : y + crop, x : x + crop])
     return frames_to_pixels(torch.from_numpy(np.stack(clips))).contiguous()
+
+
+def late_lr_scale(elapsed: float, budget: float) -> float:
+    """Learning-rate factor of a time-budgeted run: the last fifth at a tenth of the rate, so the weights settle
+    instead of ending on a noisy step."""
+    return 0.1 if elapsed > 0.8 * budget else 1.0
 
 
 # Figure pixels are a few percent of a wide shot: without extra weight the autoencoder learns the background and
@@ -157,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", type=Path, default=None, help="start from an exported vae/ folder")
     parser.add_argument("--compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor")
     parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--clip-frames", type=int, default=CLIP_FRAMES, help="frames per clip (17: whole shots)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     start, log = time.time(), []
     vae.train()
     while step < args.max_steps and time.time() - start < args.minutes * 60:
-        x = sample_clips(rng, args.batch, crop=args.crop)
+        x = sample_clips(rng, args.batch, crop=args.crop, frames=args.clip_frames)
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * late_lr_scale(time.time() - start, args.minutes * 60)
         kl = 0.0 if args.decoder_only else args.kl
         loss, l1 = autoencoder_step(vae, x, optimizer, params, kl, colour_gen, args.permute)
         step += 1

@@ -86,3 +86,18 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
     assert vae.config.scale_factor_spatial == compression
     assert tuple(transformer.config.patch_size) == (1, 16 // compression, 16 // compression)
     assert json.loads((out / "demo" / "training.json").read_text())["gpu_session"]["shots"] == 24
+
+
+def test_cpu_autoencoder_clips_can_be_whole_shots_and_bad_lengths_are_refused():
+    from training.train_vae import late_lr_scale, sample_clips
+
+    whole = sample_clips(np.random.default_rng(0), 2, frames=17)
+    assert whole.shape == (2, 3, 17, 64, 64)
+    assert whole.min() >= -1 and whole.max() <= 1
+    # A whole shot moves: its first and last frames differ (a 5-frame clip could not train the decoder's cache).
+    assert not torch.equal(whole[:, :, 0], whole[:, :, -1])
+    assert sample_clips(np.random.default_rng(0), 1, crop=32).shape == (1, 3, 5, 32, 32)  # the default: 5 frames
+    for bad in (4, 18, 21):
+        with pytest.raises(ValueError, match="4k\\+1"):
+            sample_clips(np.random.default_rng(0), 1, frames=bad)
+    assert [late_lr_scale(t, 100.0) for t in (0.0, 79.0, 81.0, 150.0)] == [1.0, 1.0, 0.1, 0.1]
