@@ -159,6 +159,25 @@ def save_autoencoder(path: Path, vae, optimizer, step: int, decoder_only: bool, 
     os.replace(tmp, path)
 
 
+def export_vae(vae_state: dict, like: Path, dest: Path) -> None:
+    """Write trained weights as an exported `vae/` folder with the config and latent statistics of `like` (the
+    folder the run started from: the transformer was trained on its latents). Written beside `dest` first and
+    swapped in, so an interrupted export never leaves a half-written model."""
+    import shutil
+
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(like, local_files_only=True)
+    vae.load_state_dict(vae_state)
+    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp, safe_serialization=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -176,7 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor")
     parser.add_argument("--save-every", type=int, default=200)
     parser.add_argument("--clip-frames", type=int, default=CLIP_FRAMES, help="frames per clip (17: whole shots)")
+    parser.add_argument(
+        "--export-to", type=Path, default=None, help="with --init: write the result as a vae/ folder here"
+    )
     args = parser.parse_args(argv)
+    if args.export_to is not None and args.init is None:
+        parser.error("--export-to needs --init: the exported folder takes its latent statistics from it")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -229,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     save()
     (args.out / "done.json").write_text(json.dumps({"step": step, "l1": float(np.mean(log[-50:] or [0]))}))
     print(f"saved {last} at step {step}", flush=True)
+    if args.export_to is not None:
+        export_vae(vae.state_dict(), args.init, args.export_to)
+        print(f"exported to {args.export_to}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +102,33 @@ def test_cpu_autoencoder_clips_can_be_whole_shots_and_bad_lengths_are_refused():
         with pytest.raises(ValueError, match="4k\\+1"):
             sample_clips(np.random.default_rng(0), 1, frames=bad)
     assert [late_lr_scale(t, 100.0) for t in (0.0, 79.0, 81.0, 150.0)] == [1.0, 1.0, 0.1, 0.1]
+
+
+def test_decoder_only_run_exports_a_vae_folder_in_the_shipped_latent_space(tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    from training.train_vae import main as train_vae
+
+    shipped = Path(__file__).resolve().parents[2] / "assets" / "demo" / "vae"
+    dest = tmp_path / "vae"
+    dest.mkdir()
+    (dest / "stale.txt").write_text("replaced whole, never merged")
+    argv = ["--out", str(tmp_path / "run"), "--init", str(shipped), "--decoder-only", "--max-steps", "1"]
+    train_vae([*argv, "--batch", "1", "--crop", "32", "--export-to", str(dest)])
+    before = AutoencoderKLWan.from_pretrained(shipped, local_files_only=True).state_dict()
+    exported = AutoencoderKLWan.from_pretrained(dest, local_files_only=True)
+    after = exported.state_dict()
+    assert not (dest / "stale.txt").exists() and not dest.with_name("vae.tmp").exists()
+    assert exported.config.latents_mean == json.loads((shipped / "config.json").read_text())["latents_mean"]
+    for name, value in before.items():
+        if name.startswith(("encoder.", "quant_conv.")):
+            assert torch.equal(value, after[name]), name  # the latent space the transformer learned is untouched
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("decoder."))
+
+
+def test_export_to_without_init_is_refused(tmp_path):
+    from training.train_vae import main as train_vae
+
+    with pytest.raises(SystemExit):
+        train_vae(["--out", str(tmp_path / "run"), "--export-to", str(tmp_path / "vae")])
+    assert not (tmp_path / "run").exists()
