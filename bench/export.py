@@ -33,10 +33,28 @@ def make_takes(folder: Path, shots: int, frames: int, width: int, height: int, f
         # A different hue per shot, so a dissolve blends two different pictures.
         subprocess.run(
             [
-                ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
-                "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}",
-                "-vf", f"hue=h={index * 36}", "-frames:v", str(frames),
-                "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "medium", "-crf", "18", str(path),
+                ffmpeg_exe(),
+                "-y",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size={width}x{height}:rate={fps}",
+                "-vf",
+                f"hue=h={index * 36}",
+                "-frames:v",
+                str(frames),
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-preset",
+                "medium",
+                "-crf",
+                "18",
+                str(path),
             ],
             check=True,
         )
@@ -48,12 +66,27 @@ def plain_concat(takes: list[Path], out: Path, reencode_preset: str | None = Non
     """ffmpeg's concat demuxer alone: stream copy, or (with a preset) libx264 crf 18 like the export's re-encode."""
     listing = out.with_suffix(".txt")
     listing.write_text("".join(f"file '{take}'\n" for take in takes))
-    codec = ["-c", "copy"] if reencode_preset is None else [
-        "-c:v", "libx264", "-preset", reencode_preset, "-crf", "18", "-pix_fmt", "yuv420p"
-    ]
+    codec = (
+        ["-c", "copy"]
+        if reencode_preset is None
+        else ["-c:v", "libx264", "-preset", reencode_preset, "-crf", "18", "-pix_fmt", "yuv420p"]
+    )
     subprocess.run(
-        [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", str(listing),
-         *codec, str(out)],
+        [
+            ffmpeg_exe(),
+            "-y",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            *codec,
+            str(out),
+        ],
         check=True,
     )
 
@@ -101,13 +134,17 @@ def main() -> None:
             (
                 "export, cuts only, re-encoded",
                 lambda: render_film(
-                    cuts, folder / "cuts_re.mp4",
+                    cuts,
+                    folder / "cuts_re.mp4",
                     ExportSettings(**{**settings.__dict__, "allow_fast_path": False}),
                 ),
                 "cuts_re.mp4",
             ),
-            (f"export, {args.dissolve:g} s dissolves", lambda: render_film(dissolves, folder / "dis.mp4", settings),
-             "dis.mp4"),
+            (
+                f"export, {args.dissolve:g} s dissolves",
+                lambda: render_film(dissolves, folder / "dis.mp4", settings),
+                "dis.mp4",
+            ),
         ]
         rows = []
         baseline = None

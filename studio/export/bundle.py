@@ -45,7 +45,15 @@ BUNDLE_VERSION = 1
 # Insertion order on import: every table after the tables its foreign keys point at (the shot -> chosen take link
 # is the one cycle, filled in after the takes).
 TABLE_ORDER = (
-    "projects", "jobs", "characters", "reference_images", "adapters", "scenes", "shots", "shot_characters", "takes",
+    "projects",
+    "jobs",
+    "characters",
+    "reference_images",
+    "adapters",
+    "scenes",
+    "shots",
+    "shot_characters",
+    "takes",
     "exports",
 )
 DEFERRED_COLUMNS = {("shots", "chosen_take_id")}
@@ -92,8 +100,7 @@ def _select_rows(session: Session, table: Table, column: Column, ids: set[int]) 
 
 def _asset_columns(table: Table) -> list[str]:
     return [
-        column.name for column in table.columns
-        if any(fk.column.table.name == "assets" for fk in column.foreign_keys)
+        column.name for column in table.columns if any(fk.column.table.name == "assets" for fk in column.foreign_keys)
     ]
 
 
@@ -123,12 +130,18 @@ def collect_project_rows(session: Session, project_id: int) -> dict[str, list[di
     rows["scenes"] = _select_rows(session, tables["scenes"], tables["scenes"].c.id, scene_ids)
     rows["shots"] = _select_rows(session, tables["shots"], tables["shots"].c.id, shot_ids)
     links = tables["shot_characters"]
-    rows["shot_characters"] = [
-        _row_dict(links, row)
-        for row in session.execute(
-            select(links).where(links.c.shot_id.in_(sorted(shot_ids))).order_by(links.c.shot_id, links.c.character_id)
-        ).all()
-    ] if shot_ids else []
+    rows["shot_characters"] = (
+        [
+            _row_dict(links, row)
+            for row in session.execute(
+                select(links)
+                .where(links.c.shot_id.in_(sorted(shot_ids)))
+                .order_by(links.c.shot_id, links.c.character_id)
+            ).all()
+        ]
+        if shot_ids
+        else []
+    )
     rows["takes"] = _select_rows(session, tables["takes"], tables["takes"].c.shot_id, shot_ids)
     rows["exports"] = _select_rows(session, tables["exports"], tables["exports"].c.project_id, {project_id})
     job_ids = ids_where("jobs", "project_id", {project_id})
@@ -188,9 +201,12 @@ def export_bundle(services, project_id: int, out_path: str | Path) -> BundleRepo
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return BundleReport(
-        path=out_path, project_id=project_id, project_name=project["name"],
+        path=out_path,
+        project_id=project_id,
+        project_name=project["name"],
         rows={name: len(table_rows) for name, table_rows in rows.items() if name != "assets"},
-        assets=len(assets), asset_bytes=sum(a["size_bytes"] for a, _, _ in assets),
+        assets=len(assets),
+        asset_bytes=sum(a["size_bytes"] for a, _, _ in assets),
     )
 
 
@@ -201,8 +217,10 @@ def _write_bundle(out_path, rows, revision, assets, storyboard, side_files, side
         "project": rows["projects"][0]["name"],
         "schema_revision": revision,
         "rows": {name: len(table_rows) for name, table_rows in rows.items()},
-        "assets": [{"id": a["id"], "sha256": a["sha256"], "size_bytes": a["size_bytes"], "file": member}
-                   for a, _, member in assets],
+        "assets": [
+            {"id": a["id"], "sha256": a["sha256"], "size_bytes": a["size_bytes"], "file": member}
+            for a, _, member in assets
+        ],
         "storyboard": storyboard is not None,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,8 +333,9 @@ def import_bundle(services, bundle_path: str | Path, name: str | None = None) ->
                         if target is None or values.get(column.name) is None:
                             continue
                         if (table_name, column.name) in DEFERRED_COLUMNS:
-                            deferred.append((table_name, row.get("id"), column.name, values[column.name],
-                                             values.get("updated_at")))
+                            deferred.append(
+                                (table_name, row.get("id"), column.name, values[column.name], values.get("updated_at"))
+                            )
                             values[column.name] = None
                             continue
                         old = values[column.name]
@@ -339,9 +358,12 @@ def import_bundle(services, bundle_path: str | Path, name: str | None = None) ->
                 session.execute(update(table).where(table.c.id == id_maps[table_name][old_id]).values(**values))
             project_id = id_maps["projects"][project_row["id"]]
     return BundleReport(
-        path=bundle_path, project_id=project_id, project_name=project_name,
+        path=bundle_path,
+        project_id=project_id,
+        project_name=project_name,
         rows={name: len(rows.get(name, [])) for name in TABLE_ORDER},
-        assets=len(rows["assets"]), asset_bytes=sum(a["size_bytes"] for a in rows["assets"]),
+        assets=len(rows["assets"]),
+        asset_bytes=sum(a["size_bytes"] for a in rows["assets"]),
     )
 
 

@@ -45,7 +45,6 @@ def _refusals() -> tuple[type[BaseException], ...]:
     return ExportError, ServiceError, FileNotFoundError
 
 
-
 def _fail(error: BaseException) -> int:
     print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
     return 1
@@ -66,8 +65,14 @@ def export_command(args, services) -> int:
     try:
         project = services.projects.find(args.project)
         outcome = export_project(
-            services, project.id, args.out, music=args.music, music_fade_seconds=args.music_fade,
-            placeholder=args.placeholders, allow_fast_path=not args.reencode, progress=progress,
+            services,
+            project.id,
+            args.out,
+            music=args.music,
+            music_fade_seconds=args.music_fade,
+            placeholder=args.placeholders,
+            allow_fast_path=not args.reencode,
+            progress=progress,
         )
     except _refusals() as error:
         return _fail(error)
@@ -87,8 +92,10 @@ def bundle_command(args, services) -> int:
         report = export_bundle(services, project.id, args.out)
     except _refusals() as error:
         return _fail(error)
-    print(f"wrote {report.path}: project {report.project_name!r}, {sum(report.rows.values())} rows, "
-          f"{report.assets} files ({report.asset_bytes / 1e6:.1f} MB)")
+    print(
+        f"wrote {report.path}: project {report.project_name!r}, {sum(report.rows.values())} rows, "
+        f"{report.assets} files ({report.asset_bytes / 1e6:.1f} MB)"
+    )
     return 0
 
 
@@ -99,6 +106,8 @@ def import_bundle_command(args, services) -> int:
         report = import_bundle(services, args.bundle, name=args.name)
     except _refusals() as error:
         return _fail(error)
-    print(f"imported project {report.project_name!r} (id {report.project_id}): {sum(report.rows.values())} rows, "
-          f"{report.assets} files")
+    print(
+        f"imported project {report.project_name!r} (id {report.project_id}): {sum(report.rows.values())} rows, "
+        f"{report.assets} files"
+    )
     return 0

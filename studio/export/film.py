@@ -74,7 +74,16 @@ ProgressCallback = Callable[[int, int], None]
 
 AUDIO_RATE = 44100
 X264_PRESETS = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
 )
 
 
@@ -236,9 +245,11 @@ def plan_film(
     if sources is None:
         # Each probe is one ffmpeg process: run a few at once (a 10-shot film probes in about the time of 3).
         with ThreadPoolExecutor(max_workers=4) as pool:
-            sources = list(pool.map(
-                lambda item: _probe_clip(item[1], item[0]) if item[1].video is not None else None, enumerate(clips)
-            ))
+            sources = list(
+                pool.map(
+                    lambda item: _probe_clip(item[1], item[0]) if item[1].video is not None else None, enumerate(clips)
+                )
+            )
     if len(sources) != len(clips):
         raise ExportError(f"got {len(sources)} sources for {len(clips)} clips")
     fps = settings.fps
@@ -280,8 +291,10 @@ def plan_film(
         lengths.append(max(1, int(round(m * fps / source.fps))))
 
     kinds = [spec.transition if transition_frames(spec.transition_seconds, fps) > 0 else "cut" for spec in clips]
-    durations = [transition_frames(spec.transition_seconds, fps) if kind != "cut" else 0
-                 for spec, kind in zip(clips, kinds, strict=True)]
+    durations = [
+        transition_frames(spec.transition_seconds, fps) if kind != "cut" else 0
+        for spec, kind in zip(clips, kinds, strict=True)
+    ]
 
     planned: list[PlannedClip] = []
     start = 0
@@ -305,8 +318,17 @@ def plan_film(
             )
         start -= dissolve_in
         clip = PlannedClip(
-            index=i, spec=spec, source=sources[i], source_first=firsts[i], source_frames=used[i], frames=lengths[i],
-            start=start, dissolve_in=dissolve_in, dissolve_out=dissolve_out, fade_in=fade_in, fade_out=fade_out,
+            index=i,
+            spec=spec,
+            source=sources[i],
+            source_first=firsts[i],
+            source_frames=used[i],
+            frames=lengths[i],
+            start=start,
+            dissolve_in=dissolve_in,
+            dissolve_out=dissolve_out,
+            fade_in=fade_in,
+            fade_out=fade_out,
             output_fps=fps,
         )
         planned.append(clip)
@@ -387,8 +409,14 @@ def render_film(
     write = _write_concat if method == "concat" else _write_reencode
     write_atomically(out_path, ".mp4", lambda partial: write(plan, partial, settings, progress))
     return FilmResult(
-        out_path=out_path, frames=plan.total_frames, fps=plan.fps, duration=plan.duration, width=plan.width,
-        height=plan.height, method=method, clip_starts=[clip.start for clip in plan.clips],
+        out_path=out_path,
+        frames=plan.total_frames,
+        fps=plan.fps,
+        duration=plan.duration,
+        width=plan.width,
+        height=plan.height,
+        method=method,
+        clip_starts=[clip.start for clip in plan.clips],
     )
 
 
@@ -416,11 +444,41 @@ def _write_concat(plan: FilmPlan, out: Path, settings: ExportSettings, progress:
         listing.write_text("\n".join(lines) + "\n")
         audio_inputs, audio_filters = _music_ffmpeg_args(settings, plan.duration)
         command = [
-            ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1",
-            "-f", "concat", "-safe", "0", "-i", str(listing), *audio_inputs,
-            "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", settings.audio_bitrate,
-            "-ar", str(AUDIO_RATE), *audio_filters, "-t", f"{plan.duration:.6f}", "-movflags", "+faststart",
-            "-f", "mp4", str(out),
+            ffmpeg_exe(),
+            "-y",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostats",
+            "-progress",
+            "pipe:1",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            *audio_inputs,
+            "-map",
+            "0:v:0",
+            "-map",
+            "1:a:0",
+            "-c:v",
+            "copy",
+            "-c:a",
+            "aac",
+            "-b:a",
+            settings.audio_bitrate,
+            "-ar",
+            str(AUDIO_RATE),
+            *audio_filters,
+            "-t",
+            f"{plan.duration:.6f}",
+            "-movflags",
+            "+faststart",
+            "-f",
+            "mp4",
+            str(out),
         ]
         _run_ffmpeg_with_progress(command, plan.total_frames, progress)
 
@@ -558,6 +616,7 @@ def _film_audio(settings: ExportSettings, duration: float):
     from moviepy import AudioClip, AudioFileClip, afx
 
     if settings.music is None:
+
         def silence(t):
             t = np.asarray(t)
             return np.zeros((t.size, 2)) if t.ndim else np.zeros(2)
@@ -601,8 +660,13 @@ def _write_reencode(plan: FilmPlan, out: Path, settings: ExportSettings, progres
         video = video.with_audio(audio)
         with tempfile.TemporaryDirectory(prefix="shotline-audio-") as tmp:
             video.write_videofile(
-                str(out), fps=plan.fps, codec="libx264", audio_codec="aac", audio_fps=AUDIO_RATE,
-                audio_bitrate=settings.audio_bitrate, preset=settings.preset,
+                str(out),
+                fps=plan.fps,
+                codec="libx264",
+                audio_codec="aac",
+                audio_fps=AUDIO_RATE,
+                audio_bitrate=settings.audio_bitrate,
+                preset=settings.preset,
                 temp_audiofile=str(Path(tmp) / "audio.m4a"),
                 ffmpeg_params=["-crf", str(settings.crf), "-movflags", "+faststart", "-f", "mp4"],
                 logger=None,

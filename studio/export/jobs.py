@@ -62,16 +62,18 @@ def project_clips(services, project_id: int) -> list[ClipSpec]:
         if shot.chosen_take_id is not None:
             take = services.takes.get(shot.chosen_take_id)
             video = services.assets.path_of(take.video_asset_id)
-        clips.append(ClipSpec(
-            video=video,
-            trim_in=int(shot.trim_in or 0),
-            # The shot stores frames cut from the end; a negative trim_out says the same to the renderer.
-            trim_out=-int(shot.trim_out) if shot.trim_out else None,
-            transition=shot.transition_type or "cut",
-            transition_seconds=float(shot.transition_seconds or 0.0),
-            label=shot_label(number, scene_positions.get(shot.scene_id), shot),
-            placeholder_frames=int(shot.num_frames),
-        ))
+        clips.append(
+            ClipSpec(
+                video=video,
+                trim_in=int(shot.trim_in or 0),
+                # The shot stores frames cut from the end; a negative trim_out says the same to the renderer.
+                trim_out=-int(shot.trim_out) if shot.trim_out else None,
+                transition=shot.transition_type or "cut",
+                transition_seconds=float(shot.transition_seconds or 0.0),
+                label=shot_label(number, scene_positions.get(shot.scene_id), shot),
+                placeholder_frames=int(shot.num_frames),
+            )
+        )
     if not clips:
         raise ExportError("the project has no shots to export; add shots to its storyboard first")
     return clips
@@ -85,19 +87,31 @@ def project_export_settings(
     allow_fast_path: bool = True,
 ) -> ExportSettings:
     return ExportSettings(
-        fps=project.fps, width=project.width, height=project.height, music=music,
-        music_fade_seconds=music_fade_seconds, placeholder=placeholder, allow_fast_path=allow_fast_path,
+        fps=project.fps,
+        width=project.width,
+        height=project.height,
+        music=music,
+        music_fade_seconds=music_fade_seconds,
+        placeholder=placeholder,
+        allow_fast_path=allow_fast_path,
     )
 
 
 def _settings_record(settings: ExportSettings, result: FilmResult, music_asset_id: int | None) -> dict[str, Any]:
     """What the Export row keeps about how the film was made."""
     return {
-        "fps": settings.fps, "width": settings.width, "height": settings.height,
-        "music": str(settings.music) if settings.music is not None else None, "music_asset_id": music_asset_id,
-        "music_fade_seconds": settings.music_fade_seconds, "placeholder": settings.placeholder,
-        "allow_fast_path": settings.allow_fast_path, "method": result.method, "frames": result.frames,
-        "duration": result.duration, "clip_starts": list(result.clip_starts),
+        "fps": settings.fps,
+        "width": settings.width,
+        "height": settings.height,
+        "music": str(settings.music) if settings.music is not None else None,
+        "music_asset_id": music_asset_id,
+        "music_fade_seconds": settings.music_fade_seconds,
+        "placeholder": settings.placeholder,
+        "allow_fast_path": settings.allow_fast_path,
+        "method": result.method,
+        "frames": result.frames,
+        "duration": result.duration,
+        "clip_starts": list(result.clip_starts),
     }
 
 
@@ -164,7 +178,10 @@ def run_export_job(
         music = Path(payload["music_path"])
     project = services.projects.get(project_id)
     settings = project_export_settings(
-        project, music, float(payload.get("music_fade_seconds", 1.0)), bool(payload.get("placeholder", False)),
+        project,
+        music,
+        float(payload.get("music_fade_seconds", 1.0)),
+        bool(payload.get("placeholder", False)),
         bool(payload.get("allow_fast_path", True)),
     )
     report_progress(0.0, "preparing the edit")

@@ -86,7 +86,9 @@ def probe_video(path: str | Path) -> VideoInfo:
         raise FileNotFoundError(f"video file not found: {path}")
     completed = subprocess.run(
         [ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
-        capture_output=True, text=True, errors="replace",
+        capture_output=True,
+        text=True,
+        errors="replace",
     )
     log = completed.stderr
     video = None
@@ -135,8 +137,23 @@ def h264_parameter_sets(path: str | Path) -> bytes:
     """
     completed = subprocess.run(
         [
-            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(path), "-map", "0:v:0", "-frames:v", "1",
-            "-c", "copy", "-bsf:v", "h264_mp4toannexb", "-f", "h264", "-",
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            "0:v:0",
+            "-frames:v",
+            "1",
+            "-c",
+            "copy",
+            "-bsf:v",
+            "h264_mp4toannexb",
+            "-f",
+            "h264",
+            "-",
         ],
         capture_output=True,
     )
@@ -174,8 +191,23 @@ def read_audio_samples(path: str | Path, sample_rate: int = 44100) -> np.ndarray
     """Decode the first audio stream as float32 samples in [-1, 1], shape [N, channels]; empty when there is none."""
     completed = subprocess.run(
         [
-            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(path), "-map", "0:a:0",
-            "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "2", "-ar", str(sample_rate), "-",
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            "0:a:0",
+            "-f",
+            "f32le",
+            "-acodec",
+            "pcm_f32le",
+            "-ac",
+            "2",
+            "-ar",
+            str(sample_rate),
+            "-",
         ],
         capture_output=True,
     )

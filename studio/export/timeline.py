@@ -102,7 +102,10 @@ def build_timeline(plan: FilmPlan, settings: ExportSettings, name: str = "Shotli
     fps = plan.fps
     timeline = otio.schema.Timeline(name=name, global_start_time=_time(0, fps))
     timeline.metadata[METADATA_KEY] = {
-        "fps": fps, "width": plan.width, "height": plan.height, "frames": plan.total_frames,
+        "fps": fps,
+        "width": plan.width,
+        "height": plan.height,
+        "frames": plan.total_frames,
         "duration_seconds": plan.duration,
     }
     video = otio.schema.Track(name="V1", kind=otio.schema.TrackKind.Video)
@@ -110,25 +113,40 @@ def build_timeline(plan: FilmPlan, settings: ExportSettings, name: str = "Shotli
     for i, clip in enumerate(plan.clips):
         if i > 0 and clip.dissolve_in:
             half = clip.dissolve_in // 2
-            video.append(otio.schema.Transition(
-                name="dissolve",
-                transition_type=otio.schema.TransitionTypes.SMPTE_Dissolve,
-                in_offset=_time(half, fps),
-                out_offset=_time(clip.dissolve_in - half, fps),
-                metadata={METADATA_KEY: {"type": "dissolve", "frames": clip.dissolve_in,
-                                         "seconds": float(clip.spec.transition_seconds)}},
-            ))
+            video.append(
+                otio.schema.Transition(
+                    name="dissolve",
+                    transition_type=otio.schema.TransitionTypes.SMPTE_Dissolve,
+                    in_offset=_time(half, fps),
+                    out_offset=_time(clip.dissolve_in - half, fps),
+                    metadata={
+                        METADATA_KEY: {
+                            "type": "dissolve",
+                            "frames": clip.dissolve_in,
+                            "seconds": float(clip.spec.transition_seconds),
+                        }
+                    },
+                )
+            )
         elif i > 0 and clip.fade_in:
             previous = plan.clips[i - 1]
-            video.append(otio.schema.Transition(
-                name=FADE_TRANSITION_NAME,
-                transition_type=otio.schema.TransitionTypes.Custom,
-                in_offset=_time(0, fps),
-                out_offset=_time(0, fps),
-                metadata={METADATA_KEY: {"type": "fade", "frames": previous.fade_out + clip.fade_in,
-                                         "fade_out_frames": previous.fade_out, "fade_in_frames": clip.fade_in,
-                                         "seconds": float(clip.spec.transition_seconds)}},
-            ))
+            video.append(
+                otio.schema.Transition(
+                    name=FADE_TRANSITION_NAME,
+                    transition_type=otio.schema.TransitionTypes.Custom,
+                    in_offset=_time(0, fps),
+                    out_offset=_time(0, fps),
+                    metadata={
+                        METADATA_KEY: {
+                            "type": "fade",
+                            "frames": previous.fade_out + clip.fade_in,
+                            "fade_out_frames": previous.fade_out,
+                            "fade_in_frames": clip.fade_in,
+                            "seconds": float(clip.spec.transition_seconds),
+                        }
+                    },
+                )
+            )
         video.append(_clip_for(clip, cuts[i], cuts[i + 1], fps))
     timeline.tracks.append(video)
     if settings.music is not None:
@@ -147,20 +165,24 @@ def _music_track(music: Path, plan: FilmPlan, settings: ExportSettings) -> otio.
     loop = 0
     while remaining > 1e-6:
         length = min(music_frames, remaining)
-        track.append(otio.schema.Clip(
-            name=f"{music.name}" if loop == 0 else f"{music.name} (loop {loop + 1})",
-            media_reference=otio.schema.ExternalReference(
-                target_url=reference_url, available_range=_range(0, music_frames, fps)
-            ),
-            source_range=_range(0, length, fps),
-        ))
+        track.append(
+            otio.schema.Clip(
+                name=f"{music.name}" if loop == 0 else f"{music.name} (loop {loop + 1})",
+                media_reference=otio.schema.ExternalReference(
+                    target_url=reference_url, available_range=_range(0, music_frames, fps)
+                ),
+                source_range=_range(0, length, fps),
+            )
+        )
         remaining -= length
         loop += 1
     fade = min(settings.music_fade_seconds, plan.duration)
     if fade > 0:
-        track[-1].effects.append(otio.schema.Effect(
-            name="fade_out", effect_name="AudioFadeOut", metadata={METADATA_KEY: {"seconds": float(fade)}}
-        ))
+        track[-1].effects.append(
+            otio.schema.Effect(
+                name="fade_out", effect_name="AudioFadeOut", metadata={METADATA_KEY: {"seconds": float(fade)}}
+            )
+        )
     track.metadata[METADATA_KEY] = {"music": str(music.resolve()), "fade_seconds": float(fade), "loops": loop}
     return track
 
@@ -202,13 +224,15 @@ def clips_from_timeline(timeline: otio.schema.Timeline | str | Path) -> list[Cli
         video_path = None
         if isinstance(reference, otio.schema.ExternalReference):
             video_path = _path_of_url(reference.target_url)
-        clips.append(ClipSpec(
-            video=video_path,
-            trim_in=int(meta.get("trim_in", 0)),
-            trim_out=int(meta["trim_out"]) if "trim_out" in meta and video_path is not None else None,
-            transition=str(meta.get("transition", "cut")),
-            transition_seconds=float(meta.get("transition_seconds", 0.0)),
-            label=str(meta.get("label", item.name)),
-            placeholder_frames=int(meta["film_frames"]) if video_path is None and "film_frames" in meta else None,
-        ))
+        clips.append(
+            ClipSpec(
+                video=video_path,
+                trim_in=int(meta.get("trim_in", 0)),
+                trim_out=int(meta["trim_out"]) if "trim_out" in meta and video_path is not None else None,
+                transition=str(meta.get("transition", "cut")),
+                transition_seconds=float(meta.get("transition_seconds", 0.0)),
+                label=str(meta.get("label", item.name)),
+                placeholder_frames=int(meta["film_frames"]) if video_path is None and "film_frames" in meta else None,
+            )
+        )
     return clips

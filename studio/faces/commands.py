@@ -80,7 +80,6 @@ def _refusals() -> tuple[type[BaseException], ...]:
     return ServiceError, AdapterImportError, FileNotFoundError, IsADirectoryError
 
 
-
 def find_character(services, project_id: int, reference: str):
     from studio.services.errors import NotFoundError
 

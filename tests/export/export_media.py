@@ -22,8 +22,14 @@ def write_solid_video(
 ) -> Path:
     """One frame per colour (a grey level or an RGB triple), H.264 yuv420p."""
     writer = imageio_ffmpeg.write_frames(
-        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
-        output_params=["-crf", str(crf), "-preset", preset], ffmpeg_log_level="error",
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        macro_block_size=1,
+        output_params=["-crf", str(crf), "-preset", preset],
+        ffmpeg_log_level="error",
     )
     writer.send(None)
     for colour in colours:

@@ -38,76 +38,138 @@ def populate(services, solid_video) -> int:
     project = services.projects.create("The Lighthouse", width=32, height=32, fps=8)
     assets = services.assets
     with services.db.unit_of_work() as session:
+
         def asset(data: bytes, kind: str, mime: str, name: str) -> int:
             return assets.add_bytes(session, data, kind, mime, name).id
 
-        mara = models.Character(project_id=project.id, name="Mara", trigger="<mara>", description="red scarf",
-                                adapter_kind="lora")
+        mara = models.Character(
+            project_id=project.id, name="Mara", trigger="<mara>", description="red scarf", adapter_kind="lora"
+        )
         tom = models.Character(project_id=project.id, name="Tom", trigger="<tom>")
         session.add_all([mara, tom])
         session.flush()
-        session.add(models.ReferenceImage(
-            character_id=mara.id, asset_id=asset(png_bytes((200, 10, 10)), "reference", "image/png", "mara_1.png"),
-            crop_asset_id=asset(png_bytes((190, 20, 20)), "crop", "image/png", "mara_1_crop.png"),
-            original_name="mara_1.png", width=8, height=8, face_box=[1.0, 1.5, 6.0, 7.25],
-            face_embedding=[float(x) / 7 for x in range(512)], flags=["low_quality"],
-            analyzed_at=datetime(2026, 11, 1, 12, 30, 15, 123456),
-        ))
-        train = models.Job(kind="train_adapter", status="done", project_id=project.id, payload={"character": "Mara"},
-                           result={"loss": 0.125}, progress=1.0, attempts=1, worker_id="w1")
-        generate = models.Job(kind="generate_scene", status="done", project_id=project.id, payload={"scene": 1},
-                              result={"takes": 2}, progress=1.0)
+        session.add(
+            models.ReferenceImage(
+                character_id=mara.id,
+                asset_id=asset(png_bytes((200, 10, 10)), "reference", "image/png", "mara_1.png"),
+                crop_asset_id=asset(png_bytes((190, 20, 20)), "crop", "image/png", "mara_1_crop.png"),
+                original_name="mara_1.png",
+                width=8,
+                height=8,
+                face_box=[1.0, 1.5, 6.0, 7.25],
+                face_embedding=[float(x) / 7 for x in range(512)],
+                flags=["low_quality"],
+                analyzed_at=datetime(2026, 11, 1, 12, 30, 15, 123456),
+            )
+        )
+        train = models.Job(
+            kind="train_adapter",
+            status="done",
+            project_id=project.id,
+            payload={"character": "Mara"},
+            result={"loss": 0.125},
+            progress=1.0,
+            attempts=1,
+            worker_id="w1",
+        )
+        generate = models.Job(
+            kind="generate_scene",
+            status="done",
+            project_id=project.id,
+            payload={"scene": 1},
+            result={"takes": 2},
+            progress=1.0,
+        )
         queued = models.Job(kind="export_film", status="queued", project_id=project.id, payload={"music": None})
         session.add_all([train, generate, queued])
         session.flush()
-        session.add(models.Adapter(
-            character_id=mara.id, kind="lora", base_preset="demo", status="ready", job_id=train.id, version=2,
-            hyperparameters={"rank": 4, "lr": 1e-4}, metrics={"loss": [0.5, 0.25]},
-            weights_asset_id=asset(b"safetensors-bytes" * 10, "weights", "application/x-safetensors", "mara.st"),
-        ))
+        session.add(
+            models.Adapter(
+                character_id=mara.id,
+                kind="lora",
+                base_preset="demo",
+                status="ready",
+                job_id=train.id,
+                version=2,
+                hyperparameters={"rank": 4, "lr": 1e-4},
+                metrics={"loss": [0.5, 0.25]},
+                weights_asset_id=asset(b"safetensors-bytes" * 10, "weights", "application/x-safetensors", "mara.st"),
+            )
+        )
         scene = models.Scene(project_id=project.id, position=0, caption="a lighthouse at night")
         session.add(scene)
         session.flush()
         shots = [
             models.Shot(scene_id=scene.id, position=0, caption="wide, <mara> climbs", num_frames=9, seed=7),
-            models.Shot(scene_id=scene.id, position=1, caption="close-up", num_frames=9, transition_type="dissolve",
-                        transition_seconds=0.25, trim_in=1, trim_out=2, shot_size="close-up", camera_move="static"),
-            models.Shot(scene_id=scene.id, position=2, caption="binned", num_frames=9,
-                        deleted_at=datetime(2026, 11, 2, 8, 0, 0)),
+            models.Shot(
+                scene_id=scene.id,
+                position=1,
+                caption="close-up",
+                num_frames=9,
+                transition_type="dissolve",
+                transition_seconds=0.25,
+                trim_in=1,
+                trim_out=2,
+                shot_size="close-up",
+                camera_move="static",
+            ),
+            models.Shot(
+                scene_id=scene.id,
+                position=2,
+                caption="binned",
+                num_frames=9,
+                deleted_at=datetime(2026, 11, 2, 8, 0, 0),
+            ),
         ]
         session.add_all(shots)
         session.flush()
-        session.execute(insert(models.shot_characters).values(
-            [{"shot_id": shots[0].id, "character_id": mara.id}, {"shot_id": shots[1].id, "character_id": mara.id},
-             {"shot_id": shots[1].id, "character_id": tom.id}]
-        ))
+        session.execute(
+            insert(models.shot_characters).values(
+                [
+                    {"shot_id": shots[0].id, "character_id": mara.id},
+                    {"shot_id": shots[1].id, "character_id": mara.id},
+                    {"shot_id": shots[1].id, "character_id": tom.id},
+                ]
+            )
+        )
         for number, (shot, grey) in enumerate(((shots[0], 40), (shots[1], 120), (shots[1], 200), (shots[2], 90))):
             video = solid_video([grey] * 9).read_bytes()
             take = models.Take(
-                shot_id=shot.id, number=number + 1, job_id=generate.id,
+                shot_id=shot.id,
+                number=number + 1,
+                job_id=generate.id,
                 video_asset_id=asset(video, "video", "video/mp4", "take.mp4"),
                 thumbnail_asset_id=asset(png_bytes((grey, grey, grey)), "thumbnail", "image/png", "thumb.png"),
                 latents_asset_id=asset(bytes([grey]) * 64, "latents", "application/octet-stream", "latents.bin"),
-                seed=1000 + number, params={"caption": shot.caption, "adapters": {"Mara": 2}},
+                seed=1000 + number,
+                params={"caption": shot.caption, "adapters": {"Mara": 2}},
                 identity_scores={"Mara": 0.5 + number / 10},
             )
             session.add(take)
             session.flush()
             shot.chosen_take_id = take.id
-        session.add(models.Export(
-            project_id=project.id, job_id=queued.id, settings={"fps": 8},
-            video_asset_id=asset(solid_video([10] * 4).read_bytes(), "film", "video/mp4", "film.mp4"),
-            timeline_asset_id=asset(b'{"OTIO_SCHEMA": "Timeline.1"}', "timeline",
-                                    "application/vnd.opentimelineio+json", "film.otio"),
-        ))
+        session.add(
+            models.Export(
+                project_id=project.id,
+                job_id=queued.id,
+                settings={"fps": 8},
+                video_asset_id=asset(solid_video([10] * 4).read_bytes(), "film", "video/mp4", "film.mp4"),
+                timeline_asset_id=asset(
+                    b'{"OTIO_SCHEMA": "Timeline.1"}', "timeline", "application/vnd.opentimelineio+json", "film.otio"
+                ),
+            )
+        )
     return project.id
 
 
 def canonical(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Rows with ids replaced by their rank in the table (assets by sha256), so two databases compare equal."""
     tables = {table.name: table for table in models.Base.metadata.sorted_tables}
-    ranks = {name: {row["id"]: rank for rank, row in enumerate(table_rows)}
-             for name, table_rows in rows.items() if table_rows and "id" in table_rows[0]}
+    ranks = {
+        name: {row["id"]: rank for rank, row in enumerate(table_rows)}
+        for name, table_rows in rows.items()
+        if table_rows and "id" in table_rows[0]
+    }
     ranks["assets"] = {row["id"]: row["sha256"] for row in rows["assets"]}
     result = {}
     for name, table_rows in rows.items():
@@ -143,8 +205,17 @@ def test_bundle_round_trip_is_lossless(services, solid_video, tmp_path, request)
     with services.db.unit_of_work() as session:
         before = collect_project_rows(session, project_id)
     assert {name: len(rows) for name, rows in before.items()} == {
-        "assets": 17, "projects": 1, "jobs": 3, "characters": 2, "reference_images": 1, "adapters": 1, "scenes": 1,
-        "shots": 3, "shot_characters": 3, "takes": 4, "exports": 1,
+        "assets": 17,
+        "projects": 1,
+        "jobs": 3,
+        "characters": 2,
+        "reference_images": 1,
+        "adapters": 1,
+        "scenes": 1,
+        "shots": 3,
+        "shot_characters": 3,
+        "takes": 4,
+        "exports": 1,
     }
     report = export_bundle(services, project_id, tmp_path / "lighthouse.zip")
     assert report.assets == 17 and report.rows["takes"] == 4

@@ -85,7 +85,8 @@ def test_plan_refuses_what_cannot_be_made_with_the_shot_named():
     with pytest.raises(ExportError, match="shot 2.*lasts 4 frames.*need 6"):
         plan_film(
             [ClipSpec("a"), ClipSpec("b", transition="dissolve", transition_seconds=0.75, label="shot 2")],
-            SETTINGS, [fake_source(17), fake_source(4)],
+            SETTINGS,
+            [fake_source(17), fake_source(4)],
         )
     with pytest.raises(ExportError, match="shot 3 has no take"):
         plan_film([ClipSpec("a"), ClipSpec(None, label="shot 3")], SETTINGS, [fake_source(9), None])
@@ -112,7 +113,12 @@ def test_cuts_take_the_concat_fast_path_frame_exact(solid_video, tmp_path):
     assert (result.frames, result.fps, result.duration) == (21, 8, 21 / 8)
     info = probe_video(tmp_path / "film.mp4")
     assert (info.frames, info.fps, info.width, info.height, info.codec, info.pix_fmt) == (
-        21, 8.0, 32, 32, "h264", "yuv420p"
+        21,
+        8.0,
+        32,
+        32,
+        "h264",
+        "yuv420p",
     )
     # Stream copy: the film's frames are the takes' decoded frames, bit for bit.
     expected = np.concatenate([read_video_frames(take) for take in takes])
@@ -125,7 +131,8 @@ def test_cuts_take_the_concat_fast_path_frame_exact(solid_video, tmp_path):
 def test_takes_that_do_not_match_the_output_are_reencoded(solid_video, tmp_path):
     base = solid_video([40] * 5)
     assert (probe_video(base).profile, probe_video(solid_video([1], preset="medium")).profile) == (
-        "Constrained Baseline", "High"
+        "Constrained Baseline",
+        "High",
     )
     for other in (
         solid_video([200] * 5, preset="medium"),  # H.264 High instead of Constrained Baseline
@@ -185,8 +192,9 @@ def test_other_size_and_fps_are_normalised_and_trimmed(solid_video, tmp_path):
     assert (result.method, result.frames) == ("reencode", 6)
     frames = read_video_frames(tmp_path / "film.mp4")
     assert frames.shape == (6, 32, 32, 3)
-    np.testing.assert_allclose(frames[:, 12:20, 4:28].reshape(6, -1).mean(axis=1), [20, 40, 60, 80, 100, 120],
-                               atol=TOLERANCE)
+    np.testing.assert_allclose(
+        frames[:, 12:20, 4:28].reshape(6, -1).mean(axis=1), [20, 40, 60, 80, 100, 120], atol=TOLERANCE
+    )
     assert frames[:, :6].max() <= TOLERANCE and frames[:, 26:].max() <= TOLERANCE
 
 
@@ -196,8 +204,11 @@ def test_music_is_looped_or_trimmed_to_the_film_and_faded_out(solid_video, tmp_p
     takes = [solid_video([40] * 8), solid_video([200] * 8)]
     for clips, name, method in (
         ([ClipSpec(takes[0]), ClipSpec(takes[1])], "cuts.mp4", "concat"),
-        ([ClipSpec(takes[0]), ClipSpec(takes[1], transition="dissolve", transition_seconds=0.25)], "dissolve.mp4",
-         "reencode"),
+        (
+            [ClipSpec(takes[0]), ClipSpec(takes[1], transition="dissolve", transition_seconds=0.25)],
+            "dissolve.mp4",
+            "reencode",
+        ),
     ):
         settings = ExportSettings(fps=8, width=32, height=32, music=music, music_fade_seconds=0.5)
         result = render_film(clips, tmp_path / name, settings)
@@ -242,5 +253,7 @@ def test_progress_reaches_every_frame_and_cancel_leaves_nothing(solid_video, tmp
     with pytest.raises(ExportCancelled):
         render_film(clips, tmp_path / "cancelled.mp4", SETTINGS, progress=cancel_at_five)
     assert sorted(path.name for path in tmp_path.iterdir() if path.suffix == ".mp4") == [
-        "film.mp4", "take_0.mp4", "take_1.mp4"
+        "film.mp4",
+        "take_0.mp4",
+        "take_1.mp4",
     ]

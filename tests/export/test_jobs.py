@@ -35,8 +35,15 @@ def project(sqlite_services, solid_video):
     scene = services.storyboard.add_scene(project.id, caption="a lighthouse")
     shots = [
         services.storyboard.add_shot(scene.id, "wide, the lighthouse", num_frames=9),
-        services.storyboard.add_shot(scene.id, "close-up, the lamp", num_frames=9, transition="dissolve",
-                                     transition_seconds=0.25, trim_in=1, trim_out=2),
+        services.storyboard.add_shot(
+            scene.id,
+            "close-up, the lamp",
+            num_frames=9,
+            transition="dissolve",
+            transition_seconds=0.25,
+            trim_in=1,
+            trim_out=2,
+        ),
         services.storyboard.add_shot(scene.id, "the sea at dawn", num_frames=9),
     ]
     for shot, grey in zip(shots, (40, 120, 200), strict=True):
@@ -78,7 +85,12 @@ def test_export_job_stores_film_and_timeline(project):
     film = services.assets.path_of(export.video_asset_id)
     info = probe_video(film)
     assert (info.frames, info.fps, info.width, info.height, info.pix_fmt, info.audio_codec) == (
-        22, 8.0, 32, 32, "yuv420p", "aac"
+        22,
+        8.0,
+        32,
+        32,
+        "yuv420p",
+        "aac",
     )
     levels = read_video_frames(film)[:, 16, 16, 0].astype(float)
     np.testing.assert_allclose(levels[:7], 40, atol=4)
