@@ -373,6 +373,17 @@ def trigger_text(trigger: str) -> str:
     return text.replace("_", " ").strip() or trigger
 
 
+def captions_per_view(captions: Sequence[str], pictures: int, variants: int, adapter: str) -> list[str]:
+    """One caption per augmented view (`augmented_views` order: every picture's `variants` views in a row) from one
+    caption for all pictures or one per picture."""
+    captions = list(captions) * pictures if len(captions) == 1 else list(captions)
+    if len(captions) != pictures:
+        raise ValueError(
+            f"{pictures} pictures but {len(captions)} captions for the {adapter}: give one caption or one per picture"
+        )
+    return [caption for caption in captions for _ in range(max(1, variants))]
+
+
 def training_captions(trigger: str, description: str = "", count: int = 1) -> list[str]:
     """Captions for the reference views: the trigger leads, the description (if any) follows, as a storyboard
     caption would after trigger substitution."""

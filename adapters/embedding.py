@@ -22,6 +22,7 @@ from adapters.common import (
     TrainingResult,
     atomic_write,
     augmented_views,
+    captions_per_view,
     cosine_lr,
     encode_images,
     evaluation_draws,
@@ -142,8 +143,13 @@ def train_embedding(
     preset: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    captions: Sequence[str] | None = None,
 ) -> TrainingResult:
     """Learn `config.num_vectors` token rows for `trigger` and write them to `output_path`.
+
+    `captions`: one per reference picture (or one for all), each naming the character by `trigger`, e.g.
+    `close-up shot, <kai> stays still, camera is static`: the rows are learned in the place a storyboard caption
+    puts them. Default: the trigger alone (then `, description`).
 
     The tokenizer gains the placeholder tokens (harmless: nothing else uses them); the text encoder's weights are
     not modified. Stopping (`should_stop()`) ends the run within one step and writes nothing.
@@ -160,9 +166,16 @@ def train_embedding(
         raise ValueError("an embedding needs at least one reference picture: add references to the character first")
 
     tokens = placeholder_tokens(trigger, config.num_vectors)
+    if captions:
+        missing = [i + 1 for i, c in enumerate(captions) if trigger not in c]
+        if missing:
+            raise ValueError(f"caption(s) {missing} do not name the character: write its trigger {trigger} in each")
+    else:
+        captions = [f"{trigger}, {description.strip()}" if description.strip() else trigger]
+    subject = token_sequence(trigger, config.num_vectors)
+    per_view = captions_per_view(captions, len(pictures), config.augment_variants, "embedding")
+    view_captions = [caption.replace(trigger, subject) for caption in per_view]
     token_ids = add_tokens(tokenizer, text_encoder, tokens)
-    subject = " ".join(tokens)
-    caption = f"{subject}, {description.strip()}" if description.strip() else subject
     views = augmented_views(pictures, config.width, config.height, config.augment_variants, config.seed)
     latents = encode_images(components["vae"], views, frames=config.still_frames)
 
@@ -193,9 +206,8 @@ def train_embedding(
     draws = evaluation_draws(latents, config.seed)
 
     def flow_loss(index: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, target: torch.Tensor):
-        text = prompt_text_embeddings(
-            tokenizer, text_encoder, [caption] * len(index), config.max_sequence_length, swap_in
-        )
+        batch_captions = [view_captions[int(i)] for i in index]
+        text = prompt_text_embeddings(tokenizer, text_encoder, batch_captions, config.max_sequence_length, swap_in)
         prediction = transformer_forward(
             transformer, noisy.to(device, dtype), timestep.to(device), text.to(dtype), config.cross_attention
         )
@@ -216,7 +228,8 @@ def train_embedding(
         "kind": "embedding",
         "trigger": trigger,
         "preset": preset,
-        "caption": caption,
+        "caption": view_captions[0],
+        "captions": list(dict.fromkeys(view_captions)),
         "text_dim": int(vectors.shape[1]),
         "text_dtype": str(text_dtype),
         "config": asdict(config),

@@ -24,6 +24,7 @@ from adapters.common import (
     TrainingResult,
     atomic_write,
     augmented_views,
+    captions_per_view,
     cosine_lr,
     encode_images,
     evaluation_draws,
@@ -178,13 +179,8 @@ def prepare_samples(
     pictures = [load_image(image) for image in images]
     if not pictures:
         raise ValueError("a LoRA needs at least one reference picture: add references to the character first")
-    if len(captions) == 1:
-        captions = list(captions) * len(pictures)
-    if len(captions) != len(pictures):
-        raise ValueError(f"{len(pictures)} pictures but {len(captions)} captions: give one caption or one per picture")
+    view_captions = captions_per_view(captions, len(pictures), config.augment_variants, "LoRA")
     views = augmented_views(pictures, config.width, config.height, config.augment_variants, config.seed)
-    per_picture = max(1, config.augment_variants)
-    view_captions = [caption for caption in captions for _ in range(per_picture)]
     latents = encode_images(components["vae"], views, frames=config.still_frames)
     # Each distinct caption once, on its own: batching the T5 encoder over every view would cost memory for
     # nothing, and padding captions of different lengths together would change what an unpadded model sees.

@@ -42,8 +42,11 @@ Trigger words on the demo tokenizer (a word-level vocabulary of the world; unkno
   reference gets its own shot's caption with the trigger word (`close-up shot, kai stays still, camera is static`),
   the grammar the demo model was trained on. `--lora-captions studio` uses what the studio job sends today: the
   trigger word and the character's description (`kai`), a two-token caption the model has never seen.
-- Embedding training caption: `train_embedding` has no per-reference captions; it trains on `<kai> <kai_1>` (plus
-  `, {description}` when `--description` is given), as the studio does for a character without a description.
+- Embedding training captions: `train_embedding` also takes one caption per reference; by default
+  (`--embedding-captions shot`) each reference's shot caption with the trigger (`close-up shot, <kai> stays still,
+  camera is static`, the trigger standing for its placeholder tokens), so the rows are learned in the slot where a
+  storyboard caption puts the character. `--embedding-captions studio`: the trigger alone (plus `, {description}`),
+  what the studio job sends.
 - Both trainers run the transformer as a stock Wan model on one-frame videos over the caption alone. For one
   still and no global caption that forward is exactly the multi-shot one (`multishot_attention` with a one-shot,
   one-latent-frame mmrope layout gives the same output to the last bit: every temporal rotation is at position 0),
@@ -219,9 +222,20 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
         }
     elif arm == "embedding":
         config = EmbeddingTrainingConfig.for_preset(
-            "demo", steps=args.embedding_steps, learning_rate=args.embedding_lr, seed=args.seed
+            "demo",
+            steps=args.embedding_steps,
+            learning_rate=args.embedding_lr,
+            num_vectors=args.embedding_vectors,
+            seed=args.seed,
         )
-        result = train_embedding(components, references, TRIGGER, path, config, args.description, preset="demo")
+        captions = (
+            [caption_with_trigger(s, TRIGGER) for s in ref_shots]
+            if args.embedding_captions == "shot"
+            else None  # the studio job's: the trigger + description
+        )
+        result = train_embedding(
+            components, references, TRIGGER, path, config, args.description, preset="demo", captions=captions
+        )
         kind = "embedding"
         token_note = {"tokens": result.metadata.get("caption")}
     else:
@@ -317,8 +331,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-rank", type=int, default=None)
     parser.add_argument("--lora-lr", type=float, default=None)
     parser.add_argument("--lora-captions", choices=("shot", "studio"), default="shot")
+    parser.add_argument("--embedding-captions", choices=("shot", "studio"), default="shot")
     parser.add_argument("--embedding-steps", type=int, default=None)
     parser.add_argument("--embedding-lr", type=float, default=None)
+    parser.add_argument("--embedding-vectors", type=int, default=None, help="tokens the trigger stands for")
     parser.add_argument("--description", default="", help="the character's description (studio: optional)")
     parser.add_argument("--seed", type=int, default=0, help="adapter training seed")
     parser.add_argument("--threads", type=int, default=1)

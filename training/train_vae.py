@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", type=Path, default=None, help="start from an exported vae/ folder")
     parser.add_argument("--compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor")
     parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up")
     parser.add_argument("--clip-frames", type=int, default=CLIP_FRAMES, help="frames per clip (17: whole shots)")
     parser.add_argument(
         "--export-to", type=Path, default=None, help="with --init: write the result as a vae/ folder here"
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     while step < args.max_steps and time.time() - start < args.minutes * 60:
         x = sample_clips(rng, args.batch, crop=args.crop, frames=args.clip_frames)
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * late_lr_scale(time.time() - start, args.minutes * 60)
+            warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0  # fine-tuning: no jolt from a fresh Adam
+            group["lr"] = args.lr * warm * late_lr_scale(time.time() - start, args.minutes * 60)
         kl = 0.0 if args.decoder_only else args.kl
         loss, l1 = autoencoder_step(vae, x, optimizer, params, kl, colour_gen, args.permute)
         step += 1

@@ -100,3 +100,29 @@ def test_width_mismatch_is_refused(trained):
     other = build_tiny_components(TinyWanConfig(text_dim=64, text_heads=4))
     with pytest.raises(ValueError, match="width 32"):
         load_embedding_into(other["tokenizer"], other["text_encoder"], result.path)
+
+
+def test_per_reference_captions_place_the_rows_where_a_storyboard_caption_puts_them(tmp_path):
+    pictures = [reference_picture(), reference_picture().transpose(0)]  # two references, one caption each
+    config = EmbeddingTrainingConfig.for_preset("tiny", num_vectors=2, steps=5)
+    captions = ["wide shot, <mara> walks left", "close-up of <mara> smiling"]
+
+    components = build_tiny_components()
+    vocab_before = len(components["tokenizer"])
+    with pytest.raises(ValueError, match=r"caption\(s\) \[2\] do not name the character: write its trigger <mara>"):
+        train_embedding(
+            components, pictures, "<mara>", tmp_path / "x.safetensors", config, captions=[captions[0], "mara"]
+        )
+    with pytest.raises(ValueError, match="2 pictures but 4 captions for the embedding"):
+        train_embedding(components, pictures, "<mara>", tmp_path / "x.safetensors", config, captions=captions * 2)
+    assert len(components["tokenizer"]) == vocab_before and list(tmp_path.iterdir()) == []  # nothing added or written
+
+    with_captions = train_embedding(
+        components, pictures, "<mara>", tmp_path / "c.safetensors", config, captions=captions
+    )
+    info = with_captions.metadata
+    assert info["captions"] == ["wide shot, <mara> <mara_1> walks left", "close-up of <mara> <mara_1> smiling"]
+    plain = train_embedding(build_tiny_components(), pictures, "<mara>", tmp_path / "p.safetensors", config)
+    assert plain.metadata["captions"] == ["<mara> <mara_1>"]
+    # Same pictures, seed and starting rows: only the captions differ, and the model is trained on what they say.
+    assert with_captions.eval_loss_before != pytest.approx(plain.eval_loss_before, rel=1e-6)
