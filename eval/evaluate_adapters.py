@@ -17,7 +17,7 @@ of the shipped tokenizer). Its trigger is `<kai>`, as the studio would give it (
    character's place, e.g. `medium shot, <kai> stays still, camera is static`, in every location and shot size,
    alternately one-shot scenes and two-shot scenes with a training character in the other shot (global caption
    `a scene in the forest with <kai> and tom`). Rendered with `MultiShotPipeline` (demo preset: mmrope, 20 steps,
-   guidance 3, trimmed captions), the same seed per scene in every arm, and read back by `training.detector`.
+   guidance 2, trimmed captions), the same seed per scene in every arm, and read back by `training.detector`.
 
 Reported per arm: **appears** = share of kai's shots where the detected figure has kai's colour AND shape (the
 number issue 8 asks for), colour and shape alone, coherent (one coherent figure found), **leak** = share of the
@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.evaluate_demo import load_demo_pipeline, render_storyboard, vae_roundtrip
+from eval.evaluate_demo import DEMO_GUIDANCE, load_demo_pipeline, render_storyboard, vae_roundtrip
 from training.detector import ShotReading, read_shot
 from training.world import (
     ACTION_PHRASES,
@@ -326,7 +326,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shots", type=int, default=24, help="held-out scenes (one shot of the new character each)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
     parser.add_argument("--steps", type=int, default=20, help="inference steps")
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--guidance", type=float, default=DEMO_GUIDANCE, help="default: the demo preset's")
     parser.add_argument("--lora-steps", type=int, default=None, help="default: the demo preset's (adapters/common.py)")
     parser.add_argument("--lora-rank", type=int, default=None)
     parser.add_argument("--lora-lr", type=float, default=None)

@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.registry import get_preset
 from training.detector import ShotReading, consistent, read_shot
 from training.train_vae import frames_to_pixels
 from training.world import CHARACTER_BY_NAME, Scene, sample_scene
 
+DEMO_GUIDANCE = get_preset("demo").guidance_scale  # what the studio runs the demo model at
 ATTRIBUTES = ("location", "colour", "shape", "shot_size", "action")
 HELD_OUT_SEED = 10**6
 
@@ -54,7 +56,7 @@ def render_storyboard(
     global_caption: str,
     seed: int,
     steps: int = 20,
-    guidance: float = 3.0,
+    guidance: float = DEMO_GUIDANCE,
     cross: str = "mmrope",
     self_attn: str = "full",
     num_frames: int = 17,
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=40, help="held-out scenes for the default configuration")
     parser.add_argument("--compare-scenes", type=int, default=16, help="scenes for each attention-mode comparison")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--guidance", type=float, default=DEMO_GUIDANCE, help="default: the demo preset's")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)

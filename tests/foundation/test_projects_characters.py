@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.registry import get_preset
 from studio.services.errors import ConflictError, NotFoundError, ValidationError
 from tests.foundation.helpers import png_bytes, safetensors_bytes
 
@@ -11,7 +12,7 @@ from tests.foundation.helpers import png_bytes, safetensors_bytes
 def test_project_defaults_come_from_the_preset(services):
     project = services.projects.create("Lighthouse")
     assert (project.preset, project.width, project.height, project.fps, project.steps) == ("demo", 64, 64, 8, 20)
-    assert project.guidance == 3.0
+    assert project.guidance == get_preset("demo").guidance_scale == 2.0
     wan = services.projects.create("Big", preset="wan2.1-t2v-1.3b", steps=30)
     assert (wan.width, wan.height, wan.fps, wan.steps) == (832, 480, 16, 30)
     assert "blurry" in wan.negative_prompt
