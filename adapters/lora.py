@@ -251,6 +251,9 @@ def train_lora(
 ) -> TrainingResult:
     """Train a character LoRA on `components["transformer"]` and write it to `output_path`.
 
+    `captions`: one per reference picture (or one for all); the trigger in them (`<kai>`) becomes its caption word
+    (`kai`), as storyboard captions do at generation. Default: the trigger word and the description.
+
     The transformer is left as it was found (the training adapter is deleted afterwards, even on error).
     `progress(step, total, loss)` is called after every step; when `should_stop()` turns true the run ends
     within one step and nothing is written (`result.stopped`, `result.path is None`).
@@ -262,7 +265,10 @@ def train_lora(
     word_text = trigger_text(trigger)
     add_trigger_words(components["tokenizer"], components["text_encoder"], word_text)
     words_added = added_trigger_words(components["tokenizer"], word_text)
-    captions = list(captions) if captions else training_captions(trigger, description)
+    # Captions name the character by its trigger, as storyboard captions do; the LoRA sees what they become.
+    captions = (
+        [c.replace(trigger, word_text) for c in captions] if captions else training_captions(trigger, description)
+    )
     samples = prepare_samples(components, images, captions, config)
 
     device = next(transformer.parameters()).device

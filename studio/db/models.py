@@ -131,6 +131,9 @@ class ReferenceImage(Base):
     character_id: Mapped[int] = mapped_column(ForeignKey("characters.id", ondelete="CASCADE"), index=True)
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id"), index=True)
     original_name: Mapped[str] = mapped_column(String(255), default="")  # as uploaded / as written in the file
+    # What the picture shows, naming the character by its trigger ("close-up shot, <kai> stays still"); adapters
+    # train on it, so they learn the character where storyboard captions put it. "" = trigger and description.
+    caption: Mapped[str] = mapped_column(Text, default="", server_default="")
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     face_box: Mapped[list[float] | None] = mapped_column(JSONType)  # [x0, y0, x1, y1] in pixels

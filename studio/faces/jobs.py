@@ -63,6 +63,15 @@ def _config(kind: str, preset: str, overrides: dict):
     return config
 
 
+def reference_captions(references, trigger: str, description: str) -> list[str] | None:
+    """One training caption per reference: its own caption where the film-maker wrote one, else the trigger and
+    the description. None when no reference has a caption (the trainers' default, the same words)."""
+    if not any(r.caption for r in references):
+        return None
+    fallback = f"{trigger}, {description.strip()}" if description.strip() else trigger
+    return [r.caption or fallback for r in references]
+
+
 def run_train_adapter(services, job, report_progress, should_cancel, pipelines=None) -> dict:
     from dataclasses import asdict
 
@@ -88,6 +97,7 @@ def run_train_adapter(services, job, report_progress, should_cancel, pipelines=N
         return {"adapter_id": adapter.id, "character_id": character.id, "kind": kind, "version": adapter.version}
     fingerprint = reference_fingerprint(references)
     images = [services.assets.read_bytes(r.asset_id) for r in references]
+    captions = reference_captions(references, character.trigger, character.description)
 
     report_progress(0.0, f"loading {preset} for {character.name}'s {kind}", step=0, total=config.steps)
     components = training_components(services, preset, pipelines)
@@ -121,6 +131,7 @@ def run_train_adapter(services, job, report_progress, should_cancel, pipelines=N
             preset=preset,
             progress=progress,
             should_stop=should_cancel,
+            captions=captions,
         )
         if result.stopped:
             return {"cancelled": True, "steps": result.steps_done}

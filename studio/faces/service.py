@@ -55,11 +55,17 @@ class ReferenceResult:
 
 
 def add_reference(
-    services, character_id: int, filename: str, data: bytes, analyzer: FaceAnalyzer | None = None
+    services,
+    character_id: int,
+    filename: str,
+    data: bytes,
+    analyzer: FaceAnalyzer | None = None,
+    caption: str = "",
 ) -> ReferenceResult:
-    """Store a validated reference image, then find its face. Flagged references are kept (the user decides);
-    without the face models the reference is kept unanalysed and the message says where the models go."""
-    reference = services.characters.add_reference(character_id, filename, data)
+    """Store a validated reference image (with its optional caption), then find its face. Flagged references are
+    kept (the user decides); without the face models the reference is kept unanalysed and the message says where
+    the models go."""
+    reference = services.characters.add_reference(character_id, filename, data, caption=caption)
     return analyze_reference(services, reference.id, analyzer)
 
 
@@ -103,9 +109,11 @@ def analyze_pending_references(services, project_id: int, analyzer: FaceAnalyzer
 
 
 def reference_fingerprint(references) -> str:
-    """Identifies a set of reference pictures by content (assets are content-addressed), order-free."""
-    ids = sorted(int(r.asset_id) for r in references)
-    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
+    """Identifies a set of reference pictures by content (assets are content-addressed) and their captions (an
+    adapter trained on other captions is out of date), order-free. Uncaptioned sets keep their old fingerprints."""
+    entries = sorted((int(r.asset_id), r.caption or "") for r in references)
+    parts = [f"{i}:{hashlib.sha256(c.encode()).hexdigest()[:12]}" if c else str(i) for i, c in entries]
+    return hashlib.sha256(",".join(parts).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------------------------

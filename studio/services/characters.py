@@ -110,6 +110,10 @@ class CharacterService:
                 values["description"] = check.caption(description, "description", allow_empty=True)
             if adapter_kind is not None:
                 values["adapter_kind"] = self._wanted_adapter(adapter_kind)
+            if new_trigger != character.trigger:  # reference captions name the character by its trigger: follow it
+                for reference in character.references:
+                    if reference.caption:
+                        reference.caption = reference.caption.replace(character.trigger, new_trigger)
             for key, value in values.items():
                 if getattr(character, key) != value:
                     setattr(character, key, value)
@@ -130,11 +134,13 @@ class CharacterService:
 
     # References --------------------------------------------------------------------------------------------------
 
-    def add_reference(self, character_id: int, filename: str, data: bytes) -> ReferenceView:
-        """Validate the image by content (PNG/JPEG/WEBP, size and pixel caps) and store it with its row."""
+    def add_reference(self, character_id: int, filename: str, data: bytes, caption: str = "") -> ReferenceView:
+        """Validate the image by content (PNG/JPEG/WEBP, size and pixel caps) and store it with its row.
+        `caption`: what the picture shows, naming the character by its trigger ("" = none)."""
         info = self.assets.validate_image(data, filename)
         with self.db.unit_of_work() as session:
             character = self._character(session, character_id)
+            caption = _check_reference_caption(caption, character)
             asset = self.assets.add_bytes(session, data, "reference", info.mime, info.filename)
             duplicate = session.scalar(
                 select(models.ReferenceImage).where(
@@ -152,10 +158,21 @@ class CharacterService:
                 original_name=_display_name(filename),
                 width=info.width,
                 height=info.height,
+                caption=caption,
                 flags=[],
             )
             session.add(reference)
             session.flush()
+            return reference_view(reference)
+
+    def set_reference_caption(self, reference_id: int, caption: str) -> ReferenceView:
+        """Replace what the reference's caption says ("" clears it: training then uses trigger and description)."""
+        with self.db.unit_of_work() as session:
+            reference = self._reference(session, reference_id)
+            text = _check_reference_caption(caption, reference.character)
+            if reference.caption != text:
+                reference.caption = text
+                session.flush()
             return reference_view(reference)
 
     def list_references(self, character_id: int) -> list[ReferenceView]:
@@ -363,3 +380,15 @@ def _json(value, what: str) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise ValidationError(f"{what} must be JSON data: {error}") from None
+
+
+def _check_reference_caption(caption: object, character: models.Character) -> str:
+    """A reference caption is optional; when given it names the character by its trigger, the way storyboard
+    captions do, so an adapter learns the character in that place."""
+    text = check.caption(caption if caption is not None else "", "reference caption", allow_empty=True)
+    if text and character.trigger not in text:
+        raise ValidationError(
+            f"the reference caption must name {character.name} by the trigger {character.trigger}, "
+            f"e.g. 'close-up shot, {character.trigger} stays still'"
+        )
+    return text

@@ -63,6 +63,7 @@ class ReferenceView:
     original_name: str
     width: int
     height: int
+    caption: str
     face_box: tuple[float, float, float, float] | None
     face_embedding: tuple[float, ...] | None
     flags: tuple[str, ...]

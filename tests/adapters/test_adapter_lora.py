@@ -180,3 +180,24 @@ def test_captions_of_different_lengths_unpadded(tmp_path):
     assert batch.shape[:2] == (2, 7) and torch.equal(batch[0, 2:], torch.zeros(5, batch.shape[2]))
     result = train_lora(components, pictures, "<mara>", tmp_path / "m.safetensors", config=config, captions=captions)
     assert result.steps_done == 3 and result.path.is_file()
+
+
+def test_captions_name_the_character_by_its_trigger_and_train_on_its_caption_word(tmp_path):
+    config = LoraTrainingConfig.for_preset("tiny", steps=2)
+    runs = {}
+    for form in ("wide shot, <mara> walks", "wide shot, mara walks"):
+        result = train_lora(
+            build_tiny_components(),
+            [reference_picture()],
+            "<mara>",
+            tmp_path / "l.safetensors",
+            config,
+            captions=[form],
+        )
+        runs[form] = result.eval_loss_before
+    # `<mara>` in a caption becomes `mara`, as storyboard captions do at generation: the same text, the same loss.
+    assert runs["wide shot, <mara> walks"] == runs["wide shot, mara walks"]
+    other = train_lora(
+        build_tiny_components(), [reference_picture()], "<mara>", tmp_path / "o.safetensors", config, captions=["mara"]
+    )
+    assert other.eval_loss_before != runs["wide shot, mara walks"]  # and the caption is what the model sees

@@ -145,3 +145,45 @@ def test_training_loss_points_are_readable_while_the_job_runs(services):
     assert [p[1] for p in running.result["loss_curve"]] == pytest.approx(adapter.metrics["loss_curve"], abs=1e-5)
     done = services.jobs.finish(job.id, result)
     assert "partial" not in done.result and "loss_curve" not in done.result
+
+
+def test_reference_captions_are_validated_follow_the_trigger_and_train_the_adapter(sqlite_services, monkeypatch):
+    services = sqlite_services
+    project, mara = _character_with_reference(services)
+    first = services.characters.list_references(mara.id)[0]
+    assert first.caption == ""
+    with pytest.raises(ValidationError, match="must name Mara by the trigger <mara>"):
+        services.characters.set_reference_caption(first.id, "close-up of a keeper")
+    with pytest.raises(ValidationError, match="must name Mara by the trigger <mara>"):
+        services.characters.add_reference(mara.id, "b.png", png_bytes(face_picture([(20, 30, 64, BLUE)])), "a keeper")
+    assert len(services.characters.list_references(mara.id)) == 1  # the refused picture left no row
+    second = services.characters.add_reference(
+        mara.id, "b.png", png_bytes(face_picture([(20, 30, 64, BLUE)])), caption="  wide shot, <mara> walks  "
+    )
+    assert second.caption == "wide shot, <mara> walks"
+
+    # The adapter trains on each reference's caption, or the trigger and description where there is none.
+    seen = {}
+    import adapters.lora
+
+    real = adapters.lora.train_lora
+
+    def spy(*args, captions=None, **kwargs):
+        seen["captions"] = captions
+        return real(*args, captions=captions, **kwargs)
+
+    monkeypatch.setattr(adapters.lora, "train_lora", spy)
+    job = request_training(services, mara.id, hyperparameters={"steps": 2})
+    result = run_train_adapter(services, _claimed(services, job), lambda *a, **k: None, lambda: False)
+    assert seen["captions"] == ["<mara>, a keeper in red", "wide shot, <mara> walks"]
+    assert adapters_to_train(services, project.id) == []
+
+    # A changed caption makes the adapter out of date; renaming the trigger rewrites the captions that use it.
+    services.characters.set_reference_caption(first.id, "close-up shot, <mara> stays still")
+    assert [(n.character_name, n.reason) for n in adapters_to_train(services, project.id)] == [
+        ("Mara", "references changed")
+    ]
+    services.characters.update(mara.id, trigger="<keeper>")
+    captions = [r.caption for r in services.characters.list_references(mara.id)]
+    assert captions == ["close-up shot, <keeper> stays still", "wide shot, <keeper> walks"]
+    assert services.characters.get_adapter(result["adapter_id"]).status == "ready"

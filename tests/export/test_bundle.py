@@ -54,6 +54,7 @@ def populate(services, solid_video) -> int:
                 asset_id=asset(png_bytes((200, 10, 10)), "reference", "image/png", "mara_1.png"),
                 crop_asset_id=asset(png_bytes((190, 20, 20)), "crop", "image/png", "mara_1_crop.png"),
                 original_name="mara_1.png",
+                caption="close-up shot, <mara> stays still",
                 width=8,
                 height=8,
                 face_box=[1.0, 1.5, 6.0, 7.25],

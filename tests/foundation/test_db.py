@@ -91,6 +91,15 @@ def _populate(db: Database) -> dict[str, int]:
         session.add(take)
         session.flush()
         shot.chosen_take_id = take.id
+        character_id, asset_id = character.id, asset.id
+    with db.engine.begin() as connection:  # SQL of the 0001 schema: the model has a caption column since 0002
+        connection.execute(
+            text(
+                "INSERT INTO reference_images (character_id, asset_id, original_name, width, height, flags,"
+                " created_at) VALUES (:character, :asset, 'mara.png', 64, 64, '[]', CURRENT_TIMESTAMP)"
+            ),
+            {"character": character_id, "asset": asset_id},
+        )
     with db.engine.connect() as connection:
         return {
             table: connection.execute(select(func.count()).select_from(text(table))).scalar()
@@ -140,7 +149,9 @@ def test_each_migration_on_populated_database_keeps_rows(db_url, revision, tmp_p
                 table: connection.execute(select(func.count()).select_from(text(table))).scalar() for table in counts
             }
         assert after == counts  # no row lost on the way to head
-        assert after["takes"] == 1 and after["shot_characters"] == 1
+        assert after["takes"] == 1 and after["shot_characters"] == 1 and after["reference_images"] == 1
+        with db.engine.connect() as connection:  # 0002: an existing reference has no caption (trains as before)
+            assert connection.execute(text("SELECT caption FROM reference_images")).scalars().all() == [""]
         assert current_revision(db.engine) == head_revision()
     finally:
         db.dispose()
