@@ -37,6 +37,15 @@ def register(subparsers) -> None:
     refs.add_argument("project", help="project name or id")
     refs.add_argument("character", help="character name or id")
     refs.set_defaults(func=character_refs_command)
+    caption = character_commands.add_parser(
+        "caption",
+        help="caption a reference: what it shows, naming the character by its trigger (adapters train on it)",
+    )
+    caption.add_argument("project", help="project name or id")
+    caption.add_argument("character", help="character name or id")
+    caption.add_argument("reference", help="reference id or file name (see `character refs`)")
+    caption.add_argument("caption", help="e.g. 'close-up shot, <kai> stays still, camera is static'; '' clears it")
+    caption.set_defaults(func=character_caption_command)
     analyze = character_commands.add_parser("analyze", help="find the faces of a character's references again")
     analyze.add_argument("project", help="project name or id")
     analyze.add_argument("character", help="character name or id")
@@ -146,7 +155,30 @@ def character_refs_command(args, services) -> int:
             state = "; ".join(FLAG_REASONS.get(flag, flag) for flag in reference.flags)
         else:
             state = "face at [" + ", ".join(f"{v:.0f}" for v in reference.face_box) + "]"
-        print(f"{reference.id}\t{reference.original_name}\t{reference.width}x{reference.height}\t{state}")
+        caption = f"\t{reference.caption}" if reference.caption else ""
+        print(f"{reference.id}\t{reference.original_name}\t{reference.width}x{reference.height}\t{state}{caption}")
+    return 0
+
+
+def character_caption_command(args, services) -> int:
+    from studio.services.errors import NotFoundError
+
+    try:
+        project = services.projects.find(args.project)
+        character = find_character(services, project.id, args.character)
+        references = services.characters.list_references(character.id)
+        wanted = args.reference.strip()
+        matches = [r for r in references if str(r.id) == wanted] or [
+            r for r in references if r.original_name == wanted
+        ]
+        if len(matches) != 1:
+            names = ", ".join(f"{r.id} ({r.original_name})" for r in references) or "none yet"
+            how = "matches several references; use its id" if matches else "is not one of them"
+            raise NotFoundError(f"{wanted!r} {how}: {character.name}'s references are {names}")
+        reference = services.characters.set_reference_caption(matches[0].id, args.caption)
+    except _refusals() as error:
+        return _fail(error)
+    print(f"{reference.id}\t{reference.original_name}\t{reference.caption or '(no caption)'}")
     return 0
 
 

@@ -153,3 +153,23 @@ def test_adapter_import_and_refusals(sqlite_services, tmp_path, capsys):
 def test_subcommand_is_required(sqlite_services, argv):
     with pytest.raises(SystemExit):
         run(sqlite_services, *argv)
+
+
+def test_character_caption_sets_shows_and_refuses(sqlite_services, tmp_path, capsys):
+    services = sqlite_services
+    project = tiny_project(services, "Lighthouse")
+    mara = services.characters.create(project.id, "Mara")
+    reference = services.characters.add_reference(mara.id, "mara.png", png_bytes(face_picture([(20, 30, 64, RED)])))
+    capsys.readouterr()
+    assert run(services, "character", "caption", "Lighthouse", "Mara", "mara.png", "close-up shot, <mara> smiles") == 0
+    assert capsys.readouterr().out.strip() == f"{reference.id}\tmara.png\tclose-up shot, <mara> smiles"
+    assert run(services, "character", "refs", "Lighthouse", "Mara") == 0
+    assert capsys.readouterr().out.rstrip("\n").endswith("\tclose-up shot, <mara> smiles")
+
+    assert run(services, "character", "caption", "Lighthouse", "Mara", str(reference.id), "a keeper smiles") == 1
+    assert "must name Mara by the trigger <mara>" in capsys.readouterr().err
+    assert run(services, "character", "caption", "Lighthouse", "Mara", "tom.png", "<mara>") == 1
+    assert f"'tom.png' is not one of them: Mara's references are {reference.id} (mara.png)" in capsys.readouterr().err
+    assert services.characters.get_reference(reference.id).caption == "close-up shot, <mara> smiles"  # unchanged
+    assert run(services, "character", "caption", "Lighthouse", "Mara", "mara.png", "") == 0
+    assert services.characters.get_reference(reference.id).caption == ""
