@@ -198,29 +198,19 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
 
     components = {name: getattr(pipe, name) for name in COMPONENT_NAMES}
     path = workdir / f"{arm}.safetensors"
+    if arm not in ARMS or arm == "baseline":
+        raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(a for a in ARMS if a != 'baseline')}")
+    # Each reference captioned with its own shot, the trigger in the character's place (the trainers turn it into
+    # the LoRA's caption word or the embedding's tokens), or None: the trigger and description (`studio`).
+    mode = args.lora_captions if arm == "lora" else args.embedding_captions
+    captions = [caption_with_trigger(s, TRIGGER) for s in ref_shots] if mode == "shot" else None
     start = time.time()
     if arm == "lora":
-        word = CHARACTER.name  # what adapters.common.trigger_text makes of the trigger
         config = LoraTrainingConfig.for_preset(
             "demo", steps=args.lora_steps, rank=args.lora_rank, learning_rate=args.lora_lr, seed=args.seed
         )
-        captions = (
-            [caption_with_trigger(s, word) for s in ref_shots]
-            if args.lora_captions == "shot"
-            else None  # the studio job's: trigger word + description
-        )
-        result = train_lora(
-            components, references, TRIGGER, path, config, args.description, preset="demo", captions=captions
-        )
-        kind = "lora"
-        ids = pipe.tokenizer(word, add_special_tokens=False).input_ids  # after train_lora added the word
-        token_note = {
-            "trigger_word": word,
-            "trigger_ids": ids,
-            "unk": pipe.tokenizer.unk_token_id in ids,
-            "trigger_words_added": result.metadata.get("trigger_words_added"),
-        }
-    elif arm == "embedding":
+        train = train_lora
+    else:
         config = EmbeddingTrainingConfig.for_preset(
             "demo",
             steps=args.embedding_steps,
@@ -228,20 +218,21 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
             num_vectors=args.embedding_vectors,
             seed=args.seed,
         )
-        captions = (
-            [caption_with_trigger(s, TRIGGER) for s in ref_shots]
-            if args.embedding_captions == "shot"
-            else None  # the studio job's: the trigger + description
-        )
-        result = train_embedding(
-            components, references, TRIGGER, path, config, args.description, preset="demo", captions=captions
-        )
-        kind = "embedding"
-        token_note = {"tokens": result.metadata.get("caption")}
+        train = train_embedding
+    result = train(components, references, TRIGGER, path, config, args.description, preset="demo", captions=captions)
+    if arm == "lora":
+        word = CHARACTER.name  # what adapters.common.trigger_text makes of the trigger
+        ids = pipe.tokenizer(word, add_special_tokens=False).input_ids  # after train_lora added the word
+        token_note = {
+            "trigger_word": word,
+            "trigger_ids": ids,
+            "unk": pipe.tokenizer.unk_token_id in ids,
+            "trigger_words_added": result.metadata.get("trigger_words_added"),
+        }
     else:
-        raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+        token_note = {"tokens": result.metadata.get("caption")}
     train_s = time.time() - start
-    applied = apply_adapters(pipe, [AdapterSpec(adapter_id=arm, kind=kind, path=path, trigger=TRIGGER)])
+    applied = apply_adapters(pipe, [AdapterSpec(adapter_id=arm, kind=arm, path=path, trigger=TRIGGER)])
     metrics = result.metrics
     info = {
         "train_s": round(train_s, 1),

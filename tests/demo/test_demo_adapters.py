@@ -137,3 +137,9 @@ def test_adapter_evaluation_runs_end_to_end(tmp_path):
     assert lora["loss_last"] < lora["loss_first"]
     assert lora["unk"] is False and lora["trigger_words_added"] == ["kai"]
     assert result["training"]["embedding"]["substitution"] == "<kai> <kai_1>"
+    # Both adapters trained on each reference's shot caption, the trigger turned into what each adapter reads.
+    assert all(
+        ", kai " in c and "<kai>" not in c and c.endswith(", camera is static") for c in lora["training_captions"]
+    )
+    embedding_captions = result["training"]["embedding"]["training_captions"]
+    assert all(", <kai> <kai_1> " in c for c in embedding_captions) and len(embedding_captions) == 4  # 4 references
