@@ -10,7 +10,12 @@ its identity across imports by its `id:` (written by the exporter); without one,
 scene, and else by its position among the scene's remaining shots. A changed caption updates that shot and keeps
 its takes; shots missing from the file go to the bin (their takes stay there).
 Reference images are added when their content is new to the character; an import never removes characters or
-references (they may have been added in the UI). A shot's characters are kept in the order the file declares them.
+references (they may have been added in the UI). A reference is a path or `{path: ..., caption: ...}`: the caption
+says what the picture shows, naming the character by its trigger (`close-up shot, <kai> stays still`), and is what
+its adapter trains that picture on. A caption in the file replaces the reference's caption (`caption: ''` clears
+it); a plain path leaves the caption as it is (so captions written in the UI survive an old file's re-import), and
+the exporter writes the mapping only for captioned references, so files without captions round-trip unchanged.
+A shot's characters are kept in the order the file declares them.
 An import is all or nothing: it runs as one unit of work, so an error on any item leaves the project (or its
 absence), its rows and the asset store exactly as they were.
 """
@@ -62,8 +67,14 @@ class StoryboardCharacter:
     description: str = ""
     trigger: str | None = None  # None: the default <name-lowercased>
     adapter: str = "none"  # none | lora | embedding
+    # One per reference: its caption, or None where the file gives a plain path (the caption is left as it is).
+    reference_captions: tuple[str | None, ...] = ()
     line: int | None = field(default=None, compare=False)
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        captions = tuple(self.reference_captions)[: len(self.references)]
+        object.__setattr__(self, "reference_captions", captions + (None,) * (len(self.references) - len(captions)))
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,7 @@ TOP_FIELDS = (
     "scenes",
 )
 CHARACTER_FIELDS = ("name", "references", "description", "trigger", "adapter")
+REFERENCE_FIELDS = ("path", "caption")
 SCENE_FIELDS = ("id", "caption", "shots")
 SHOT_FIELDS = (
     "id",
@@ -265,14 +277,15 @@ def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
                 f"duplicate character name {name!r} (also on line {names[name.lower()]})", item, "name", path
             )
         names[name.lower()] = item[_LINES]["name"]
-        references = []
-        for ref_index, ref in enumerate(reader.list(item, "references", path)):
-            if not isinstance(ref, str) or not ref.strip():
-                raise reader.error(f"references[{ref_index}] must be a file path", item, "references", path)
-            references.append(ref.strip())
         trigger = item.get("trigger")
         if trigger is not None:
             reader.check(_check_trigger, item, "trigger", path, str(trigger))
+        token = str(trigger) if trigger is not None else default_trigger(name)
+        references, captions = [], []
+        for ref_index, ref in enumerate(reader.list(item, "references", path)):
+            ref_path, caption = _parse_reference(reader, item, ref, path, ref_index, name, token)
+            references.append(ref_path)
+            captions.append(caption)
         adapter = reader.text(item, "adapter", path, default="none").strip().lower()
         if adapter not in WANTED_ADAPTER_KINDS:
             raise reader.error(f"adapter must be one of {', '.join(WANTED_ADAPTER_KINDS)}", item, "adapter", path)
@@ -286,6 +299,7 @@ def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
                 description=description,
                 trigger=str(trigger) if trigger is not None else None,
                 adapter=adapter,
+                reference_captions=tuple(captions),
                 line=item[_LINE],
                 lines=dict(item[_LINES]),
             )
@@ -356,6 +370,38 @@ def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
         source=source,
         lines=dict(top[_LINES]),
     )
+
+
+def _parse_reference(
+    reader: _Reader, item: dict, ref: Any, path: str, index: int, name: str, trigger: str
+) -> tuple[str, str | None]:
+    """One entry of a character's references (`item` is the character at `path`): a file path, or
+    `{path: ..., caption: ...}` whose caption names the character by its trigger. Returns (path, caption or None)."""
+    if isinstance(ref, str) and ref.strip():
+        return ref.strip(), None
+    if not isinstance(ref, dict):
+        raise reader.error(
+            f"references[{index}] must be a file path or {{path: ..., caption: ...}}", item, "references", path
+        )
+    entry_path = f"{path}.references[{index}]"
+    entry = reader.mapping(ref, entry_path, item, "references", REFERENCE_FIELDS)
+    value = entry.get("path")
+    if not isinstance(value, str) or not value.strip():
+        raise reader.error("must be a file path", entry, "path", entry_path)
+    if "caption" not in entry:
+        return value.strip(), None
+    if not isinstance(entry["caption"], str):
+        raise reader.error("expected text (use '' for no caption)", entry, "caption", entry_path)
+    caption = reader.check(check.caption, entry, "caption", entry_path, entry["caption"], "reference caption", True)
+    if caption and trigger not in caption:
+        raise reader.error(
+            f"the reference caption must name {name} by the trigger {trigger}, "
+            f"e.g. 'close-up shot, {trigger} stays still, camera is static'",
+            entry,
+            "caption",
+            entry_path,
+        )
+    return value.strip(), caption
 
 
 def _optional_id(reader: _Reader, mapping: dict, path: str, seen: dict, kind: str) -> int | None:
@@ -488,6 +534,7 @@ class ImportReport:
     characters_created: int = 0
     characters_updated: int = 0
     references_added: int = 0
+    reference_captions_updated: int = 0
     scenes_created: int = 0
     scenes_updated: int = 0
     scenes_binned: int = 0
@@ -527,6 +574,7 @@ class _Reference:
     data: bytes
     sha256: str
     line: int | None
+    caption: str | None = None  # None: the file gives a plain path (the caption stays as it is)
 
 
 def _resolve_reference(doc: StoryboardDoc, character: StoryboardCharacter, ref: str, base_dir: Path) -> Path:
@@ -551,7 +599,7 @@ def _read_references(services, doc: StoryboardDoc, base_dir: Path) -> dict[str, 
     result: dict[str, list[_Reference]] = {}
     for index, character in enumerate(doc.characters):
         items = []
-        for ref in character.references:
+        for ref, caption in zip(character.references, character.reference_captions, strict=True):
             path = _resolve_reference(doc, character, ref, base_dir)
             data = path.read_bytes()
             try:
@@ -560,7 +608,9 @@ def _read_references(services, doc: StoryboardDoc, base_dir: Path) -> dict[str, 
                 raise StoryboardError(
                     str(error), doc.source, character.lines.get("references"), f"characters[{index}].references"
                 ) from None
-            items.append(_Reference(ref, data, hashlib.sha256(data).hexdigest(), character.lines.get("references")))
+            items.append(
+                _Reference(ref, data, hashlib.sha256(data).hexdigest(), character.lines.get("references"), caption)
+            )
         result[character.name] = items
     return result
 
@@ -668,14 +718,22 @@ def _sync_characters(services, doc, project_id: int, references, report: ImportR
                     current = services.characters.update(current.id, **changes)
                     report.characters_updated += 1
         ids[spec.name.lower()] = current.id
-        known = {services.assets.get(r.asset_id).sha256 for r in services.characters.list_references(current.id)}
+        known = {services.assets.get(r.asset_id).sha256: r for r in services.characters.list_references(current.id)}
+        seen: set[str] = set()  # the same picture twice in the file: its first entry says what it is
         for reference in references.get(spec.name, []):
-            if reference.sha256 in known:
+            if reference.sha256 in seen:
                 continue
+            seen.add(reference.sha256)
+            present = known.get(reference.sha256)
             with _wrap(doc, reference.line, f"{path}.references"):
-                services.characters.add_reference(current.id, reference.path, reference.data)
-            known.add(reference.sha256)
-            report.references_added += 1
+                if present is None:
+                    known[reference.sha256] = services.characters.add_reference(
+                        current.id, reference.path, reference.data, caption=reference.caption or ""
+                    )
+                    report.references_added += 1
+                elif reference.caption is not None and present.caption != reference.caption:
+                    known[reference.sha256] = services.characters.set_reference_caption(present.id, reference.caption)
+                    report.reference_captions_updated += 1
     return ids
 
 
@@ -851,7 +909,7 @@ def export_storyboard(services, project_id: int, base_dir: str | Path | None = N
     used_paths: dict[str, str] = {}
     for character in services.characters.list(project_id):
         entry: dict[str, Any] = {"name": character.name}
-        paths = []
+        paths: list[Any] = []
         for reference in services.characters.list_references(character.id):
             asset = services.assets.get(reference.asset_id)
             path = _reference_path(reference.original_name, reference.original_name or f"{asset.sha256[:12]}.png")
@@ -859,7 +917,7 @@ def export_storyboard(services, project_id: int, base_dir: str | Path | None = N
                 stem, dot, ext = path.rpartition(".")
                 path = f"{stem}-{asset.sha256[:8]}.{ext}" if dot else f"{path}-{asset.sha256[:8]}"
             used_paths[path] = asset.sha256
-            paths.append(path)
+            paths.append({"path": path, "caption": reference.caption} if reference.caption else path)
             if base_dir is not None:
                 target = Path(base_dir) / Path(*PurePosixPath(path).parts)
                 data = services.assets.read_bytes(asset.id)

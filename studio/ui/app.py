@@ -31,6 +31,7 @@ from studio.ui.panels import (
     exports_html,
     jobs_html,
     jobs_signature,
+    reference_choices,
     references_html,
     takes_html,
 )
@@ -227,6 +228,12 @@ def build_app(services: Any) -> gr.Blocks:
                         elem_id="sl-ref-upload",
                     )
                     references_panel = ActionPanel("", elem_id="sl-references")
+                    with gr.Row():  # what each picture shows, naming the character by its trigger
+                        ref_choice = gr.Dropdown(
+                            choices=[], value=None, label="Reference", scale=1, elem_id="sl-ref-choice"
+                        )
+                        ref_caption = gr.Textbox(label="Reference caption", scale=3, elem_id="sl-ref-caption")
+                        ref_caption_button = gr.Button("Save caption", scale=1, elem_id="sl-ref-caption-save")
                     with gr.Row():
                         adapter_kind = gr.Radio(
                             ["lora", "embedding"], value="lora", label="Adapter", elem_id="sl-adapter-kind"
@@ -530,7 +537,7 @@ def build_app(services: Any) -> gr.Blocks:
         export_sb_button.click(on_export_storyboard, project_state, storyboard_download)
 
         # ---- characters
-        def character_outputs(project_id: int | None, character_id: int | None):
+        def character_outputs(project_id: int | None, character_id: int | None, reference_id: int | None = None):
             chars = s.characters.list(project_id) if project_id is not None else []
             gallery = characters_html(chars, _latest_adapters(chars))
             if character_id is None or project_id is None:
@@ -548,9 +555,12 @@ def build_app(services: Any) -> gr.Blocks:
                     None,
                     None,
                     gr.update(choices=[(c.name, c.id) for c in chars]),
+                    gr.update(choices=[], value=None),
+                    gr.update(value=""),
                 )
             character = s.characters.get(character_id)
             refs = s.characters.list_references(character_id)
+            picked = next((r for r in refs if reference_id is not None and r.id == int(reference_id)), None)
             adapters = s.characters.list_adapters(character_id)
             adapter = max(adapters, key=lambda a: (a.version, a.id)) if adapters else None
             return (
@@ -567,6 +577,11 @@ def build_app(services: Any) -> gr.Blocks:
                 _loss_frame(adapter, _training_job(character)),
                 _identity_rows(project_id, character),
                 gr.update(choices=[(c.name, c.id) for c in chars]),
+                gr.update(choices=reference_choices(refs), value=picked.id if picked else None),
+                gr.update(
+                    value=picked.caption if picked else "",
+                    placeholder=f"e.g. close-up shot, {character.trigger} stays still, camera is static",
+                ),
             )
 
         character_outputs_list = [
@@ -583,6 +598,8 @@ def build_app(services: Any) -> gr.Blocks:
             loss_plot,
             identity_table,
             shot_characters,
+            ref_choice,
+            ref_caption,
         ]
 
         def _adapter_text(adapter: Any | None, character_id: int | None = None) -> str:
@@ -696,6 +713,15 @@ def build_app(services: Any) -> gr.Blocks:
             return (*character_outputs(project_id, character_id), None, esc(message))
 
         @guarded
+        def on_pick_reference(character_id, reference_id):
+            return reference_caption(s, character_id, reference_id)
+
+        @guarded
+        def on_save_reference_caption(project_id, character_id, reference_id, caption):
+            message = save_reference_caption(s, character_id, reference_id, caption)
+            return (*character_outputs(project_id, character_id, reference_id), esc(message))
+
+        @guarded
         def on_train(project_id, character_id, kind):
             if character_id is None:
                 raise gr.Error("Open a character first.", print_exception=False)
@@ -723,6 +749,12 @@ def build_app(services: Any) -> gr.Blocks:
             on_upload_references,
             [project_state, character_state, ref_upload],
             [*character_outputs_list, ref_upload, status],
+        )
+        ref_choice.input(on_pick_reference, [character_state, ref_choice], ref_caption)
+        ref_caption_button.click(
+            on_save_reference_caption,
+            [project_state, character_state, ref_choice, ref_caption],
+            [*character_outputs_list, status],
         )
         train_button.click(
             on_train, [project_state, character_state, adapter_kind], [*character_outputs_list, timer, status]
@@ -1065,6 +1097,36 @@ def _audio_mime(name: str) -> str:
         ".aac": "audio/aac",
         ".flac": "audio/flac",
     }.get(suffix, "application/octet-stream")
+
+
+def _picked_reference(services: Any, character_id: Any, reference_id: Any) -> Any:
+    if character_id is None:
+        raise gr.Error("Open a character first.", print_exception=False)
+    if reference_id is None or reference_id == "":
+        raise gr.Error("Pick the reference to caption first.", print_exception=False)
+    references = services.characters.list_references(int(character_id))
+    picked = next((r for r in references if r.id == int(reference_id)), None)
+    if picked is None:
+        raise gr.Error("That reference is no longer this character's; reload the page.", print_exception=False)
+    return picked
+
+
+def reference_caption(services: Any, character_id: Any, reference_id: Any) -> str:
+    """The caption of the reference picked in the character panel ("" for none)."""
+    if character_id is None or reference_id is None or reference_id == "":
+        return ""
+    return _picked_reference(services, character_id, reference_id).caption
+
+
+def save_reference_caption(services: Any, character_id: Any, reference_id: Any, caption: str | None) -> str:
+    """The character panel's "Save caption": one service call; a caption that does not name the character's
+    trigger is refused by the service (`guarded` shows its message). Returns the status line."""
+    picked = _picked_reference(services, character_id, reference_id)
+    view = services.characters.set_reference_caption(picked.id, caption or "")
+    name = view.original_name or f"reference {view.id}"
+    if not view.caption:
+        return f"Caption of {name} cleared: it trains on the trigger and description."
+    return f"Caption of {name} saved."
 
 
 def _report_text(report: Any) -> str:

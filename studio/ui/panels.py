@@ -44,6 +44,7 @@ PANEL_CSS = """
 .sl-job { padding: 4px 0; border-bottom: 1px solid var(--border-color-primary); }
 .sl-ref { width: 140px; border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 4px; }
 .sl-ref img { width: 100%; aspect-ratio: 1; object-fit: cover; border-radius: 4px; }
+.sl-caption { font-size: 12px; font-style: italic; overflow-wrap: anywhere; }
 .sl-flag { color: #c0392b; font-size: 12px; }
 .sl-card { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 6px; min-width: 160px; }
 button.sl-btn { font-size: 12px; padding: 2px 8px; border-radius: 4px; border: 1px solid var(--border-color-primary);
@@ -173,7 +174,7 @@ FLAG_TEXT = {
 
 
 def references_html(references: list[Any]) -> str:
-    """Each reference with the face crop the studio found (or the image), and why it was flagged."""
+    """Each reference with the face crop the studio found (or the image), its caption, and why it was flagged."""
     if not references:
         return '<p class="sl-small">No references yet: upload one or more images of the character.</p>'
     items = []
@@ -187,11 +188,22 @@ def references_html(references: list[Any]) -> str:
         else:
             state = '<div class="sl-small">face found</div>'
         label = "face crop" if ref.crop_asset_id else "reference"
+        caption = getattr(ref, "caption", "") or ""
+        caption_html = (
+            f'<div class="sl-caption">{esc(caption)}</div>'
+            if caption
+            else '<div class="sl-small">no caption: trained on the trigger and description</div>'
+        )
         items.append(
             f'<div class="sl-ref" data-reference-id="{ref.id}"><img alt="{label}" src="{esc(src)}">'
-            f'<div class="sl-small">{esc(ref.original_name)}</div>{state}</div>'
+            f'<div class="sl-small">{esc(ref.original_name)}</div>{caption_html}{state}</div>'
         )
     return '<div class="sl-row">' + "".join(items) + "</div>"
+
+
+def reference_choices(references: list[Any]) -> list[tuple[str, int]]:
+    """(label, id) for a dropdown of a character's references: position and file name (names may repeat)."""
+    return [(f"{index}. {ref.original_name or 'reference'}", ref.id) for index, ref in enumerate(references, 1)]
 
 
 def characters_html(characters: list[Any], adapters: dict[int, Any]) -> str:

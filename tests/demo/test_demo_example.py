@@ -10,8 +10,8 @@ from PIL import Image
 from pipelines.loading import DEMO_MODEL_DIR
 from studio.services.characters import default_trigger
 from studio.storyboard_file import import_storyboard, load_storyboard
-from training.demo_example import EXAMPLE, reference_images, reference_paths
-from training.world import ALL_CHARACTER_BY_NAME, LOCATION_BY_NAME, SHOT_SIZES, SIZE_PHRASES
+from training.demo_example import CHARACTER, EXAMPLE, reference_images, reference_paths
+from training.world import ALL_CHARACTER_BY_NAME, LOCATION_BY_NAME, SHOT_SIZES, SIZE_PHRASES, reference_shots
 
 KAI_TRIGGER = "<kai>"
 SIZE_BY_PHRASE = {SIZE_PHRASES[s]: s for s in SHOT_SIZES}
@@ -34,6 +34,9 @@ def test_example_imports_into_a_fresh_project(sqlite_services):
     report = import_storyboard(sqlite_services, doc, EXAMPLE.parent)
     assert report.project_created
     assert (report.characters_created, report.references_added) == (3, len(kai.references))
+    kai_id = next(c.id for c in sqlite_services.characters.list(report.project_id) if c.name == "Kai")
+    stored = [r.caption for r in sqlite_services.characters.list_references(kai_id)]
+    assert stored == list(kai.reference_captions) and all(KAI_TRIGGER in caption for caption in stored)
     assert (report.scenes_created, report.shots_created) == (len(doc.scenes), doc.shot_count)
     assert not import_storyboard(sqlite_services, doc, EXAMPLE.parent).changed
 
@@ -46,6 +49,7 @@ def test_every_caption_is_in_the_demo_vocabulary():
     assert unk in tokenizer(KAI_TRIGGER).input_ids  # unknown: the LoRA adds it as a token (adapters.lora)
     doc = _doc()
     captions = [scene.caption for scene in doc.scenes] + [shot.caption for s in doc.scenes for shot in s.shots]
+    captions += [caption for c in doc.characters for caption in c.reference_captions if caption]
     for caption in captions:
         assert unk not in tokenizer(caption.replace(KAI_TRIGGER, "")).input_ids, caption
     for scene in doc.scenes:  # the world's grammar: `a scene in the {location} with {name} and {name}`
@@ -62,6 +66,10 @@ def test_kai_references_equal_a_fresh_render():
     kai = next(c for c in _doc().characters if c.name == "Kai")
     paths = reference_paths(count=len(kai.references))
     assert [str(p.relative_to(EXAMPLE.parent)) for p in paths] == list(kai.references)
+    # Each caption says what its still shows: the shot size it was rendered at, kai still, a static camera.
+    shots = reference_shots(CHARACTER, len(kai.references))
+    wanted = [f"{SIZE_PHRASES[shot.shot_size]}, {KAI_TRIGGER} stays still, camera is static" for shot in shots]
+    assert list(kai.reference_captions) == wanted
     for path, image in zip(paths, reference_images(len(paths)), strict=True):
         stored = np.asarray(Image.open(path).convert("RGB"))
         assert stored.shape == (64, 64, 3) and np.array_equal(stored, image), path

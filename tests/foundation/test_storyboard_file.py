@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -251,3 +252,115 @@ def test_without_ids_an_inserted_shot_does_not_shift_takes(sqlite_services):
     assert changed.film_shot_ids[1:3] == [first, second]
     assert services.takes.chosen_take(first).id == take.id
     assert services.takes.chosen_take(new) is None
+
+
+# Reference captions ----------------------------------------------------------------------------------------------
+
+CAPTIONED = EXAMPLE.read_text().replace(
+    "references: [refs/mara_1.png, refs/mara_2.png]",
+    "references:\n"
+    "      - {path: refs/mara_1.png, caption: 'close-up shot, <mara> stays still, camera is static'}\n"
+    "      - refs/mara_2.png",
+)
+
+
+def _captions(services, character_id: int) -> dict[str, str]:
+    return {r.original_name: r.caption for r in services.characters.list_references(character_id)}
+
+
+def _mara(services, project_id: int):
+    return next(c for c in services.characters.list(project_id) if c.name == "Mara")
+
+
+def test_reference_captions_round_trip(services, tmp_path):
+    doc = parse_storyboard(CAPTIONED, source="captioned.yaml")
+    assert doc.characters[0].references == ("refs/mara_1.png", "refs/mara_2.png")
+    assert doc.characters[0].reference_captions == ("close-up shot, <mara> stays still, camera is static", None)
+    report = import_storyboard(services, doc, EXAMPLES)
+    mara = _mara(services, report.project_id)
+    assert _captions(services, mara.id) == {
+        "refs/mara_1.png": "close-up shot, <mara> stays still, camera is static",
+        "refs/mara_2.png": "",
+    }
+    text = export_storyboard(services, report.project_id, base_dir=tmp_path)
+    assert "{path: refs/mara_1.png, caption: 'close-up shot, <mara> stays still, camera is static'}" in text
+    assert "- refs/mara_2.png" in text  # uncaptioned references stay plain paths
+    exported = parse_storyboard(text, source="exported.yaml")
+    assert exported == doc
+    before = _state(services)
+    assert not import_storyboard(services, exported, tmp_path).changed
+    assert _state(services) == before
+    # A file without captions still exports as it was: plain paths only.
+    plain = import_storyboard(services, load_storyboard(EXAMPLE), EXAMPLES, project="Plain")
+    assert "path:" not in export_storyboard(services, plain.project_id)
+
+
+def test_reimport_updates_a_changed_caption_and_a_plain_path_keeps_it(sqlite_services):
+    services = sqlite_services
+    report = import_storyboard(services, parse_storyboard(CAPTIONED), EXAMPLES)
+    mara = _mara(services, report.project_id)
+    ids = {r.original_name: r.id for r in services.characters.list_references(mara.id)}
+    changed = CAPTIONED.replace("close-up shot, <mara> stays still", "wide shot, <mara> stays still").replace(
+        "      - refs/mara_2.png", "      - {path: refs/mara_2.png, caption: 'medium shot, <mara> moves left'}"
+    )
+    result = import_storyboard(services, parse_storyboard(changed), EXAMPLES)
+    assert (result.reference_captions_updated, result.references_added) == (2, 0)
+    assert "reference captions updated: 2" in result.summary()
+    assert {r.original_name: r.id for r in services.characters.list_references(mara.id)} == ids  # same rows
+    assert _captions(services, mara.id) == {
+        "refs/mara_1.png": "wide shot, <mara> stays still, camera is static",
+        "refs/mara_2.png": "medium shot, <mara> moves left",
+    }
+    # The original file names mara_2 by a plain path: its caption stays; `caption: ''` clears one.
+    cleared = CAPTIONED.replace("caption: 'close-up shot, <mara> stays still, camera is static'", "caption: ''")
+    result = import_storyboard(services, parse_storyboard(cleared), EXAMPLES)
+    assert result.reference_captions_updated == 1
+    assert _captions(services, mara.id) == {"refs/mara_1.png": "", "refs/mara_2.png": "medium shot, <mara> moves left"}
+    assert not import_storyboard(services, parse_storyboard(cleared), EXAMPLES).changed
+
+
+def test_a_caption_without_the_trigger_is_refused_before_anything_is_written(sqlite_services):
+    services = sqlite_services
+    text = CAPTIONED.replace("close-up shot, <mara> stays still", "close-up shot, mara stays still")
+    with pytest.raises(StoryboardError, match="must name Mara by the trigger <mara>") as caught:
+        parse_storyboard(text, source="bad.yaml")
+    assert (caught.value.line, caught.value.field) == (12, "characters[0].references[0].caption"), str(caught.value)
+    # With its own trigger the file's trigger is the one a caption must name.
+    renamed = CAPTIONED.replace("    adapter: lora", "    adapter: lora\n    trigger: <keeper>")
+    with pytest.raises(StoryboardError, match="by the trigger <keeper>"):
+        parse_storyboard(renamed)
+    ok = parse_storyboard(renamed.replace("<mara> stays still", "<keeper> stays still"))
+    assert ok.characters[0].reference_captions[0] == "close-up shot, <keeper> stays still, camera is static"
+    # A document built in code (not parsed) meets the service's check: the import is refused as a whole.
+    report = import_storyboard(services, load_storyboard(EXAMPLE), EXAMPLES)
+    before = _state(services)
+    doc = parse_storyboard(CAPTIONED.replace("Mara climbs the stairs", "Mara runs up the stairs"))
+    bad = dataclasses.replace(doc.characters[0], reference_captions=("close-up shot, mara stays still", None))
+    with pytest.raises(StoryboardError, match="trigger <mara>") as caught:
+        import_storyboard(services, dataclasses.replace(doc, characters=(bad, *doc.characters[1:])), EXAMPLES)
+    assert caught.value.field == "characters[0].references"
+    assert _state(services) == before
+    assert set(_captions(services, _mara(services, report.project_id).id).values()) == {""}
+    assert services.storyboard.film_shots(report.project_id)[0].caption == "wide shot, Mara climbs the stairs"
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "message"),
+    [
+        (
+            "{path: refs/m.png, colour: red}",
+            "characters[0].references[0].colour",
+            "unknown field \\(known: path, caption",
+        ),
+        ("{path: refs/m.png, caption: 12}", "characters[0].references[0].caption", "expected text"),
+        ("{path: refs/m.png, caption: [a, b]}", "characters[0].references[0].caption", "expected text"),
+        ("{caption: '<mara> stays still'}", "characters[0].references[0].path", "must be a file path"),
+        ("12", "characters[0].references", "references\\[0\\] must be a file path or"),
+    ],
+)
+def test_bad_reference_entries_name_line_and_field(entry, field, message):
+    text = BASE.replace("  - name: Mara", f"  - name: Mara\n    references:\n      - {entry}")
+    with pytest.raises(StoryboardError, match=message) as caught:
+        parse_storyboard(text, source="bad.yaml")
+    assert caught.value.field == field, str(caught.value)
+    assert caught.value.line in (5, 6) and str(caught.value).startswith(f"bad.yaml line {caught.value.line}")
