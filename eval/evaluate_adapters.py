@@ -38,15 +38,13 @@ Trigger words on the demo tokenizer (a word-level vocabulary of the world; unkno
   LoRA's metadata lists it (`trigger_words_added`). Arm `lora` runs exactly that studio code. The former
   `lora-unk` arm (`kai` -> `<unk>`, the studio's behaviour before this fix) was dropped: the studio no longer
   produces it, and making it again would mean bypassing the adapter code, not measuring it.
-- LoRA training captions: `train_lora` takes one caption per reference; by default (`--lora-captions shot`) each
-  reference gets its own shot's caption with the trigger word (`close-up shot, kai stays still, camera is static`),
-  the grammar the demo model was trained on. `--lora-captions studio` uses what the studio job sends today: the
-  trigger word and the character's description (`kai`), a two-token caption the model has never seen.
-- Embedding training captions: `train_embedding` also takes one caption per reference; by default
-  (`--embedding-captions shot`) each reference's shot caption with the trigger (`close-up shot, <kai> stays still,
-  camera is static`, the trigger standing for its placeholder tokens), so the rows are learned in the slot where a
-  storyboard caption puts the character. `--embedding-captions studio`: the trigger alone (plus `, {description}`),
-  what the studio job sends.
+- Training captions: both trainers take one caption per reference, naming the character by the trigger (the LoRA
+  reads it as its word `kai`, the embedding as its tokens `<kai> <kai_1>`). By default (`--lora-captions shot`,
+  `--embedding-captions shot`) each reference is captioned with what its still shows
+  (`training.world.reference_caption`: `close-up shot, <kai> stays still, camera is static`), the grammar the demo
+  model was trained on and what the example storyboard's references say, so this is the studio's train_adapter job
+  on captioned references. `studio`: the trigger and the character's description (`kai`), what the job sends for a
+  reference without a caption, a two-token caption the model has never seen.
 - Both trainers run the transformer as a stock Wan model on one-frame videos over the caption alone. For one
   still and no global caption that forward is exactly the multi-shot one (`multishot_attention` with a one-shot,
   one-latent-frame mmrope layout gives the same output to the last bit: every temporal rotation is at position 0),
@@ -83,6 +81,7 @@ from training.world import (
     ShotLabels,
     global_caption,
     make_shot,
+    reference_caption,
     render_shot,
 )
 from training.world import reference_shots as world_reference_shots
@@ -200,10 +199,10 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
     path = workdir / f"{arm}.safetensors"
     if arm not in ARMS or arm == "baseline":
         raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(a for a in ARMS if a != 'baseline')}")
-    # Each reference captioned with its own shot, the trigger in the character's place (the trainers turn it into
-    # the LoRA's caption word or the embedding's tokens), or None: the trigger and description (`studio`).
+    # Each reference captioned with what its still shows, the trigger in the character's place (the trainers turn it
+    # into the LoRA's caption word or the embedding's tokens), or None: the trigger and description (`studio`).
     mode = args.lora_captions if arm == "lora" else args.embedding_captions
-    captions = [caption_with_trigger(s, TRIGGER) for s in ref_shots] if mode == "shot" else None
+    captions = [reference_caption(s, TRIGGER) for s in ref_shots] if mode == "shot" else None
     start = time.time()
     if arm == "lora":
         config = LoraTrainingConfig.for_preset(

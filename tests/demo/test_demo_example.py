@@ -11,7 +11,14 @@ from pipelines.loading import DEMO_MODEL_DIR
 from studio.services.characters import default_trigger
 from studio.storyboard_file import import_storyboard, load_storyboard
 from training.demo_example import CHARACTER, EXAMPLE, reference_images, reference_paths
-from training.world import ALL_CHARACTER_BY_NAME, LOCATION_BY_NAME, SHOT_SIZES, SIZE_PHRASES, reference_shots
+from training.world import (
+    ALL_CHARACTER_BY_NAME,
+    LOCATION_BY_NAME,
+    SHOT_SIZES,
+    SIZE_PHRASES,
+    reference_caption,
+    reference_shots,
+)
 
 KAI_TRIGGER = "<kai>"
 SIZE_BY_PHRASE = {SIZE_PHRASES[s]: s for s in SHOT_SIZES}
@@ -68,7 +75,8 @@ def test_kai_references_equal_a_fresh_render():
     assert [str(p.relative_to(EXAMPLE.parent)) for p in paths] == list(kai.references)
     # Each caption says what its still shows: the shot size it was rendered at, kai still, a static camera.
     shots = reference_shots(CHARACTER, len(kai.references))
-    wanted = [f"{SIZE_PHRASES[shot.shot_size]}, {KAI_TRIGGER} stays still, camera is static" for shot in shots]
+    wanted = [reference_caption(shot, KAI_TRIGGER) for shot in shots]  # what eval/evaluate_adapters.py trains on
+    assert wanted[0] == f"{SIZE_PHRASES[shots[0].shot_size]}, {KAI_TRIGGER} stays still, camera is static"
     assert list(kai.reference_captions) == wanted
     for path, image in zip(paths, reference_images(len(paths)), strict=True):
         stored = np.asarray(Image.open(path).convert("RGB"))
