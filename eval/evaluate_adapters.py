@@ -40,11 +40,12 @@ Trigger words on the demo tokenizer (a word-level vocabulary of the world; unkno
   produces it, and making it again would mean bypassing the adapter code, not measuring it.
 - Training captions: both trainers take one caption per reference, naming the character by the trigger (the LoRA
   reads it as its word `kai`, the embedding as its tokens `<kai> <kai_1>`). By default (`--lora-captions shot`,
-  `--embedding-captions shot`) each reference is captioned with what its still shows
-  (`training.world.reference_caption`: `close-up shot, <kai> stays still, camera is static`), the grammar the demo
+  `--embedding-captions shot`) each reference is captioned with the shot its still was taken from
+  (`training.world.reference_caption`: `close-up shot, <kai> moves left, camera is static`), the grammar the demo
   model was trained on and what the example storyboard's references say, so this is the studio's train_adapter job
-  on captioned references. `studio`: the trigger and the character's description (`kai`), what the job sends for a
-  reference without a caption, a two-token caption the model has never seen.
+  on captioned references. `still`: the same with every action `stays still`. `studio`: the trigger and the
+  character's description (`kai`), what the job sends for a reference without a caption, a two-token caption the
+  model has never seen.
 - Both trainers run the transformer as a stock Wan model on one-frame videos over the caption alone. For one
   still and no global caption that forward is exactly the multi-shot one (`multishot_attention` with a one-shot,
   one-latent-frame mmrope layout gives the same output to the last bit: every temporal rotation is at position 0),
@@ -59,7 +60,7 @@ import json
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,16 +69,13 @@ import torch
 from eval.evaluate_demo import DEMO_GUIDANCE, load_demo_pipeline, render_storyboard, vae_roundtrip
 from training.detector import ShotReading, read_shot
 from training.world import (
-    ACTION_PHRASES,
     ACTIONS,
-    CAMERA_PHRASES,
     CHARACTERS,
     LOCATIONS,
     NEW_CHARACTERS,
     REFERENCE_FRAME,
     REFERENCE_SEED,
     SHOT_SIZES,
-    SIZE_PHRASES,
     ShotLabels,
     global_caption,
     make_shot,
@@ -118,9 +116,7 @@ class EvalScene:
 
 def caption_with_trigger(labels: ShotLabels, trigger: str) -> str:
     """The world's shot caption with the new character's name replaced by its trigger (others unchanged)."""
-    name = trigger if labels.character == CHARACTER.name else labels.character
-    size, action = SIZE_PHRASES[labels.shot_size], ACTION_PHRASES[labels.action]
-    return f"{size}, {name} {action}, {CAMERA_PHRASES[labels.camera]}"
+    return reference_caption(labels, trigger if labels.character == CHARACTER.name else labels.character)
 
 
 def reference_shots(count: int) -> list[ShotLabels]:
@@ -202,7 +198,8 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
     # Each reference captioned with what its still shows, the trigger in the character's place (the trainers turn it
     # into the LoRA's caption word or the embedding's tokens), or None: the trigger and description (`studio`).
     mode = args.lora_captions if arm == "lora" else args.embedding_captions
-    captions = [reference_caption(s, TRIGGER) for s in ref_shots] if mode == "shot" else None
+    shots = {"shot": ref_shots, "still": [replace(s, action="stays") for s in ref_shots], "studio": []}[mode]
+    captions = [reference_caption(s, TRIGGER) for s in shots] or None
     start = time.time()
     if arm == "lora":
         config = LoraTrainingConfig.for_preset(
@@ -320,8 +317,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-steps", type=int, default=None, help="default: the demo preset's (adapters/common.py)")
     parser.add_argument("--lora-rank", type=int, default=None)
     parser.add_argument("--lora-lr", type=float, default=None)
-    parser.add_argument("--lora-captions", choices=("shot", "studio"), default="shot")
-    parser.add_argument("--embedding-captions", choices=("shot", "studio"), default="shot")
+    parser.add_argument("--lora-captions", choices=("shot", "still", "studio"), default="shot")
+    parser.add_argument("--embedding-captions", choices=("shot", "still", "studio"), default="shot")
     parser.add_argument("--embedding-steps", type=int, default=None)
     parser.add_argument("--embedding-lr", type=float, default=None)
     parser.add_argument("--embedding-vectors", type=int, default=None, help="tokens the trigger stands for")

@@ -73,10 +73,10 @@ def test_kai_references_equal_a_fresh_render():
     kai = next(c for c in _doc().characters if c.name == "Kai")
     paths = reference_paths(count=len(kai.references))
     assert [str(p.relative_to(EXAMPLE.parent)) for p in paths] == list(kai.references)
-    # Each caption says what its still shows: the shot size it was rendered at, kai still, a static camera.
+    # Each caption is the caption of the shot its still was taken from (size, action, camera).
     shots = reference_shots(CHARACTER, len(kai.references))
     wanted = [reference_caption(shot, KAI_TRIGGER) for shot in shots]  # what eval/evaluate_adapters.py trains on
-    assert wanted[0] == f"{SIZE_PHRASES[shots[0].shot_size]}, {KAI_TRIGGER} stays still, camera is static"
+    assert wanted[1] == f"{SIZE_PHRASES[shots[1].shot_size]}, {KAI_TRIGGER} moves left, camera is static"
     assert list(kai.reference_captions) == wanted
     for path, image in zip(paths, reference_images(len(paths)), strict=True):
         stored = np.asarray(Image.open(path).convert("RGB"))
