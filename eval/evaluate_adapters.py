@@ -70,6 +70,7 @@ from eval.evaluate_demo import DEMO_GUIDANCE, load_demo_pipeline, render_storybo
 from training.detector import ShotReading, read_shot
 from training.world import (
     ACTIONS,
+    CHARACTER_BY_NAME,
     CHARACTERS,
     LOCATIONS,
     NEW_CHARACTERS,
@@ -171,6 +172,7 @@ def score(scenes: list[EvalScene], readings: list[list[ShotReading]]) -> dict:
     """Appearance of the new character in its own shots, and its leak into the other character's shots."""
     own = [r[s.target] for s, r in zip(scenes, readings, strict=True)]
     others = [r[k] for s, r in zip(scenes, readings, strict=True) for k in range(len(s.shots)) if k != s.target]
+    other_labels = [s.shots[k] for s in scenes for k in range(len(s.shots)) if k != s.target]
     n = max(1, len(own))
     return {
         "appears": sum(is_character(r) for r in own) / n,
@@ -178,6 +180,12 @@ def score(scenes: list[EvalScene], readings: list[list[ShotReading]]) -> dict:
         "shape": sum(r.shape == CHARACTER.shape for r in own) / n,
         "coherent": sum(r.coherent for r in own) / n,
         "leak": sum(is_character(r) for r in others) / max(1, len(others)),
+        # The other character's shots as captioned (its colour AND shape): an adapter's weights act on every shot.
+        "others_kept": sum(
+            (r.colour, r.shape) == (CHARACTER_BY_NAME[lab.character].colour, CHARACTER_BY_NAME[lab.character].shape)
+            for r, lab in zip(others, other_labels, strict=True)
+        )
+        / max(1, len(others)),
         "shots": len(own),
         "other_shots": len(others),
         # What the detector saw in the new character's shots instead (diagnostics, most common first).
@@ -291,11 +299,11 @@ def evaluate(args) -> dict:
 
 
 def table(result: dict) -> str:
-    cols = ("appears", "colour", "shape", "coherent", "leak")
+    cols = ("appears", "colour", "shape", "coherent", "leak", "others_kept")
     lines = [
-        "| arm | appears (colour AND shape) | colour | shape | coherent | leak into other shots | shots | "
-        "train loss (fixed draws) before -> after | train s |",
-        "|---" * 9 + "|",
+        "| arm | appears (colour AND shape) | colour | shape | coherent | leak into other shots | other shots as "
+        "captioned | shots | train loss (fixed draws) before -> after | train s |",
+        "|---" * 10 + "|",
     ]
     for name, row in result["rows"].items():
         info = result["training"].get(name)

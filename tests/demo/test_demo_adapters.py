@@ -85,8 +85,14 @@ def test_held_out_scenes_read_back_exactly_from_real_frames():
     assert TRIGGER in scenes[1].global_caption(TRIGGER) and TRIGGER in scenes[1].captions(TRIGGER)[scenes[1].target]
     readings = [[read_shot(render_shot(s, num_frames=5)) for s in scene.shots] for scene in scenes]
     row = score(scenes, readings)
-    assert row["appears"] == row["colour"] == row["shape"] == row["coherent"] == 1.0
+    assert row["appears"] == row["colour"] == row["shape"] == row["coherent"] == row["others_kept"] == 1.0
     assert row["leak"] == 0.0
+    # Swapping the two shots of a two-shot scene: kai's shot read as the other character and the other as kai.
+    two = next(i for i, scene in enumerate(scenes) if len(scene.shots) == 2)
+    swapped = [list(r) for r in readings]
+    swapped[two].reverse()
+    row = score(scenes, swapped)
+    assert row["others_kept"] < 1.0 and row["leak"] > 0.0
 
 
 def test_training_world_never_draws_a_new_character():
@@ -129,7 +135,7 @@ def test_adapter_evaluation_runs_end_to_end(tmp_path):
     assert json.loads(out.read_text())["rows"].keys() == result["rows"].keys()
     assert {"baseline", "lora", "embedding"} <= set(result["rows"])
     for row in result["rows"].values():
-        for key in ("appears", "colour", "shape", "coherent", "leak"):
+        for key in ("appears", "colour", "shape", "coherent", "leak", "others_kept"):
             assert 0.0 <= row[key] <= 1.0
     assert result["rows"]["real frames (detector check)"]["appears"] == 1.0
     lora = result["training"]["lora"]
