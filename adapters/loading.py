@@ -39,8 +39,12 @@ class AdapterSpec:
     @property
     def adapter_name(self) -> str:
         """Unique per adapter version, so a retrained adapter never reuses a stale loaded copy."""
-        raw = f"{self.kind}_{self.adapter_id}_v{self.version}"
-        return re.sub(r"[^A-Za-z0-9_]", "_", raw)
+        return lora_adapter_name(self.kind, self.adapter_id, self.version)
+
+
+def lora_adapter_name(kind: str, adapter_id: int | str, version: int) -> str:
+    """The name an adapter is loaded under on the transformer (`AdapterSpec.adapter_name`)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{kind}_{adapter_id}_v{version}")
 
 
 @dataclass

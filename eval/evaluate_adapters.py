@@ -159,9 +159,15 @@ def held_out_scenes(count: int) -> list[EvalScene]:
     return scenes
 
 
-def render_scene(pipe, scene: EvalScene, substitute, steps: int, guidance: float) -> list[np.ndarray]:
+def render_scene(
+    pipe, scene: EvalScene, substitute, steps: int, guidance: float, loras: list[str] | None = None
+) -> list[np.ndarray]:
+    """One held-out scene; `loras` (loaded LoRA names) act on the new character's shot only, as the studio scopes
+    a character's LoRA to the shots that show the character (None: on the whole scene)."""
     captions = [substitute(c) for c in scene.captions(TRIGGER)]
-    return render_storyboard(pipe, captions, substitute(scene.global_caption(TRIGGER)), scene.seed, steps, guidance)
+    scope = {name: [scene.target] for name in loras} if loras else None
+    global_caption = substitute(scene.global_caption(TRIGGER))
+    return render_storyboard(pipe, captions, global_caption, scene.seed, steps, guidance, adapter_shots=scope)
 
 
 def is_character(reading: ShotReading) -> bool:
@@ -274,12 +280,15 @@ def evaluate(args) -> dict:
                 def substitute(caption: str) -> str:
                     return caption  # no adapter: the studio leaves "<kai>" as written (-> <unk>)
 
-            else:
+            loras = None
+            if arm != "baseline":
                 applied, training[arm] = train_arm(arm, pipe, references, ref_shots, args, Path(tmp))
                 substitute = applied.substitute
+                loras = applied.lora_names if args.lora_scope == "shots" else None
             start = time.time()
             readings = [
-                [read_shot(f) for f in render_scene(pipe, s, substitute, args.steps, args.guidance)] for s in scenes
+                [read_shot(f) for f in render_scene(pipe, s, substitute, args.steps, args.guidance, loras)]
+                for s in scenes
             ]
             timings[arm] = round((time.time() - start) / max(1, len(scenes)), 2)
             rows[arm] = score(scenes, readings)
@@ -325,6 +334,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-steps", type=int, default=None, help="default: the demo preset's (adapters/common.py)")
     parser.add_argument("--lora-rank", type=int, default=None)
     parser.add_argument("--lora-lr", type=float, default=None)
+    parser.add_argument(
+        "--lora-scope",
+        choices=("shots", "scene"),
+        default="shots",
+        help="the LoRA acts on the new character's shot only (the studio's way) or on the whole scene",
+    )
     parser.add_argument("--lora-captions", choices=("shot", "still", "studio"), default="shot")
     parser.add_argument("--embedding-captions", choices=("shot", "still", "studio"), default="shot")
     parser.add_argument("--embedding-steps", type=int, default=None)

@@ -60,6 +60,7 @@ def render_storyboard(
     cross: str = "mmrope",
     self_attn: str = "full",
     num_frames: int = 17,
+    adapter_shots: dict[str, list[int]] | None = None,
 ) -> list[np.ndarray]:
     """One scene of the demo world through `MultiShotPipeline` at 64x64 (captions unpadded, as trained): per shot,
     float frames `[F, 64, 64, 3]` in [0, 1], what `training.detector.read_shot` reads."""
@@ -77,6 +78,7 @@ def render_storyboard(
         generator=torch.Generator().manual_seed(seed),
         max_sequence_length=None,
         output_type="np",
+        adapter_shots=adapter_shots,
     )
     return out.shots
 

@@ -22,6 +22,7 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from diffusers.utils.torch_utils import get_module_execution_device, randn_tensor
 from diffusers.video_processor import VideoProcessor
 
+from .adapter_scope import lora_layers, scoped_loras
 from .attention import multishot_attention
 from .layout import ShotLayout
 from .registry import CROSS_ATTENTION_MODES, REGENERATE_MODES, SELF_ATTENTION_MODES, is_valid_frame_count
@@ -207,6 +208,17 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
     # ------------------------------------------------------------------ checks
 
+    def _check_adapter_shots(self, adapter_shots: dict[str, Sequence[int]] | None, num_shots: int) -> None:
+        for name, indices in (adapter_shots or {}).items():
+            if not lora_layers(self.transformer, name):
+                raise ValueError(
+                    f"adapter_shots names {name!r}, which is not a LoRA loaded on the transformer (or it was fused); "
+                    "load it with load_lora_weights(..., adapter_name=...) first"
+                )
+            bad = [k for k in indices if not isinstance(k, int) or not 0 <= k < num_shots]
+            if bad:
+                raise ValueError(f"adapter_shots[{name!r}] has {bad}; shot indices run from 0 to {num_shots - 1}")
+
     def check_inputs(
         self,
         shots,
@@ -350,6 +362,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        adapter_shots: dict[str, Sequence[int]] | None = None,
     ) -> MultiShotOutput:
         r"""Generate a scene (or regenerate some of its shots).
 
@@ -368,6 +381,8 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs) -> dict`, called after every step;
                 `callback_kwargs["latents"]` is the run's video latent (split it with `pipe.current_layout`).
                 Set `pipe._interrupt = True` to stop before the next step.
+            adapter_shots: loaded LoRA adapter name -> the shots (indices) it may change; its delta is masked out
+                of every other shot's tokens (`pipelines.adapter_scope`). None: every LoRA acts on the whole scene.
         """
         cross_attention = cross_attention or self.config.cross_attention
         self_attention = self_attention or self.config.self_attention
@@ -393,6 +408,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             regenerate_mode,
             output_type,
         )
+        self._check_adapter_shots(adapter_shots, len(shots))
         self._guidance_scale = guidance_scale
         self._interrupt = False
         self._current_timestep = None
@@ -465,6 +481,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
         with (
             multishot_attention(self.transformer, run_layout, cross_attention, self_attention) as state,
+            scoped_loras(self.transformer, adapter_shots or {}, lambda: state.layout),
             self.progress_bar(total=len(timesteps)) as progress_bar,
         ):
             for i, t in enumerate(timesteps):

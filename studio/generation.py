@@ -54,6 +54,8 @@ class ScenePlan:
     adapters: tuple = ()  # ((adapter_id, version), ...) loaded for the scene
     adapter_names: dict = field(default_factory=dict)  # adapter id -> "Character/kind v#"
     skipped: list = field(default_factory=list)  # shot ids left out, with why
+    # loaded LoRA name -> indices of the shots showing its character: the LoRA changes only those shots' tokens
+    lora_shots: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -179,8 +181,9 @@ def plan_scene(
             seeds.append(int(shot.seed) if shot.seed is not None else rng.randint(0, MAX_SEED))
 
     characters = _characters_of(services, project.id, shots)
-    adapters, adapter_names, with_adapter = [], {}, set()
+    adapters, adapter_names, with_adapter, lora_shots = [], {}, set(), {}
     if characters:
+        from adapters.loading import lora_adapter_name
         from studio.characters_jobs import scene_adapters
 
         for adapter in scene_adapters(services, project.id, list(characters)):
@@ -188,12 +191,25 @@ def plan_scene(
             adapters.append((adapter.id, adapter.version))
             adapter_names[adapter.id] = f"{character.name}/{adapter.kind} v{adapter.version}"
             with_adapter.add(character.id)
+            if adapter.kind in ("lora", "imported"):
+                name = lora_adapter_name(adapter.kind, adapter.id, adapter.version)
+                lora_shots[name] = [k for k, shot in enumerate(shots) if character.id in shot.character_ids]
     captions = []
     for shot in shots:
         shot_characters = [characters[c] for c in shot.character_ids if c in characters]
         captions.append(_caption_with_triggers(shot.caption, shot_characters, with_adapter))
     return ScenePlan(
-        project, scene, shots, targets, context, seeds, captions, tuple(sorted(adapters)), adapter_names, skipped
+        project,
+        scene,
+        shots,
+        targets,
+        context,
+        seeds,
+        captions,
+        tuple(sorted(adapters)),
+        adapter_names,
+        skipped,
+        lora_shots,
     )
 
 
@@ -356,6 +372,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         "self_attention": preset.self_attention,
         "gap": preset.gap,
         "max_sequence_length": preset.max_sequence_length,
+        "adapter_shots": plan.lora_shots,  # each character LoRA acted on these shots' tokens only
     }
     step_callback = _StepCallback(ctx, steps, ctx.settings.preview_every, preview_shot=plan.targets[0])
     call_kwargs = dict(
@@ -373,6 +390,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         output_type="np",
         callback_on_step_end=step_callback,
         callback_on_step_end_tensor_inputs=["latents"],
+        adapter_shots=plan.lora_shots or None,
     )
     if partial:
         call_kwargs.update(regenerate=list(plan.targets), context_latents=plan.context_latents, regenerate_mode=mode)

@@ -199,3 +199,28 @@ def test_embedding_adapter_through_the_job_and_runtime(sqlite_services):
     assert caption == "<mara> <mara_1> climbs"
     assert pipe.tokenizer.tokenize(caption) == ["<mara>", "<mara_1>", "climbs"]
     assert (latent(pipe, caption) - before).abs().max() > 1e-3
+
+
+def test_a_scene_plan_scopes_each_character_lora_to_the_shots_that_show_the_character(
+    sqlite_services, tiny_transformer
+):
+    from pipelines import MultiShotPipeline
+    from studio.generation import plan_scene
+
+    services = sqlite_services
+    project = tiny_project(services)
+    mara = services.characters.create(project.id, "Mara")
+    tom = services.characters.create(project.id, "Tom")
+    lora = import_adapter(services, mara.id, "m.safetensors", save(random_lora_state(tiny_transformer)), "maraw")
+    scene = services.storyboard.add_scene(project.id, caption="a lighthouse")
+    for caption, who in (
+        ("<mara> climbs", [mara.id]),
+        ("<tom> waits", [tom.id]),
+        ("<mara> and <tom>", [mara.id, tom.id]),
+    ):
+        services.storyboard.add_shot(scene.id, caption, characters=who)
+    plan = plan_scene(services, project, services.storyboard.get_scene(scene.id), None, seed=1)
+    assert plan.lora_shots == {f"imported_{lora.id}_v1": [0, 2]}  # not Tom's shot
+    # The name is the one the LoRA is loaded under, so the pipeline accepts the scope.
+    pipe = MultiShotPipeline(**build_tiny_components())
+    assert apply_adapters(pipe, plan.adapters, services).lora_names == list(plan.lora_shots)

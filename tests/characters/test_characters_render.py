@@ -49,6 +49,7 @@ def test_render_trains_missing_and_stale_adapters_first(sqlite_services, tmp_pat
         [shot] = services.storyboard.film_shots(project.id)
         take = services.takes.chosen_take(shot.id)
         assert [(a["id"], a["version"]) for a in take.params["adapters"]] == [(first.id, 1)]
+        assert take.params["adapter_shots"] == {f"lora_{first.id}_v1": [0]}  # Mara's LoRA scoped to her shot
         assert "<mara>" not in take.params["caption"] and "mara" in take.params["caption"]
         training_jobs = [j for j in services.jobs.list_jobs(project_id=project.id) if j.kind == "train_adapter"]
         assert len(training_jobs) == 1 and training_jobs[0].id == first.job_id
