@@ -392,15 +392,7 @@ def _parse_reference(
         return value.strip(), None
     if not isinstance(entry["caption"], str):
         raise reader.error("expected text (use '' for no caption)", entry, "caption", entry_path)
-    caption = reader.check(check.caption, entry, "caption", entry_path, entry["caption"], "reference caption", True)
-    if caption and trigger not in caption:
-        raise reader.error(
-            f"the reference caption must name {name} by the trigger {trigger}, "
-            f"e.g. 'close-up shot, {trigger} stays still, camera is static'",
-            entry,
-            "caption",
-            entry_path,
-        )
+    caption = reader.check(check.reference_caption, entry, "caption", entry_path, entry["caption"], name, trigger)
     return value.strip(), caption
 
 

@@ -140,7 +140,7 @@ class CharacterService:
         info = self.assets.validate_image(data, filename)
         with self.db.unit_of_work() as session:
             character = self._character(session, character_id)
-            caption = _check_reference_caption(caption, character)
+            caption = check.reference_caption(caption, character.name, character.trigger)
             asset = self.assets.add_bytes(session, data, "reference", info.mime, info.filename)
             duplicate = session.scalar(
                 select(models.ReferenceImage).where(
@@ -169,7 +169,7 @@ class CharacterService:
         """Replace what the reference's caption says ("" clears it: training then uses trigger and description)."""
         with self.db.unit_of_work() as session:
             reference = self._reference(session, reference_id)
-            text = _check_reference_caption(caption, reference.character)
+            text = check.reference_caption(caption, reference.character.name, reference.character.trigger)
             if reference.caption != text:
                 reference.caption = text
                 session.flush()
@@ -380,15 +380,3 @@ def _json(value, what: str) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise ValidationError(f"{what} must be JSON data: {error}") from None
-
-
-def _check_reference_caption(caption: object, character: models.Character) -> str:
-    """A reference caption is optional; when given it names the character by its trigger, the way storyboard
-    captions do, so an adapter learns the character in that place."""
-    text = check.caption(caption if caption is not None else "", "reference caption", allow_empty=True)
-    if text and character.trigger not in text:
-        raise ValidationError(
-            f"the reference caption must name {character.name} by the trigger {character.trigger}, "
-            f"e.g. 'close-up shot, {character.trigger} stays still'"
-        )
-    return text

@@ -32,6 +32,18 @@ def caption(value: object, what: str = "caption", allow_empty: bool = False) -> 
     return text
 
 
+def reference_caption(value: object, character: str, trigger: str) -> str:
+    """A reference picture's caption: optional, and when given it names the character by its trigger, the way
+    storyboard captions do, so an adapter learns the character in that place."""
+    text = caption(value if value is not None else "", "reference caption", allow_empty=True)
+    if text and trigger not in text:
+        raise ValidationError(
+            f"the reference caption must name {character} by the trigger {trigger}, "
+            f"e.g. 'close-up shot, {trigger} stays still, camera is static'"
+        )
+    return text
+
+
 def name(value: object, what: str, limit: int = MAX_NAME_CHARS) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"the {what} is empty; give it a name")
