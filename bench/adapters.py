@@ -124,6 +124,38 @@ def swap_rows() -> list[str]:
     return rows
 
 
+def scope_rows(repeats: int = 3) -> list[str]:
+    """A 3-shot scene on `small` (4 steps, CFG) with no LoRA, one LoRA on the whole scene, the same LoRA scoped to
+    one shot (`adapter_shots`, per-token masks on every LoRA layer): CPU time per denoising step, best of `repeats`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "adapters"))
+    from adapter_helpers import random_lora_state
+
+    components = build_tiny_components(SMALL)
+    pipe = MultiShotPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    shots = [ShotSpec(c, 9) for c in ("mara climbs the stairs", "tom waits by the door", "the sea at night")]
+
+    def step_ms(**kwargs) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.process_time()
+            pipe(shots=shots, height=64, width=64, num_inference_steps=4, output_type="latent", **kwargs)
+            best = min(best, (time.process_time() - started) / 4 * 1000)
+        return best
+
+    rows = [("no LoRA", step_ms())]
+    with tempfile.TemporaryDirectory() as folder:
+        from safetensors.torch import save_file
+
+        path = Path(folder) / "mara.safetensors"
+        save_file(random_lora_state(components["transformer"], rank=8, seed=0), str(path))
+        apply_adapters(pipe, [AdapterSpec(0, "lora", path, "<mara>")])
+        name = AdapterSpec(0, "lora", path, "<mara>").adapter_name
+        rows.append(("1 LoRA on the whole scene", step_ms()))
+        rows.append(("1 LoRA scoped to shot 1 (`adapter_shots`)", step_ms(adapter_shots={name: [0]})))
+    return [f"| {label} | {ms:.1f} |" for label, ms in rows]
+
+
 def import_rows() -> list[str]:
     wan_1_3b = dict(
         patch_size=(1, 2, 2),
@@ -192,6 +224,9 @@ def main() -> None:
         print(row)
     print("\n| adapter swap on `small` (rank-8 LoRAs) | ms |\n|---|---:|")
     for row in swap_rows():
+        print(row)
+    print("\n| 3-shot scene on `small`, 9 frames a shot, 64x64, CFG | ms per step |\n|---|---:|")
+    for row in scope_rows():
         print(row)
     print("\n| import check against | Linear layers | meta model ms | LoRA rank | LoRA MB (bf16) | shape check ms |")
     print("|---|---:|---:|---:|---:|---:|")
