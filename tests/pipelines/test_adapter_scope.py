@@ -65,6 +65,24 @@ def test_a_scoped_lora_changes_its_shots_and_leaves_the_others_exactly_as_withou
         _run(pipe, adapter_shots={"mara": [3]})
 
 
+@pytest.mark.gpu
+def test_scope_holds_in_bf16_on_cuda():
+    """The mask is applied in the LoRA output's own dtype and device: bf16 on CUDA, as the studio runs real presets."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    components = build_tiny_components()
+    components["transformer"].to("cuda", torch.bfloat16)
+    components["text_encoder"].to("cuda")
+    components["vae"].to("cuda")
+    pipe = MultiShotPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    base = _run(pipe, self_attention="isolated")
+    pipe.load_lora_weights(_random_lora(pipe), adapter_name="mara")
+    pipe.transformer.to("cuda", torch.bfloat16)
+    scoped = _run(pipe, adapter_shots={"mara": [0, 1]}, self_attention="isolated")
+    assert torch.equal(scoped[2], base[2]) and (scoped[0] - base[0]).abs().max() > 1e-3
+
+
 def test_token_masks_follow_the_layout():
     layout = ShotLayout.build([2, 1], 2, 2, caption_lengths=[3, 2], global_length=4)
     video = token_mask(layout, frozenset({1}), layout.num_video_tokens)
