@@ -385,10 +385,9 @@ def captions_per_view(captions: Sequence[str], pictures: int, variants: int, ada
 
 
 def training_captions(trigger: str, description: str = "", count: int = 1) -> list[str]:
-    """Captions for the reference views: the trigger leads, the description (if any) follows, as a storyboard
-    caption would after trigger substitution."""
-    subject = trigger_text(trigger)
-    base = f"{subject}, {description.strip()}" if description.strip() else subject
+    """The caption of a reference without one of its own: the trigger (as captions write it, `<mara>`: each trainer
+    turns it into what it reads) and the description, if any."""
+    base = f"{trigger}, {description.strip()}" if description.strip() else trigger
     return [base] * count
 
 

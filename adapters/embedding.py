@@ -33,6 +33,7 @@ from adapters.common import (
     run_training_steps,
     scheduler_shift,
     still_frames_check,
+    training_captions,
     transformer_forward,
 )
 
@@ -171,7 +172,7 @@ def train_embedding(
         if missing:
             raise ValueError(f"caption(s) {missing} do not name the character: write its trigger {trigger} in each")
     else:
-        captions = [f"{trigger}, {description.strip()}" if description.strip() else trigger]
+        captions = training_captions(trigger, description)
     subject = token_sequence(trigger, config.num_vectors)
     per_view = captions_per_view(captions, len(pictures), config.augment_variants, "embedding")
     view_captions = [caption.replace(trigger, subject) for caption in per_view]

@@ -266,9 +266,7 @@ def train_lora(
     add_trigger_words(components["tokenizer"], components["text_encoder"], word_text)
     words_added = added_trigger_words(components["tokenizer"], word_text)
     # Captions name the character by its trigger, as storyboard captions do; the LoRA sees what they become.
-    captions = (
-        [c.replace(trigger, word_text) for c in captions] if captions else training_captions(trigger, description)
-    )
+    captions = [c.replace(trigger, word_text) for c in (captions or training_captions(trigger, description))]
     samples = prepare_samples(components, images, captions, config)
 
     device = next(transformer.parameters()).device

@@ -68,7 +68,9 @@ def reference_captions(references, trigger: str, description: str) -> list[str] 
     the description. None when no reference has a caption (the trainers' default, the same words)."""
     if not any(r.caption for r in references):
         return None
-    fallback = f"{trigger}, {description.strip()}" if description.strip() else trigger
+    from adapters.common import training_captions
+
+    fallback = training_captions(trigger, description)[0]
     return [r.caption or fallback for r in references]
 
 
