@@ -209,8 +209,9 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
     path = workdir / f"{arm}.safetensors"
     if arm not in ARMS or arm == "baseline":
         raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(a for a in ARMS if a != 'baseline')}")
-    # Each reference captioned with what its still shows, the trigger in the character's place (the trainers turn it
-    # into the LoRA's caption word or the embedding's tokens), or None: the trigger and description (`studio`).
+    # Each reference captioned with the shot its still comes from (`still`: every action "stays still"), the trigger
+    # in the character's place (the trainers turn it into the LoRA's word or the embedding's tokens), or None: the
+    # trigger and description (`studio`).
     mode = args.lora_captions if arm == "lora" else args.embedding_captions
     shots = {"shot": ref_shots, "still": [replace(s, action="stays") for s in ref_shots], "studio": []}[mode]
     captions = [reference_caption(s, TRIGGER) for s in shots] or None

@@ -1104,9 +1104,8 @@ def _picked_reference(services: Any, character_id: Any, reference_id: Any) -> An
         raise gr.Error("Open a character first.", print_exception=False)
     if reference_id is None or reference_id == "":
         raise gr.Error("Pick the reference to caption first.", print_exception=False)
-    references = services.characters.list_references(int(character_id))
-    picked = next((r for r in references if r.id == int(reference_id)), None)
-    if picked is None:
+    picked = services.characters.get_reference(int(reference_id))  # gone: NotFoundError, shown by `guarded`
+    if picked.character_id != int(character_id):
         raise gr.Error("That reference is no longer this character's; reload the page.", print_exception=False)
     return picked
 

@@ -188,10 +188,9 @@ def references_html(references: list[Any]) -> str:
         else:
             state = '<div class="sl-small">face found</div>'
         label = "face crop" if ref.crop_asset_id else "reference"
-        caption = getattr(ref, "caption", "") or ""
         caption_html = (
-            f'<div class="sl-caption">{esc(caption)}</div>'
-            if caption
+            f'<div class="sl-caption">{esc(ref.caption)}</div>'
+            if ref.caption
             else '<div class="sl-small">no caption: trained on the trigger and description</div>'
         )
         items.append(

@@ -13,9 +13,15 @@ HOSTILE = "<img src=x onerror=alert(1)> ${document.title} {{value}}"
 def test_references_show_crop_or_the_flag_reason():
     now = datetime(2026, 1, 1)
     refs = [
-        SimpleNamespace(id=1, asset_id=10, crop_asset_id=11, flags=(), analyzed_at=now, original_name=HOSTILE),
-        SimpleNamespace(id=2, asset_id=20, crop_asset_id=None, flags=("no_face",), analyzed_at=now, original_name="b"),
-        SimpleNamespace(id=3, asset_id=30, crop_asset_id=None, flags=(), analyzed_at=None, original_name="c"),
+        SimpleNamespace(
+            id=1, asset_id=10, crop_asset_id=11, flags=(), analyzed_at=now, original_name=HOSTILE, caption=""
+        ),
+        SimpleNamespace(
+            id=2, asset_id=20, crop_asset_id=None, flags=("no_face",), analyzed_at=now, original_name="b", caption=""
+        ),
+        SimpleNamespace(
+            id=3, asset_id=30, crop_asset_id=None, flags=(), analyzed_at=None, original_name="c", caption=""
+        ),
     ]
     html = references_html(refs)
     assert 'src="/studio/asset/11"' in html and 'src="/studio/asset/20"' in html
