@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.evaluate_demo import DEMO_GUIDANCE, load_demo_pipeline, render_storyboard, vae_roundtrip
+from eval.evaluate_demo import DEMO_GUIDANCE, DEMO_STEPS, load_demo_pipeline, render_storyboard, vae_roundtrip
 from training.detector import ShotReading, read_shot
 from training.world import (
     ACTIONS,
@@ -330,7 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--references", type=int, default=6, help="reference frames, 4 to 8")
     parser.add_argument("--shots", type=int, default=24, help="held-out scenes (one shot of the new character each)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
-    parser.add_argument("--steps", type=int, default=20, help="inference steps")
+    parser.add_argument("--steps", type=int, default=DEMO_STEPS, help="inference steps (default: the demo preset's)")
     parser.add_argument("--guidance", type=float, default=DEMO_GUIDANCE, help="default: the demo preset's")
     parser.add_argument("--lora-steps", type=int, default=None, help="default: the demo preset's (adapters/common.py)")
     parser.add_argument("--lora-rank", type=int, default=None)

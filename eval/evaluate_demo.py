@@ -30,7 +30,8 @@ from training.detector import ShotReading, consistent, read_shot
 from training.train_vae import frames_to_pixels
 from training.world import CHARACTER_BY_NAME, Scene, sample_scene
 
-DEMO_GUIDANCE = get_preset("demo").guidance_scale  # what the studio runs the demo model at
+DEMO = get_preset("demo")  # the studio runs the demo model at its steps and guidance; so do the evaluations
+DEMO_STEPS, DEMO_GUIDANCE = DEMO.num_inference_steps, DEMO.guidance_scale
 ATTRIBUTES = ("location", "colour", "shape", "shot_size", "action")
 HELD_OUT_SEED = 10**6
 
@@ -55,7 +56,7 @@ def render_storyboard(
     captions: list[str],
     global_caption: str,
     seed: int,
-    steps: int = 20,
+    steps: int = DEMO_STEPS,
     guidance: float = DEMO_GUIDANCE,
     cross: str = "mmrope",
     self_attn: str = "full",
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=Path("assets/demo"))
     parser.add_argument("--scenes", type=int, default=40, help="held-out scenes for the default configuration")
     parser.add_argument("--compare-scenes", type=int, default=16, help="scenes for each attention-mode comparison")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=DEMO_STEPS, help="default: the demo preset's")
     parser.add_argument("--guidance", type=float, default=DEMO_GUIDANCE, help="default: the demo preset's")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
@@ -149,7 +150,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     pipe = load_demo_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
     scenes = held_out_scenes(max(args.scenes, args.compare_scenes))
     rows: dict[str, dict[str, float]] = {}
     rows["real frames (detector check)"] = score(scenes, [[read_shot(f) for f in s.frames] for s in scenes])
