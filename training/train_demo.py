@@ -87,11 +87,14 @@ def build_text_encoder(seed: int = 0, path: Path | None = None):
     return UMT5EncoderModel(UMT5Config(**TEXT_CONFIG)).eval().requires_grad_(False)
 
 
-def transformer_config(patch: int = 2, heads: int | None = None) -> dict:
-    """TRANSFORMER_CONFIG with another spatial patch (4 on a 4x VAE keeps 80 tokens a shot) or head count."""
+def transformer_config(patch: int = 2, heads: int | None = None, ffn_dim: int | None = None) -> dict:
+    """TRANSFORMER_CONFIG with another spatial patch (4 on a 4x VAE keeps 80 tokens a shot), head count or
+    feed-forward width (8 heads with the default 768 would put the shipped weights just over 40 MB)."""
     config = dict(TRANSFORMER_CONFIG, patch_size=(1, patch, patch))
     if heads is not None:
         config["num_attention_heads"] = heads
+    if ffn_dim is not None:
+        config["ffn_dim"] = ffn_dim
     return config
 
 
@@ -291,7 +294,7 @@ def cmd_train(args) -> int:
     resumed = (
         torch.load(run / "last.pt", weights_only=False, map_location=device) if (run / "last.pt").exists() else None
     )
-    config = resumed["config"] if resumed is not None else transformer_config(args.patch, args.heads)
+    config = resumed["config"] if resumed is not None else transformer_config(args.patch, args.heads, args.ffn_dim)
     n_lat = data.latents.shape[2]
     grid = data.latents.shape[3] // config["patch_size"][1]
     tokens_per_shot = n_lat * grid * grid
@@ -489,6 +492,7 @@ def main(argv: list[str] | None = None):
     train.add_argument("--init", type=Path, default=None, help="start from an exported model folder")
     train.add_argument("--patch", type=int, default=2, help="spatial patch of a new transformer (4 on a 4x VAE)")
     train.add_argument("--heads", type=int, default=None, help="attention heads of a new transformer (32 wide each)")
+    train.add_argument("--ffn-dim", type=int, default=None, help="feed-forward width of a new transformer (768)")
     export = sub.choices["export"]
     export.add_argument("--dest", type=Path, default=Path("assets/demo"))
     export.add_argument(

@@ -73,13 +73,19 @@ def train_autoencoder(
     decoder_only: bool,
     seed: int,
     save_to: Path,
+    resume: dict | None = None,
 ) -> int:
     """Train on random whole shots of `pool` (uint8, on the training device) for `seconds`; save a `train_vae`
-    checkpoint to `save_to` (atomically, every few hundred steps and at the end). Returns the steps taken."""
+    checkpoint to `save_to` (atomically, every few hundred steps and at the end). `resume`: a checkpoint of the same
+    kind to go on from (optimizer state and step count). Returns the step reached."""
     params = trainable_parameters(vae, decoder_only)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    step, losses, start = 0, [], time.time()
+    step = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        step = resume["step"]
+    gen = torch.Generator().manual_seed(seed + step)  # a resumed run draws other shots than its first part
+    first, losses, start = step, [], time.time()
 
     vae.train()
     while time.time() - start < seconds:
@@ -92,7 +98,7 @@ def train_autoencoder(
         step += 1
         losses.append(l1)
         if step % 50 == 0:
-            rate = (time.time() - start) / step
+            rate = (time.time() - start) / (step - first)
             kind = "decoder" if decoder_only else "vae"
             print(f"{kind} step {step} l1 {np.mean(losses[-50:]):.4f} {rate:.3f}s/step", flush=True)
         if step % 500 == 0:
@@ -113,17 +119,18 @@ def encode_pool(vae, pool: torch.Tensor, batch: int = 64) -> list[torch.Tensor]:
 
 
 def cmd_decoder(args) -> None:
-    """Second process of stage 4: sharpen the decoder of `vae_joint.pt` on the pool while the transformer trains."""
+    """Second process of stage 4: sharpen the decoder of `vae_joint.pt` on the pool while the transformer trains
+    (`--resume`: go on from `vae_decoder.pt`, the `continue` stage)."""
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     pool = torch.from_numpy(np.load(args.out / "pool.npy")).to(device)
-    joint = torch.load(args.out / "vae_joint.pt", weights_only=False)
-    vae = build_vae(args.seed, joint["config"])
-    vae.load_state_dict(joint["vae"])
+    start = torch.load(args.out / ("vae_decoder.pt" if args.resume else "vae_joint.pt"), weights_only=False)
+    vae = build_vae(args.seed, start["config"])
+    vae.load_state_dict(start["vae"])
     vae.to(device)
     steps = train_autoencoder(
         vae,
-        joint["config"],
+        start["config"],
         pool,
         args.seconds,
         args.vae_batch,
@@ -131,8 +138,62 @@ def cmd_decoder(args) -> None:
         True,
         args.seed + 1,
         args.out / "vae_decoder.pt",
+        resume=start if args.resume else None,
     )
-    print(f"decoder: {steps} steps", flush=True)
+    print(f"decoder: step {steps}", flush=True)
+
+
+def train_side_by_side_and_export(args, seconds: float, report: dict, resume: bool, t0: float) -> None:
+    """Stages 4 and 5: the transformer (resuming `run/last.pt` when there is one) and, in a second process, the
+    decoder, for `seconds`; then export `<out>/demo` and write `<out>/report.json` (`total_s`: what earlier calls
+    recorded plus the time since `t0`)."""
+    earlier_s = report.get("total_s", 0.0)
+    out, run = args.out, args.out / "run"
+    decoder_cmd = [sys.executable, "-m", "training.train_gpu", "decoder", "--out", str(out), "--device", args.device]
+    decoder_cmd += ["--seconds", str(seconds), "--seed", str(args.seed), "--vae-batch", str(args.vae_batch)]
+    decoder = subprocess.Popen(decoder_cmd + ["--lr", str(args.lr)] + (["--resume"] if resume else []))
+    t = time.time()
+    train_args = ["train", "--run", str(run), "--device", args.device, "--minutes", str(seconds / 60)]
+    train_args += ["--tokens", str(args.tokens), "--lr", str(args.transformer_lr), "--warmup", "300"]
+    train_args += ["--save-every", "1000", "--seed", str(args.seed), "--ema", str(args.ema)]
+    train_args += ["--patch", str(args.patch)]
+    if args.heads is not None:
+        train_args += ["--heads", str(args.heads)]
+    if args.ffn_dim is not None:
+        train_args += ["--ffn-dim", str(args.ffn_dim)]
+    if args.text_encoder is not None:
+        train_args += ["--text-encoder", str(args.text_encoder)]
+    report["transformer_steps"] = train_demo.main(train_args)
+    report["transformer_s"] = round(report.get("transformer_s", 0.0) + time.time() - t, 1)
+    if decoder.wait() != 0:
+        raise RuntimeError(f"the decoder process failed with exit code {decoder.returncode}")
+    report["decoder_steps"] = torch.load(out / "vae_decoder.pt", weights_only=False)["step"]
+
+    # 5. export
+    train_demo.export_demo(
+        run, out / "demo", seed=args.seed, vae_checkpoint=out / "vae_decoder.pt", text_encoder=args.text_encoder
+    )
+    if torch.cuda.is_available() and args.device.startswith("cuda"):
+        report["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    report["total_s"] = round(earlier_s + time.time() - t0, 1)
+    info_path = out / "demo" / "training.json"
+    info = json.loads(info_path.read_text()) | {"gpu_session": report}
+    info["command"] = "python -m training.train_gpu (see docs/QUALITY.md)"
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    if not args.keep_pool:
+        (out / "pool.npy").unlink()
+    print(json.dumps(report), flush=True)
+
+
+def cmd_continue(args) -> None:
+    """More of stages 4 and 5 on a finished `all` run kept with `--keep-pool` (a second call on the same warm
+    machine): the transformer and the decoder go on from their checkpoints, then the export is redone."""
+    if not (args.out / "pool.npy").exists():
+        raise SystemExit(f"{args.out / 'pool.npy'} is missing: run `all` with --keep-pool first")
+    report = json.loads((args.out / "report.json").read_text())
+    report["continue_s"] = report.get("continue_s", 0.0) + args.seconds
+    train_side_by_side_and_export(args, args.seconds, report, resume=True, t0=time.time())
 
 
 def cmd_all(args) -> None:
@@ -182,63 +243,31 @@ def cmd_all(args) -> None:
         torch.cuda.empty_cache()
     report["encode_s"] = round(time.time() - t, 1)
 
-    # 4. transformer and decoder side by side, for what is left of the budget (the export needs a few seconds)
+    # 4. and 5. transformer and decoder side by side, for what is left of the budget, then the export
     left = args.budget_seconds - (time.time() - t0) - args.reserve_seconds
-    train_seconds = max(10.0, min(args.transformer_seconds, left))
-    decoder = subprocess.Popen(
-        [sys.executable, "-m", "training.train_gpu", "decoder", "--out", str(out), "--device", args.device]
-        + ["--seconds", str(train_seconds), "--seed", str(args.seed), "--vae-batch", str(args.vae_batch)]
-        + ["--lr", str(args.lr)],
-    )
-    t = time.time()
-    train_args = ["train", "--run", str(run), "--device", args.device, "--minutes", str(train_seconds / 60)]
-    train_args += ["--tokens", str(args.tokens), "--lr", str(args.transformer_lr), "--warmup", "300"]
-    train_args += [
-        "--save-every",
-        "1000",
-        "--seed",
-        str(args.seed),
-        "--ema",
-        str(args.ema),
-        "--patch",
-        str(args.patch),
-    ]
-    if args.heads is not None:
-        train_args += ["--heads", str(args.heads)]
-    if args.text_encoder is not None:
-        train_args += ["--text-encoder", str(args.text_encoder)]
-    report["transformer_steps"] = train_demo.main(train_args)
-    report["transformer_s"] = round(time.time() - t, 1)
-    if decoder.wait() != 0:
-        raise RuntimeError(f"the decoder process failed with exit code {decoder.returncode}")
-    report["decoder_steps"] = torch.load(out / "vae_decoder.pt", weights_only=False)["step"]
-
-    # 5. export
-    train_demo.export_demo(
-        run, out / "demo", seed=args.seed, vae_checkpoint=out / "vae_decoder.pt", text_encoder=args.text_encoder
-    )
-    info_path = out / "demo" / "training.json"
-    info = json.loads(info_path.read_text()) | {"gpu_session": report}
-    info["command"] = "python -m training.train_gpu (see docs/QUALITY.md)"
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
-    if device.type == "cuda":
-        report["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    report["total_s"] = round(time.time() - t0, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "pool.npy").unlink()
-    print(json.dumps(report), flush=True)
+    train_side_by_side_and_export(args, max(10.0, min(args.transformer_seconds, left)), report, False, t0)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("all", "decoder"):
+    for name in ("all", "continue", "decoder"):
         p = sub.add_parser(name)
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--device", default="cuda")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--vae-batch", type=int, default=16, help="whole 17-frame shots per autoencoder step")
         p.add_argument("--lr", type=float, default=1e-3, help="autoencoder learning rate (the decoder: half)")
+    for name in ("all", "continue"):
+        p = sub.choices[name]
+        p.add_argument("--tokens", type=int, default=16000, help="video tokens per transformer step")
+        p.add_argument("--transformer-lr", type=float, default=1e-3)
+        p.add_argument("--ema", type=float, default=0.999)
+        p.add_argument("--patch", type=int, default=2, help="transformer spatial patch (4 with --vae-compression 4)")
+        p.add_argument("--heads", type=int, default=None, help="transformer heads, 32 wide each (default 6)")
+        p.add_argument("--ffn-dim", type=int, default=None, help="transformer feed-forward width (default 768)")
+        p.add_argument("--text-encoder", type=Path, default=None, help="a saved text_encoder/ folder to train with")
+        p.add_argument("--keep-pool", action="store_true", help="keep <out>/pool.npy for a later `continue`")
     full = sub.choices["all"]
     full.add_argument("--budget-seconds", type=float, default=500.0, help="wall clock for the whole command")
     full.add_argument("--reserve-seconds", type=float, default=30.0, help="kept back for the export")
@@ -246,16 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     full.add_argument("--workers", type=int, default=0, help="render processes (0: one per CPU core)")
     full.add_argument("--vae-seconds", type=float, default=150.0)
     full.add_argument("--transformer-seconds", type=float, default=10**6, help="at most this (else: what is left)")
-    full.add_argument("--tokens", type=int, default=16000, help="video tokens per transformer step")
-    full.add_argument("--transformer-lr", type=float, default=1e-3)
-    full.add_argument("--ema", type=float, default=0.999)
     full.add_argument("--vae-compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor")
-    full.add_argument("--patch", type=int, default=2, help="transformer spatial patch (4 with --vae-compression 4)")
-    full.add_argument("--heads", type=int, default=None, help="transformer heads, 32 wide each (default 6)")
-    full.add_argument("--text-encoder", type=Path, default=None, help="a saved text_encoder/ folder to train with")
+    sub.choices["continue"].add_argument("--seconds", type=float, required=True, help="transformer and decoder")
     sub.choices["decoder"].add_argument("--seconds", type=float, required=True)
+    sub.choices["decoder"].add_argument("--resume", action="store_true", help="go on from <out>/vae_decoder.pt")
     args = parser.parse_args(argv)
-    {"all": cmd_all, "decoder": cmd_decoder}[args.command](args)
+    {"all": cmd_all, "continue": cmd_continue, "decoder": cmd_decoder}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def test_4x_vae_gives_16x16_latents_and_keeps_the_resolution_multiple_with_patch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [[], ["--vae-compression", "4", "--patch", "4"]], ids=["8x", "4x"])
+@pytest.mark.parametrize(
+    "layout", [[], ["--vae-compression", "4", "--patch", "4", "--heads", "8", "--ffn-dim", "640"]], ids=["8x", "4x"]
+)
 def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
@@ -71,9 +73,21 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
         ["all", "--out", str(out), "--device", "cpu", "--shots", "24", "--workers", "1", "--budget-seconds", "40"]
         + ["--vae-seconds", "4", "--vae-batch", "1", "--tokens", "320", "--text-encoder", "assets/demo/text_encoder"]
         + layout
+        + ["--keep-pool"] * bool(layout)
     )
     report = json.loads((out / "report.json").read_text())
     assert report["vae_steps"] >= 1 and report["transformer_steps"] >= 1 and report["decoder_steps"] >= 1
+    if layout:  # a second call on the warm machine goes on from both checkpoints and exports again
+        assert (out / "pool.npy").exists()
+        main(["continue", "--out", str(out), "--device", "cpu", "--seconds", "8", "--vae-batch", "1", "--keep-pool"])
+        main(["continue", "--out", str(out), "--device", "cpu", "--seconds", "1", "--vae-batch", "1"])
+        again = json.loads((out / "report.json").read_text())
+        assert again["transformer_steps"] > report["transformer_steps"]
+        assert again["decoder_steps"] > report["decoder_steps"]
+        assert again["total_s"] > report["total_s"] and again["continue_s"] == 9
+        assert json.loads((out / "demo" / "training.json").read_text())["trained_steps"] == again["transformer_steps"]
+        with pytest.raises(SystemExit, match="--keep-pool"):  # the last call took the pool away
+            main(["continue", "--out", str(out), "--device", "cpu", "--seconds", "1"])
     assert not (out / "pool.npy").exists()  # the rendered pool is scratch, not output
     transformer = WanTransformer3DModel.from_pretrained(out / "demo" / "transformer", local_files_only=True)
     vae = AutoencoderKLWan.from_pretrained(out / "demo" / "vae", local_files_only=True)
@@ -86,6 +100,7 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
     compression = 4 if layout else 8
     assert vae.config.scale_factor_spatial == compression
     assert tuple(transformer.config.patch_size) == (1, 16 // compression, 16 // compression)
+    assert transformer.config.ffn_dim == (640 if layout else 768)
     assert json.loads((out / "demo" / "training.json").read_text())["gpu_session"]["shots"] == 24
 
 
