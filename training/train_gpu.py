@@ -74,6 +74,7 @@ def train_autoencoder(
     seed: int,
     save_to: Path,
     resume: dict | None = None,
+    balance: bool = False,
 ) -> int:
     """Train on random whole shots of `pool` (uint8, on the training device) for `seconds`; save a `train_vae`
     checkpoint to `save_to` (atomically, every few hundred steps and at the end). `resume`: a checkpoint of the same
@@ -92,9 +93,8 @@ def train_autoencoder(
         index = torch.randint(len(pool), (batch,), generator=gen).to(pool.device)
         for group in optimizer.param_groups:
             group["lr"] = lr * late_lr_scale(time.time() - start, seconds)
-        _, l1 = autoencoder_step(
-            vae, frames_to_pixels(pool[index]), optimizer, params, 0.0 if decoder_only else 1e-6, gen
-        )
+        x = frames_to_pixels(pool[index])
+        _, l1 = autoencoder_step(vae, x, optimizer, params, 0.0 if decoder_only else 1e-6, gen, balance=balance)
         step += 1
         losses.append(l1)
         if step % 50 == 0:
@@ -139,6 +139,7 @@ def cmd_decoder(args) -> None:
         args.seed + 1,
         args.out / "vae_decoder.pt",
         resume=start if args.resume else None,
+        balance=args.balance_figures,
     )
     print(f"decoder: step {steps}", flush=True)
 
@@ -151,7 +152,8 @@ def train_side_by_side_and_export(args, seconds: float, report: dict, resume: bo
     out, run = args.out, args.out / "run"
     decoder_cmd = [sys.executable, "-m", "training.train_gpu", "decoder", "--out", str(out), "--device", args.device]
     decoder_cmd += ["--seconds", str(seconds), "--seed", str(args.seed), "--vae-batch", str(args.vae_batch)]
-    decoder = subprocess.Popen(decoder_cmd + ["--lr", str(args.lr)] + (["--resume"] if resume else []))
+    decoder_cmd += ["--lr", str(args.lr)] + ["--resume"] * resume + ["--balance-figures"] * args.balance_figures
+    decoder = subprocess.Popen(decoder_cmd)
     t = time.time()
     train_args = ["train", "--run", str(run), "--device", args.device, "--minutes", str(seconds / 60)]
     train_args += ["--tokens", str(args.tokens), "--lr", str(args.transformer_lr), "--warmup", "300"]
@@ -228,6 +230,7 @@ def cmd_all(args) -> None:
         False,
         args.seed,
         out / "vae_joint.pt",
+        balance=args.balance_figures,
     )
     report["vae_s"] = round(time.time() - t, 1)
 
@@ -258,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--vae-batch", type=int, default=16, help="whole 17-frame shots per autoencoder step")
         p.add_argument("--lr", type=float, default=1e-3, help="autoencoder learning rate (the decoder: half)")
+        p.add_argument("--balance-figures", action="store_true", help="autoencoder: small figures weigh as large")
     for name in ("all", "continue"):
         p = sub.choices[name]
         p.add_argument("--tokens", type=int, default=16000, help="video tokens per transformer step")

@@ -89,6 +89,10 @@ def late_lr_scale(elapsed: float, budget: float) -> float:
 # Figure pixels are a few percent of a wide shot: without extra weight the autoencoder learns the background and
 # blurs the figures away, which is what the detector (and the film-maker) reads.
 FIGURE_WEIGHT = 5.0
+# With --balance-figures: the figure share of a close-up shot (wide 2.6%, medium 8.3%, measured on 300 shots), and
+# the most a small figure's weight is raised (a crop holding a sliver of a figure).
+CLOSE_UP_AREA = 0.20
+BALANCE_CAP = 8.0
 
 
 def figure_mask(x: torch.Tensor) -> torch.Tensor:
@@ -99,15 +103,27 @@ def figure_mask(x: torch.Tensor) -> torch.Tensor:
     return (dist.amin(dim=1, keepdim=True) < 4 / 127.5).to(x.dtype)
 
 
+def figure_weights(mask: torch.Tensor, balance: bool = False) -> torch.Tensor:
+    """Per-pixel loss weights from the figure mask `[B, 1, F, H, W]`: 1 for the background, FIGURE_WEIGHT on the
+    figure. With `balance`, a clip's figure weight is also multiplied by CLOSE_UP_AREA / its figure area (between 1
+    and BALANCE_CAP): a wide shot's figure (2.6% of the frame) then weighs about what a close-up's (20%) does.
+    Unbalanced, the 8x and 4x autoencoders both blur wide-shot figures into circles (docs/QUALITY.md section 4)."""
+    if not balance:
+        return 1.0 + (FIGURE_WEIGHT - 1.0) * mask
+    area = mask.mean(dim=(1, 2, 3, 4), keepdim=True)
+    scale = (CLOSE_UP_AREA / area.clamp_min(1e-6)).clamp(1.0, BALANCE_CAP)
+    return 1.0 + (FIGURE_WEIGHT - 1.0) * mask * scale
+
+
 def reconstruction_loss(
-    vae, x: torch.Tensor, kl: float = 0.0, mask: torch.Tensor | None = None
+    vae, x: torch.Tensor, kl: float = 0.0, mask: torch.Tensor | None = None, balance: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, l1) of one autoencoding pass: figure-weighted L1 + MSE on pixels, a tiny KL on the posterior.
-    `mask` is the figure mask (default: found in `x` by its palette colours)."""
+    `mask` is the figure mask (default: found in `x` by its palette colours); `balance`: see `figure_weights`."""
     posterior = vae.encode(x).latent_dist
     # The mean, not a sample: with a tiny KL weight a sampled z is mostly noise, and the decoder ignores it.
     recon = vae.decode(posterior.mode()).sample
-    weight = 1.0 + (FIGURE_WEIGHT - 1.0) * (figure_mask(x) if mask is None else mask)
+    weight = figure_weights(figure_mask(x) if mask is None else mask, balance)
     err = recon - x
     loss = ((err.abs() + err.pow(2)) * weight).mean() / weight.mean()
     if kl:
@@ -136,12 +152,19 @@ def trainable_parameters(vae, decoder_only: bool) -> list[torch.nn.Parameter]:
 
 
 def autoencoder_step(
-    vae, x: torch.Tensor, optimizer, params, kl: float, colour_gen: torch.Generator, permute: float = 0.5
+    vae,
+    x: torch.Tensor,
+    optimizer,
+    params,
+    kl: float,
+    colour_gen: torch.Generator,
+    permute: float = 0.5,
+    balance: bool = False,
 ) -> tuple[float, float]:
     """One optimiser step on clips `x` (figure mask taken before the colour swap): returns (loss, l1)."""
     mask = figure_mask(x)
     x = permute_colours(x, colour_gen, permute)
-    loss, l1 = reconstruction_loss(vae, x, kl, mask)
+    loss, l1 = reconstruction_loss(vae, x, kl, mask, balance)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -196,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save-every", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up")
     parser.add_argument("--clip-frames", type=int, default=CLIP_FRAMES, help="frames per clip (17: whole shots)")
+    parser.add_argument("--balance-figures", action="store_true", help="small figures weigh what large ones do")
     parser.add_argument(
         "--export-to", type=Path, default=None, help="with --init: write the result as a vae/ folder here"
     )
@@ -244,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0  # fine-tuning: no jolt from a fresh Adam
             group["lr"] = args.lr * warm * late_lr_scale(time.time() - start, args.minutes * 60)
         kl = 0.0 if args.decoder_only else args.kl
-        loss, l1 = autoencoder_step(vae, x, optimizer, params, kl, colour_gen, args.permute)
+        loss, l1 = autoencoder_step(vae, x, optimizer, params, kl, colour_gen, args.permute, args.balance_figures)
         step += 1
         log.append(l1)
         if step % 50 == 0:

@@ -37,6 +37,27 @@ def test_figure_mask_marks_exactly_the_character_and_ink_pixels():
     assert 0.05 < mask.mean() < 0.5  # a close-up figure is a fair share of the frame, never all of it
 
 
+def test_balanced_figure_weights_raise_small_figures_to_a_close_up_share():
+    from training.train_vae import BALANCE_CAP, CLOSE_UP_AREA, FIGURE_WEIGHT, figure_weights
+
+    def shot_mask(size: str) -> torch.Tensor:
+        frames = render_shot(make_shot("tom", "desert", size, "stays"), size=64, num_frames=5)
+        return figure_mask(frames_to_pixels(torch.from_numpy(frames[None])))
+
+    wide, close = shot_mask("wide"), shot_mask("close-up")
+    mask = torch.cat([wide, close])
+    plain, balanced = figure_weights(mask), figure_weights(mask, balance=True)
+    assert set(plain.unique().tolist()) == {1.0, FIGURE_WEIGHT}  # unbalanced: what every run trained with before
+    assert torch.equal(balanced[mask == 0], plain[mask == 0])  # the background keeps weight 1
+    figure_total = ((balanced - 1) * mask).sum(dim=(1, 2, 3, 4)).tolist()
+    assert balanced[1][close[0] == 1].unique().tolist() == [FIGURE_WEIGHT]  # a close-up is not raised
+    assert figure_total[0] == pytest.approx(figure_total[1], rel=0.35)  # the wide figure now weighs about as much
+    assert wide.mean() < CLOSE_UP_AREA / 4 and balanced[0].max() <= 1 + (FIGURE_WEIGHT - 1) * BALANCE_CAP
+    sliver = torch.zeros(1, 1, 1, 64, 64)
+    sliver[..., 0, 0] = 1.0  # one figure pixel in a crop: capped, not a weight of thousands
+    assert figure_weights(sliver, balance=True).max() == 1 + (FIGURE_WEIGHT - 1) * BALANCE_CAP
+
+
 def test_permuted_colours_swap_channels_of_some_clips_only():
     x = torch.rand(64, 3, 2, 4, 4)
     gen = torch.Generator().manual_seed(0)
