@@ -3,6 +3,8 @@
 #   bash training/gpu_session.sh OUT_DIR [BUDGET_SECONDS]               # first call: python -m training.train_gpu all
 #   CONTINUE=1 bash training/gpu_session.sh OUT_DIR SECONDS              # a second call on the same warm machine:
 #                                                                        # the transformer and decoder go on, re-export
+#   VAE_ONLY=1 bash training/gpu_session.sh OUT_DIR BUDGET_SECONDS       # the autoencoder alone (train_gpu vae):
+#                                                                        # brings back vae/ for a later --init-vae
 # Expects the diffusers wheel the studio pins in .whl/ (the GPU image has torch, transformers and the rest).
 # EXTRA: more `train_gpu all` flags (the model's layout, batch sizes). GPU_TESTS=1 (first call): `pytest -m gpu
 # tests/pipelines` beside the rendering, into OUT/gpu_tests.txt. BENCH=1: after the training, the real-size
@@ -20,7 +22,11 @@ if [ -n "${GPU_TESTS:-}" ]; then
     timeout 240 python3 -m pytest -m gpu tests/pipelines -q -p no:cacheprovider > "$OUTDIR/gpu_tests.txt" 2>&1 &
     TESTS_PID=$!
 fi
-if [ -n "${CONTINUE:-}" ]; then
+if [ -n "${VAE_ONLY:-}" ]; then
+    rm -rf "$WORK"
+    python3 -m training.train_gpu vae --out "$WORK" --device "${DEVICE:-cuda}" --budget-seconds "$BUDGET" \
+        ${EXTRA:-} 2>&1 | grep --line-buffered -v -e "Loading weights" -e "Writing model" | tee "$OUTDIR/train_vae.log"
+elif [ -n "${CONTINUE:-}" ]; then
     python3 -m training.train_gpu continue --out "$WORK" --device "${DEVICE:-cuda}" --seconds "$BUDGET" --keep-pool \
         ${EXTRA:-} --text-encoder assets/demo/text_encoder 2>&1 \
         | grep --line-buffered -v -e "Loading weights" -e "Writing model" | tee "$OUTDIR/train_continue.log"
@@ -34,7 +40,9 @@ if [ -n "${TESTS_PID:-}" ]; then wait "$TESTS_PID"; echo "gpu tests exit $?" >> 
 (
     cd "$WORK" || exit 1
     rm -f /tmp/result.tar.gz
-    if [ -d demo ]; then
+    if [ -n "${VAE_ONLY:-}" ] && [ -d vae ]; then
+        tar czf /tmp/result.tar.gz vae
+    elif [ -d demo ]; then
         tar czf /tmp/result.tar.gz demo report.json run/latent_stats.json
     else
         echo "no export: bringing back the autoencoder checkpoints"

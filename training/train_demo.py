@@ -140,11 +140,20 @@ def save_shot_pool(run: Path, cache: dict, vae_source: str) -> None:
     os.replace(tmp, cache_path)  # the trainer may be reading it: never a half-written file
     stats_path = run / "latent_stats.json"
     if not stats_path.exists():
-        allz = torch.stack(cache["latents"]).float()  # [N, C, n, h, w]
-        mean, std = allz.mean(dim=(0, 2, 3, 4)), allz.std(dim=(0, 2, 3, 4))
-        stats = {"latents_mean": mean.tolist(), "latents_std": std.tolist(), "vae": vae_source}
+        mean, std = latent_statistics(cache["latents"])
+        stats = {"latents_mean": mean, "latents_std": std, "vae": vae_source}
         stats_path.write_text(json.dumps(stats, indent=1))
-        print(f"latent stats from {len(allz)} shots: |mean| {mean.abs().mean():.3f} std {std.mean():.3f}", flush=True)
+        print(
+            f"latent stats from {len(cache['latents'])} shots: |mean| {np.abs(mean).mean():.3f} "
+            f"std {np.mean(std):.3f}",
+            flush=True,
+        )
+
+
+def latent_statistics(latents: list[torch.Tensor]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std over shots `[C, n, h, w]`: the VAE config's `latents_mean` / `latents_std`."""
+    allz = torch.stack(latents).float()  # [N, C, n, h, w]
+    return allz.mean(dim=(0, 2, 3, 4)).tolist(), allz.std(dim=(0, 2, 3, 4)).tolist()
 
 
 def cmd_cache(args) -> None:

@@ -107,6 +107,20 @@ def train_autoencoder(
     return step
 
 
+def load_vae_weights(path: Path) -> tuple[dict, dict]:
+    """(config, state dict) of an exported `vae/` folder or a `train_vae` checkpoint file."""
+    if path.is_dir():
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(path, local_files_only=True)
+        config = {key: vae.config[key] for key in VAE_CONFIGS[8]} | {
+            "scale_factor_spatial": vae.config.scale_factor_spatial
+        }
+        return config, vae.state_dict()
+    checkpoint = torch.load(path, weights_only=False, map_location="cpu")
+    return checkpoint["config"], checkpoint["vae"]
+
+
 @torch.no_grad()
 def encode_pool(vae, pool: torch.Tensor, batch: int = 64) -> list[torch.Tensor]:
     """Posterior means `[C, n, h, w]` (half, CPU) of every shot, as `train_demo.encode_shot` computes them."""
@@ -198,41 +212,99 @@ def cmd_continue(args) -> None:
     train_side_by_side_and_export(args, args.seconds, report, resume=True, t0=time.time())
 
 
+def render_and_upload(args, report: dict) -> tuple[torch.Tensor, list[dict]]:
+    """Stage 1: render the pool (forked workers: before CUDA is initialised), save it for the decoder process and
+    put it on the training device."""
+    t = time.time()
+    frames, labels = render_pool(args.seed, args.shots, args.workers or os.cpu_count() or 1)
+    np.save(args.out / "pool.npy", frames)
+    report["render_s"] = round(time.time() - t, 1)
+    print(f"rendered {len(frames)} shots in {report['render_s']}s", flush=True)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        report["gpu"] = torch.cuda.get_device_name(device)
+    return torch.from_numpy(frames).to(device), labels
+
+
+def train_joint(args, pool: torch.Tensor, seconds: float, report: dict):
+    """Stage 2: the autoencoder, jointly, from scratch or going on from --init-vae (0 seconds keeps that one's
+    latent space); saved as `<out>/vae_joint.pt`. Returns the model, on the training device."""
+    t = time.time()
+    config = VAE_CONFIGS[args.vae_compression]
+    if args.init_vae is not None:
+        config, state = load_vae_weights(args.init_vae)
+        report["init_vae"] = str(args.init_vae)
+    vae = build_vae(args.seed, config)
+    if args.init_vae is not None:
+        vae.load_state_dict(state)
+    vae.to(pool.device)
+    report["vae_steps"] = train_autoencoder(
+        vae,
+        config,
+        pool,
+        seconds,
+        args.vae_batch,
+        args.lr,
+        False,
+        args.seed,
+        args.out / "vae_joint.pt",
+        balance=args.balance_figures,
+    )
+    report["vae_s"] = round(time.time() - t, 1)
+    return vae
+
+
+def cmd_vae(args) -> None:
+    """The autoencoder alone, for a whole lease: joint for --vae-seconds, then the decoder alone for what is left
+    of the budget; exported with its latent statistics as `<out>/vae` (an `--init-vae` for a later `all`)."""
+    t0 = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"device": args.device, "shots": args.shots, "stage": "vae"}
+    pool, _ = render_and_upload(args, report)
+    vae = train_joint(args, pool, args.vae_seconds, report)
+    config = torch.load(args.out / "vae_joint.pt", weights_only=False)["config"]
+    t = time.time()
+    decoder_seconds = max(1.0, args.budget_seconds - (time.time() - t0) - args.reserve_seconds)
+    report["decoder_steps"] = train_autoencoder(
+        vae,
+        config,
+        pool,
+        decoder_seconds,
+        args.vae_batch,
+        args.lr / 2,
+        True,
+        args.seed + 1,
+        args.out / "vae_decoder.pt",
+        balance=args.balance_figures,
+    )
+    report["decoder_s"] = round(time.time() - t, 1)
+    mean, std = train_demo.latent_statistics(encode_pool(vae, pool))
+    export_vae_folder(vae, config, mean, std, args.out / "vae")
+    (args.out / "pool.npy").unlink()
+    report["total_s"] = round(time.time() - t0, 1)
+    (args.out / "vae" / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report), flush=True)
+
+
+def export_vae_folder(vae, config: dict, latents_mean: list[float], latents_std: list[float], dest: Path) -> None:
+    """A diffusers `vae/` folder of `vae`'s weights with the latent statistics the transformer will train on."""
+    from diffusers import AutoencoderKLWan
+
+    exported = AutoencoderKLWan(**config, latents_mean=latents_mean, latents_std=latents_std)
+    exported.load_state_dict({k: v.cpu() for k, v in vae.state_dict().items()})
+    exported.save_pretrained(dest, safe_serialization=True)
+
+
 def cmd_all(args) -> None:
     t0 = time.time()
     out, run = args.out, args.out / "run"
     run.mkdir(parents=True, exist_ok=True)
     report: dict = {"device": args.device, "shots": args.shots}
-
-    # 1. render the pool (forked workers: before CUDA is initialised)
-    frames, labels = render_pool(args.seed, args.shots, args.workers or os.cpu_count() or 1)
-    np.save(out / "pool.npy", frames)
-    report["render_s"] = round(time.time() - t0, 1)
-    print(f"rendered {len(frames)} shots in {report['render_s']}s", flush=True)
-
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-        report["gpu"] = torch.cuda.get_device_name(device)
-    pool = torch.from_numpy(frames).to(device)
-
-    # 2. the autoencoder, jointly
-    t = time.time()
-    vae = build_vae(args.seed, VAE_CONFIGS[args.vae_compression]).to(device)
-    vae_seconds = min(args.vae_seconds, args.budget_seconds * 0.3)
-    report["vae_steps"] = train_autoencoder(
-        vae,
-        VAE_CONFIGS[args.vae_compression],
-        pool,
-        vae_seconds,
-        args.vae_batch,
-        args.lr,
-        False,
-        args.seed,
-        out / "vae_joint.pt",
-        balance=args.balance_figures,
-    )
-    report["vae_s"] = round(time.time() - t, 1)
+    # 1. and 2. the pool, then the autoencoder jointly
+    pool, labels = render_and_upload(args, report)
+    vae = train_joint(args, pool, min(args.vae_seconds, args.budget_seconds * 0.3), report)
+    device = pool.device
 
     # 3. the latent space is fixed from here: encode the pool into train_demo's shot-pool format
     t = time.time()
@@ -254,7 +326,7 @@ def cmd_all(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("all", "continue", "decoder"):
+    for name in ("all", "vae", "continue", "decoder"):
         p = sub.add_parser(name)
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--device", default="cuda")
@@ -272,19 +344,23 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--ffn-dim", type=int, default=None, help="transformer feed-forward width (default 768)")
         p.add_argument("--text-encoder", type=Path, default=None, help="a saved text_encoder/ folder to train with")
         p.add_argument("--keep-pool", action="store_true", help="keep <out>/pool.npy for a later `continue`")
-    full = sub.choices["all"]
-    full.add_argument("--budget-seconds", type=float, default=500.0, help="wall clock for the whole command")
-    full.add_argument("--reserve-seconds", type=float, default=30.0, help="kept back for the export")
-    full.add_argument("--shots", type=int, default=8000, help="shots in the pool")
-    full.add_argument("--workers", type=int, default=0, help="render processes (0: one per CPU core)")
-    full.add_argument("--vae-seconds", type=float, default=150.0)
-    full.add_argument("--transformer-seconds", type=float, default=10**6, help="at most this (else: what is left)")
-    full.add_argument("--vae-compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor")
+    for name in ("all", "vae"):
+        p = sub.choices[name]
+        p.add_argument("--budget-seconds", type=float, default=500.0, help="wall clock for the whole command")
+        p.add_argument("--reserve-seconds", type=float, default=30.0, help="kept back for the export")
+        p.add_argument("--shots", type=int, default=8000, help="shots in the pool")
+        p.add_argument("--workers", type=int, default=0, help="render processes (0: one per CPU core)")
+        p.add_argument("--vae-seconds", type=float, default=150.0, help="joint autoencoder training (0: none)")
+        p.add_argument("--init-vae", type=Path, default=None, help="start from this vae/ folder or checkpoint")
+        p.add_argument("--vae-compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor")
+    sub.choices["all"].add_argument(
+        "--transformer-seconds", type=float, default=10**6, help="at most this (else: what is left)"
+    )
     sub.choices["continue"].add_argument("--seconds", type=float, required=True, help="transformer and decoder")
     sub.choices["decoder"].add_argument("--seconds", type=float, required=True)
     sub.choices["decoder"].add_argument("--resume", action="store_true", help="go on from <out>/vae_decoder.pt")
     args = parser.parse_args(argv)
-    {"all": cmd_all, "continue": cmd_continue, "decoder": cmd_decoder}[args.command](args)
+    {"all": cmd_all, "vae": cmd_vae, "continue": cmd_continue, "decoder": cmd_decoder}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,12 @@ def test_4x_vae_gives_16x16_latents_and_keeps_the_resolution_multiple_with_patch
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "layout", [[], ["--vae-compression", "4", "--patch", "4", "--heads", "8", "--ffn-dim", "640"]], ids=["8x", "4x"]
+    "layout",
+    [
+        ["--init-vae", "assets/demo/vae", "--vae-seconds", "0"],  # the shipped autoencoder as is
+        ["--vae-compression", "4", "--patch", "4", "--heads", "8", "--ffn-dim", "640", "--balance-figures"],
+    ],
+    ids=["8x-shipped-vae", "4x"],
 )
 def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -94,11 +99,17 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
         ["all", "--out", str(out), "--device", "cpu", "--shots", "24", "--workers", "1", "--budget-seconds", "40"]
         + ["--vae-seconds", "4", "--vae-batch", "1", "--tokens", "320", "--text-encoder", "assets/demo/text_encoder"]
         + layout
-        + ["--keep-pool"] * bool(layout)
+        + ["--keep-pool"] * ("--init-vae" not in layout)
     )
     report = json.loads((out / "report.json").read_text())
-    assert report["vae_steps"] >= 1 and report["transformer_steps"] >= 1 and report["decoder_steps"] >= 1
-    if layout:  # a second call on the warm machine goes on from both checkpoints and exports again
+    assert report["transformer_steps"] >= 1 and report["decoder_steps"] >= 1
+    joint_steps = report["vae_steps"]
+    assert joint_steps == 0 if "--init-vae" in layout else joint_steps >= 1
+    if "--init-vae" in layout:  # no joint steps: the pool is encoded in the shipped latent space
+        shipped = AutoencoderKLWan.from_pretrained("assets/demo/vae", local_files_only=True).state_dict()
+        started = torch.load(out / "vae_joint.pt", weights_only=False)["vae"]
+        assert all(torch.equal(shipped[name], started[name]) for name in shipped)
+    else:  # a second call on the warm machine goes on from both checkpoints and exports again
         assert (out / "pool.npy").exists()
         main(["continue", "--out", str(out), "--device", "cpu", "--seconds", "8", "--vae-batch", "1", "--keep-pool"])
         main(["continue", "--out", str(out), "--device", "cpu", "--seconds", "1", "--vae-batch", "1"])
@@ -118,11 +129,36 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
         if name.startswith("encoder."):
             assert torch.equal(value, encoder[name])
     assert sum(p.numel() for p in transformer.parameters()) > 10**6
-    compression = 4 if layout else 8
+    compression = 8 if "--init-vae" in layout else 4
     assert vae.config.scale_factor_spatial == compression
     assert tuple(transformer.config.patch_size) == (1, 16 // compression, 16 // compression)
-    assert transformer.config.ffn_dim == (640 if layout else 768)
+    assert transformer.config.ffn_dim == (768 if compression == 8 else 640)
     assert json.loads((out / "demo" / "training.json").read_text())["gpu_session"]["shots"] == 24
+
+
+@pytest.mark.slow
+def test_autoencoder_only_session_exports_a_vae_folder_that_a_later_run_starts_from(tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    from training.train_gpu import load_vae_weights, main
+
+    out = tmp_path / "gpu"
+    main(
+        ["vae", "--out", str(out), "--device", "cpu", "--shots", "12", "--workers", "1", "--budget-seconds", "14"]
+        + ["--vae-seconds", "3", "--vae-batch", "1", "--vae-compression", "4", "--balance-figures"]
+    )
+    report = json.loads((out / "vae" / "training.json").read_text())
+    assert report["vae_steps"] >= 1 and report["decoder_steps"] >= 1 and not (out / "pool.npy").exists()
+    vae = AutoencoderKLWan.from_pretrained(out / "vae", local_files_only=True)
+    assert vae.config.scale_factor_spatial == 4 and len(vae.config.latents_std) == 16
+    assert all(s > 0 for s in vae.config.latents_std)
+    joint = torch.load(out / "vae_joint.pt", weights_only=False)["vae"]
+    decoder = torch.load(out / "vae_decoder.pt", weights_only=False)["vae"]
+    for name, value in vae.state_dict().items():  # the joint run's encoder, the decoder run's decoder
+        assert torch.equal(value, (joint if name.startswith(("encoder.", "quant_conv.")) else decoder)[name])
+    config, state = load_vae_weights(out / "vae")  # what `all --init-vae` starts from
+    assert config["scale_factor_spatial"] == 4 and config["dim_mult"] == [1, 2, 4]
+    assert all(torch.equal(state[name], value) for name, value in vae.state_dict().items())
 
 
 def test_cpu_autoencoder_clips_can_be_whole_shots_and_bad_lengths_are_refused():
