@@ -9,8 +9,9 @@ Every storyboard (scene seeds from 10**6 up; training never draws those scenes) 
 - consistency: share of (scene, character) pairs with two or more shots where that character comes out as one
   coherent figure of the same colour AND the same shape in every one of its shots; `consistent+correct` also asks
   that colour and shape are the captioned character's.
-Reference rows: the detector on the real frames (must be 100%) and on real frames through the VAE (the ceiling
-the latent space allows). Then cross-attention `mmrope` / `window` / `full` and self-attention `full` / `sparse` /
+Also the shape by shot size. Reference rows: the detector on the real frames (must be 100%) and on real frames
+through the VAE (the ceiling the latent space allows; `--vae DIR`: only these rows, for an autoencoder alone, e.g.
+one a `train_gpu vae` session brought back). Then cross-attention `mmrope` / `window` / `full` and self-attention `full` / `sparse` /
 `isolated` on the same storyboards and seeds.
 """
 
@@ -33,6 +34,7 @@ from training.world import CHARACTER_BY_NAME, Scene, sample_scene
 DEMO = get_preset("demo")  # the studio runs the demo model at its steps and guidance; so do the evaluations
 DEMO_STEPS, DEMO_GUIDANCE = DEMO.num_inference_steps, DEMO.guidance_scale
 ATTRIBUTES = ("location", "colour", "shape", "shot_size", "action")
+SIZES = ("wide", "medium", "close-up")
 HELD_OUT_SEED = 10**6
 
 
@@ -100,7 +102,10 @@ def vae_roundtrip(vae, frames: np.ndarray) -> np.ndarray:
 
 
 def score(scenes: list[Scene], readings: list[list[ShotReading]]) -> dict[str, float]:
+    """Adherence per attribute, coherent figures, consistency; and shape by shot size (`shape <size>`: where the
+    autoencoder loses outlines, a wide shot's 14 px figure first)."""
     hits, shots = defaultdict(int), 0
+    size_hits, size_shots = defaultdict(int), defaultdict(int)
     coherent = 0
     pairs = consistent_pairs = correct_pairs = 0
     for scene, scene_readings in zip(scenes, readings, strict=True):
@@ -109,6 +114,8 @@ def score(scenes: list[Scene], readings: list[list[ShotReading]]) -> dict[str, f
             coherent += reading.coherent
             for attr, value in reading.attributes().items():
                 hits[attr] += value == getattr(labels, attr)
+            size_shots[labels.shot_size] += 1
+            size_hits[labels.shot_size] += reading.shape == labels.shape
         by_character = defaultdict(list)
         for labels, reading in zip(scene.shots, scene_readings, strict=True):
             by_character[labels.character].append(reading)
@@ -124,13 +131,15 @@ def score(scenes: list[Scene], readings: list[list[ShotReading]]) -> dict[str, f
     result["coherent"] = coherent / max(1, shots)
     result["consistency"] = consistent_pairs / max(1, pairs)
     result["consistent+correct"] = correct_pairs / max(1, pairs)
+    for size in SIZES:
+        result[f"shape {size}"] = size_hits[size] / max(1, size_shots[size])
     result["shots"] = shots
     result["pairs"] = pairs
     return result
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:
-    cols = [*ATTRIBUTES, "coherent", "consistency", "consistent+correct"]
+    cols = [*ATTRIBUTES, "coherent", "consistency", "consistent+correct", *(f"shape {size}" for size in SIZES)]
     lines = ["| configuration | " + " | ".join(cols) + " | shots |", "|---" * (len(cols) + 2) + "|"]
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * r[c]:.0f}%" for c in cols) + f" | {r['shots']} |")
@@ -146,18 +155,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, default=DEMO_GUIDANCE, help="default: the demo preset's")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--vae", type=Path, default=None, help="only the real-frame rows, through this vae/ folder (no rendering)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    pipe = load_demo_pipeline(args.model)
+    if args.vae is not None:
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True).eval()
+    else:
+        pipe = load_demo_pipeline(args.model)
+        vae = pipe.vae
     scenes = held_out_scenes(max(args.scenes, args.compare_scenes))
     rows: dict[str, dict[str, float]] = {}
     rows["real frames (detector check)"] = score(scenes, [[read_shot(f) for f in s.frames] for s in scenes])
     rows["real frames through the VAE"] = score(
-        scenes, [[read_shot(vae_roundtrip(pipe.vae, f)) for f in s.frames] for s in scenes]
+        scenes, [[read_shot(vae_roundtrip(vae, f)) for f in s.frames] for s in scenes]
     )
-    configs = [("mmrope", "full", args.scenes)]
-    if args.compare_scenes:
+    configs = [("mmrope", "full", args.scenes)] if args.vae is None else []
+    if args.compare_scenes and args.vae is None:
         configs += [(c, "full", args.compare_scenes) for c in ("window", "full")]
         configs += [("mmrope", s, args.compare_scenes) for s in ("sparse", "isolated")]
     timings = {}

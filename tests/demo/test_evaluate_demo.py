@@ -1,0 +1,37 @@
+"""eval/evaluate_demo.py's scoring: shape by shot size, and the autoencoder-only mode (`--vae`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from eval.evaluate_demo import SIZES, held_out_scenes, main, score
+from training.detector import read_shot
+
+
+def test_score_splits_shape_by_shot_size():
+    scenes = held_out_scenes(6)
+    readings = [[read_shot(f) for f in s.frames] for s in scenes]
+    real = score(scenes, readings)
+    assert all(real[f"shape {size}"] == 1.0 for size in SIZES)  # the detector reads every real shot
+    wrong_wide = [
+        [
+            dataclasses.replace(r, shape="circle" if labels.shape != "circle" else "square")
+            if labels.shot_size == "wide"
+            else r
+            for labels, r in zip(s.shots, rs, strict=True)
+        ]
+        for s, rs in zip(scenes, readings, strict=True)
+    ]
+    row = score(scenes, wrong_wide)
+    assert row["shape wide"] == 0.0 and row["shape medium"] == 1.0 and row["shape close-up"] == 1.0
+    wide = sum(labels.shot_size == "wide" for s in scenes for labels in s.shots)
+    assert 0 < wide < row["shots"] and row["shape"] == (row["shots"] - wide) / row["shots"]
+
+
+def test_vae_only_mode_reads_the_real_frame_rows_alone(tmp_path, capsys):
+    main(["--vae", "assets/demo/vae", "--scenes", "2", "--compare-scenes", "0", "--json", str(tmp_path / "e.json")])
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert list(rows) == ["real frames (detector check)", "real frames through the VAE"]
+    assert rows["real frames (detector check)"]["shape wide"] == 1.0
+    assert "| shape wide | shape medium | shape close-up |" in capsys.readouterr().out
