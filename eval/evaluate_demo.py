@@ -11,8 +11,8 @@ Every storyboard (scene seeds from 10**6 up; training never draws those scenes) 
   that colour and shape are the captioned character's.
 Also the shape by shot size. Reference rows: the detector on the real frames (must be 100%) and on real frames
 through the VAE (the ceiling the latent space allows; `--vae DIR`: only these rows, for an autoencoder alone, e.g.
-one a `train_gpu vae` session brought back). Then cross-attention `mmrope` / `window` / `full` and self-attention `full` / `sparse` /
-`isolated` on the same storyboards and seeds.
+one a `train_gpu vae` session brought back). Then cross-attention `mmrope` / `window` / `full` and self-attention
+`full` / `sparse` / `isolated` on the same storyboards and seeds.
 """
 
 from __future__ import annotations
