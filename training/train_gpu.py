@@ -12,6 +12,15 @@ Every stage is bounded by wall-clock time so that the command ends inside its le
 4. train the transformer (`train_demo train`, same loop as on the CPU) while a second process sharpens the decoder;
 5. export the diffusers folder (`train_demo export`) to `<out>/demo`.
 
+Two more commands, for leases too short to train both halves (docs/QUALITY.md section 4.1):
+
+    python -m training.train_gpu vae --out OUT --budget-seconds 560 --init-vae assets/staged/vae_4x
+        # the autoencoder alone for the whole lease: joint, then the decoder alone; exported as OUT/vae
+    python -m training.train_gpu all ... --init-vae assets/staged/vae_4x --vae-seconds 0
+        # the transformer on that autoencoder's latent space, the decoder going on beside it
+    python -m training.train_gpu continue --out OUT --seconds 200 ...
+        # a second call on the same warm machine (`all --keep-pool` first): both go on, the export is redone
+
 Everything lands in `--out` in the formats the CPU scripts use (`vae_joint.pt` and `vae_decoder.pt` as
 `train_vae` checkpoints, `run/` as a `train_demo` run folder), so they resume from it on any machine. Shot `i` of
 the pool is `sample_shot(default_rng([seed, i]))`, the same draw as `train_demo cache`.
@@ -351,8 +360,12 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--shots", type=int, default=8000, help="shots in the pool")
         p.add_argument("--workers", type=int, default=0, help="render processes (0: one per CPU core)")
         p.add_argument("--vae-seconds", type=float, default=150.0, help="joint autoencoder training (0: none)")
-        p.add_argument("--init-vae", type=Path, default=None, help="start from this vae/ folder or checkpoint")
-        p.add_argument("--vae-compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor")
+        p.add_argument(
+            "--init-vae", type=Path, default=None, help="start from this vae/ folder or checkpoint (its own layout)"
+        )
+        p.add_argument(
+            "--vae-compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor of a new VAE"
+        )
     sub.choices["all"].add_argument(
         "--transformer-seconds", type=float, default=10**6, help="at most this (else: what is left)"
     )
