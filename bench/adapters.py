@@ -149,8 +149,9 @@ def scope_rows(repeats: int = 3) -> list[str]:
 
         path = Path(folder) / "mara.safetensors"
         save_file(random_lora_state(components["transformer"], rank=8, seed=0), str(path))
-        apply_adapters(pipe, [AdapterSpec(0, "lora", path, "<mara>")])
-        name = AdapterSpec(0, "lora", path, "<mara>").adapter_name
+        spec = AdapterSpec(0, "lora", path, "<mara>")
+        apply_adapters(pipe, [spec])
+        name = spec.adapter_name
         rows.append(("1 LoRA on the whole scene", step_ms()))
         rows.append(("1 LoRA scoped to shot 1 (`adapter_shots`)", step_ms(adapter_shots={name: [0]})))
     return [f"| {label} | {ms:.1f} |" for label, ms in rows]

@@ -34,7 +34,7 @@ import torch
 from pipelines.attention import multishot_attention
 from pipelines.layout import ShotLayout
 from training.tokenizer import build_world_tokenizer
-from training.train_vae import VAE_CONFIG, build_vae, frames_to_pixels
+from training.train_vae import VAE_CONFIG, build_vae, frames_to_pixels, save_vae_folder
 from training.world import ShotLabels, global_caption, render_shot, sample_shot
 
 SHOT_FRAMES = 17  # frames per shot the demo model is trained on (5 latent frames)
@@ -422,7 +422,7 @@ def export_demo(
 ) -> None:
     """Write tokenizer, text encoder, VAE (with latent statistics), transformer and scheduler in the diffusers
     folder layout, weights as safetensors."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     dest.mkdir(parents=True, exist_ok=True)
     stats = json.loads((run / "latent_stats.json").read_text())
@@ -432,9 +432,7 @@ def export_demo(
         if name.startswith(("encoder.", "quant_conv.")) and not torch.equal(value, vae_ckpt["vae"][name]):
             raise ValueError(f"the VAE encoder changed since the latent cache was made ({name}); retrain from it")
     vae_config = vae_ckpt.get("config") or VAE_CONFIG
-    vae = AutoencoderKLWan(**vae_config, latents_mean=stats["latents_mean"], latents_std=stats["latents_std"])
-    vae.load_state_dict(vae_ckpt["vae"])
-    vae.save_pretrained(dest / "vae", safe_serialization=True)
+    save_vae_folder(vae_ckpt["vae"], vae_config, stats["latents_mean"], stats["latents_std"], dest / "vae")
 
     ckpt = torch.load(run / "last.pt", weights_only=False, map_location="cpu")
     transformer = build_transformer(seed, ckpt.get("config"))

@@ -48,7 +48,9 @@ from training.train_vae import (
     build_vae,
     frames_to_pixels,
     late_lr_scale,
+    load_vae_weights,
     save_autoencoder,
+    save_vae_folder,
     trainable_parameters,
 )
 from training.world import render_shot, sample_shot
@@ -114,20 +116,6 @@ def train_autoencoder(
             save_autoencoder(save_to, vae, optimizer, step, decoder_only, config)
     save_autoencoder(save_to, vae, optimizer, step, decoder_only, config)
     return step
-
-
-def load_vae_weights(path: Path) -> tuple[dict, dict]:
-    """(config, state dict) of an exported `vae/` folder or a `train_vae` checkpoint file."""
-    if path.is_dir():
-        from diffusers import AutoencoderKLWan
-
-        vae = AutoencoderKLWan.from_pretrained(path, local_files_only=True)
-        config = {key: vae.config[key] for key in VAE_CONFIGS[8]} | {
-            "scale_factor_spatial": vae.config.scale_factor_spatial
-        }
-        return config, vae.state_dict()
-    checkpoint = torch.load(path, weights_only=False, map_location="cpu")
-    return checkpoint["config"], checkpoint["vae"]
 
 
 @torch.no_grad()
@@ -238,7 +226,7 @@ def render_and_upload(args, report: dict) -> tuple[torch.Tensor, list[dict]]:
 
 def train_joint(args, pool: torch.Tensor, seconds: float, report: dict):
     """Stage 2: the autoencoder, jointly, from scratch or going on from --init-vae (0 seconds keeps that one's
-    latent space); saved as `<out>/vae_joint.pt`. Returns the model, on the training device."""
+    latent space); saved as `<out>/vae_joint.pt`. Returns the model (on the training device) and its layout."""
     t = time.time()
     config = VAE_CONFIGS[args.vae_compression]
     if args.init_vae is not None:
@@ -261,7 +249,7 @@ def train_joint(args, pool: torch.Tensor, seconds: float, report: dict):
         balance=args.balance_figures,
     )
     report["vae_s"] = round(time.time() - t, 1)
-    return vae
+    return vae, config
 
 
 def cmd_vae(args) -> None:
@@ -271,8 +259,7 @@ def cmd_vae(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"device": args.device, "shots": args.shots, "stage": "vae"}
     pool, _ = render_and_upload(args, report)
-    vae = train_joint(args, pool, args.vae_seconds, report)
-    config = torch.load(args.out / "vae_joint.pt", weights_only=False)["config"]
+    vae, config = train_joint(args, pool, args.vae_seconds, report)
     t = time.time()
     decoder_seconds = max(1.0, args.budget_seconds - (time.time() - t0) - args.reserve_seconds)
     report["decoder_steps"] = train_autoencoder(
@@ -289,20 +276,11 @@ def cmd_vae(args) -> None:
     )
     report["decoder_s"] = round(time.time() - t, 1)
     mean, std = train_demo.latent_statistics(encode_pool(vae, pool))
-    export_vae_folder(vae, config, mean, std, args.out / "vae")
+    save_vae_folder(vae.state_dict(), config, mean, std, args.out / "vae")
     (args.out / "pool.npy").unlink()
     report["total_s"] = round(time.time() - t0, 1)
     (args.out / "vae" / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report), flush=True)
-
-
-def export_vae_folder(vae, config: dict, latents_mean: list[float], latents_std: list[float], dest: Path) -> None:
-    """A diffusers `vae/` folder of `vae`'s weights with the latent statistics the transformer will train on."""
-    from diffusers import AutoencoderKLWan
-
-    exported = AutoencoderKLWan(**config, latents_mean=latents_mean, latents_std=latents_std)
-    exported.load_state_dict({k: v.cpu() for k, v in vae.state_dict().items()})
-    exported.save_pretrained(dest, safe_serialization=True)
 
 
 def cmd_all(args) -> None:
@@ -312,7 +290,7 @@ def cmd_all(args) -> None:
     report: dict = {"device": args.device, "shots": args.shots}
     # 1. and 2. the pool, then the autoencoder jointly
     pool, labels = render_and_upload(args, report)
-    vae = train_joint(args, pool, min(args.vae_seconds, args.budget_seconds * 0.3), report)
+    vae, _ = train_joint(args, pool, min(args.vae_seconds, args.budget_seconds * 0.3), report)
     device = pool.device
 
     # 3. the latent space is fixed from here: encode the pool into train_demo's shot-pool format

@@ -182,16 +182,35 @@ def save_autoencoder(path: Path, vae, optimizer, step: int, decoder_only: bool, 
     os.replace(tmp, path)
 
 
-def export_vae(vae_state: dict, like: Path, dest: Path) -> None:
-    """Write trained weights as an exported `vae/` folder with the config and latent statistics of `like` (the
-    folder the run started from: the transformer was trained on its latents). Written beside `dest` first and
-    swapped in, so an interrupted export never leaves a half-written model."""
+def layout_config(config) -> dict:
+    """The layout arguments (`build_vae`'s config) within a saved autoencoder's full diffusers config."""
+    return {key: config[key] for key in VAE_CONFIG} | {"scale_factor_spatial": config["scale_factor_spatial"]}
+
+
+def load_vae_weights(path: Path) -> tuple[dict, dict]:
+    """(layout config, state dict) of an exported `vae/` folder or a `train_vae` checkpoint file: what a run that
+    starts from it (`train_gpu --init-vae`) rebuilds with `build_vae`."""
+    if path.is_dir():
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(path, local_files_only=True)
+        return layout_config(vae.config), vae.state_dict()
+    checkpoint = torch.load(path, weights_only=False, map_location="cpu")
+    return checkpoint["config"], checkpoint["vae"]
+
+
+def save_vae_folder(
+    state: dict, config: dict, latents_mean: list[float], latents_std: list[float], dest: Path
+) -> None:
+    """Write weights of layout `config` as a diffusers `vae/` folder with the latent statistics the transformer
+    trains on. Written beside `dest` first and swapped in, so an interrupted export never leaves a half-written
+    model."""
     import shutil
 
     from diffusers import AutoencoderKLWan
 
-    vae = AutoencoderKLWan.from_pretrained(like, local_files_only=True)
-    vae.load_state_dict(vae_state)
+    vae = AutoencoderKLWan(**config, latents_mean=list(latents_mean), latents_std=list(latents_std))
+    vae.load_state_dict({name: value.cpu() for name, value in state.items()})
     tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     vae.save_pretrained(tmp, safe_serialization=True)
@@ -199,6 +218,15 @@ def export_vae(vae_state: dict, like: Path, dest: Path) -> None:
         os.replace(dest, old)
     os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def export_vae(vae_state: dict, like: Path, dest: Path) -> None:
+    """Write trained weights as an exported `vae/` folder with the layout and latent statistics of `like` (the
+    folder the run started from: the transformer was trained on its latents)."""
+    from diffusers import AutoencoderKLWan
+
+    config = AutoencoderKLWan.load_config(like, local_files_only=True)
+    save_vae_folder(vae_state, layout_config(config), config["latents_mean"], config["latents_std"], dest)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -140,7 +140,8 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
 def test_autoencoder_only_session_exports_a_vae_folder_that_a_later_run_starts_from(tmp_path):
     from diffusers import AutoencoderKLWan
 
-    from training.train_gpu import load_vae_weights, main
+    from training.train_gpu import main
+    from training.train_vae import load_vae_weights
 
     out = tmp_path / "gpu"
     main(

@@ -28,8 +28,7 @@ def test_staged_vae_is_a_small_4x_autoencoder_with_its_latent_statistics():
 
 
 def test_staged_vae_is_what_init_vae_starts_from_and_keeps_outlines():
-    from training.train_gpu import load_vae_weights
-    from training.train_vae import build_vae
+    from training.train_vae import build_vae, load_vae_weights
 
     config, state = load_vae_weights(STAGED)
     vae = build_vae(0, config)
