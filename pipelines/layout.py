@@ -252,7 +252,11 @@ class ShotLayout:
             t = t.unsqueeze(0)
         if t.shape[-1] != self.num_shots:
             raise ValueError(f"need one timestep per shot ({self.num_shots}), got shape {tuple(t.shape)}")
-        return t[:, self.video_shot.to(t.device)]
+        # The index is cached per device: a fresh host-to-device copy would make every training step wait for the GPU.
+        key = ("video_shot", str(t.device))
+        if key not in self._video_cache:
+            self._video_cache[key] = self.video_shot.to(t.device)
+        return t[:, self._video_cache[key]]
 
     # ------------------------------------------------------------------ attention structure
 

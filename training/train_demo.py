@@ -25,7 +25,7 @@ import copy
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -209,25 +209,31 @@ def shifted(s: torch.Tensor, shift: float = FLOW_SHIFT) -> torch.Tensor:
 
 
 def sample_sigmas(rng: torch.Generator, batch: int, shots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-shot noise levels `[B, K]` and the loss mask `[B, K]` (shots kept clean carry no loss)."""
-    s = torch.sigmoid(torch.randn(batch, 1, generator=rng)).expand(batch, shots).clone()
-    mask = torch.ones(batch, shots)
-    for b in range(batch):
-        u = torch.rand(1, generator=rng).item()
-        if u < 0.3:  # independent level per shot
-            s[b] = torch.sigmoid(torch.randn(shots, generator=rng))
-        elif u < 0.5:  # context: some shots clean (timestep 0), the rest at one level
-            clean = torch.rand(shots, generator=rng) < 0.5
-            if clean.all():
-                clean[torch.randint(shots, (1,), generator=rng)] = False
-            s[b][clean] = 0.0
-            mask[b][clean] = 0.0
-    sig = shifted(s)
-    return sig, mask
+    """Per-shot noise levels `[B, K]` and the loss mask `[B, K]` (shots kept clean carry no loss), drawn on the
+    generator's device in a fixed number of calls (no per-scene loop: on a GPU, host work per scene is what bounds a
+    step). Half the scenes share one level (generation), 30% draw one level per shot, 20% keep some shots clean at
+    timestep 0 with the rest at one level (`context` regeneration), never all of them."""
+    device = rng.device
+    shared = torch.sigmoid(torch.randn(batch, 1, generator=rng, device=device)).expand(batch, shots)
+    own = torch.sigmoid(torch.randn(batch, shots, generator=rng, device=device))
+    kind = torch.rand(batch, 1, generator=rng, device=device)
+    s = torch.where(kind < 0.3, own, shared)
+    context = (kind >= 0.3) & (kind < 0.5)
+    clean = context & (torch.rand(batch, shots, generator=rng, device=device) < 0.5)
+    # A scene drawn all clean keeps one random shot noisy.
+    keep = torch.randint(shots, (batch, 1), generator=rng, device=device)
+    all_clean = clean.all(dim=1, keepdim=True)
+    clean &= ~(all_clean & (torch.arange(shots, device=device) == keep))
+    s = s.masked_fill(clean, 0.0)
+    return shifted(s), (~clean).float()
 
 
 class SceneComposer:
-    """Scenes of K shots composed from the shot pool: one location, a cast of two, each cast member on screen."""
+    """Scenes of K shots composed from the shot pool: one location, a cast of two, each cast member on screen.
+
+    Whole batches are drawn with a few vectorised calls on the generator's device and gathered from tables there
+    (`to(device)`): a batch of 32000 tokens holds 100-200 scenes, and drawing them one by one on the host cost more
+    than the GPU's forward and backward pass."""
 
     def __init__(self, cache: dict, stats: dict, text: dict[str, torch.Tensor]):
         mean = torch.tensor(stats["latents_mean"]).view(1, -1, 1, 1, 1)
@@ -238,33 +244,87 @@ class SceneComposer:
         for i, lab in enumerate(self.labels):
             self.by_pair.setdefault((lab.location, lab.character), []).append(i)
         self.locations = sorted({loc for loc, _ in self.by_pair})
+        self.characters = sorted({c for _, c in self.by_pair})
         self.text = text
+        # Draw tables. Location l has names_at[l, :count_at[l]] (character indices, sorted by name); the pool
+        # shots of (location l, character c) are pool[offset[pair[l, c]] : + size[pair[l, c]]].
+        n_loc, n_char = len(self.locations), len(self.characters)
+        self.names_at = torch.zeros(n_loc, n_char, dtype=torch.long)
+        self.count_at = torch.zeros(n_loc, dtype=torch.long)
+        self.pair = torch.full((n_loc, n_char), -1, dtype=torch.long)
+        pool, offsets, sizes = [], [], []
+        for li, loc in enumerate(self.locations):
+            for ci, name in enumerate(self.characters):
+                shots = self.by_pair.get((loc, name))
+                if not shots:
+                    continue
+                self.names_at[li, self.count_at[li]] = ci
+                self.count_at[li] += 1
+                self.pair[li, ci] = len(offsets)
+                offsets.append(len(pool))
+                sizes.append(len(shots))
+                pool += shots
+        if (self.count_at < 2).any():
+            lonely = [loc for loc, n in zip(self.locations, self.count_at.tolist(), strict=True) if n < 2]
+            raise ValueError(f"the shot pool has fewer than two characters at {lonely}: encode more shots")
+        self.pool = torch.tensor(pool, dtype=torch.long)
+        self.offset = torch.tensor(offsets, dtype=torch.long)
+        self.size = torch.tensor(sizes, dtype=torch.long)
 
-    def scene(self, k: int, rng: torch.Generator) -> tuple[list[int], str]:
-        def pick(n: int) -> int:
-            return int(torch.randint(n, (1,), generator=rng))
+    def global_caption(self, location: int, first: int, second: int) -> str:
+        return global_caption(self.locations[location], [self.characters[first], self.characters[second]])
 
-        location = self.locations[pick(len(self.locations))]
-        names = sorted(c for loc, c in self.by_pair if loc == location)
-        first = names[pick(len(names))]
-        second = [c for c in names if c != first][pick(len(names) - 1)]
-        cast = [first, second]
-        who = cast + [cast[pick(2)] for _ in range(k - 2)]
-        order = torch.randperm(k, generator=rng).tolist()
-        shots = []
-        for j in order:
-            pool = self.by_pair[(location, who[j])]
-            shots.append(pool[pick(len(pool))])
-        return shots, global_caption(location, cast)
+    def to(self, device: torch.device | str) -> SceneComposer:
+        """Move the latents, the draw tables and the text tables to `device` (call once `text` holds every caption
+        of `texts()`). Text tables: the global caption of every (location, first, second) and one caption per shot."""
+        for name in ("latents", "names_at", "count_at", "pair", "pool", "offset", "size"):
+            setattr(self, name, getattr(self, name).to(device))
+        n_loc, n_char = len(self.locations), len(self.characters)
+        like = self.text[self.global_caption(0, *self.names_at[0, :2].tolist())]
+        self.global_text = like.new_zeros(n_loc, n_char, n_char, *like.shape)
+        for li in range(n_loc):
+            names = self.names_at[li, : self.count_at[li]].tolist()
+            for a in names:
+                for b in names:
+                    if a != b:
+                        self.global_text[li, a, b] = self.text[self.global_caption(li, a, b)]
+        captions = sorted({lab.caption for lab in self.labels})
+        row = {c: i for i, c in enumerate(captions)}
+        self.caption_text = torch.stack([self.text[c] for c in captions]).to(device)
+        self.shot_caption = torch.tensor([row[lab.caption] for lab in self.labels], device=device)
+        self.global_text = self.global_text.to(device)
+        return self
+
+    def draw(self, k: int, size: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`size` scenes of `k` shots: pool indices `[B, K]`, location `[B]` and cast `[B, 2]` (character indices, the
+        order the global caption names them), on the generator's device (where the tables must be)."""
+        device = rng.device
+
+        def below(n: torch.Tensor) -> torch.Tensor:  # one uniform integer in [0, n) per entry of n
+            u = torch.rand(n.shape, generator=rng, device=device)
+            return torch.minimum((u * n).long(), n - 1)
+
+        location = torch.randint(len(self.locations), (size,), generator=rng, device=device)
+        count = self.count_at[location]
+        first = below(count)
+        second = below(count - 1)
+        second = second + (second >= first).long()  # any name but the first
+        cast = torch.stack([self.names_at[location, first], self.names_at[location, second]], dim=1)
+        extra = torch.randint(2, (size, k - 2), generator=rng, device=device)
+        who = torch.cat([cast, cast.gather(1, extra)], dim=1)  # both on screen, the rest either of them
+        order = torch.rand(size, k, generator=rng, device=device).argsort(dim=1)
+        who = who.gather(1, order)
+        pair = self.pair[location[:, None], who]
+        shots = self.pool[self.offset[pair] + below(self.size[pair])]
+        return shots, location, cast
 
     def batch(self, k: int, size: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """x0 `[B, C, K*n, h, w]` (shots concatenated in time) and text `[B, L, D]` = [global; caption_1..K]."""
-        x0, text = [], []
-        for _ in range(size):
-            shots, caption = self.scene(k, rng)
-            x0.append(torch.cat([self.latents[i] for i in shots], dim=1))
-            text.append(torch.cat([self.text[caption]] + [self.text[self.labels[i].caption] for i in shots]))
-        return torch.stack(x0), torch.stack(text)
+        shots, location, cast = self.draw(k, size, rng)
+        x0 = self.latents[shots]  # [B, K, C, n, h, w]
+        x0 = x0.transpose(1, 2).flatten(2, 3)
+        captions = self.caption_text[self.shot_caption[shots]].flatten(1, 2)  # [B, K * L_c, D]
+        return x0, torch.cat([self.global_text[location, cast[:, 0], cast[:, 1]], captions], dim=1)
 
     def texts(self) -> list[str]:
         texts = {"", *(lab.caption for lab in self.labels)}
@@ -272,6 +332,61 @@ class SceneComposer:
             names = sorted(c for lc, c in self.by_pair if lc == loc)
             texts.update(global_caption(loc, [a, b]) for a in names for b in names if a != b)
         return sorted(texts)
+
+
+@dataclass
+class SceneLayouts:
+    """The token layouts of training batches, one per shot count K (every shot n latent frames, fixed caption
+    lengths): captioned `[global; caption_1..K]`, and caption-dropped (the empty negative prompt as one global token,
+    what the pipeline's unconditional pass gives the model)."""
+
+    captioned: dict[int, ShotLayout]
+    dropped: dict[int, ShotLayout]
+    latent_frames: int  # per shot
+    tokens_per_shot: int
+
+
+def scene_layouts(data: SceneComposer, patch: int) -> SceneLayouts:
+    """Layouts for `data` (moved with `.to()`: its text tables fix the caption lengths) and a transformer `patch`."""
+    lengths = {t.shape[0] for c, t in data.text.items() if c}
+    global_len, caption_len = data.global_text.shape[3], data.caption_text.shape[1]
+    if lengths != {caption_len, global_len}:
+        raise ValueError(f"training batches need fixed caption lengths; the world's captions have {sorted(lengths)}")
+    n_lat, grid = data.latents.shape[2], data.latents.shape[3] // patch
+    captioned = {k: ShotLayout.build([n_lat] * k, grid, grid, [caption_len] * k, global_len) for k in SHOTS_PER_SCENE}
+    dropped = {k: layout.with_text([0] * k, data.text[""].shape[0]) for k, layout in captioned.items()}
+    return SceneLayouts(captioned, dropped, n_lat, n_lat * grid * grid)
+
+
+def flow_matching_loss(
+    transformer, state, data: SceneComposer, layouts: SceneLayouts, k: int, batch: int, drop: bool, gen
+) -> torch.Tensor:
+    """The loss of one batch of `batch` scenes of `k` shots (drawn with `gen`, on the training device): velocity
+    target `noise - x0` at per-shot noise levels, shots kept clean carrying no loss; `drop`: the batch sees only the
+    empty negative prompt. `state` is `multishot_attention`'s, whose layout this sets."""
+    x0, cond = data.batch(k, batch, gen)
+    sig, mask = sample_sigmas(gen, batch, k)
+    n_lat = layouts.latent_frames
+    sig_tok = layouts.captioned[k].token_timesteps(sig)  # [B, S]
+    noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+    sig_frames = sig.repeat_interleave(n_lat, dim=1)[:, None, :, None, None]  # [B, 1, K*n, 1, 1]
+    xt = (1 - sig_frames) * x0 + sig_frames * noise
+    if drop:
+        state.layout = layouts.dropped[k]
+        cond = data.text[""].unsqueeze(0).expand(batch, -1, -1)
+    else:
+        state.layout = layouts.captioned[k]
+    pred = transformer(hidden_states=xt, timestep=sig_tok * 1000, encoder_hidden_states=cond).sample
+    per_frame = (pred - (noise - x0)).pow(2).mean(dim=(1, 3, 4))  # [B, K*n]
+    weight = mask.repeat_interleave(n_lat, dim=1)
+    return (per_frame * weight).sum() / weight.sum()
+
+
+def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], step: int, ema: float) -> None:
+    """EMA of the weights after `step` optimiser steps (a short horizon early on), one fused call for all tensors."""
+    decay = min(ema, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(ema_params, params, 1 - decay)
 
 
 def cmd_train(args) -> int:
@@ -292,9 +407,8 @@ def cmd_train(args) -> int:
         for t in data.texts():
             if t not in text:
                 text[t] = encode_text(tokenizer, text_encoder, t).to(device)
-        data.latents = data.latents.to(device)  # scenes are composed where the model trains
         print(f"shot pool: {len(data.labels)} shots", flush=True)
-        return data
+        return data.to(device)  # scenes are drawn and composed where the model trains
 
     data = load_data()
     pool_mtime = (run / "shots.pt").stat().st_mtime
@@ -304,16 +418,8 @@ def cmd_train(args) -> int:
         torch.load(run / "last.pt", weights_only=False, map_location=device) if (run / "last.pt").exists() else None
     )
     config = resumed["config"] if resumed is not None else transformer_config(args.patch, args.heads, args.ffn_dim)
-    n_lat = data.latents.shape[2]
-    grid = data.latents.shape[3] // config["patch_size"][1]
-    tokens_per_shot = n_lat * grid * grid
-    caption_len = data.text[data.labels[0].caption].shape[0]
-    global_len = encode_text(tokenizer, text_encoder, global_caption("forest", ["mara", "tom"])).shape[0]
-    lengths = {t.shape[0] for c, t in data.text.items() if c}
-    if lengths != {caption_len, global_len}:
-        raise ValueError(f"training batches need fixed caption lengths; the world's captions have {sorted(lengths)}")
-    layouts = {k: ShotLayout.build([n_lat] * k, grid, grid, [caption_len] * k, global_len) for k in ks}
-    empty = data.text[""]
+    layouts = scene_layouts(data, config["patch_size"][1])
+    tokens_per_shot = layouts.tokens_per_shot
 
     transformer = build_transformer(args.seed, config)
     if args.init is not None and resumed is None:
@@ -323,8 +429,15 @@ def cmd_train(args) -> int:
         print(f"initialised from {args.init}", flush=True)
     transformer.to(device)
     ema = copy.deepcopy(transformer).requires_grad_(False)
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    # fused: one kernel for the whole update instead of a few per parameter tensor (231 of them)
+    optimizer = torch.optim.AdamW(
+        transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True
+    )
+    # Two generators: `rng` (host) makes the decisions that shape a step (shots per scene, caption dropout), `gen`
+    # (the training device) draws scenes, noise levels and noise, so a step needs no host-to-device copy (each one
+    # from pageable memory waits for the GPU) and no per-scene host work.
     rng = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device).manual_seed(args.seed + 1)
     step, losses = 0, []
     if resumed is not None:
         ckpt = resumed
@@ -333,6 +446,10 @@ def cmd_train(args) -> int:
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         rng.set_state(ckpt["rng"].cpu())
+        if "gen" in ckpt:
+            gen.set_state(ckpt["gen"].cpu())
+        else:  # a checkpoint from before the device generator
+            gen.manual_seed(args.seed + 1 + step)
         print(f"resumed from {run / 'last.pt'} at step {step}", flush=True)
     n_params = sum(p.numel() for p in transformer.parameters())
     print(f"transformer {n_params / 1e6:.2f}M params; shots {ks}; {tokens_per_shot} tokens/shot", flush=True)
@@ -340,53 +457,38 @@ def cmd_train(args) -> int:
     def save():
         tmp = run / "last.pt.tmp"
         state = {"transformer": transformer.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict()}
-        state |= {"step": step, "rng": rng.get_state(), "config": config, "seed": args.seed}
+        state |= {"step": step, "rng": rng.get_state(), "gen": gen.get_state(), "config": config, "seed": args.seed}
         torch.save(state, tmp)
         os.replace(tmp, run / "last.pt")
 
     start = time.time()
     transformer.train()
-    with multishot_attention(transformer, layouts[ks[0]], "mmrope", "full") as state:
+    params, ema_params = list(transformer.parameters()), list(ema.parameters())
+    first_step, window = step, 0
+    loss_sum = torch.zeros((), device=device)  # read every 50 steps: a `.item()` per step would wait for the GPU
+    with multishot_attention(transformer, layouts.captioned[ks[0]], "mmrope", "full") as state:
         while step < args.max_steps and time.time() - start < args.minutes * 60:
             k = ks[int(torch.multinomial(probs, 1, generator=rng))]
             batch = max(1, args.tokens // (tokens_per_shot * k))
-            x0, cond = data.batch(k, batch, rng)
-            x0, cond = x0.to(device), cond.to(device)
-            sig, mask = sample_sigmas(rng, batch, k)
-            layout = layouts[k]
-            sig, mask = sig.to(device), mask.to(device)
-            sig_tok = layout.token_timesteps(sig)  # [B, S]
-            noise = torch.randn(x0.shape, generator=rng).to(device)
-            sig_frames = sig.repeat_interleave(n_lat, dim=1)[:, None, :, None, None]  # [B, 1, K*n, 1, 1]
-            xt = (1 - sig_frames) * x0 + sig_frames * noise
-            target = noise - x0
-            # Caption dropout: the unconditional pass sees only the empty negative prompt, as one global token.
-            drop = torch.rand(1, generator=rng).item() < args.cfg_dropout
-            if drop:
-                state.layout = layout.with_text([0] * k, empty.shape[0])
-                cond = empty.to(device).unsqueeze(0).expand(batch, -1, -1)
-            else:
-                state.layout = layout
-            pred = transformer(hidden_states=xt, timestep=sig_tok * 1000, encoder_hidden_states=cond).sample
-            per_frame = (pred - target).pow(2).mean(dim=(1, 3, 4))  # [B, K*n]
-            weight = mask.repeat_interleave(n_lat, dim=1)
-            loss = (per_frame * weight).sum() / weight.sum()
+            drop = torch.rand(1, generator=rng).item() < args.cfg_dropout  # caption dropout
+            loss = flow_matching_loss(transformer, state, data, layouts, k, batch, drop, gen)
             lr = args.lr * min(1.0, (step + 1) / args.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             step += 1
-            decay = min(args.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), transformer.parameters(), strict=True):
-                    e.lerp_(p, 1 - decay)
-            losses.append(loss.item())
+            ema_update(ema_params, params, step, args.ema)
+            loss_sum += loss.detach()
+            window += 1
             if step % 50 == 0:
-                rate = (time.time() - start) / max(1, len(losses))
-                print(f"step {step} loss {np.mean(losses[-50:]):.4f} lr {lr:.2e} {rate:.3f}s/step", flush=True)
+                losses.append(loss_sum.item() / window)
+                loss_sum.zero_()
+                window = 0
+                rate = (time.time() - start) / (step - first_step)
+                print(f"step {step} loss {losses[-1]:.4f} lr {lr:.2e} {rate:.3f}s/step", flush=True)
             if step % args.save_every == 0:
                 save()
             if step % args.reload_every == 0 and (run / "shots.pt").stat().st_mtime != pool_mtime:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import numpy as np
+import pytest
 import torch
 
+from training import train_demo
 from training.train_demo import FLOW_SHIFT, SceneComposer, sample_sigmas, shifted
 from training.world import CHARACTER_BY_NAME, global_caption, sample_shot
 
@@ -25,26 +28,103 @@ def test_sigmas_are_shifted_and_clean_shots_carry_no_loss():
     assert shifted(torch.tensor(0.5)).item() == FLOW_SHIFT * 0.5 / (1 + (FLOW_SHIFT - 1) * 0.5)
 
 
-def test_composed_scenes_keep_one_location_and_put_both_cast_members_on_screen():
+def _composer(count: int = 300) -> SceneComposer:
     rng = np.random.default_rng(0)
-    labels = [sample_shot(rng) for _ in range(300)]
+    labels = [sample_shot(rng) for _ in range(count)]
     cache = {"latents": [torch.randn(16, 5, 8, 8).half() for _ in labels], "labels": [asdict(x) for x in labels]}
     stats = {"latents_mean": [0.0] * 16, "latents_std": [1.0] * 16}
     composer = SceneComposer(cache, stats, {})
     texts = composer.texts()
-    composer.text = {t: torch.full((3 if t.startswith("a scene") else 2, 4), float(len(t))) for t in texts}
+    # a distinct embedding per text (its position in the sorted list), so gathered rows can be traced back
+    composer.text = {t: torch.full((3 if t.startswith("a scene") else 2, 4), float(i)) for i, t in enumerate(texts)}
+    return composer.to("cpu")
+
+
+def test_composed_scenes_keep_one_location_and_put_both_cast_members_on_screen():
+    composer = _composer()
+    texts = composer.texts()
     gen = torch.Generator().manual_seed(1)
     for k in (2, 3, 4):
-        for _ in range(20):
-            shots, caption = composer.scene(k, gen)
-            chosen = [composer.labels[i] for i in shots]
-            assert len({s.location for s in chosen}) == 1
-            names = {s.character for s in chosen}
-            assert len(names) == 2 and all(CHARACTER_BY_NAME[n] for n in names)
-            assert caption in {
-                global_caption(chosen[0].location, list(p)) for p in (sorted(names), sorted(names)[::-1])
-            }
-            assert caption in texts
-        x0, text = composer.batch(k, 3, gen)
-        assert x0.shape == (3, 16, 5 * k, 8, 8)
-        assert text.shape == (3, 3 + 2 * k, 4)
+        state = gen.get_state()
+        shots, location, cast = composer.draw(k, 64, gen)
+        assert shots.shape == (64, k) and location.shape == (64,) and cast.shape == (64, 2)
+        for b in range(64):
+            chosen = [composer.labels[i] for i in shots[b].tolist()]
+            assert {s.location for s in chosen} == {composer.locations[int(location[b])]}
+            names = [composer.characters[c] for c in cast[b].tolist()]
+            assert names[0] != names[1] and all(CHARACTER_BY_NAME[n] for n in names)
+            assert {s.character for s in chosen} == set(names)  # both on screen, nobody else
+        gen.set_state(state)  # batch() draws the same scenes and gathers their latents and captions
+        x0, text = composer.batch(k, 64, gen)
+        assert x0.shape == (64, 16, 5 * k, 8, 8)
+        assert text.shape == (64, 3 + 2 * k, 4)
+        for b in (0, 17, 63):
+            expected = torch.cat([composer.latents[i] for i in shots[b].tolist()], dim=1)
+            assert torch.equal(x0[b], expected)
+            caption = global_caption(composer.locations[int(location[b])], [composer.characters[c] for c in cast[b]])
+            assert text[b, 0, 0].item() == texts.index(caption)
+            captions = [composer.labels[i].caption for i in shots[b].tolist()]
+            assert text[b, 3::2, 0].tolist() == [texts.index(c) for c in captions]
+
+
+def test_scene_draws_cover_every_location_cast_order_and_shot_position():
+    composer = _composer()
+    shots, location, cast = composer.draw(3, 4000, torch.Generator().manual_seed(2))
+    assert set(location.tolist()) == set(range(len(composer.locations)))
+    # every character that has shots at a location is cast there, first and second alike
+    for li, loc in enumerate(composer.locations):
+        present = {composer.characters.index(c) for lc, c in composer.by_pair if lc == loc}
+        at = location == li
+        assert set(cast[at, 0].tolist()) == present and set(cast[at, 1].tolist()) == present
+    # the first-named character is not always on screen first: shot order is drawn
+    first_char = torch.tensor(
+        [
+            [composer.labels[i].character for i in row].index(composer.characters[c])
+            for row, c in zip(shots.tolist(), cast[:, 0].tolist(), strict=True)
+        ]
+    )
+    assert set(first_char.tolist()) == {0, 1, 2}
+    # every pool shot of a (location, character) pair can be drawn
+    drawn = set(shots.flatten().tolist())
+    assert len(drawn) > 0.95 * len(composer.labels)
+
+
+def test_composer_refuses_a_pool_with_a_lonely_location():
+    rng = np.random.default_rng(0)
+    labels = [sample_shot(rng) for _ in range(40)]
+    lone = labels[0]
+    labels = [lab for lab in labels if lab.location != lone.location or lab.character == lone.character]
+    cache = {"latents": [torch.zeros(16, 5, 8, 8).half() for _ in labels], "labels": [asdict(x) for x in labels]}
+    with pytest.raises(ValueError, match="fewer than two characters"):
+        SceneComposer(cache, {"latents_mean": [0.0] * 16, "latents_std": [1.0] * 16}, {})
+
+
+def _tiny_run(folder, count: int = 120) -> None:
+    """A `train_demo cache`-shaped run folder: random latents of the 8x layout and real labels."""
+    rng = np.random.default_rng(3)
+    labels = [asdict(sample_shot(rng)) for _ in range(count)]
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(3)
+    latents = [torch.randn(16, 5, 8, 8, generator=gen).half() for _ in labels]
+    torch.save({"latents": latents, "labels": labels}, folder / "shots.pt")
+    stats = {"latents_mean": [0.0] * 16, "latents_std": [1.0] * 16, "vae": "test"}
+    (folder / "latent_stats.json").write_text(json.dumps(stats))
+
+
+def test_training_resumed_halfway_ends_with_the_same_weights_as_one_run(tmp_path):
+    """The host and device generators, the optimizer and the EMA are all in the checkpoint: 2 + 2 steps = 4 steps."""
+    args = ["--tokens", "240", "--warmup", "2", "--save-every", "1", "--heads", "2", "--ffn-dim", "64"]
+    for name in ("one", "two"):
+        _tiny_run(tmp_path / name)
+    assert train_demo.main(["train", "--run", str(tmp_path / "one"), "--max-steps", "4", *args]) == 4
+    assert train_demo.main(["train", "--run", str(tmp_path / "two"), "--max-steps", "2", *args]) == 2
+    assert train_demo.main(["train", "--run", str(tmp_path / "two"), "--max-steps", "4", *args]) == 4
+    one = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
+    two = torch.load(tmp_path / "two" / "last.pt", weights_only=False)
+    for part in ("transformer", "ema"):
+        assert one[part].keys() == two[part].keys()
+        for name, value in one[part].items():
+            assert torch.equal(value, two[part][name]), (part, name)
+    fresh = train_demo.build_transformer(0, one["config"]).state_dict()
+    moved = [name for name, value in one["transformer"].items() if not torch.equal(value, fresh[name])]
+    assert len(moved) > 0.9 * len(fresh)  # four steps moved (nearly) every weight
