@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.vae is not None:
         from diffusers import AutoencoderKLWan
 
-        vae = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True).eval()
+        vae = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True, torch_dtype=torch.float32).eval()
     else:
         pipe = load_demo_pipeline(args.model)
         vae = pipe.vae

@@ -34,7 +34,14 @@ import torch
 from pipelines.attention import multishot_attention
 from pipelines.layout import ShotLayout
 from training.tokenizer import build_world_tokenizer
-from training.train_vae import VAE_CONFIG, build_vae, frames_to_pixels, save_vae_folder
+from training.train_vae import (
+    VAE_CONFIG,
+    WEIGHTS_DTYPE,
+    build_vae,
+    frames_to_pixels,
+    save_model_folder,
+    save_vae_folder,
+)
 from training.world import ShotLabels, global_caption, render_shot, sample_shot
 
 SHOT_FRAMES = 17  # frames per shot the demo model is trained on (5 latent frames)
@@ -165,7 +172,7 @@ def cmd_cache(args) -> None:
     if args.vae.is_dir():  # an exported model's vae/ folder: continue in the shipped latent space
         from diffusers import AutoencoderKLWan
 
-        shipped = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True)
+        shipped = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True, torch_dtype=torch.float32)
         vae = shipped
         vae_state = {"vae": shipped.state_dict(), "step": -1}
         stats_path = run / "latent_stats.json"
@@ -425,7 +432,9 @@ def cmd_train(args) -> int:
     if args.init is not None and resumed is None:
         from diffusers import WanTransformer3DModel
 
-        transformer = WanTransformer3DModel.from_pretrained(args.init / "transformer", local_files_only=True)
+        transformer = WanTransformer3DModel.from_pretrained(
+            args.init / "transformer", local_files_only=True, torch_dtype=torch.float32
+        )
         print(f"initialised from {args.init}", flush=True)
     transformer.to(device)
     ema = copy.deepcopy(transformer).requires_grad_(False)
@@ -539,7 +548,9 @@ def export_demo(
     ckpt = torch.load(run / "last.pt", weights_only=False, map_location="cpu")
     transformer = build_transformer(seed, ckpt.get("config"))
     transformer.load_state_dict(ckpt["ema" if use_ema else "transformer"])
-    transformer.save_pretrained(dest / "transformer", safe_serialization=True)
+    # Stored in half precision (the 40 MB budget; loaders upcast): the evaluation of the shipped weights is the same
+    # to the shot either way (docs/QUALITY.md section 3).
+    save_model_folder(transformer, dest / "transformer")
 
     build_text_encoder(seed, text_encoder).save_pretrained(dest / "text_encoder", safe_serialization=True)
     build_world_tokenizer().save_pretrained(dest / "tokenizer")
@@ -560,6 +571,7 @@ def export_demo(
         "trained_steps": ckpt["step"],
         "vae_steps": vae_ckpt["step"],
         "weights": "ema" if use_ema else "raw",
+        "stored_dtype": str(WEIGHTS_DTYPE).removeprefix("torch."),
         "seed": seed,
         "shot_frames": SHOT_FRAMES,
         "size": SIZE,

@@ -44,6 +44,9 @@ VAE_CONFIGS = {
     4: {**VAE_CONFIG, "dim_mult": [1, 2, 4], "temperal_downsample": [True, True], "scale_factor_spatial": 4},
 }
 CLIP_FRAMES = 5
+# Exported weights (vae/ and transformer/ folders) are stored in float16: half the bytes of the 40 MB budget, and
+# every loader asks for float32 (the evaluation reads the same either way, docs/QUALITY.md section 3).
+WEIGHTS_DTYPE = torch.float16
 SHOT_FRAMES = 17  # frames of one world shot (training.world.render_shot's default)
 
 
@@ -193,18 +196,32 @@ def load_vae_weights(path: Path) -> tuple[dict, dict]:
     if path.is_dir():
         from diffusers import AutoencoderKLWan
 
-        vae = AutoencoderKLWan.from_pretrained(path, local_files_only=True)
+        vae = AutoencoderKLWan.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
         return layout_config(vae.config), vae.state_dict()
     checkpoint = torch.load(path, weights_only=False, map_location="cpu")
     return checkpoint["config"], checkpoint["vae"]
+
+
+def save_model_folder(model, dest: Path) -> None:
+    """`model.save_pretrained(dest)` with the weights stored as WEIGHTS_DTYPE; the model in memory is untouched
+    (casting it would also cast the modules diffusers keeps in float32, and warn about it)."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(dest, safe_serialization=True)
+    for path in Path(dest).glob("*.safetensors"):
+        weights = load_file(path)
+        half = {
+            name: value.to(WEIGHTS_DTYPE) if value.is_floating_point() else value for name, value in weights.items()
+        }
+        save_file(half, path, metadata={"format": "pt"})
 
 
 def save_vae_folder(
     state: dict, config: dict, latents_mean: list[float], latents_std: list[float], dest: Path
 ) -> None:
     """Write weights of layout `config` as a diffusers `vae/` folder with the latent statistics the transformer
-    trains on. Written beside `dest` first and swapped in, so an interrupted export never leaves a half-written
-    model."""
+    trains on, stored as WEIGHTS_DTYPE. Written beside `dest` first and swapped in, so an interrupted export never
+    leaves a half-written model."""
     import shutil
 
     from diffusers import AutoencoderKLWan
@@ -213,7 +230,7 @@ def save_vae_folder(
     vae.load_state_dict({name: value.cpu() for name, value in state.items()})
     tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp, safe_serialization=True)
+    save_model_folder(vae, tmp)
     if dest.exists():
         os.replace(dest, old)
     os.replace(tmp, dest)
@@ -277,7 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.init is not None:  # an exported model's vae/ folder
         from diffusers import AutoencoderKLWan
 
-        vae.load_state_dict(AutoencoderKLWan.from_pretrained(args.init, local_files_only=True).state_dict())
+        vae.load_state_dict(
+            AutoencoderKLWan.from_pretrained(args.init, local_files_only=True, torch_dtype=torch.float32).state_dict()
+        )
         print(f"initialised from {args.init}", flush=True)
     rng = np.random.default_rng(args.seed + 1000 * (1 + int(args.decoder_only)))
     if rng_state is not None:

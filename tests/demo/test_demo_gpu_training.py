@@ -106,7 +106,9 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
     joint_steps = report["vae_steps"]
     assert joint_steps == 0 if "--init-vae" in layout else joint_steps >= 1
     if "--init-vae" in layout:  # no joint steps: the pool is encoded in the shipped latent space
-        shipped = AutoencoderKLWan.from_pretrained("assets/demo/vae", local_files_only=True).state_dict()
+        shipped = AutoencoderKLWan.from_pretrained(
+            "assets/demo/vae", local_files_only=True, torch_dtype=torch.float32
+        ).state_dict()
         started = torch.load(out / "vae_joint.pt", weights_only=False)["vae"]
         assert all(torch.equal(shipped[name], started[name]) for name in shipped)
     else:  # a second call on the warm machine goes on from both checkpoints and exports again
@@ -121,8 +123,10 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
         with pytest.raises(SystemExit, match="--keep-pool"):  # the last call took the pool away
             main(["continue", "--out", str(out), "--device", "cpu", "--seconds", "1"])
     assert not (out / "pool.npy").exists()  # the rendered pool is scratch, not output
-    transformer = WanTransformer3DModel.from_pretrained(out / "demo" / "transformer", local_files_only=True)
-    vae = AutoencoderKLWan.from_pretrained(out / "demo" / "vae", local_files_only=True)
+    transformer = WanTransformer3DModel.from_pretrained(
+        out / "demo" / "transformer", local_files_only=True, torch_dtype=torch.float32
+    )
+    vae = AutoencoderKLWan.from_pretrained(out / "demo" / "vae", local_files_only=True, torch_dtype=torch.float32)
     # The exported encoder is the one the shot pool was encoded with (the transformer's latent space).
     encoder = torch.load(out / "run" / "vae_encoder.pt", weights_only=False)["vae"]
     for name, value in vae.state_dict().items():
@@ -150,7 +154,7 @@ def test_autoencoder_only_session_exports_a_vae_folder_that_a_later_run_starts_f
     )
     report = json.loads((out / "vae" / "training.json").read_text())
     assert report["vae_steps"] >= 1 and report["decoder_steps"] >= 1 and not (out / "pool.npy").exists()
-    vae = AutoencoderKLWan.from_pretrained(out / "vae", local_files_only=True)
+    vae = AutoencoderKLWan.from_pretrained(out / "vae", local_files_only=True, torch_dtype=torch.float32)
     assert vae.config.scale_factor_spatial == 4 and len(vae.config.latents_std) == 16
     assert all(s > 0 for s in vae.config.latents_std)
     joint = torch.load(out / "vae_joint.pt", weights_only=False)["vae"]
@@ -188,8 +192,8 @@ def test_decoder_only_run_exports_a_vae_folder_in_the_shipped_latent_space(tmp_p
     (dest / "stale.txt").write_text("replaced whole, never merged")
     argv = ["--out", str(tmp_path / "run"), "--init", str(shipped), "--decoder-only", "--max-steps", "1"]
     train_vae([*argv, "--batch", "1", "--crop", "32", "--export-to", str(dest)])
-    before = AutoencoderKLWan.from_pretrained(shipped, local_files_only=True).state_dict()
-    exported = AutoencoderKLWan.from_pretrained(dest, local_files_only=True)
+    before = AutoencoderKLWan.from_pretrained(shipped, local_files_only=True, torch_dtype=torch.float32).state_dict()
+    exported = AutoencoderKLWan.from_pretrained(dest, local_files_only=True, torch_dtype=torch.float32)
     after = exported.state_dict()
     assert not (dest / "stale.txt").exists() and not dest.with_name("vae.tmp").exists()
     assert exported.config.latents_mean == json.loads((shipped / "config.json").read_text())["latents_mean"]

@@ -31,6 +31,26 @@ def test_shipped_weights_are_small_safetensors():
     assert index["text_encoder"] == ["transformers", "UMT5EncoderModel"]
 
 
+def test_weights_are_stored_in_half_precision_and_load_as_float32(pipe, tmp_path):
+    from safetensors.torch import load_file
+
+    from training.train_vae import WEIGHTS_DTYPE, save_model_folder
+
+    for name in ("transformer", "vae"):
+        stored = load_file(DEMO_MODEL_DIR / name / "diffusion_pytorch_model.safetensors")
+        assert {value.dtype for value in stored.values()} == {WEIGHTS_DTYPE}
+        loaded = getattr(pipe, name).state_dict()
+        assert all(loaded[key].dtype == torch.float32 for key in stored)  # the studio computes in float32 on a CPU
+        assert all(torch.equal(loaded[key], value.float()) for key, value in stored.items())
+    # the writer: the file holds the rounded weights, the model in memory keeps its own
+    model = pipe.vae
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    save_model_folder(model, tmp_path / "vae")
+    written = load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(written[key], value.to(WEIGHTS_DTYPE)) for key, value in before.items())
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in before.items())
+
+
 def test_shipped_model_loads_with_the_training_configs(pipe):
     from training.train_demo import TRANSFORMER_CONFIG
     from training.train_vae import VAE_CONFIG
