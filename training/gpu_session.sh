@@ -10,6 +10,8 @@
 # tests/pipelines` beside the rendering, into OUT/gpu_tests.txt. BENCH=1: after the training, the real-size
 # multi-shot benchmark (random weights of Wan2.1-1.3B's transformer, 480p, 81 frames) for at most BENCH_SECONDS,
 # into OUT/bench_multishot.txt; never beside the training, whose small launch-bound kernels it would starve.
+# BENCH_STEP=1: before the training, bench/train_step.py on the card (the transformer step part by part and as the
+# loop runs it; BENCH_LAYOUT 4 or 8, default 4; about 30 s) into OUT/bench_train_step.txt.
 set -u
 OUTDIR=${1:?output folder}
 BUDGET=${2:-480}
@@ -18,6 +20,11 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi -L || true
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, torch.cuda.is_available())"
+if [ -n "${BENCH_STEP:-}" ]; then
+    timeout 150 python3 bench/train_step.py --device "${DEVICE:-cuda}" --layout "${BENCH_LAYOUT:-4}" --steps 20 \
+        > "$OUTDIR/bench_train_step.txt" 2>&1
+    echo "benchmark exit $?" >> "$OUTDIR/bench_train_step.txt"
+fi
 if [ -n "${GPU_TESTS:-}" ]; then
     timeout 240 python3 -m pytest -m gpu tests/pipelines -q -p no:cacheprovider > "$OUTDIR/gpu_tests.txt" 2>&1 &
     TESTS_PID=$!

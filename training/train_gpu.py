@@ -16,8 +16,9 @@ Two more commands, for leases too short to train both halves (docs/QUALITY.md se
 
     python -m training.train_gpu vae --out OUT --budget-seconds 560 --init-vae assets/staged/vae_4x
         # the autoencoder alone for the whole lease: joint, then the decoder alone; exported as OUT/vae
-    python -m training.train_gpu all ... --init-vae assets/staged/vae_4x --vae-seconds 0
-        # the transformer on that autoencoder's latent space, the decoder going on beside it
+    python -m training.train_gpu all ... --init-vae assets/staged/vae_4x --vae-seconds 0 [--init-transformer DIR]
+        # the transformer on that autoencoder's latent space (its latent statistics kept), the decoder going on
+        # beside it; --init-transformer goes on from an earlier session's exported model in the same latent space
     python -m training.train_gpu continue --out OUT --seconds 200 ...
         # a second call on the same warm machine (`all --keep-pool` first): both go on, the export is redone
 
@@ -176,6 +177,9 @@ def train_side_by_side_and_export(args, seconds: float, report: dict, resume: bo
         train_args += ["--ffn-dim", str(args.ffn_dim)]
     if args.text_encoder is not None:
         train_args += ["--text-encoder", str(args.text_encoder)]
+    if getattr(args, "init_transformer", None) is not None and not (run / "last.pt").exists():
+        train_args += ["--init", str(args.init_transformer)]
+        report["init_transformer"] = str(args.init_transformer)
     report["transformer_steps"] = train_demo.main(train_args)
     report["transformer_s"] = round(report.get("transformer_s", 0.0) + time.time() - t, 1)
     if decoder.wait() != 0:
@@ -299,6 +303,12 @@ def cmd_all(args) -> None:
     latents = encode_pool(vae, pool)
     encoder_state = {"vae": joint["vae"], "step": joint["step"], "source": str(out / "vae_joint.pt")}
     torch.save(encoder_state, run / "vae_encoder.pt")
+    if args.init_vae is not None and args.init_vae.is_dir() and args.vae_seconds == 0:
+        # The kept autoencoder's own latent statistics, not the pool's: a transformer from an earlier session
+        # (--init-transformer) was trained on exactly these.
+        kept = json.loads((args.init_vae / "config.json").read_text())
+        stats = {key: kept[key] for key in ("latents_mean", "latents_std")} | {"vae": str(args.init_vae)}
+        (run / "latent_stats.json").write_text(json.dumps(stats, indent=1))
     train_demo.save_shot_pool(run, {"latents": latents, "labels": labels}, str(out / "vae_joint.pt"))
     del vae, pool
     if device.type == "cuda":
@@ -344,6 +354,13 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument(
             "--vae-compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor of a new VAE"
         )
+    sub.choices["all"].add_argument(
+        "--init-transformer",
+        type=Path,
+        default=None,
+        help="start the transformer from this exported model folder (an earlier session's demo/, trained in the "
+        "latent space of --init-vae with --vae-seconds 0)",
+    )
     sub.choices["all"].add_argument(
         "--transformer-seconds", type=float, default=10**6, help="at most this (else: what is left)"
     )

@@ -111,6 +111,28 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
         ).state_dict()
         started = torch.load(out / "vae_joint.pt", weights_only=False)["vae"]
         assert all(torch.equal(shipped[name], started[name]) for name in shipped)
+        # ... and its latent statistics are kept, so a later session can go on with this transformer
+        shipped_config = AutoencoderKLWan.load_config("assets/demo/vae")
+        stats = json.loads((out / "run" / "latent_stats.json").read_text())
+        assert stats["latents_mean"] == shipped_config["latents_mean"]
+        assert stats["latents_std"] == shipped_config["latents_std"]
+        later = tmp_path / "later"
+        main(
+            ["all", "--out", str(later), "--device", "cpu", "--shots", "24", "--workers", "1"]
+            + ["--budget-seconds", "30", "--vae-batch", "1", "--tokens", "320"]
+            + ["--text-encoder", "assets/demo/text_encoder", *layout, "--init-transformer", str(out / "demo")]
+        )
+        assert json.loads((later / "report.json").read_text())["init_transformer"] == str(out / "demo")
+        first = WanTransformer3DModel.from_pretrained(
+            out / "demo" / "transformer", local_files_only=True, torch_dtype=torch.float32
+        )
+        second = torch.load(later / "run" / "last.pt", weights_only=False)["transformer"]
+        fresh = WanTransformer3DModel.from_config(first.config).state_dict()
+
+        def distance(a: dict, b: dict) -> float:
+            return sum((a[name].float() - b[name].float()).norm().item() for name in a)
+
+        assert distance(second, first.state_dict()) < 0.2 * distance(second, fresh)
     else:  # a second call on the warm machine goes on from both checkpoints and exports again
         assert (out / "pool.npy").exists()
         main(["continue", "--out", str(out), "--device", "cpu", "--seconds", "8", "--vae-batch", "1", "--keep-pool"])
