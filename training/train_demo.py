@@ -239,8 +239,8 @@ class SceneComposer:
     """Scenes of K shots composed from the shot pool: one location, a cast of two, each cast member on screen.
 
     Whole batches are drawn with a few vectorised calls on the generator's device and gathered from tables there
-    (`to(device)`): a batch of 32000 tokens holds 100-200 scenes, and drawing them one by one on the host cost more
-    than the GPU's forward and backward pass."""
+    (`to(device)`): a batch of 32000 tokens holds 100-200 scenes, and drawing and concatenating them one by one cost
+    tens of milliseconds of host time a step (docs/PERFORMANCE.md, "Demo-model training")."""
 
     def __init__(self, cache: dict, stats: dict, text: dict[str, torch.Tensor]):
         mean = torch.tensor(stats["latents_mean"]).view(1, -1, 1, 1, 1)

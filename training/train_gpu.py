@@ -50,6 +50,7 @@ from training.train_vae import (
     frames_to_pixels,
     late_lr_scale,
     load_vae_weights,
+    round_to_stored,
     save_autoencoder,
     save_vae_folder,
     trainable_parameters,
@@ -115,6 +116,9 @@ def train_autoencoder(
             print(f"{kind} step {step} l1 {np.mean(losses[-50:]):.4f} {rate:.3f}s/step", flush=True)
         if step % 500 == 0:
             save_autoencoder(save_to, vae, optimizer, step, decoder_only, config)
+    # The weights end as they will be stored: the joint run's encoder then encodes the pool in exactly the latent
+    # space that ships, and every checkpoint equals its export.
+    round_to_stored(vae)
     save_autoencoder(save_to, vae, optimizer, step, decoder_only, config)
     return step
 
@@ -162,10 +166,12 @@ def train_side_by_side_and_export(args, seconds: float, report: dict, resume: bo
     recorded plus the time since `t0`)."""
     earlier_s = report.get("total_s", 0.0)
     out, run = args.out, args.out / "run"
-    decoder_cmd = [sys.executable, "-m", "training.train_gpu", "decoder", "--out", str(out), "--device", args.device]
-    decoder_cmd += ["--seconds", str(seconds), "--seed", str(args.seed), "--vae-batch", str(args.vae_batch)]
-    decoder_cmd += ["--lr", str(args.lr)] + ["--resume"] * resume + ["--balance-figures"] * args.balance_figures
-    decoder = subprocess.Popen(decoder_cmd)
+    decoder = None
+    if not args.no_decoder:
+        decoder_cmd = [sys.executable, "-m", "training.train_gpu", "decoder", "--out", str(out)]
+        decoder_cmd += ["--device", args.device, "--seconds", str(seconds), "--seed", str(args.seed)]
+        decoder_cmd += ["--vae-batch", str(args.vae_batch), "--lr", str(args.lr)] + ["--resume"] * resume
+        decoder = subprocess.Popen(decoder_cmd + ["--balance-figures"] * args.balance_figures)
     t = time.time()
     train_args = ["train", "--run", str(run), "--device", args.device, "--minutes", str(seconds / 60)]
     train_args += ["--tokens", str(args.tokens), "--lr", str(args.transformer_lr), "--warmup", "300"]
@@ -182,13 +188,18 @@ def train_side_by_side_and_export(args, seconds: float, report: dict, resume: bo
         report["init_transformer"] = str(args.init_transformer)
     report["transformer_steps"] = train_demo.main(train_args)
     report["transformer_s"] = round(report.get("transformer_s", 0.0) + time.time() - t, 1)
-    if decoder.wait() != 0:
-        raise RuntimeError(f"the decoder process failed with exit code {decoder.returncode}")
-    report["decoder_steps"] = torch.load(out / "vae_decoder.pt", weights_only=False)["step"]
+    if decoder is not None:
+        if decoder.wait() != 0:
+            raise RuntimeError(f"the decoder process failed with exit code {decoder.returncode}")
+        report["decoder_steps"] = torch.load(out / "vae_decoder.pt", weights_only=False)["step"]
+    else:
+        report.setdefault("decoder_steps", 0)
+    # --no-decoder: the autoencoder as the joint stage left it, or as an earlier call's decoder process left it
+    vae_checkpoint = out / "vae_decoder.pt" if (out / "vae_decoder.pt").exists() else out / "vae_joint.pt"
 
     # 5. export
     train_demo.export_demo(
-        run, out / "demo", seed=args.seed, vae_checkpoint=out / "vae_decoder.pt", text_encoder=args.text_encoder
+        run, out / "demo", seed=args.seed, vae_checkpoint=vae_checkpoint, text_encoder=args.text_encoder
     )
     if torch.cuda.is_available() and args.device.startswith("cuda"):
         report["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -341,6 +352,11 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--ffn-dim", type=int, default=None, help="transformer feed-forward width (default 768)")
         p.add_argument("--text-encoder", type=Path, default=None, help="a saved text_encoder/ folder to train with")
         p.add_argument("--keep-pool", action="store_true", help="keep <out>/pool.npy for a later `continue`")
+        p.add_argument(
+            "--no-decoder",
+            action="store_true",
+            help="the whole card to the transformer: no decoder process beside it (two processes time-slice the card)",
+        )
     for name in ("all", "vae"):
         p = sub.choices[name]
         p.add_argument("--budget-seconds", type=float, default=500.0, help="wall clock for the whole command")

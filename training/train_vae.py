@@ -202,6 +202,14 @@ def load_vae_weights(path: Path) -> tuple[dict, dict]:
     return checkpoint["config"], checkpoint["vae"]
 
 
+@torch.no_grad()
+def round_to_stored(model) -> None:
+    """Round `model`'s parameters to what WEIGHTS_DTYPE stores (kept as float32): a run that ends on these has its
+    checkpoint equal to its export, and an encoder frozen here gives exactly the latent space that ships."""
+    for param in model.parameters():
+        param.copy_(param.to(WEIGHTS_DTYPE))
+
+
 def save_model_folder(model, dest: Path) -> None:
     """`model.save_pretrained(dest)` with the weights stored as WEIGHTS_DTYPE; the model in memory is untouched
     (casting it would also cast the modules diffusers keeps in float32, and warn about it)."""

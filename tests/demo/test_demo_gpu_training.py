@@ -121,8 +121,15 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
             ["all", "--out", str(later), "--device", "cpu", "--shots", "24", "--workers", "1"]
             + ["--budget-seconds", "30", "--vae-batch", "1", "--tokens", "320"]
             + ["--text-encoder", "assets/demo/text_encoder", *layout, "--init-transformer", str(out / "demo")]
+            + ["--no-decoder"]  # the whole card to the transformer: the autoencoder is exported as it came
         )
-        assert json.loads((later / "report.json").read_text())["init_transformer"] == str(out / "demo")
+        later_report = json.loads((later / "report.json").read_text())
+        assert later_report["init_transformer"] == str(out / "demo") and later_report["decoder_steps"] == 0
+        assert not (later / "vae_decoder.pt").exists()
+        kept = AutoencoderKLWan.from_pretrained(
+            later / "demo" / "vae", local_files_only=True, torch_dtype=torch.float32
+        )
+        assert all(torch.equal(value, shipped[name]) for name, value in kept.state_dict().items())
         first = WanTransformer3DModel.from_pretrained(
             out / "demo" / "transformer", local_files_only=True, torch_dtype=torch.float32
         )
