@@ -39,6 +39,7 @@ from training.train_vae import (
     WEIGHTS_DTYPE,
     build_vae,
     frames_to_pixels,
+    load_vae_weights,
     save_model_folder,
     save_vae_folder,
 )
@@ -537,13 +538,13 @@ def export_demo(
 
     dest.mkdir(parents=True, exist_ok=True)
     stats = json.loads((run / "latent_stats.json").read_text())
-    vae_ckpt = torch.load(vae_checkpoint or stats["vae"], weights_only=False, map_location="cpu")
+    vae_source = Path(vae_checkpoint or stats["vae"])  # a train_vae checkpoint or a vae/ folder (e.g. a staged one)
+    vae_config, vae_state = load_vae_weights(vae_source)
     cached = torch.load(run / "vae_encoder.pt", weights_only=False, map_location="cpu")["vae"]
     for name, value in cached.items():
-        if name.startswith(("encoder.", "quant_conv.")) and not torch.equal(value, vae_ckpt["vae"][name]):
+        if name.startswith(("encoder.", "quant_conv.")) and not torch.equal(value, vae_state[name]):
             raise ValueError(f"the VAE encoder changed since the latent cache was made ({name}); retrain from it")
-    vae_config = vae_ckpt.get("config") or VAE_CONFIG
-    save_vae_folder(vae_ckpt["vae"], vae_config, stats["latents_mean"], stats["latents_std"], dest / "vae")
+    save_vae_folder(vae_state, vae_config, stats["latents_mean"], stats["latents_std"], dest / "vae")
 
     ckpt = torch.load(run / "last.pt", weights_only=False, map_location="cpu")
     transformer = build_transformer(seed, ckpt.get("config"))
@@ -569,7 +570,8 @@ def export_demo(
     (dest / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     info = {
         "trained_steps": ckpt["step"],
-        "vae_steps": vae_ckpt["step"],
+        "vae_steps": torch.load(vae_source, weights_only=False)["step"] if vae_source.is_file() else None,
+        "vae": str(vae_source),
         "weights": "ema" if use_ema else "raw",
         "stored_dtype": str(WEIGHTS_DTYPE).removeprefix("torch."),
         "seed": seed,

@@ -199,7 +199,7 @@ def load_vae_weights(path: Path) -> tuple[dict, dict]:
         vae = AutoencoderKLWan.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
         return layout_config(vae.config), vae.state_dict()
     checkpoint = torch.load(path, weights_only=False, map_location="cpu")
-    return checkpoint["config"], checkpoint["vae"]
+    return checkpoint.get("config") or VAE_CONFIG, checkpoint["vae"]  # early checkpoints: the shipped layout
 
 
 @torch.no_grad()

@@ -128,3 +128,21 @@ def test_training_resumed_halfway_ends_with_the_same_weights_as_one_run(tmp_path
     fresh = train_demo.build_transformer(0, one["config"]).state_dict()
     moved = [name for name, value in one["transformer"].items() if not torch.equal(value, fresh[name])]
     assert len(moved) > 0.9 * len(fresh)  # four steps moved (nearly) every weight
+
+
+def test_cpu_route_from_the_shipped_vae_folder_caches_trains_and_exports(tmp_path):
+    """`cache --vae assets/demo/vae` (the shipped latent space), a few steps, `export` with no --vae: the exported
+    autoencoder is the folder's, with its latent statistics."""
+    from diffusers import AutoencoderKLWan
+
+    run, dest = tmp_path / "run", tmp_path / "model"
+    train_demo.main(["cache", "--run", str(run), "--vae", "assets/demo/vae", "--shots", "80", "--save-every", "80"])
+    tiny = ["--heads", "2", "--ffn-dim", "64", "--tokens", "240", "--text-encoder", "assets/demo/text_encoder"]
+    assert train_demo.main(["train", "--run", str(run), "--max-steps", "2", *tiny]) == 2
+    train_demo.main(["export", "--run", str(run), "--dest", str(dest), "--text-encoder", "assets/demo/text_encoder"])
+    shipped = AutoencoderKLWan.from_pretrained("assets/demo/vae", local_files_only=True, torch_dtype=torch.float32)
+    exported = AutoencoderKLWan.from_pretrained(dest / "vae", local_files_only=True, torch_dtype=torch.float32)
+    assert all(torch.equal(value, exported.state_dict()[name]) for name, value in shipped.state_dict().items())
+    assert exported.config.latents_mean == shipped.config.latents_mean
+    info = json.loads((dest / "training.json").read_text())
+    assert info["trained_steps"] == 2 and info["vae"] == "assets/demo/vae" and info["vae_steps"] is None
