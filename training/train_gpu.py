@@ -16,6 +16,7 @@ Two more commands, for leases too short to train both halves (docs/QUALITY.md se
 
     python -m training.train_gpu vae --out OUT --budget-seconds 560 --init-vae assets/staged/vae_4x
         # the autoencoder alone for the whole lease: joint, then the decoder alone; exported as OUT/vae
+        # (--vae-seconds 0: the decoder alone, the encoder, its latent space and statistics kept)
     python -m training.train_gpu all ... --init-vae assets/staged/vae_4x --vae-seconds 0 [--init-transformer DIR]
         # the transformer on that autoencoder's latent space (its latent statistics kept), the decoder going on
         # beside it; --init-transformer goes on from an earlier session's exported model in the same latent space
@@ -267,6 +268,16 @@ def train_joint(args, pool: torch.Tensor, seconds: float, report: dict):
     return vae, config
 
 
+def kept_latent_statistics(args) -> tuple[list[float], list[float]] | None:
+    """The latent statistics of --init-vae when its encoder is kept (a vae/ folder and no joint training): a
+    transformer trained in that latent space (--init-transformer, or the next session's) was normalised with exactly
+    these, so they are not re-estimated from this session's pool."""
+    if args.init_vae is None or not args.init_vae.is_dir() or args.vae_seconds != 0:
+        return None
+    config = json.loads((args.init_vae / "config.json").read_text())
+    return config["latents_mean"], config["latents_std"]
+
+
 def cmd_vae(args) -> None:
     """The autoencoder alone, for a whole lease: joint for --vae-seconds, then the decoder alone for what is left
     of the budget; exported with its latent statistics as `<out>/vae` (an `--init-vae` for a later `all`)."""
@@ -290,7 +301,7 @@ def cmd_vae(args) -> None:
         balance=args.balance_figures,
     )
     report["decoder_s"] = round(time.time() - t, 1)
-    mean, std = train_demo.latent_statistics(encode_pool(vae, pool))
+    mean, std = kept_latent_statistics(args) or train_demo.latent_statistics(encode_pool(vae, pool))
     save_vae_folder(vae.state_dict(), config, mean, std, args.out / "vae")
     (args.out / "pool.npy").unlink()
     report["total_s"] = round(time.time() - t0, 1)
@@ -314,11 +325,9 @@ def cmd_all(args) -> None:
     latents = encode_pool(vae, pool)
     encoder_state = {"vae": joint["vae"], "step": joint["step"], "source": str(out / "vae_joint.pt")}
     torch.save(encoder_state, run / "vae_encoder.pt")
-    if args.init_vae is not None and args.init_vae.is_dir() and args.vae_seconds == 0:
-        # The kept autoencoder's own latent statistics, not the pool's: a transformer from an earlier session
-        # (--init-transformer) was trained on exactly these.
-        kept = json.loads((args.init_vae / "config.json").read_text())
-        stats = {key: kept[key] for key in ("latents_mean", "latents_std")} | {"vae": str(args.init_vae)}
+    kept = kept_latent_statistics(args)
+    if kept is not None:
+        stats = {"latents_mean": kept[0], "latents_std": kept[1], "vae": str(args.init_vae)}
         (run / "latent_stats.json").write_text(json.dumps(stats, indent=1))
     train_demo.save_shot_pool(run, {"latents": latents, "labels": labels}, str(out / "vae_joint.pt"))
     del vae, pool

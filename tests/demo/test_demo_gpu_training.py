@@ -193,6 +193,18 @@ def test_autoencoder_only_session_exports_a_vae_folder_that_a_later_run_starts_f
     config, state = load_vae_weights(out / "vae")  # what `all --init-vae` starts from
     assert config["scale_factor_spatial"] == 4 and config["dim_mult"] == [1, 2, 4]
     assert all(torch.equal(state[name], value) for name, value in vae.state_dict().items())
+    # A later session's decoder alone (--vae-seconds 0): the encoder and its latent statistics are kept, so a
+    # transformer trained in that latent space stays valid.
+    again = tmp_path / "again"
+    main(
+        ["vae", "--out", str(again), "--device", "cpu", "--shots", "12", "--workers", "1", "--budget-seconds", "8"]
+        + ["--vae-seconds", "0", "--vae-batch", "1", "--init-vae", str(out / "vae")]
+    )
+    later = AutoencoderKLWan.from_pretrained(again / "vae", local_files_only=True, torch_dtype=torch.float32)
+    assert later.config.latents_mean == vae.config.latents_mean and later.config.latents_std == vae.config.latents_std
+    encoder_side = [name for name in state if name.startswith(("encoder.", "quant_conv."))]
+    assert all(torch.equal(later.state_dict()[name], state[name]) for name in encoder_side)
+    assert any(not torch.equal(value, state[n]) for n, value in later.state_dict().items() if n.startswith("decoder."))
 
 
 def test_cpu_autoencoder_clips_can_be_whole_shots_and_bad_lengths_are_refused():
