@@ -426,9 +426,6 @@ def cmd_train(args) -> int:
         torch.load(run / "last.pt", weights_only=False, map_location=device) if (run / "last.pt").exists() else None
     )
     config = resumed["config"] if resumed is not None else transformer_config(args.patch, args.heads, args.ffn_dim)
-    layouts = scene_layouts(data, config["patch_size"][1])
-    tokens_per_shot = layouts.tokens_per_shot
-
     transformer = build_transformer(args.seed, config)
     if args.init is not None and resumed is None:
         from diffusers import WanTransformer3DModel
@@ -436,7 +433,11 @@ def cmd_train(args) -> int:
         transformer = WanTransformer3DModel.from_pretrained(
             args.init / "transformer", local_files_only=True, torch_dtype=torch.float32
         )
+        # its own layout, whatever --patch/--heads/--ffn-dim say: checkpoints and the export rebuild from `config`
+        config = {key: value for key, value in transformer.config.items() if not key.startswith("_")}
         print(f"initialised from {args.init}", flush=True)
+    layouts = scene_layouts(data, config["patch_size"][1])
+    tokens_per_shot = layouts.tokens_per_shot
     transformer.to(device)
     ema = copy.deepcopy(transformer).requires_grad_(False)
     # fused: one kernel for the whole update instead of a few per parameter tensor (231 of them)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 
 import numpy as np
@@ -146,3 +147,12 @@ def test_cpu_route_from_the_shipped_vae_folder_caches_trains_and_exports(tmp_pat
     assert exported.config.latents_mean == shipped.config.latents_mean
     info = json.loads((dest / "training.json").read_text())
     assert info["trained_steps"] == 2 and info["vae"] == "assets/demo/vae" and info["vae_steps"] is None
+    # A new run from that export (--init) keeps the exported transformer's layout, whatever the layout flags say.
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in ("shots.pt", "latent_stats.json", "vae_encoder.pt"):
+        shutil.copy(run / name, again / name)
+    other = ["--patch", "4", "--heads", "3", "--tokens", "240", "--text-encoder", "assets/demo/text_encoder"]
+    assert train_demo.main(["train", "--run", str(again), "--max-steps", "1", "--init", str(dest), *other]) == 1
+    config = torch.load(again / "last.pt", weights_only=False)["config"]
+    assert list(config["patch_size"]) == [1, 2, 2] and config["num_attention_heads"] == 2 and config["ffn_dim"] == 64
