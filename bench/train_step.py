@@ -80,9 +80,8 @@ def main() -> None:
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, betas=(0.9, 0.99), fused=True)
     gen = torch.Generator(device).manual_seed(1)
     n_params = sum(p.numel() for p in params)
-    what = f"{device.type} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'torch threads'}"
-    what += f" {torch.get_num_threads()})" if device.type == "cpu" else ")"
-    print(f"{what}; layout {args.layout}x, transformer {n_params / 1e6:.2f}M; {tokens} video tokens a step\n")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"{where}; layout {args.layout}x, transformer {n_params / 1e6:.2f}M; {tokens} video tokens a step\n")
 
     with multishot_attention(transformer, layouts.captioned[2], "mmrope", "full") as state:
 
