@@ -77,7 +77,7 @@ def main() -> None:
     transformer = train_demo.build_transformer(0, train_demo.transformer_config(**arch)).to(device).train()
     ema = copy.deepcopy(transformer).requires_grad_(False)
     params, ema_params = list(transformer.parameters()), list(ema.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, betas=(0.9, 0.99), fused=True)
+    optimizer = train_demo.build_optimizer(params, 1e-4)
     gen = torch.Generator(device).manual_seed(1)
     n_params = sum(p.numel() for p in params)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
@@ -88,11 +88,7 @@ def main() -> None:
         def step(k: int, drop: bool = False) -> torch.Tensor:
             batch = max(1, tokens // (layouts.tokens_per_shot * k))
             loss = train_demo.flow_matching_loss(transformer, state, data, layouts, k, batch, drop, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            train_demo.ema_update(ema_params, params, 100, 0.999)
+            train_demo.optimiser_step(loss, optimizer, params, ema_params, 100, 0.999)
             return loss
 
         def clip_and_step() -> None:

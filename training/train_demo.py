@@ -390,6 +390,20 @@ def flow_matching_loss(
     return (per_frame * weight).sum() / weight.sum()
 
 
+def build_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """AdamW, fused: one kernel for the whole update instead of a few per parameter tensor (231 of them)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True)
+
+
+def optimiser_step(loss, optimizer, params, ema_params, step: int, ema: float) -> None:
+    """Backward, clip, update, then the EMA as it stands after `step` updates."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    ema_update(ema_params, params, step, ema)
+
+
 def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], step: int, ema: float) -> None:
     """EMA of the weights after `step` optimiser steps (a short horizon early on), one fused call for all tensors."""
     decay = min(ema, (1 + step) / (10 + step))
@@ -440,10 +454,7 @@ def cmd_train(args) -> int:
     tokens_per_shot = layouts.tokens_per_shot
     transformer.to(device)
     ema = copy.deepcopy(transformer).requires_grad_(False)
-    # fused: one kernel for the whole update instead of a few per parameter tensor (231 of them)
-    optimizer = torch.optim.AdamW(
-        transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True
-    )
+    optimizer = build_optimizer(list(transformer.parameters()), args.lr)
     # Two generators: `rng` (host) makes the decisions that shape a step (shots per scene, caption dropout), `gen`
     # (the training device) draws scenes, noise levels and noise, so a step needs no host-to-device copy (each one
     # from pageable memory waits for the GPU) and no per-scene host work.
@@ -486,12 +497,8 @@ def cmd_train(args) -> int:
             lr = args.lr * min(1.0, (step + 1) / args.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
             step += 1
-            ema_update(ema_params, params, step, args.ema)
+            optimiser_step(loss, optimizer, params, ema_params, step, args.ema)
             loss_sum += loss.detach()
             window += 1
             if step % 50 == 0:
