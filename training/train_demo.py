@@ -395,7 +395,14 @@ def build_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True)
 
 
-def optimiser_step(loss, optimizer, params, ema_params, step: int, ema: float) -> None:
+def optimiser_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    ema_params: list[torch.Tensor],
+    step: int,
+    ema: float,
+) -> None:
     """Backward, clip, update, then the EMA as it stands after `step` updates."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
