@@ -28,8 +28,9 @@ import torch
 
 from pipelines.registry import get_preset
 from training.detector import ShotReading, consistent, read_shot
+from training.train_demo import model_figure_scale
 from training.train_vae import frames_to_pixels
-from training.world import CHARACTER_BY_NAME, Scene, sample_scene
+from training.world import CHARACTER_BY_NAME, DEFAULT_FIGURE_SCALE, FIGURE_SCALES, Scene, sample_scene
 
 DEMO = get_preset("demo")  # the studio runs the demo model at its steps and guidance; so do the evaluations
 DEMO_STEPS, DEMO_GUIDANCE = DEMO.num_inference_steps, DEMO.guidance_scale
@@ -48,9 +49,12 @@ def load_demo_pipeline(model: Path | None = None):
     return pipe
 
 
-def held_out_scenes(count: int, num_frames: int = 17) -> list[Scene]:
+def held_out_scenes(count: int, num_frames: int = 17, figure_scale: str = DEFAULT_FIGURE_SCALE) -> list[Scene]:
     """Held-out storyboards with 2 or 3 shots (rendered frames are the ground truth)."""
-    return [sample_scene(HELD_OUT_SEED + i, num_shots=2 + i % 2, num_frames=num_frames) for i in range(count)]
+    return [
+        sample_scene(HELD_OUT_SEED + i, num_shots=2 + i % 2, num_frames=num_frames, figure_scale=figure_scale)
+        for i in range(count)
+    ]
 
 
 def render_storyboard(
@@ -158,8 +162,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--vae", type=Path, default=None, help="only the real-frame rows, through this vae/ folder (no rendering)"
     )
+    parser.add_argument(
+        "--figure-scale",
+        choices=sorted(FIGURE_SCALES),
+        default=None,
+        help="world.FIGURE_SCALES (default: the training.json of --vae or --model, else " + DEFAULT_FIGURE_SCALE + ")",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    scale = args.figure_scale or model_figure_scale(args.vae or args.model)
+    print(f"figure scale {scale}", flush=True)
 
     if args.vae is not None:
         from diffusers import AutoencoderKLWan
@@ -168,11 +180,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         pipe = load_demo_pipeline(args.model)
         vae = pipe.vae
-    scenes = held_out_scenes(max(args.scenes, args.compare_scenes))
+    scenes = held_out_scenes(max(args.scenes, args.compare_scenes), figure_scale=scale)
     rows: dict[str, dict[str, float]] = {}
-    rows["real frames (detector check)"] = score(scenes, [[read_shot(f) for f in s.frames] for s in scenes])
+    rows["real frames (detector check)"] = score(scenes, [[read_shot(f, scale) for f in s.frames] for s in scenes])
     rows["real frames through the VAE"] = score(
-        scenes, [[read_shot(vae_roundtrip(vae, f)) for f in s.frames] for s in scenes]
+        scenes, [[read_shot(vae_roundtrip(vae, f), scale) for f in s.frames] for s in scenes]
     )
     configs = [("mmrope", "full", args.scenes)] if args.vae is None else []
     if args.compare_scenes and args.vae is None:
@@ -183,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         start = time.time()
         subset = scenes[:count]
         readings = [
-            [read_shot(f) for f in render(pipe, s, args.steps, args.guidance, cross, self_attn)] for s in subset
+            [read_shot(f, scale) for f in render(pipe, s, args.steps, args.guidance, cross, self_attn)] for s in subset
         ]
         name = f"cross={cross}, self={self_attn} ({count} scenes)"
         rows[name] = score(subset, readings)
@@ -191,7 +203,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {timings[name]:.1f}s/scene", flush=True)
     print(table(rows))
     if args.json:
-        info = {"steps": args.steps, "guidance": args.guidance, "rows": rows, "seconds_per_scene": timings}
+        info = {
+            "steps": args.steps,
+            "guidance": args.guidance,
+            "figure_scale": scale,
+            "rows": rows,
+            "seconds_per_scene": timings,
+        }
         args.json.write_text(json.dumps(info, indent=2))
 
 

@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from training.world import ALL_COLOURS, ALL_SHAPES, INK, LOCATIONS, shape_mask
+from training.world import ALL_COLOURS, ALL_SHAPES, DEFAULT_FIGURE_SCALE, FIGURE_SCALES, INK, LOCATIONS, shape_mask
 
 TEMPLATE_SIZE = 24
 MIN_FIGURE_PIXELS = 12  # at 64x64; fewer figure pixels than this means no figure
@@ -24,7 +24,6 @@ COHERENT_SHARE = 0.8  # the largest component must hold this share of all figure
 COHERENT_SCORE = 0.6  # and match its best shape template at least this well
 MOTION_PIXELS = 5.0  # centre displacement (at 64x64) below which a figure "stays"
 GROWTH_RATIO = 1.25  # last/first height ratio above which a figure "grows" (below the inverse: "shrinks")
-SIZE_THRESHOLDS = (18.5, 30.5)  # median figure height (at 64x64) between wide|medium and medium|close-up
 
 
 @dataclass
@@ -179,10 +178,12 @@ def _majority(values: list) -> str | None:
     return Counter(values).most_common(1)[0][0] if values else None
 
 
-def size_name(height: float) -> str:
-    if height < SIZE_THRESHOLDS[0]:
+def size_name(height: float, figure_scale: str = DEFAULT_FIGURE_SCALE) -> str:
+    """Shot size of a median figure height (at 64x64) under the thresholds of `figure_scale` (world.FIGURE_SCALES)."""
+    wide_medium, medium_close_up = FIGURE_SCALES[figure_scale].size_thresholds
+    if height < wide_medium:
         return "wide"
-    return "medium" if height < SIZE_THRESHOLDS[1] else "close-up"
+    return "medium" if height < medium_close_up else "close-up"
 
 
 def motion_name(first: Figure, last: Figure) -> str:
@@ -199,8 +200,8 @@ def motion_name(first: Figure, last: Figure) -> str:
     return "moves down" if dy > 0 else "moves up"
 
 
-def read_shot(frames: np.ndarray) -> ShotReading:
-    """One shot, uint8 [F, H, W, 3] (or float in [0, 1])."""
+def read_shot(frames: np.ndarray, figure_scale: str = DEFAULT_FIGURE_SCALE) -> ShotReading:
+    """One shot, uint8 [F, H, W, 3] (or float in [0, 1]); `figure_scale` names the shot sizes (world.FIGURE_SCALES)."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
         frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
@@ -211,7 +212,7 @@ def read_shot(frames: np.ndarray) -> ShotReading:
         return ShotReading(location, None, None, None, None, False, readings)
     colour = _majority([f.colour for f in figures])
     shape = _majority([f.shape for f in figures])
-    shot_size = size_name(float(np.median([f.height for f in figures])))
+    shot_size = size_name(float(np.median([f.height for f in figures])), figure_scale)
     action = motion_name(figures[0], figures[-1]) if len(figures) >= 2 else None
     coherent = sum(f.coherent for f in figures) >= 0.8 * len(readings)
     return ShotReading(location, colour, shape, shot_size, action, coherent, readings)

@@ -43,7 +43,7 @@ from training.train_vae import (
     save_model_folder,
     save_vae_folder,
 )
-from training.world import ShotLabels, global_caption, render_shot, sample_shot
+from training.world import DEFAULT_FIGURE_SCALE, FIGURE_SCALES, ShotLabels, global_caption, render_shot, sample_shot
 
 SHOT_FRAMES = 17  # frames per shot the demo model is trained on (5 latent frames)
 SIZE = 64
@@ -139,9 +139,9 @@ def encode_shot(vae, frames: np.ndarray) -> torch.Tensor:
     return vae.encode(frames_to_pixels(torch.from_numpy(frames)[None])).latent_dist.mode()[0]
 
 
-def save_shot_pool(run: Path, cache: dict, vae_source: str) -> None:
+def save_shot_pool(run: Path, cache: dict, vae_source: str, figure_scale: str = DEFAULT_FIGURE_SCALE) -> None:
     """Write `<run>/shots.pt` and, the first time, `<run>/latent_stats.json` (the transformer's latent normalisation,
-    fixed once so it never moves under a resumed run)."""
+    fixed once so it never moves under a resumed run, and the pool's figure scale)."""
     cache_path = run / "shots.pt"
     tmp = cache_path.with_suffix(".tmp")
     torch.save(cache, tmp)
@@ -149,13 +149,30 @@ def save_shot_pool(run: Path, cache: dict, vae_source: str) -> None:
     stats_path = run / "latent_stats.json"
     if not stats_path.exists():
         mean, std = latent_statistics(cache["latents"])
-        stats = {"latents_mean": mean, "latents_std": std, "vae": vae_source}
+        stats = {"latents_mean": mean, "latents_std": std, "vae": vae_source, "figure_scale": figure_scale}
         stats_path.write_text(json.dumps(stats, indent=1))
         print(
             f"latent stats from {len(cache['latents'])} shots: |mean| {np.abs(mean).mean():.3f} "
             f"std {np.mean(std):.3f}",
             flush=True,
         )
+
+
+def pool_figure_scale(run: Path) -> str | None:
+    """The figure scale of the shot pool in `run` (None before there is one; pools made before scales had names
+    were all drawn at the default)."""
+    stats_path = run / "latent_stats.json"
+    if not stats_path.exists():
+        return None
+    return json.loads(stats_path.read_text()).get("figure_scale", DEFAULT_FIGURE_SCALE)
+
+
+def model_figure_scale(folder: Path) -> str:
+    """The figure scale a model (or vae/) folder was trained on: `figure_scale` in its training.json; folders from
+    before the key existed were all trained on the default."""
+    info = folder / "training.json"
+    recorded = json.loads(info.read_text()).get("figure_scale") if info.exists() else None
+    return recorded or DEFAULT_FIGURE_SCALE
 
 
 def latent_statistics(latents: list[torch.Tensor]) -> tuple[list[float], list[float]]:
@@ -170,6 +187,12 @@ def cmd_cache(args) -> None:
     torch.set_num_threads(args.threads)
     run = args.run
     run.mkdir(parents=True, exist_ok=True)
+    pool_scale = pool_figure_scale(run)
+    if pool_scale is not None and pool_scale != args.figure_scale:
+        raise ValueError(
+            f"{run} holds a pool of figure scale {pool_scale!r}; pass --figure-scale {pool_scale} to grow it, "
+            f"or use a new --run folder for {args.figure_scale!r}"
+        )
     if args.vae.is_dir():  # an exported model's vae/ folder: continue in the shipped latent space
         from diffusers import AutoencoderKLWan
 
@@ -178,7 +201,8 @@ def cmd_cache(args) -> None:
         vae_state = {"vae": shipped.state_dict(), "step": -1}
         stats_path = run / "latent_stats.json"
         if not stats_path.exists():
-            stats = {k: list(shipped.config[k]) for k in ("latents_mean", "latents_std")} | {"vae": str(args.vae)}
+            stats = {k: list(shipped.config[k]) for k in ("latents_mean", "latents_std")}
+            stats |= {"vae": str(args.vae), "figure_scale": args.figure_scale}
             stats_path.write_text(json.dumps(stats, indent=1))
     else:
         vae_state = torch.load(args.vae, weights_only=False)
@@ -193,12 +217,12 @@ def cmd_cache(args) -> None:
     start = time.time()
 
     def save():
-        save_shot_pool(run, cache, str(args.vae))
+        save_shot_pool(run, cache, str(args.vae), args.figure_scale)
 
     while len(cache["labels"]) < args.shots:
         # Shot i is drawn from its own seed, so the pool is the same however often the cache was resumed.
         i = len(cache["labels"])
-        labels = sample_shot(np.random.default_rng([args.seed, i]))
+        labels = sample_shot(np.random.default_rng([args.seed, i]), figure_scale=args.figure_scale)
         frames = render_shot(labels, size=SIZE, num_frames=SHOT_FRAMES)
         cache["latents"].append(encode_shot(vae, frames).half())
         cache["labels"].append(asdict(labels))
@@ -592,6 +616,7 @@ def export_demo(
         "seed": seed,
         "shot_frames": SHOT_FRAMES,
         "size": SIZE,
+        "figure_scale": stats.get("figure_scale", DEFAULT_FIGURE_SCALE),
         "command": "python -m training.train_demo train --run RUN --minutes M (see docs/QUALITY.md)",
     }
     (dest / "training.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -616,6 +641,9 @@ def main(argv: list[str] | None = None):
     cache.add_argument("--vae", type=Path, required=True, help="VAE checkpoint from training/train_vae.py")
     cache.add_argument("--shots", type=int, default=1500, help="shots in the pool (resumable: raise it to add more)")
     cache.add_argument("--save-every", type=int, default=100)
+    cache.add_argument(
+        "--figure-scale", choices=sorted(FIGURE_SCALES), default=DEFAULT_FIGURE_SCALE, help="world.FIGURE_SCALES"
+    )
     train = sub.choices["train"]
     train.add_argument("--minutes", type=float, default=60.0)
     train.add_argument("--device", default="cpu", help="cpu or cuda (a lent GPU: same script, same results format)")

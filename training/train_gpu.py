@@ -56,19 +56,21 @@ from training.train_vae import (
     save_vae_folder,
     trainable_parameters,
 )
-from training.world import render_shot, sample_shot
+from training.world import DEFAULT_FIGURE_SCALE, FIGURE_SCALES, render_shot, sample_shot
 
 
-def _render(index_seed: tuple[int, int]) -> tuple[np.ndarray, dict]:
-    seed, index = index_seed
-    labels = sample_shot(np.random.default_rng([seed, index]))
+def _render(job: tuple[int, int, str]) -> tuple[np.ndarray, dict]:
+    seed, index, figure_scale = job
+    labels = sample_shot(np.random.default_rng([seed, index]), figure_scale=figure_scale)
     frames = render_shot(labels, size=train_demo.SIZE, num_frames=train_demo.SHOT_FRAMES)
     return frames, asdict(labels)
 
 
-def render_pool(seed: int, count: int, workers: int) -> tuple[np.ndarray, list[dict]]:
+def render_pool(
+    seed: int, count: int, workers: int, figure_scale: str = DEFAULT_FIGURE_SCALE
+) -> tuple[np.ndarray, list[dict]]:
     """uint8 `[N, F, H, W, 3]` frames and the labels of shots 0..N-1."""
-    jobs = [(seed, i) for i in range(count)]
+    jobs = [(seed, i, figure_scale) for i in range(count)]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             results = pool.map(_render, jobs, chunksize=64)
@@ -229,9 +231,10 @@ def render_and_upload(args, report: dict) -> tuple[torch.Tensor, list[dict]]:
     """Stage 1: render the pool (forked workers: before CUDA is initialised), save it for the decoder process and
     put it on the training device."""
     t = time.time()
-    frames, labels = render_pool(args.seed, args.shots, args.workers or os.cpu_count() or 1)
+    frames, labels = render_pool(args.seed, args.shots, args.workers or os.cpu_count() or 1, args.figure_scale)
     np.save(args.out / "pool.npy", frames)
     report["render_s"] = round(time.time() - t, 1)
+    report["figure_scale"] = args.figure_scale
     print(f"rendered {len(frames)} shots in {report['render_s']}s", flush=True)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -328,8 +331,10 @@ def cmd_all(args) -> None:
     kept = kept_latent_statistics(args)
     if kept is not None:
         stats = {"latents_mean": kept[0], "latents_std": kept[1], "vae": str(args.init_vae)}
+        stats["figure_scale"] = args.figure_scale
         (run / "latent_stats.json").write_text(json.dumps(stats, indent=1))
-    train_demo.save_shot_pool(run, {"latents": latents, "labels": labels}, str(out / "vae_joint.pt"))
+    pool_state = {"latents": latents, "labels": labels}
+    train_demo.save_shot_pool(run, pool_state, str(out / "vae_joint.pt"), args.figure_scale)
     del vae, pool
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -338,6 +343,14 @@ def cmd_all(args) -> None:
     # 4. and 5. transformer and decoder side by side, for what is left of the budget, then the export
     left = args.budget_seconds - (time.time() - t0) - args.reserve_seconds
     train_side_by_side_and_export(args, max(10.0, min(args.transformer_seconds, left)), report, False, t0)
+
+
+def init_vae_figure_scale(init_vae: Path | None) -> str:
+    """The figure scale a session goes on at when none is given: a staged autoencoder's decoder is tuned to the one
+    its folder's training.json records; a checkpoint, or no --init-vae, means the default."""
+    if init_vae is not None and init_vae.is_dir():
+        return train_demo.model_figure_scale(init_vae)
+    return DEFAULT_FIGURE_SCALE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -371,6 +384,12 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--budget-seconds", type=float, default=500.0, help="wall clock for the whole command")
         p.add_argument("--reserve-seconds", type=float, default=30.0, help="kept back for the export")
         p.add_argument("--shots", type=int, default=8000, help="shots in the pool")
+        p.add_argument(
+            "--figure-scale",
+            choices=sorted(FIGURE_SCALES),
+            default=None,
+            help="world.FIGURE_SCALES (default: the one --init-vae records, else " + DEFAULT_FIGURE_SCALE + ")",
+        )
         p.add_argument("--workers", type=int, default=0, help="render processes (0: one per CPU core)")
         p.add_argument("--vae-seconds", type=float, default=150.0, help="joint autoencoder training (0: none)")
         p.add_argument(
@@ -393,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.choices["decoder"].add_argument("--seconds", type=float, required=True)
     sub.choices["decoder"].add_argument("--resume", action="store_true", help="go on from <out>/vae_decoder.pt")
     args = parser.parse_args(argv)
+    if args.command in ("all", "vae") and args.figure_scale is None:
+        args.figure_scale = init_vae_figure_scale(args.init_vae)
     {"all": cmd_all, "vae": cmd_vae, "continue": cmd_continue, "decoder": cmd_decoder}[args.command](args)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.world import COLOURS, INK, sample_scene
+from training.world import COLOURS, DEFAULT_FIGURE_SCALE, FIGURE_SCALES, INK, sample_scene
 
 VAE_CONFIG = dict(
     base_dim=16,
@@ -64,7 +64,12 @@ def frames_to_pixels(frames: torch.Tensor) -> torch.Tensor:
 
 
 def sample_clips(
-    rng: np.random.Generator, batch: int, size: int = 64, crop: int | None = None, frames: int = CLIP_FRAMES
+    rng: np.random.Generator,
+    batch: int,
+    size: int = 64,
+    crop: int | None = None,
+    frames: int = CLIP_FRAMES,
+    figure_scale: str = DEFAULT_FIGURE_SCALE,
 ) -> torch.Tensor:
     """[B, 3, frames, crop, crop] in [-1, 1]: random windows of `frames` frames (5, or 17 = whole shots) of random
     shots, randomly cropped (the VAE is convolutional: crops buy four times the steps for the same compute)."""
@@ -75,7 +80,7 @@ def sample_clips(
     clips = []
     crop = crop or size
     for _ in range(batch):
-        scene = sample_scene(int(rng.integers(0, 2**31 - 1)), num_shots=2, size=size)
+        scene = sample_scene(int(rng.integers(0, 2**31 - 1)), num_shots=2, size=size, figure_scale=figure_scale)
         shot = scene.frames[int(rng.integers(len(scene.frames)))]
         start = int(rng.integers(0, shot.shape[0] - frames + 1))
         y, x = (int(rng.integers(0, (size - crop) // 8 + 1)) * 8 for _ in range(2))
@@ -274,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip-frames", type=int, default=CLIP_FRAMES, help="frames per clip (17: whole shots)")
     parser.add_argument("--balance-figures", action="store_true", help="small figures weigh what large ones do")
     parser.add_argument(
+        "--figure-scale", choices=sorted(FIGURE_SCALES), default=DEFAULT_FIGURE_SCALE, help="world.FIGURE_SCALES"
+    )
+    parser.add_argument(
         "--export-to", type=Path, default=None, help="with --init: write the result as a vae/ folder here"
     )
     args = parser.parse_args(argv)
@@ -318,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     start, log = time.time(), []
     vae.train()
     while step < args.max_steps and time.time() - start < args.minutes * 60:
-        x = sample_clips(rng, args.batch, crop=args.crop, frames=args.clip_frames)
+        x = sample_clips(rng, args.batch, crop=args.crop, frames=args.clip_frames, figure_scale=args.figure_scale)
         for group in optimizer.param_groups:
             warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0  # fine-tuning: no jolt from a fresh Adam
             group["lr"] = args.lr * warm * late_lr_scale(time.time() - start, args.minutes * 60)

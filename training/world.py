@@ -79,9 +79,26 @@ SHOT_SIZES = ("wide", "medium", "close-up")
 ACTIONS = ("moves left", "moves right", "moves up", "moves down", "grows", "shrinks", "stays")
 CAMERA_MOVES = ("static", "pans left", "pans right")
 
-# Figure height in pixels at 64x64, per shot size (scaled with the frame); grows/shrinks go from size/GROWTH to
-# size*GROWTH so the median size still names the shot size.
-FIGURE_SIZE = {"wide": 14, "medium": 24, "close-up": 38}
+
+@dataclass(frozen=True)
+class FigureScale:
+    """How large each shot size draws the figure, and where the detector puts the boundaries between shot sizes."""
+
+    figure_size: dict[str, int]  # figure height in pixels at 64x64 per shot size (scaled with the frame)
+    size_thresholds: tuple[float, float]  # median figure height between wide|medium and medium|close-up
+
+
+# Figure scales by name; a model records the one it was trained on (`figure_scale` in its training.json) and is
+# evaluated on it. grows/shrinks go from size/GROWTH to size*GROWTH, so the median size still names the shot size.
+FIGURE_SCALES = {
+    # Sessions 1-6 (the shipped demo model): a wide figure of 14 px is 3.5 latent pixels of a 4x autoencoder, too
+    # few for its outline to survive (docs/QUALITY.md 4.3).
+    "wide14": FigureScale({"wide": 14, "medium": 24, "close-up": 38}, (18.5, 30.5)),
+    # From session 7: a wide figure of 20 px (still under a third of the frame), medium 28 px so the two stay as far
+    # apart (x1.4) as medium and close-up; thresholds at the geometric means.
+    "wide20": FigureScale({"wide": 20, "medium": 28, "close-up": 38}, (23.5, 32.5)),
+}
+DEFAULT_FIGURE_SCALE = "wide14"
 GROWTH = 1.25
 TRAVEL = 16  # pixels (at 64x64) the figure's centre moves during a shot for moves left/right/up/down
 HORIZON = 0.625  # sky above, ground below, as a fraction of the height
@@ -168,6 +185,7 @@ class ShotLabels:
     action: str
     camera: str
     start: tuple[float, float]  # figure centre (x, y) at the first frame, in pixels of a 64x64 frame
+    figure_scale: str = DEFAULT_FIGURE_SCALE  # key of FIGURE_SCALES: how large the shot size draws the figure
 
     @property
     def caption(self) -> str:
@@ -208,8 +226,11 @@ def make_shot(
     action: str,
     camera: str = "static",
     rng: np.random.Generator | None = None,
+    figure_scale: str = DEFAULT_FIGURE_SCALE,
 ) -> ShotLabels:
     """Labels of one shot; the start position is drawn from `rng` (centred when None) so the whole move fits."""
+    if figure_scale not in FIGURE_SCALES:
+        raise ValueError(f"unknown figure scale {figure_scale!r}; choose one of: {', '.join(FIGURE_SCALES)}")
     for value, allowed, what in (
         (character, ALL_CHARACTER_BY_NAME, "character"),
         (location, LOCATION_BY_NAME, "location"),
@@ -234,6 +255,7 @@ def make_shot(
         action=action,
         camera=camera,
         start=(float(cx), float(cy)),
+        figure_scale=figure_scale,
     )
 
 
@@ -274,7 +296,12 @@ def reference_stills(character: str, count: int, seed: int = REFERENCE_SEED) -> 
     return [render_shot(s)[REFERENCE_FRAME] for s in reference_shots(character, count, seed)]
 
 
-def sample_shot(rng: np.random.Generator, location: str | None = None, character: str | None = None) -> ShotLabels:
+def sample_shot(
+    rng: np.random.Generator,
+    location: str | None = None,
+    character: str | None = None,
+    figure_scale: str = DEFAULT_FIGURE_SCALE,
+) -> ShotLabels:
     """One random shot (location and character drawn too unless given); training composes scenes from these."""
     location = location or LOCATIONS[int(rng.integers(len(LOCATIONS)))].name
     character = character or CHARACTERS[int(rng.integers(len(CHARACTERS)))].name
@@ -285,11 +312,20 @@ def sample_shot(rng: np.random.Generator, location: str | None = None, character
         ACTIONS[int(rng.integers(len(ACTIONS)))],
         CAMERA_MOVES[int(rng.choice(3, p=[0.6, 0.2, 0.2]))],
         rng,
+        figure_scale,
     )
 
 
-def sample_scene(seed: int, num_shots: int | None = None, render: bool = True, size: int = 64, num_frames: int = 17):
-    """The scene of `seed`: same seed, same scene (labels, captions and frames), on every machine."""
+def sample_scene(
+    seed: int,
+    num_shots: int | None = None,
+    render: bool = True,
+    size: int = 64,
+    num_frames: int = 17,
+    figure_scale: str = DEFAULT_FIGURE_SCALE,
+):
+    """The scene of `seed`: same seed, same scene (labels, captions and frames), on every machine; the figure
+    scale changes only how large the figures are drawn, not what the seed draws."""
     rng = np.random.default_rng(seed)
     if num_shots is None:
         num_shots = int(rng.integers(2, 5))
@@ -299,7 +335,7 @@ def sample_scene(seed: int, num_shots: int | None = None, render: bool = True, s
     for k in range(num_shots):
         # Every cast member appears at least once; after that the shot's character is drawn freely.
         character = cast[k] if k < len(cast) else cast[int(rng.integers(len(cast)))]
-        shots.append(sample_shot(rng, location, character))
+        shots.append(sample_shot(rng, location, character, figure_scale))
     order = rng.permutation(num_shots)
     shots = [shots[i] for i in order]
     scene = Scene(seed=seed, location=location, cast=cast, global_caption=global_caption(location, cast), shots=shots)
@@ -381,7 +417,7 @@ def figure_state(labels: ShotLabels, frame_index: int, num_frames: int) -> tuple
     """Centre x, centre y and height of the figure at a frame, in pixels of a 64x64 frame."""
     progress = frame_index / max(1, num_frames - 1)
     dx, dy = _travel(labels.action)
-    height = FIGURE_SIZE[labels.shot_size]
+    height = FIGURE_SCALES[labels.figure_scale].figure_size[labels.shot_size]
     if labels.action == "grows":
         height = height * GROWTH ** (2 * progress - 1)
     elif labels.action == "shrinks":

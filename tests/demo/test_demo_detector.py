@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training.detector import consistent, read_frame, read_shot
 from training.world import (
     ACTIONS,
     CAMERA_MOVES,
     CHARACTERS,
+    FIGURE_SCALES,
     LOCATIONS,
     SHOT_SIZES,
     make_shot,
@@ -19,14 +21,15 @@ from training.world import (
 
 
 def _check(labels, frames):
-    reading = read_shot(frames)
+    reading = read_shot(frames, labels.figure_scale)
     for attr, value in reading.attributes().items():
         assert value == getattr(labels, attr), (attr, labels)
     assert reading.coherent, labels
     return reading
 
 
-def test_every_character_size_and_action_is_read_back_exactly():
+@pytest.mark.parametrize("figure_scale", sorted(FIGURE_SCALES))
+def test_every_character_size_and_action_is_read_back_exactly(figure_scale):
     rng = np.random.default_rng(0)
     i = 0
     for char in CHARACTERS:
@@ -39,15 +42,17 @@ def test_every_character_size_and_action_is_read_back_exactly():
                     ACTIONS[i % len(ACTIONS)],
                     CAMERA_MOVES[i % len(CAMERA_MOVES)],
                     rng,
+                    figure_scale,
                 )
                 _check(labels, render_shot(labels))
                 i += 1
     assert i == 24
 
 
-def test_random_scenes_are_read_back_exactly_and_consistent():
+@pytest.mark.parametrize("figure_scale", sorted(FIGURE_SCALES))
+def test_random_scenes_are_read_back_exactly_and_consistent(figure_scale):
     for seed in range(10**6, 10**6 + 4):
-        scene = sample_scene(seed)
+        scene = sample_scene(seed, figure_scale=figure_scale)
         readings = [_check(labels, frames) for labels, frames in zip(scene.shots, scene.frames, strict=True)]
         for name in scene.cast:
             mine = [r for r, s in zip(readings, scene.shots, strict=True) if s.character == name]
@@ -80,3 +85,10 @@ def test_an_empty_background_has_no_figure():
     frame = render_background("desert", 64, offset=0.0)
     reading = read_frame(frame)
     assert reading.figure is None and reading.location == "desert"
+
+
+def test_shot_size_thresholds_follow_the_figure_scale():
+    """A 20 px figure is a wide shot at the wide20 scale and a medium shot at wide14 (whose wide figure is 14 px)."""
+    labels = make_shot("mara", "city", "wide", "stays", figure_scale="wide20")
+    assert read_shot(render_shot(labels), "wide20").shot_size == "wide"
+    assert read_shot(render_shot(labels), "wide14").shot_size == "medium"

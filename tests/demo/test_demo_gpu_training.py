@@ -11,19 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from training.train_gpu import render_pool
+from training.train_gpu import init_vae_figure_scale, render_pool
 from training.train_vae import figure_mask, frames_to_pixels, permute_colours
 from training.world import COLOURS, INK, make_shot, render_shot, sample_shot
 
 
-def test_pool_is_the_same_draw_as_the_cpu_shot_cache():
-    frames, labels = render_pool(seed=3, count=5, workers=1)
+@pytest.mark.parametrize("figure_scale", ["wide14", "wide20"])
+def test_pool_is_the_same_draw_as_the_cpu_shot_cache(figure_scale):
+    frames, labels = render_pool(seed=3, count=5, workers=1, figure_scale=figure_scale)
     assert frames.shape == (5, 17, 64, 64, 3) and frames.dtype == np.uint8
     for i in range(5):
-        expected = sample_shot(np.random.default_rng([3, i]))  # what `train_demo cache` draws for shot i
+        expected = sample_shot(np.random.default_rng([3, i]), figure_scale=figure_scale)  # `train_demo cache`'s draw
         assert labels[i] == asdict(expected)
         assert np.array_equal(frames[i], render_shot(expected, size=64, num_frames=17))
-    again, _ = render_pool(seed=3, count=5, workers=2)
+    again, _ = render_pool(seed=3, count=5, workers=2, figure_scale=figure_scale)
     assert np.array_equal(frames, again)  # forked workers change nothing
 
 
@@ -250,3 +251,10 @@ def test_export_to_without_init_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         train_vae(["--out", str(tmp_path / "run"), "--export-to", str(tmp_path / "vae")])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_session_goes_on_at_the_figure_scale_its_staged_autoencoder_records(tmp_path):
+    assert init_vae_figure_scale(None) == "wide14"
+    assert init_vae_figure_scale(Path("assets/demo/vae")) == "wide14"  # no training.json: the default
+    assert init_vae_figure_scale(Path("assets/staged/vae_4x")) == "wide20"
+    assert init_vae_figure_scale(tmp_path / "vae_joint.pt") == "wide14"  # a checkpoint records none

@@ -156,3 +156,17 @@ def test_cpu_route_from_the_shipped_vae_folder_caches_trains_and_exports(tmp_pat
     assert train_demo.main(["train", "--run", str(again), "--max-steps", "1", "--init", str(dest), *other]) == 1
     config = torch.load(again / "last.pt", weights_only=False)["config"]
     assert list(config["patch_size"]) == [1, 2, 2] and config["num_attention_heads"] == 2 and config["ffn_dim"] == 64
+
+
+def test_a_shot_pool_keeps_one_figure_scale(tmp_path):
+    """The pool records its figure scale; growing it at another scale is refused, and the export records it."""
+    run = tmp_path / "run"
+    train_demo.main(
+        ["cache", "--run", str(run), "--vae", "assets/demo/vae", "--shots", "2", "--figure-scale", "wide20"]
+    )
+    assert train_demo.pool_figure_scale(run) == "wide20"
+    pool = torch.load(run / "shots.pt", weights_only=False)
+    assert {labels["figure_scale"] for labels in pool["labels"]} == {"wide20"}
+    with pytest.raises(ValueError, match="--figure-scale wide20"):
+        train_demo.main(["cache", "--run", str(run), "--vae", "assets/demo/vae", "--shots", "3"])
+    assert len(torch.load(run / "shots.pt", weights_only=False)["labels"]) == 2  # nothing was added

@@ -9,6 +9,7 @@ from training.tokenizer import build_world_tokenizer
 from training.world import (
     ACTIONS,
     CHARACTERS,
+    FIGURE_SCALES,
     LOCATIONS,
     SHOT_SIZES,
     make_shot,
@@ -88,8 +89,28 @@ def test_shot_sizes_and_actions_show_in_the_frames():
     assert set(ACTIONS) >= {"moves left", "moves right", "moves up", "moves down", "grows", "shrinks", "stays"}
 
 
+@pytest.mark.parametrize("figure_scale", sorted(FIGURE_SCALES))
+def test_a_figure_scale_draws_each_shot_size_at_its_height(figure_scale):
+    for size, height in FIGURE_SCALES[figure_scale].figure_size.items():
+        frames = render_shot(make_shot("mara", "city", size, "stays", figure_scale=figure_scale))
+        rows = int((frames[0] == (225, 35, 35)).all(-1).any(1).sum())  # rows holding the plain red circle
+        assert rows == pytest.approx(height, abs=1), (size, rows)
+
+
+def test_a_figure_scale_changes_the_figures_only():
+    """The same seed draws the same storyboard at every scale; only how large the figures are differs."""
+    small, large = sample_scene(10**6 + 5), sample_scene(10**6 + 5, figure_scale="wide20")
+    assert small.captions == large.captions and small.global_caption == large.global_caption
+    assert [s.start for s in small.shots] == [s.start for s in large.shots]
+    assert {s.figure_scale for s in large.shots} == {"wide20"}
+    wide = [i for i, s in enumerate(small.shots) if s.shot_size != "close-up"]
+    assert wide and all(not np.array_equal(small.frames[i], large.frames[i]) for i in wide)
+
+
 def test_bad_labels_are_refused_with_the_allowed_values():
     with pytest.raises(ValueError, match="unknown character 'bob'.*mara"):
         make_shot("bob", "city", "wide", "stays")
+    with pytest.raises(ValueError, match="unknown figure scale 'huge'.*wide14"):
+        make_shot("tom", "city", "wide", "stays", figure_scale="huge")
     with pytest.raises(ValueError, match="one location"):
         scene_from_shots([make_shot("tom", "city", "wide", "stays"), make_shot("tom", "snow", "wide", "stays")])

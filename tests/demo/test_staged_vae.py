@@ -10,7 +10,7 @@ import torch
 
 from eval.evaluate_demo import vae_roundtrip
 from training.detector import read_shot
-from training.world import make_shot, render_shot
+from training.world import FIGURE_SCALES, make_shot, render_shot
 
 STAGED = Path(__file__).resolve().parents[2] / "assets" / "staged" / "vae_4x"
 
@@ -34,8 +34,10 @@ def test_staged_vae_is_what_init_vae_starts_from_and_keeps_outlines():
     vae = build_vae(0, config)
     vae.load_state_dict(state)  # strict: the config rebuilds exactly this layout
     vae.eval()
-    for name, size, shape in (("tom", "close-up", "square"), ("leo", "medium", "diamond")):
-        frames = render_shot(make_shot(name, "desert", size, "stays"), size=64, num_frames=17)
+    scale = json.loads((STAGED / "training.json").read_text())["figure_scale"]  # the scale its decoder was tuned on
+    assert scale in FIGURE_SCALES
+    for name, size, shape in (("tom", "close-up", "square"), ("leo", "medium", "diamond"), ("mara", "wide", "circle")):
+        frames = render_shot(make_shot(name, "desert", size, "stays", figure_scale=scale), size=64, num_frames=17)
         with torch.no_grad():
-            reading = read_shot(vae_roundtrip(vae, frames))
+            reading = read_shot(vae_roundtrip(vae, frames), scale)
         assert reading.coherent and reading.shape == shape, (name, size, reading.shape)
