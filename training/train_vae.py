@@ -273,7 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--permute", type=float, default=0.5, help="share of clips with their colour channels swapped")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--init", type=Path, default=None, help="start from an exported vae/ folder")
-    parser.add_argument("--compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor")
+    parser.add_argument(
+        "--compression", type=int, choices=sorted(VAE_CONFIGS), default=8, help="spatial factor (without --init)"
+    )
     parser.add_argument("--save-every", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up")
     parser.add_argument("--clip-frames", type=int, default=CLIP_FRAMES, help="frames per clip (17: whole shots)")
@@ -290,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    config = VAE_CONFIGS[args.compression]
+    # A run from an exported folder keeps that folder's layout (a 4x folder stays 4x whatever --compression says).
+    config = load_vae_weights(args.init)[0] if args.init is not None else VAE_CONFIGS[args.compression]
     vae = build_vae(args.seed, config)
     params = trainable_parameters(vae, args.decoder_only)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)

@@ -52,14 +52,20 @@ def test_weights_are_stored_in_half_precision_and_load_as_float32(pipe, tmp_path
 
 
 def test_shipped_model_loads_with_the_training_configs(pipe):
-    from training.train_demo import TRANSFORMER_CONFIG
-    from training.train_vae import VAE_CONFIG
+    """The shipped layout is one the training scripts build: the autoencoder of its spatial factor, and a
+    transformer whose patch keeps 80 tokens a shot on it (patch 2 on the 8x autoencoder, 4 on the 4x one)."""
+    from training.train_demo import TEXT_CONFIG, TRANSFORMER_CONFIG
+    from training.train_vae import VAE_CONFIGS
 
+    factor = pipe.vae.config.scale_factor_spatial
+    for key, value in VAE_CONFIGS[factor].items():
+        assert pipe.vae.config[key] == (list(value) if isinstance(value, tuple) else value), key
+    assert len(pipe.vae.config.latents_std) == pipe.vae.config.z_dim
     cfg = pipe.transformer.config
-    for key in ("num_attention_heads", "attention_head_dim", "num_layers", "ffn_dim", "in_channels", "text_dim"):
-        assert cfg[key] == TRANSFORMER_CONFIG[key]
-    assert tuple(cfg.patch_size) == TRANSFORMER_CONFIG["patch_size"]
-    assert pipe.vae.config.z_dim == VAE_CONFIG["z_dim"] and len(pipe.vae.config.latents_std) == VAE_CONFIG["z_dim"]
+    assert tuple(cfg.patch_size) == (1, 16 // factor, 16 // factor)
+    assert cfg.in_channels == cfg.out_channels == pipe.vae.config.z_dim and cfg.text_dim == TEXT_CONFIG["d_model"]
+    for key in ("attention_head_dim", "num_layers", "freq_dim", "cross_attn_norm", "qk_norm"):
+        assert cfg[key] == TRANSFORMER_CONFIG[key], key
     assert pipe.config.cross_attention == "mmrope" and pipe.config.regenerate_mode == "context"
     assert pipe.scheduler.config.shift == 3.0
     assert pipe.resolution_multiple == 16
@@ -82,14 +88,19 @@ def test_two_shot_render_shows_the_captioned_characters(pipe):
     read back by the detector that reads real frames at 100%."""
     from eval.evaluate_demo import render_storyboard
     from training.detector import read_shot
+    from training.train_demo import model_figure_scale
     from training.world import global_caption, make_shot, shot_caption
 
-    shots = [make_shot("mara", "snow", "medium", "stays"), make_shot("tom", "snow", "close-up", "moves left")]
+    scale = model_figure_scale(DEMO_MODEL_DIR)  # the figure sizes the shipped model was trained to draw
+    shots = [
+        make_shot("mara", "snow", "medium", "stays", figure_scale=scale),
+        make_shot("tom", "snow", "close-up", "moves left", figure_scale=scale),
+    ]
     captions = [shot_caption(s) for s in shots]
     rendered = render_storyboard(pipe, captions, global_caption("snow", ["mara", "tom"]), seed=0, steps=10)
     assert len(rendered) == 2 and rendered[0].shape == (17, 64, 64, 3)
     for labels, frames in zip(shots, rendered, strict=True):
-        reading = read_shot(frames)
+        reading = read_shot(frames, scale)
         assert reading.coherent, f"no coherent figure in the shot of {labels.character}"
         seen = (reading.location, reading.colour, reading.shape, reading.shot_size, reading.action)
         assert seen == (labels.location, labels.colour, labels.shape, labels.shot_size, labels.action)
