@@ -68,10 +68,12 @@ import torch
 
 from eval.evaluate_demo import DEMO_GUIDANCE, DEMO_STEPS, load_demo_pipeline, render_storyboard, vae_roundtrip
 from training.detector import ShotReading, read_shot
+from training.train_demo import model_figure_scale
 from training.world import (
     ACTIONS,
     CHARACTER_BY_NAME,
     CHARACTERS,
+    DEFAULT_FIGURE_SCALE,
     LOCATIONS,
     NEW_CHARACTERS,
     REFERENCE_FRAME,
@@ -120,9 +122,9 @@ def caption_with_trigger(labels: ShotLabels, trigger: str) -> str:
     return reference_caption(labels, trigger if labels.character == CHARACTER.name else labels.character)
 
 
-def reference_shots(count: int) -> list[ShotLabels]:
+def reference_shots(count: int, figure_scale: str = DEFAULT_FIGURE_SCALE) -> list[ShotLabels]:
     """`count` (4-8) shots of the new character across locations and shot sizes (`training.world.reference_shots`)."""
-    return world_reference_shots(CHARACTER.name, count, REFERENCE_SEED)
+    return world_reference_shots(CHARACTER.name, count, REFERENCE_SEED, figure_scale)
 
 
 def reference_frames(shots: list[ShotLabels]) -> list[np.ndarray]:
@@ -130,7 +132,7 @@ def reference_frames(shots: list[ShotLabels]) -> list[np.ndarray]:
     return [render_shot(s)[REFERENCE_FRAME] for s in shots]
 
 
-def held_out_scenes(count: int) -> list[EvalScene]:
+def held_out_scenes(count: int, figure_scale: str = DEFAULT_FIGURE_SCALE) -> list[EvalScene]:
     """Odd scenes are two-shot (kai and a training character, kai first or second); even ones kai alone."""
     scenes = []
     for i in range(count):
@@ -143,6 +145,7 @@ def held_out_scenes(count: int) -> list[EvalScene]:
             "stays" if i % 3 == 0 else ACTIONS[int(rng.integers(len(ACTIONS)))],
             "static",
             rng,
+            figure_scale,
         )
         shots, target = [kai], 0
         if i % 2 == 1:
@@ -153,6 +156,7 @@ def held_out_scenes(count: int) -> list[EvalScene]:
                 ACTIONS[int(rng.integers(len(ACTIONS)))],
                 "static",
                 rng,
+                figure_scale,
             )
             shots, target = ([kai, other], 0) if i % 4 == 1 else ([other, kai], 1)
         scenes.append(EvalScene(seed=HELD_OUT_SEED + i, location=location, shots=shots, target=target))
@@ -261,10 +265,11 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
 
 def evaluate(args) -> dict:
     torch.set_num_threads(args.threads)
-    ref_shots = reference_shots(args.references)
+    scale = model_figure_scale(args.model)  # references and held-out shots drawn at the sizes the model was trained on
+    ref_shots = reference_shots(args.references, scale)
     references = reference_frames(ref_shots)
-    scenes = held_out_scenes(args.shots)
-    real = [[read_shot(render_shot(s)) for s in scene.shots] for scene in scenes]
+    scenes = held_out_scenes(args.shots, scale)
+    real = [[read_shot(render_shot(s), scale) for s in scene.shots] for scene in scenes]
     rows: dict[str, dict] = {"real frames (detector check)": score(scenes, real)}
     training: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -274,7 +279,8 @@ def evaluate(args) -> dict:
             if index == 0:
                 # Held-out kai frames through the VAE: how much of the new colour and shape the latent space keeps.
                 rows["real frames through the VAE"] = score(
-                    scenes, [[read_shot(vae_roundtrip(pipe.vae, render_shot(s))) for s in sc.shots] for sc in scenes]
+                    scenes,
+                    [[read_shot(vae_roundtrip(pipe.vae, render_shot(s)), scale) for s in sc.shots] for sc in scenes],
                 )
             if arm == "baseline":
 
@@ -288,7 +294,7 @@ def evaluate(args) -> dict:
                 loras = applied.lora_names if args.lora_scope == "shots" else None
             start = time.time()
             readings = [
-                [read_shot(f) for f in render_scene(pipe, s, substitute, args.steps, args.guidance, loras)]
+                [read_shot(f, scale) for f in render_scene(pipe, s, substitute, args.steps, args.guidance, loras)]
                 for s in scenes
             ]
             timings[arm] = round((time.time() - start) / max(1, len(scenes)), 2)
@@ -296,6 +302,7 @@ def evaluate(args) -> dict:
             rows[arm]["example_caption"] = substitute(scenes[-1].captions(TRIGGER)[scenes[-1].target])
             print(f"{arm}: {rows[arm]['appears']:.0%} appears ({timings[arm]:.1f} s/scene)", flush=True)
     return {
+        "figure_scale": scale,
         "character": {"name": CHARACTER.name, "colour": CHARACTER.colour, "shape": CHARACTER.shape},
         "trigger": TRIGGER,
         "references": [s.caption for s in ref_shots],

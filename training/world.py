@@ -263,7 +263,9 @@ REFERENCE_SEED = 3 * 10**6  # seeds of reference stills (training draws seeds < 
 REFERENCE_FRAME = 8  # the middle frame of a 17-frame shot
 
 
-def reference_shots(character: str, count: int, seed: int = REFERENCE_SEED) -> list[ShotLabels]:
+def reference_shots(
+    character: str, count: int, seed: int = REFERENCE_SEED, figure_scale: str = DEFAULT_FIGURE_SCALE
+) -> list[ShotLabels]:
     """`count` (4-8) shots of `character` across locations and shot sizes, each its own start position."""
     if not 4 <= count <= 8:
         raise ValueError(f"use 4 to 8 reference frames, got {count}")
@@ -276,6 +278,7 @@ def reference_shots(character: str, count: int, seed: int = REFERENCE_SEED) -> l
             ("stays", "moves left", "moves right", "grows")[i % 4],
             "static",
             rng,
+            figure_scale,
         )
         for i in range(count)
     ]

@@ -63,11 +63,13 @@ def test_new_character_is_read_back_exactly_in_every_location_size_action_and_ca
     assert count == len(NEW_CHARACTERS) * len(LOCATIONS) * len(SHOT_SIZES)
 
 
-def test_reference_stills_are_read_as_the_new_character():
+@pytest.mark.parametrize("figure_scale", ["wide14", "wide20"])
+def test_reference_stills_are_read_as_the_new_character(figure_scale):
     from eval.evaluate_adapters import CHARACTER, reference_frames, reference_shots
 
     for count in (4, 8):
-        shots = reference_shots(count)
+        shots = reference_shots(count, figure_scale)
+        assert {s.figure_scale for s in shots} == {figure_scale}
         assert len({(s.location, s.shot_size) for s in shots}) == count
         for frame in reference_frames(shots):
             figure = read_frame(frame).figure
@@ -77,13 +79,14 @@ def test_reference_stills_are_read_as_the_new_character():
         reference_shots(3)
 
 
-def test_held_out_scenes_read_back_exactly_from_real_frames():
+@pytest.mark.parametrize("figure_scale", ["wide14", "wide20"])
+def test_held_out_scenes_read_back_exactly_from_real_frames(figure_scale):
     from eval.evaluate_adapters import TRIGGER, held_out_scenes, score
 
-    scenes = held_out_scenes(6)
+    scenes = held_out_scenes(6, figure_scale)
     assert {len(s.shots) for s in scenes} == {1, 2}
     assert TRIGGER in scenes[1].global_caption(TRIGGER) and TRIGGER in scenes[1].captions(TRIGGER)[scenes[1].target]
-    readings = [[read_shot(render_shot(s, num_frames=5)) for s in scene.shots] for scene in scenes]
+    readings = [[read_shot(render_shot(s, num_frames=5), figure_scale) for s in scene.shots] for scene in scenes]
     row = score(scenes, readings)
     assert row["appears"] == row["colour"] == row["shape"] == row["coherent"] == row["others_kept"] == 1.0
     assert row["leak"] == 0.0
