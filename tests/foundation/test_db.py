@@ -198,8 +198,10 @@ def _start_studio(url: str, data_dir: str, start, results) -> None:
         services.projects.create(f"made by {data_dir[-1]}")
         services.close()
         results.put("ok")
-    except Exception as error:  # reported to the test, which shows it
-        results.put(f"{type(error).__name__}: {error}")
+    except Exception:  # reported to the test, which shows it with the statement that failed
+        import traceback
+
+        results.put(traceback.format_exc())
 
 
 def test_two_processes_starting_on_a_new_database_migrate_once(db_url, tmp_path):
