@@ -245,6 +245,18 @@ def test_decoder_only_run_exports_a_vae_folder_in_the_shipped_latent_space(tmp_p
     assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("decoder."))
 
 
+def test_a_run_from_a_folder_keeps_its_layout_whatever_compression_says(tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    from training.train_vae import main as train_vae
+
+    staged = Path(__file__).resolve().parents[2] / "assets" / "staged" / "vae_4x"  # a 4x folder; --compression 8
+    argv = ["--out", str(tmp_path / "run"), "--init", str(staged), "--decoder-only", "--max-steps", "1"]
+    train_vae([*argv, "--compression", "8", "--batch", "1", "--crop", "32", "--export-to", str(tmp_path / "vae")])
+    exported = AutoencoderKLWan.from_pretrained(tmp_path / "vae", local_files_only=True, torch_dtype=torch.float32)
+    assert exported.config.scale_factor_spatial == 4 and exported.config.dim_mult == [1, 2, 4]
+
+
 def test_export_to_without_init_is_refused(tmp_path):
     from training.train_vae import main as train_vae
 
