@@ -68,7 +68,6 @@ import torch
 
 from eval.evaluate_demo import DEMO_GUIDANCE, DEMO_STEPS, load_demo_pipeline, render_storyboard, vae_roundtrip
 from training.detector import ShotReading, read_shot
-from training.train_demo import model_figure_scale
 from training.world import (
     ACTIONS,
     CHARACTER_BY_NAME,
@@ -82,6 +81,7 @@ from training.world import (
     ShotLabels,
     global_caption,
     make_shot,
+    recorded_figure_scale,
     reference_caption,
     render_shot,
 )
@@ -265,7 +265,9 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
 
 def evaluate(args) -> dict:
     torch.set_num_threads(args.threads)
-    scale = model_figure_scale(args.model)  # references and held-out shots drawn at the sizes the model was trained on
+    scale = recorded_figure_scale(
+        args.model
+    )  # references and held-out shots drawn at the sizes the model was trained on
     ref_shots = reference_shots(args.references, scale)
     references = reference_frames(ref_shots)
     scenes = held_out_scenes(args.shots, scale)

@@ -28,9 +28,15 @@ import torch
 
 from pipelines.registry import get_preset
 from training.detector import ShotReading, consistent, read_shot
-from training.train_demo import model_figure_scale
 from training.train_vae import frames_to_pixels
-from training.world import CHARACTER_BY_NAME, DEFAULT_FIGURE_SCALE, FIGURE_SCALES, Scene, sample_scene
+from training.world import (
+    CHARACTER_BY_NAME,
+    DEFAULT_FIGURE_SCALE,
+    FIGURE_SCALES,
+    Scene,
+    recorded_figure_scale,
+    sample_scene,
+)
 
 DEMO = get_preset("demo")  # the studio runs the demo model at its steps and guidance; so do the evaluations
 DEMO_STEPS, DEMO_GUIDANCE = DEMO.num_inference_steps, DEMO.guidance_scale
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    scale = args.figure_scale or model_figure_scale(args.vae or args.model)
+    scale = args.figure_scale or recorded_figure_scale(args.vae or args.model)
     print(f"figure scale {scale}", flush=True)
 
     if args.vae is not None:

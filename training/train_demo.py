@@ -167,14 +167,6 @@ def pool_figure_scale(run: Path) -> str | None:
     return json.loads(stats_path.read_text()).get("figure_scale", DEFAULT_FIGURE_SCALE)
 
 
-def model_figure_scale(folder: Path) -> str:
-    """The figure scale a model (or vae/) folder was trained on: `figure_scale` in its training.json; folders from
-    before the key existed were all trained on the default."""
-    info = folder / "training.json"
-    recorded = json.loads(info.read_text()).get("figure_scale") if info.exists() else None
-    return recorded or DEFAULT_FIGURE_SCALE
-
-
 def latent_statistics(latents: list[torch.Tensor]) -> tuple[list[float], list[float]]:
     """Per-channel mean and std over shots `[C, n, h, w]`: the VAE config's `latents_mean` / `latents_std`."""
     allz = torch.stack(latents).float()  # [N, C, n, h, w]

@@ -56,7 +56,7 @@ from training.train_vae import (
     save_vae_folder,
     trainable_parameters,
 )
-from training.world import DEFAULT_FIGURE_SCALE, FIGURE_SCALES, render_shot, sample_shot
+from training.world import DEFAULT_FIGURE_SCALE, FIGURE_SCALES, recorded_figure_scale, render_shot, sample_shot
 
 
 def _render(job: tuple[int, int, str]) -> tuple[np.ndarray, dict]:
@@ -331,7 +331,7 @@ def cmd_all(args) -> None:
     kept = kept_latent_statistics(args)
     if kept is not None:
         stats = {"latents_mean": kept[0], "latents_std": kept[1], "vae": str(args.init_vae)}
-        stats["figure_scale"] = args.figure_scale
+        stats |= {"figure_scale": args.figure_scale}
         (run / "latent_stats.json").write_text(json.dumps(stats, indent=1))
     pool_state = {"latents": latents, "labels": labels}
     train_demo.save_shot_pool(run, pool_state, str(out / "vae_joint.pt"), args.figure_scale)
@@ -343,14 +343,6 @@ def cmd_all(args) -> None:
     # 4. and 5. transformer and decoder side by side, for what is left of the budget, then the export
     left = args.budget_seconds - (time.time() - t0) - args.reserve_seconds
     train_side_by_side_and_export(args, max(10.0, min(args.transformer_seconds, left)), report, False, t0)
-
-
-def init_vae_figure_scale(init_vae: Path | None) -> str:
-    """The figure scale a session goes on at when none is given: a staged autoencoder's decoder is tuned to the one
-    its folder's training.json records; a checkpoint, or no --init-vae, means the default."""
-    if init_vae is not None and init_vae.is_dir():
-        return train_demo.model_figure_scale(init_vae)
-    return DEFAULT_FIGURE_SCALE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -413,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.choices["decoder"].add_argument("--resume", action="store_true", help="go on from <out>/vae_decoder.pt")
     args = parser.parse_args(argv)
     if args.command in ("all", "vae") and args.figure_scale is None:
-        args.figure_scale = init_vae_figure_scale(args.init_vae)
+        args.figure_scale = recorded_figure_scale(args.init_vae)  # a staged decoder's scale
     {"all": cmd_all, "vae": cmd_vae, "continue": cmd_continue, "decoder": cmd_decoder}[args.command](args)
 
 

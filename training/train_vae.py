@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.world import COLOURS, DEFAULT_FIGURE_SCALE, FIGURE_SCALES, INK, sample_scene
+from training.world import COLOURS, DEFAULT_FIGURE_SCALE, FIGURE_SCALES, INK, recorded_figure_scale, sample_scene
 
 VAE_CONFIG = dict(
     base_dim=16,
@@ -281,19 +281,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip-frames", type=int, default=CLIP_FRAMES, help="frames per clip (17: whole shots)")
     parser.add_argument("--balance-figures", action="store_true", help="small figures weigh what large ones do")
     parser.add_argument(
-        "--figure-scale", choices=sorted(FIGURE_SCALES), default=DEFAULT_FIGURE_SCALE, help="world.FIGURE_SCALES"
+        "--figure-scale",
+        choices=sorted(FIGURE_SCALES),
+        default=None,
+        help="world.FIGURE_SCALES (default: the one the --init folder records, else " + DEFAULT_FIGURE_SCALE + ")",
     )
     parser.add_argument(
         "--export-to", type=Path, default=None, help="with --init: write the result as a vae/ folder here"
     )
     args = parser.parse_args(argv)
+    args.figure_scale = args.figure_scale or recorded_figure_scale(args.init)  # a tuned decoder's own scale
     if args.export_to is not None and args.init is None:
         parser.error("--export-to needs --init: the exported folder takes its latent statistics from it")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
     # A run from an exported folder keeps that folder's layout (a 4x folder stays 4x whatever --compression says).
-    config = load_vae_weights(args.init)[0] if args.init is not None else VAE_CONFIGS[args.compression]
+    init_config, init_state = load_vae_weights(args.init) if args.init is not None else (None, None)
+    config = init_config or VAE_CONFIGS[args.compression]
     vae = build_vae(args.seed, config)
     params = trainable_parameters(vae, args.decoder_only)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -310,12 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     elif init.exists():
         vae.load_state_dict(torch.load(init, weights_only=False)["vae"])
         print(f"initialised from {init}", flush=True)
-    elif args.init is not None:  # an exported model's vae/ folder
-        from diffusers import AutoencoderKLWan
-
-        vae.load_state_dict(
-            AutoencoderKLWan.from_pretrained(args.init, local_files_only=True, torch_dtype=torch.float32).state_dict()
-        )
+    elif init_state is not None:  # an exported model's vae/ folder
+        vae.load_state_dict(init_state)
         print(f"initialised from {args.init}", flush=True)
     rng = np.random.default_rng(args.seed + 1000 * (1 + int(args.decoder_only)))
     if rng_state is not None:

@@ -12,7 +12,9 @@ colours so that `training.detector` reads real frames back without error.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -99,6 +101,16 @@ FIGURE_SCALES = {
     "wide20": FigureScale({"wide": 20, "medium": 28, "close-up": 38}, (23.5, 32.5)),
 }
 DEFAULT_FIGURE_SCALE = "wide14"
+
+
+def recorded_figure_scale(folder: Path | None) -> str:
+    """The figure scale a model or vae/ folder was trained on: `figure_scale` in its training.json. A checkpoint
+    file, no folder, or a folder from before the key existed (the shipped model's) means the default."""
+    info = folder / "training.json" if folder is not None and folder.is_dir() else None
+    recorded = json.loads(info.read_text()).get("figure_scale") if info is not None and info.exists() else None
+    return recorded or DEFAULT_FIGURE_SCALE
+
+
 GROWTH = 1.25
 TRAVEL = 16  # pixels (at 64x64) the figure's centre moves during a shot for moves left/right/up/down
 HORIZON = 0.625  # sky above, ground below, as a fraction of the height

@@ -90,7 +90,7 @@ def test_first_scene_renders_as_captioned(demo_pipe):
     location, colour and shot size (the attributes docs/QUALITY.md measures at 88-100%)."""
     from eval.evaluate_demo import render_storyboard
     from training.detector import read_shot
-    from training.train_demo import model_figure_scale
+    from training.world import recorded_figure_scale
 
     scene = _doc().scenes[0]
     captions = [shot.caption for shot in scene.shots]
@@ -102,6 +102,6 @@ def test_first_scene_renders_as_captioned(demo_pipe):
     for shot, frames in zip(scene.shots, rendered, strict=True):
         size, rest = shot.caption.split(", ", 1)
         character = ALL_CHARACTER_BY_NAME[rest.split()[0]]
-        reading = read_shot(frames, model_figure_scale(DEMO_MODEL_DIR))
+        reading = read_shot(frames, recorded_figure_scale(DEMO_MODEL_DIR))
         seen = (reading.location, reading.colour, reading.shot_size)
         assert seen == (location, character.colour, SIZE_BY_PHRASE[size]), shot.caption

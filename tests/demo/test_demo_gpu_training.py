@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.train_gpu import init_vae_figure_scale, render_pool
+from training.train_gpu import render_pool
 from training.train_vae import figure_mask, frames_to_pixels, permute_colours
-from training.world import COLOURS, INK, make_shot, render_shot, sample_shot
+from training.world import COLOURS, INK, make_shot, recorded_figure_scale, render_shot, sample_shot
 
 
 @pytest.mark.parametrize("figure_scale", ["wide14", "wide20"])
@@ -266,7 +266,7 @@ def test_export_to_without_init_is_refused(tmp_path):
 
 
 def test_a_session_goes_on_at_the_figure_scale_its_staged_autoencoder_records(tmp_path):
-    assert init_vae_figure_scale(None) == "wide14"
-    assert init_vae_figure_scale(Path("assets/demo/vae")) == "wide14"  # no training.json: the default
-    assert init_vae_figure_scale(Path("assets/staged/vae_4x")) == "wide20"
-    assert init_vae_figure_scale(tmp_path / "vae_joint.pt") == "wide14"  # a checkpoint records none
+    assert recorded_figure_scale(None) == "wide14"
+    assert recorded_figure_scale(Path("assets/demo/vae")) == "wide14"  # no training.json: the default
+    assert recorded_figure_scale(Path("assets/staged/vae_4x")) == "wide20"
+    assert recorded_figure_scale(tmp_path / "vae_joint.pt") == "wide14"  # a checkpoint records none

@@ -88,10 +88,9 @@ def test_two_shot_render_shows_the_captioned_characters(pipe):
     read back by the detector that reads real frames at 100%."""
     from eval.evaluate_demo import render_storyboard
     from training.detector import read_shot
-    from training.train_demo import model_figure_scale
-    from training.world import global_caption, make_shot, shot_caption
+    from training.world import global_caption, make_shot, recorded_figure_scale, shot_caption
 
-    scale = model_figure_scale(DEMO_MODEL_DIR)  # the figure sizes the shipped model was trained to draw
+    scale = recorded_figure_scale(DEMO_MODEL_DIR)  # the figure sizes the shipped model was trained to draw
     shots = [
         make_shot("mara", "snow", "medium", "stays", figure_scale=scale),
         make_shot("tom", "snow", "close-up", "moves left", figure_scale=scale),

@@ -8,7 +8,7 @@ import shutil
 
 from eval.evaluate_demo import SIZES, held_out_scenes, main, score
 from training.detector import read_shot
-from training.train_demo import model_figure_scale
+from training.world import recorded_figure_scale
 
 
 def test_score_splits_shape_by_shot_size():
@@ -40,13 +40,13 @@ def test_vae_only_mode_reads_the_real_frame_rows_alone(tmp_path, capsys):
 
 
 def test_a_model_is_evaluated_on_the_figure_scale_it_was_trained_on(tmp_path):
-    assert model_figure_scale(tmp_path) == "wide14"  # no training.json: the scale every model had before names
+    assert recorded_figure_scale(tmp_path) == "wide14"  # no training.json: the scale every model had before names
     (tmp_path / "training.json").write_text(json.dumps({"trained_steps": 1}))
-    assert model_figure_scale(tmp_path) == "wide14"
+    assert recorded_figure_scale(tmp_path) == "wide14"
     vae = tmp_path / "vae"
     shutil.copytree("assets/demo/vae", vae)
     (vae / "training.json").write_text(json.dumps({"figure_scale": "wide20"}))
-    assert model_figure_scale(vae) == "wide20"
+    assert recorded_figure_scale(vae) == "wide20"
     main(["--vae", str(vae), "--scenes", "2", "--compare-scenes", "0", "--json", str(tmp_path / "e.json")])
     info = json.loads((tmp_path / "e.json").read_text())
     assert info["figure_scale"] == "wide20" and info["rows"]["real frames (detector check)"]["shot_size"] == 1.0
