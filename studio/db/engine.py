@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -60,7 +62,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # Autocommit at the driver level: we emit BEGIN ourselves in the "begin" hook below.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, much faster than FULL
@@ -70,6 +72,21 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection) -> None:
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _enable_wal(cursor, timeout_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+    """Switch the database to WAL, retrying while another connection holds it. SQLite answers a journal-mode change
+    that races another connection's with an immediate "database is locked" (it does not call the busy handler), so
+    two processes opening a new database together (the app and its worker) failed about one start in fifteen."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _run_rollback_callbacks(callbacks: list[Callable[[], None]]) -> None:

@@ -267,3 +267,40 @@ def test_read_only_units_do_not_block_writers(sqlite_services):
         with ThreadPoolExecutor(max_workers=1) as pool:
             job = pool.submit(services.jobs.enqueue, "generate_scene", {}).result(timeout=10)
     assert services.jobs.get(job.id).status == "queued"
+
+
+def test_sqlite_wal_switch_retries_while_another_connection_switches():
+    """SQLite fails a journal-mode change that races another connection's at once ("database is locked", no busy
+    handler): two processes opening a new database together must retry it, not fail to start."""
+    import sqlite3
+
+    from studio.db.engine import _enable_wal
+
+    class RacingCursor:
+        def __init__(self, busy_answers: int) -> None:
+            self.busy_answers, self.calls = busy_answers, 0
+
+        def execute(self, statement: str) -> None:
+            assert statement == "PRAGMA journal_mode=WAL"
+            self.calls += 1
+            if self.calls <= self.busy_answers:
+                raise sqlite3.OperationalError("database is locked")
+
+    cursor = RacingCursor(busy_answers=3)
+    _enable_wal(cursor)
+    assert cursor.calls == 4
+    # A lock held past the timeout still fails, with SQLite's own message; other errors are not retried.
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _enable_wal(RacingCursor(busy_answers=10**9), timeout_s=0.05)
+
+    class BrokenCursor:
+        calls = 0
+
+        def execute(self, statement: str) -> None:
+            self.calls += 1
+            raise sqlite3.OperationalError("disk I/O error")
+
+    broken = BrokenCursor()
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        _enable_wal(broken)
+    assert broken.calls == 1
