@@ -139,23 +139,28 @@ def encode_shot(vae, frames: np.ndarray) -> torch.Tensor:
     return vae.encode(frames_to_pixels(torch.from_numpy(frames)[None])).latent_dist.mode()[0]
 
 
-def save_shot_pool(run: Path, cache: dict, vae_source: str, figure_scale: str = DEFAULT_FIGURE_SCALE) -> None:
-    """Write `<run>/shots.pt` and, the first time, `<run>/latent_stats.json` (the transformer's latent normalisation,
-    fixed once so it never moves under a resumed run, and the pool's figure scale)."""
+def save_shot_pool(
+    run: Path,
+    cache: dict,
+    vae_source: str,
+    figure_scale: str = DEFAULT_FIGURE_SCALE,
+    stats: tuple[list[float], list[float]] | None = None,
+) -> None:
+    """Write `<run>/shots.pt` and, the first time, `<run>/latent_stats.json`: the transformer's latent normalisation
+    (`stats`, the latent space's own (mean, std), else measured on this pool), fixed once so it never moves under a
+    resumed run, and the pool's figure scale. The one writer of that file."""
     cache_path = run / "shots.pt"
     tmp = cache_path.with_suffix(".tmp")
     torch.save(cache, tmp)
     os.replace(tmp, cache_path)  # the trainer may be reading it: never a half-written file
     stats_path = run / "latent_stats.json"
-    if not stats_path.exists():
-        mean, std = latent_statistics(cache["latents"])
-        stats = {"latents_mean": mean, "latents_std": std, "vae": vae_source, "figure_scale": figure_scale}
-        stats_path.write_text(json.dumps(stats, indent=1))
-        print(
-            f"latent stats from {len(cache['latents'])} shots: |mean| {np.abs(mean).mean():.3f} "
-            f"std {np.mean(std):.3f}",
-            flush=True,
-        )
+    if stats_path.exists():
+        return
+    mean, std = stats if stats is not None else latent_statistics(cache["latents"])
+    record = {"latents_mean": list(mean), "latents_std": list(std), "vae": vae_source, "figure_scale": figure_scale}
+    stats_path.write_text(json.dumps(record, indent=1))
+    measured = "given" if stats is not None else f"from {len(cache['latents'])} shots"
+    print(f"latent stats {measured}: |mean| {np.abs(mean).mean():.3f} std {np.mean(std):.3f}", flush=True)
 
 
 def pool_figure_scale(run: Path) -> str | None:
@@ -191,13 +196,10 @@ def cmd_cache(args) -> None:
         shipped = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True, torch_dtype=torch.float32)
         vae = shipped
         vae_state = {"vae": shipped.state_dict(), "step": -1}
-        stats_path = run / "latent_stats.json"
-        if not stats_path.exists():
-            stats = {k: list(shipped.config[k]) for k in ("latents_mean", "latents_std")}
-            stats |= {"vae": str(args.vae), "figure_scale": args.figure_scale}
-            stats_path.write_text(json.dumps(stats, indent=1))
+        fixed_stats = (list(shipped.config["latents_mean"]), list(shipped.config["latents_std"]))
     else:
         vae_state = torch.load(args.vae, weights_only=False)
+        fixed_stats = None  # a checkpoint of a new latent space: measured on the pool
         vae = build_vae(args.seed, vae_state.get("config"))
     vae.load_state_dict(vae_state["vae"])
     vae.eval()
@@ -209,7 +211,7 @@ def cmd_cache(args) -> None:
     start = time.time()
 
     def save():
-        save_shot_pool(run, cache, str(args.vae), args.figure_scale)
+        save_shot_pool(run, cache, str(args.vae), args.figure_scale, fixed_stats)
 
     while len(cache["labels"]) < args.shots:
         # Shot i is drawn from its own seed, so the pool is the same however often the cache was resumed.

@@ -328,13 +328,10 @@ def cmd_all(args) -> None:
     latents = encode_pool(vae, pool)
     encoder_state = {"vae": joint["vae"], "step": joint["step"], "source": str(out / "vae_joint.pt")}
     torch.save(encoder_state, run / "vae_encoder.pt")
-    kept = kept_latent_statistics(args)
-    if kept is not None:
-        stats = {"latents_mean": kept[0], "latents_std": kept[1], "vae": str(args.init_vae)}
-        stats |= {"figure_scale": args.figure_scale}
-        (run / "latent_stats.json").write_text(json.dumps(stats, indent=1))
+    kept = kept_latent_statistics(args)  # the staged latent space's statistics, else measured on this pool
+    source = str(args.init_vae) if kept is not None else str(out / "vae_joint.pt")
     pool_state = {"latents": latents, "labels": labels}
-    train_demo.save_shot_pool(run, pool_state, str(out / "vae_joint.pt"), args.figure_scale)
+    train_demo.save_shot_pool(run, pool_state, source, args.figure_scale, kept)
     del vae, pool
     if device.type == "cuda":
         torch.cuda.empty_cache()
