@@ -265,9 +265,8 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
 
 def evaluate(args) -> dict:
     torch.set_num_threads(args.threads)
-    scale = recorded_figure_scale(
-        args.model
-    )  # references and held-out shots drawn at the sizes the model was trained on
+    # References and held-out shots are drawn at the figure sizes the model was trained on.
+    scale = recorded_figure_scale(args.model)
     ref_shots = reference_shots(args.references, scale)
     references = reference_frames(ref_shots)
     scenes = held_out_scenes(args.shots, scale)

@@ -77,7 +77,8 @@ def _configure_sqlite(engine: Engine) -> None:
 def _enable_wal(cursor, timeout_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
     """Switch the database to WAL, retrying while another connection holds it. SQLite answers a journal-mode change
     that races another connection's with an immediate "database is locked" (it does not call the busy handler), so
-    two processes opening a new database together (the app and its worker) failed about one start in fifteen."""
+    processes opening a new database together (the app and its worker) could fail to start: 4-12 of 150 starts of
+    four processes, without this retry."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
