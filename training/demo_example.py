@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.world import NEW_CHARACTERS, reference_stills
+from pipelines.loading import DEMO_MODEL_DIR
+from training.world import NEW_CHARACTERS, recorded_figure_scale, reference_stills
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "demo_world.yaml"
 REFS_DIR = EXAMPLE.parent / "refs"
@@ -27,8 +28,9 @@ def reference_paths(out_dir: Path = REFS_DIR, count: int = REFERENCE_COUNT) -> l
 
 
 def reference_images(count: int = REFERENCE_COUNT) -> list[np.ndarray]:
-    """The example's kai references, uint8 [64, 64, 3] each."""
-    return reference_stills(CHARACTER, count)
+    """The example's kai references, uint8 [64, 64, 3] each, drawn at the figure scale the shipped model was trained
+    on (a reference of another size than the model draws would teach the LoRA a figure the shots never show)."""
+    return reference_stills(CHARACTER, count, figure_scale=recorded_figure_scale(DEMO_MODEL_DIR))
 
 
 def write_references(out_dir: Path = REFS_DIR, count: int = REFERENCE_COUNT) -> list[Path]:

@@ -571,7 +571,7 @@ def export_demo(
 
     dest.mkdir(parents=True, exist_ok=True)
     stats = json.loads((run / "latent_stats.json").read_text())
-    vae_source = Path(vae_checkpoint or stats["vae"])  # a train_vae checkpoint or a vae/ folder (e.g. a staged one)
+    vae_source = Path(vae_checkpoint or stats["vae"])  # a train_vae checkpoint or a vae/ folder (e.g. the shipped one)
     vae_config, vae_state = load_vae_weights(vae_source)
     cached = torch.load(run / "vae_encoder.pt", weights_only=False, map_location="cpu")["vae"]
     for name, value in cached.items():

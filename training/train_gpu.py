@@ -14,12 +14,12 @@ Every stage is bounded by wall-clock time so that the command ends inside its le
 
 Two more commands, for leases too short to train both halves (docs/QUALITY.md section 4.1):
 
-    python -m training.train_gpu vae --out OUT --budget-seconds 560 --init-vae assets/staged/vae_4x
+    python -m training.train_gpu vae --out OUT --budget-seconds 560 --init-vae assets/demo/vae
         # the autoencoder alone for the whole lease: joint, then the decoder alone; exported as OUT/vae
         # (--vae-seconds 0: the decoder alone, the encoder, its latent space and statistics kept)
-    python -m training.train_gpu all ... --init-vae assets/staged/vae_4x --vae-seconds 0 [--init-transformer DIR]
+    python -m training.train_gpu all ... --init-vae assets/demo/vae --vae-seconds 0 [--init-transformer assets/demo]
         # the transformer on that autoencoder's latent space (its latent statistics kept), the decoder going on
-        # beside it; --init-transformer goes on from an earlier session's exported model in the same latent space
+        # beside it; --init-transformer goes on from an exported model in the same latent space (the shipped one)
     python -m training.train_gpu continue --out OUT --seconds 200 ...
         # a second call on the same warm machine (`all --keep-pool` first): both go on, the export is redone
 
@@ -328,7 +328,7 @@ def cmd_all(args) -> None:
     latents = encode_pool(vae, pool)
     encoder_state = {"vae": joint["vae"], "step": joint["step"], "source": str(out / "vae_joint.pt")}
     torch.save(encoder_state, run / "vae_encoder.pt")
-    kept = kept_latent_statistics(args)  # the staged latent space's statistics, else measured on this pool
+    kept = kept_latent_statistics(args)  # the --init-vae latent space's statistics, else measured on this pool
     source = str(args.init_vae) if kept is not None else str(out / "vae_joint.pt")
     pool_state = {"latents": latents, "labels": labels}
     train_demo.save_shot_pool(run, pool_state, source, args.figure_scale, kept)
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.choices["decoder"].add_argument("--resume", action="store_true", help="go on from <out>/vae_decoder.pt")
     args = parser.parse_args(argv)
     if args.command in ("all", "vae") and args.figure_scale is None:
-        args.figure_scale = recorded_figure_scale(args.init_vae)  # a staged decoder's scale
+        args.figure_scale = recorded_figure_scale(args.init_vae)  # the scale its decoder was trained on
     {"all": cmd_all, "vae": cmd_vae, "continue": cmd_continue, "decoder": cmd_decoder}[args.command](args)
 
 

@@ -85,10 +85,12 @@ def test_4x_vae_gives_16x16_latents_and_keeps_the_resolution_multiple_with_patch
 @pytest.mark.parametrize(
     "layout",
     [
-        ["--init-vae", "assets/demo/vae", "--vae-seconds", "0"],  # the shipped autoencoder as is
-        ["--vae-compression", "4", "--patch", "4", "--heads", "8", "--ffn-dim", "640", "--balance-figures"],
+        # the shipped autoencoder as is, under the shipped transformer's layout
+        ["--init-vae", "assets/demo/vae", "--vae-seconds", "0", "--patch", "4", "--heads", "8", "--ffn-dim", "640"],
+        # a new 4x autoencoder, and the 8x layout's transformer defaults on it
+        ["--vae-compression", "4", "--balance-figures"],
     ],
-    ids=["8x-shipped-vae", "4x"],
+    ids=["shipped-vae", "new-4x-vae"],
 )
 def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -163,10 +165,9 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
         if name.startswith("encoder."):
             assert torch.equal(value, encoder[name])
     assert sum(p.numel() for p in transformer.parameters()) > 10**6
-    compression = 8 if "--init-vae" in layout else 4
-    assert vae.config.scale_factor_spatial == compression
-    assert tuple(transformer.config.patch_size) == (1, 16 // compression, 16 // compression)
-    assert transformer.config.ffn_dim == (768 if compression == 8 else 640)
+    assert vae.config.scale_factor_spatial == 4
+    patch, ffn_dim = (4, 640) if "--patch" in layout else (2, 768)  # train_demo's defaults: the 8x layout's
+    assert tuple(transformer.config.patch_size) == (1, patch, patch) and transformer.config.ffn_dim == ffn_dim
     assert json.loads((out / "demo" / "training.json").read_text())["gpu_session"]["shots"] == 24
 
 
@@ -250,8 +251,8 @@ def test_a_run_from_a_folder_keeps_its_layout_whatever_compression_says(tmp_path
 
     from training.train_vae import main as train_vae
 
-    staged = Path(__file__).resolve().parents[2] / "assets" / "staged" / "vae_4x"  # a 4x folder; --compression 8
-    argv = ["--out", str(tmp_path / "run"), "--init", str(staged), "--decoder-only", "--max-steps", "1"]
+    shipped = Path(__file__).resolve().parents[2] / "assets" / "demo" / "vae"  # a 4x folder; --compression 8
+    argv = ["--out", str(tmp_path / "run"), "--init", str(shipped), "--decoder-only", "--max-steps", "1"]
     train_vae([*argv, "--compression", "8", "--batch", "1", "--crop", "32", "--export-to", str(tmp_path / "vae")])
     exported = AutoencoderKLWan.from_pretrained(tmp_path / "vae", local_files_only=True, torch_dtype=torch.float32)
     assert exported.config.scale_factor_spatial == 4 and exported.config.dim_mult == [1, 2, 4]
@@ -265,8 +266,8 @@ def test_export_to_without_init_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_session_goes_on_at_the_figure_scale_its_staged_autoencoder_records(tmp_path):
+def test_a_session_goes_on_at_the_figure_scale_its_init_autoencoder_records(tmp_path):
     assert recorded_figure_scale(None) == "wide14"
-    assert recorded_figure_scale(Path("assets/demo/vae")) == "wide14"  # no training.json: the default
-    assert recorded_figure_scale(Path("assets/staged/vae_4x")) == "wide20"
+    assert recorded_figure_scale(Path("assets/demo/vae")) == "wide20"
+    assert recorded_figure_scale(tmp_path) == "wide14"  # a folder without training.json: the scale before names
     assert recorded_figure_scale(tmp_path / "vae_joint.pt") == "wide14"  # a checkpoint records none

@@ -71,6 +71,34 @@ def test_shipped_model_loads_with_the_training_configs(pipe):
     assert pipe.resolution_multiple == 16
 
 
+def test_training_records_say_how_the_shipped_weights_were_made():
+    """The provenance a later session goes on from (`train_gpu --init-vae assets/demo/vae --init-transformer
+    assets/demo`): the figure scale, the transformer's steps by session, the autoencoder's GPU and CPU steps."""
+    from training.world import FIGURE_SCALES, recorded_figure_scale
+
+    info = json.loads((DEMO_MODEL_DIR / "training.json").read_text())
+    assert info["trained_steps"] == sum(info["steps_by_session"].values())
+    vae_info = json.loads((DEMO_MODEL_DIR / "vae" / "training.json").read_text())
+    assert vae_info["gpu"]["vae_steps"] > 0 and vae_info["cpu_decoder_steps"] > 0
+    # the model and its autoencoder name one scale, the one every evaluation reads the shipped model's frames at
+    assert recorded_figure_scale(DEMO_MODEL_DIR) == recorded_figure_scale(DEMO_MODEL_DIR / "vae") in FIGURE_SCALES
+
+
+def test_autoencoder_keeps_the_outline_of_every_shot_size(pipe):
+    """Real frames through the shipped autoencoder keep one coherent figure of the right shape at every shot size
+    (docs/QUALITY.md: what it cannot draw, the transformer cannot reach)."""
+    from eval.evaluate_demo import vae_roundtrip
+    from training.detector import read_shot
+    from training.world import make_shot, recorded_figure_scale, render_shot
+
+    scale = recorded_figure_scale(DEMO_MODEL_DIR)
+    for name, size, shape in (("tom", "close-up", "square"), ("leo", "medium", "diamond"), ("mara", "wide", "circle")):
+        frames = render_shot(make_shot(name, "desert", size, "stays", figure_scale=scale), size=64, num_frames=17)
+        with torch.no_grad():
+            reading = read_shot(vae_roundtrip(pipe.vae, frames), scale)
+        assert reading.coherent and reading.shape == shape, (name, size, reading.shape)
+
+
 def test_pipeline_encodes_captions_exactly_as_training_did(pipe):
     from training.train_demo import encode_text
     from training.world import sample_scene
