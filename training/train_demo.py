@@ -43,7 +43,15 @@ from training.train_vae import (
     save_model_folder,
     save_vae_folder,
 )
-from training.world import DEFAULT_FIGURE_SCALE, FIGURE_SCALES, ShotLabels, global_caption, render_shot, sample_shot
+from training.world import (
+    DEFAULT_FIGURE_SCALE,
+    FIGURE_SCALES,
+    ShotLabels,
+    global_caption,
+    recorded_figure_scale,
+    render_shot,
+    sample_shot,
+)
 
 SHOT_FRAMES = 17  # frames per shot the demo model is trained on (5 latent frames)
 SIZE = 64
@@ -636,7 +644,10 @@ def main(argv: list[str] | None = None):
     cache.add_argument("--shots", type=int, default=1500, help="shots in the pool (resumable: raise it to add more)")
     cache.add_argument("--save-every", type=int, default=100)
     cache.add_argument(
-        "--figure-scale", choices=sorted(FIGURE_SCALES), default=DEFAULT_FIGURE_SCALE, help="world.FIGURE_SCALES"
+        "--figure-scale",
+        choices=sorted(FIGURE_SCALES),
+        default=None,
+        help="world.FIGURE_SCALES (default: the one a --vae folder records, else " + DEFAULT_FIGURE_SCALE + ")",
     )
     train = sub.choices["train"]
     train.add_argument("--minutes", type=float, default=60.0)
@@ -664,6 +675,8 @@ def main(argv: list[str] | None = None):
     )
     export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
     args = parser.parse_args(argv)
+    if args.command == "cache" and args.figure_scale is None:
+        args.figure_scale = recorded_figure_scale(args.vae)  # the shipped latent space: the shipped model's scale
     return {"cache": cmd_cache, "train": cmd_train, "export": cmd_export}[args.command](args)
 
 

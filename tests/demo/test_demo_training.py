@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from training import train_demo
 from training.train_demo import FLOW_SHIFT, SceneComposer, sample_sigmas, shifted
-from training.world import CHARACTER_BY_NAME, global_caption, sample_shot
+from training.world import CHARACTER_BY_NAME, global_caption, recorded_figure_scale, sample_shot
 
 
 def test_sigmas_are_shifted_and_clean_shots_carry_no_loss():
@@ -147,6 +148,8 @@ def test_cpu_route_from_the_shipped_vae_folder_caches_trains_and_exports(tmp_pat
     assert exported.config.latents_mean == shipped.config.latents_mean
     info = json.loads((dest / "training.json").read_text())
     assert info["trained_steps"] == 2 and info["vae"] == "assets/demo/vae" and info["vae_steps"] is None
+    # no --figure-scale: the pool is drawn at the scale the folder's model was trained on, and the export says so
+    assert info["figure_scale"] == train_demo.pool_figure_scale(run) == recorded_figure_scale(Path("assets/demo/vae"))
     # A new run from that export (--init) keeps the exported transformer's layout, whatever the layout flags say.
     again = tmp_path / "again"
     again.mkdir()
@@ -162,11 +165,11 @@ def test_a_shot_pool_keeps_one_figure_scale(tmp_path):
     """The pool records its figure scale; growing it at another scale is refused, and the export records it."""
     run = tmp_path / "run"
     train_demo.main(
-        ["cache", "--run", str(run), "--vae", "assets/demo/vae", "--shots", "2", "--figure-scale", "wide20"]
+        ["cache", "--run", str(run), "--vae", "assets/demo/vae", "--shots", "2", "--figure-scale", "wide14"]
     )
-    assert train_demo.pool_figure_scale(run) == "wide20"
+    assert train_demo.pool_figure_scale(run) == "wide14"
     pool = torch.load(run / "shots.pt", weights_only=False)
-    assert {labels["figure_scale"] for labels in pool["labels"]} == {"wide20"}
-    with pytest.raises(ValueError, match="--figure-scale wide20"):
+    assert {labels["figure_scale"] for labels in pool["labels"]} == {"wide14"}
+    with pytest.raises(ValueError, match="--figure-scale wide14"):  # the folder's own scale, wide20, is not the pool's
         train_demo.main(["cache", "--run", str(run), "--vae", "assets/demo/vae", "--shots", "3"])
     assert len(torch.load(run / "shots.pt", weights_only=False)["labels"]) == 2  # nothing was added
