@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -112,6 +113,35 @@ def transformer_config(patch: int = 2, heads: int | None = None, ffn_dim: int | 
     if ffn_dim is not None:
         config["ffn_dim"] = ffn_dim
     return config
+
+
+# A new transformer's layout (spatial patch, heads, feed-forward width) by its shot pool's latent side, i.e. by the
+# autoencoder's spatial compression of the world's 64x64 frames. Each keeps 80 video tokens a shot (5 latent frames
+# of 4x4 patches) and the exported model under the 40 MB cap (docs/QUALITY.md section 3).
+TRANSFORMER_LAYOUTS = {
+    8: {"patch": 2, "heads": 6, "ffn_dim": 768},  # 8x autoencoder, 8x8 latents: the first shipped model
+    16: {"patch": 4, "heads": 8, "ffn_dim": 640},  # 4x autoencoder, 16x16 latents: the shipped model since session 9
+}
+
+
+def new_transformer_config(
+    latent_side: int, patch: int | None = None, heads: int | None = None, ffn_dim: int | None = None
+) -> dict:
+    """The config of a new transformer for latents `latent_side` wide: TRANSFORMER_LAYOUTS' layout for that side,
+    with any of `patch`, `heads`, `ffn_dim` given explicitly taking its place."""
+    layout = TRANSFORMER_LAYOUTS.get(latent_side)
+    if layout is None and None in (patch, heads, ffn_dim):
+        raise ValueError(
+            f"no transformer layout is registered for {latent_side}x{latent_side} latents "
+            f"(registered: {', '.join(f'{side}x{side}' for side in TRANSFORMER_LAYOUTS)}); "
+            "pass --patch, --heads and --ffn-dim"
+        )
+    layout = layout or {}
+    return transformer_config(
+        patch if patch is not None else layout["patch"],
+        heads if heads is not None else layout["heads"],
+        ffn_dim if ffn_dim is not None else layout["ffn_dim"],
+    )
 
 
 def build_transformer(seed: int = 0, config: dict | None = None):
@@ -444,6 +474,24 @@ def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], step:
         torch._foreach_lerp_(ema_params, params, 1 - decay)
 
 
+# With `--schedule cosine` the rate falls to this fraction of --lr by the end of the run (by --minutes or
+# --max-steps, whichever comes first): the weights settle instead of ending on a full-size step. Session 9's CPU
+# anneal showed what settling is worth (shape 76% -> 81% at a tenth of the rate).
+COSINE_FLOOR = 0.05
+
+
+def learning_rate(base: float, step: int, warmup: int, progress: float, schedule: str) -> float:
+    """The rate of optimiser step `step + 1`: linear warm-up over `warmup` steps, then constant or a cosine from
+    `base` down to `COSINE_FLOOR * base` as `progress` (0 at the start of this run, 1 at its end) goes by."""
+    rate = base * min(1.0, (step + 1) / warmup)
+    if schedule == "cosine":
+        progress = min(max(progress, 0.0), 1.0)
+        rate *= COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+    elif schedule != "constant":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}: use 'constant' or 'cosine'")
+    return rate
+
+
 def cmd_train(args) -> int:
     torch.set_num_threads(args.threads)
     run = args.run
@@ -472,7 +520,10 @@ def cmd_train(args) -> int:
     resumed = (
         torch.load(run / "last.pt", weights_only=False, map_location=device) if (run / "last.pt").exists() else None
     )
-    config = resumed["config"] if resumed is not None else transformer_config(args.patch, args.heads, args.ffn_dim)
+    if resumed is not None:
+        config = resumed["config"]
+    else:  # a new transformer's layout follows its latents unless the flags say otherwise
+        config = new_transformer_config(data.latents.shape[3], args.patch, args.heads, args.ffn_dim)
     transformer = build_transformer(args.seed, config)
     if args.init is not None and resumed is None:
         from diffusers import WanTransformer3DModel
@@ -527,7 +578,9 @@ def cmd_train(args) -> int:
             batch = max(1, args.tokens // (tokens_per_shot * k))
             drop = torch.rand(1, generator=rng).item() < args.cfg_dropout  # caption dropout
             loss = flow_matching_loss(transformer, state, data, layouts, k, batch, drop, gen)
-            lr = args.lr * min(1.0, (step + 1) / args.warmup)
+            elapsed, done = time.time() - start, step - first_step
+            progress = max(elapsed / (args.minutes * 60), done / max(1, args.max_steps - first_step))
+            lr = learning_rate(args.lr, step, args.warmup, progress, args.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step += 1
@@ -655,15 +708,22 @@ def main(argv: list[str] | None = None):
     train.add_argument("--max-steps", type=int, default=10**9)
     train.add_argument("--lr", type=float, default=5e-4)
     train.add_argument("--warmup", type=int, default=200)
+    train.add_argument(
+        "--schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="learning rate after the warm-up: constant, or a cosine down to a twentieth of --lr by the run's end",
+    )
     train.add_argument("--ema", type=float, default=0.999)
     train.add_argument("--tokens", type=int, default=TOKENS_PER_BATCH)
     train.add_argument("--cfg-dropout", type=float, default=0.1)
     train.add_argument("--save-every", type=int, default=100)
     train.add_argument("--reload-every", type=int, default=200, help="steps between looks for a grown shot pool")
     train.add_argument("--init", type=Path, default=None, help="start from an exported model folder")
-    train.add_argument("--patch", type=int, default=2, help="spatial patch of a new transformer (4 on a 4x VAE)")
+    new_layout = "default: TRANSFORMER_LAYOUTS' for the pool's latents (8x8: 2, 6, 768; 16x16: 4, 8, 640)"
+    train.add_argument("--patch", type=int, default=None, help=f"spatial patch of a new transformer ({new_layout})")
     train.add_argument("--heads", type=int, default=None, help="attention heads of a new transformer (32 wide each)")
-    train.add_argument("--ffn-dim", type=int, default=None, help="feed-forward width of a new transformer (768)")
+    train.add_argument("--ffn-dim", type=int, default=None, help="feed-forward width of a new transformer")
     export = sub.choices["export"]
     export.add_argument("--dest", type=Path, default=Path("assets/demo"))
     export.add_argument(

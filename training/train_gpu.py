@@ -178,8 +178,10 @@ def train_side_by_side_and_export(args, seconds: float, report: dict, resume: bo
     t = time.time()
     train_args = ["train", "--run", str(run), "--device", args.device, "--minutes", str(seconds / 60)]
     train_args += ["--tokens", str(args.tokens), "--lr", str(args.transformer_lr), "--warmup", "300"]
+    train_args += ["--schedule", args.transformer_schedule]
     train_args += ["--save-every", "1000", "--seed", str(args.seed), "--ema", str(args.ema)]
-    train_args += ["--patch", str(args.patch)]
+    if args.patch is not None:
+        train_args += ["--patch", str(args.patch)]
     if args.heads is not None:
         train_args += ["--heads", str(args.heads)]
     if args.ffn_dim is not None:
@@ -357,10 +359,17 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.choices[name]
         p.add_argument("--tokens", type=int, default=16000, help="video tokens per transformer step")
         p.add_argument("--transformer-lr", type=float, default=1e-3)
+        p.add_argument(
+            "--transformer-schedule",
+            choices=["constant", "cosine"],
+            default="constant",
+            help="transformer learning rate after the warm-up (cosine: down to a twentieth by the call's end)",
+        )
         p.add_argument("--ema", type=float, default=0.999)
-        p.add_argument("--patch", type=int, default=2, help="transformer spatial patch (4 with --vae-compression 4)")
-        p.add_argument("--heads", type=int, default=None, help="transformer heads, 32 wide each (default 6)")
-        p.add_argument("--ffn-dim", type=int, default=None, help="transformer feed-forward width (default 768)")
+        layout = "default: train_demo.TRANSFORMER_LAYOUTS' for the autoencoder's latents"
+        p.add_argument("--patch", type=int, default=None, help=f"transformer spatial patch ({layout})")
+        p.add_argument("--heads", type=int, default=None, help=f"transformer heads, 32 wide each ({layout})")
+        p.add_argument("--ffn-dim", type=int, default=None, help=f"transformer feed-forward width ({layout})")
         p.add_argument("--text-encoder", type=Path, default=None, help="a saved text_encoder/ folder to train with")
         p.add_argument("--keep-pool", action="store_true", help="keep <out>/pool.npy for a later `continue`")
         p.add_argument(

@@ -85,10 +85,10 @@ def test_4x_vae_gives_16x16_latents_and_keeps_the_resolution_multiple_with_patch
 @pytest.mark.parametrize(
     "layout",
     [
-        # the shipped autoencoder as is, under the shipped transformer's layout
-        ["--init-vae", "assets/demo/vae", "--vae-seconds", "0", "--patch", "4", "--heads", "8", "--ffn-dim", "640"],
-        # a new 4x autoencoder, and the 8x layout's transformer defaults on it
-        ["--vae-compression", "4", "--balance-figures"],
+        # the shipped autoencoder as is; the transformer's layout follows from its 16x16 latents
+        ["--init-vae", "assets/demo/vae", "--vae-seconds", "0"],
+        # a new 4x autoencoder, and the same layout named by the flags
+        ["--vae-compression", "4", "--balance-figures", "--patch", "4", "--heads", "8", "--ffn-dim", "640"],
     ],
     ids=["shipped-vae", "new-4x-vae"],
 )
@@ -166,8 +166,8 @@ def test_one_command_session_exports_a_loadable_model(tmp_path, layout):
             assert torch.equal(value, encoder[name])
     assert sum(p.numel() for p in transformer.parameters()) > 10**6
     assert vae.config.scale_factor_spatial == 4
-    patch, ffn_dim = (4, 640) if "--patch" in layout else (2, 768)  # train_demo's defaults: the 8x layout's
-    assert tuple(transformer.config.patch_size) == (1, patch, patch) and transformer.config.ffn_dim == ffn_dim
+    assert tuple(transformer.config.patch_size) == (1, 4, 4)  # the 4x layout, with or without its flags
+    assert transformer.config.num_attention_heads == 8 and transformer.config.ffn_dim == 640
     assert json.loads((out / "demo" / "training.json").read_text())["gpu_session"]["shots"] == 24
 
 

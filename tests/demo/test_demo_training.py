@@ -132,6 +132,43 @@ def test_training_resumed_halfway_ends_with_the_same_weights_as_one_run(tmp_path
     assert len(moved) > 0.9 * len(fresh)  # four steps moved (nearly) every weight
 
 
+def test_a_new_transformer_takes_the_layout_of_its_latents_unless_flags_say_otherwise():
+    def layout(config: dict) -> tuple[int, int, int]:
+        return config["patch_size"][1], config["num_attention_heads"], config["ffn_dim"]
+
+    assert layout(train_demo.new_transformer_config(8)) == (2, 6, 768)  # the 8x autoencoder's 8x8 latents
+    assert layout(train_demo.new_transformer_config(16)) == (4, 8, 640)  # the 4x one's 16x16: the shipped layout
+    assert layout(train_demo.new_transformer_config(16, heads=4)) == (4, 4, 640)
+    for side, config in train_demo.TRANSFORMER_LAYOUTS.items():  # every layout: 80 video tokens a shot of 5 frames
+        assert 5 * (side // config["patch"]) ** 2 == 80
+    with pytest.raises(ValueError, match="pass --patch, --heads and --ffn-dim"):
+        train_demo.new_transformer_config(32, patch=8)
+    assert layout(train_demo.new_transformer_config(32, 8, 4, 256)) == (8, 4, 256)
+
+
+def test_cosine_schedule_warms_up_then_settles_to_a_twentieth_by_the_end_of_the_run():
+    lr = train_demo.learning_rate
+    assert lr(1e-3, 0, 300, 0.0, "cosine") == pytest.approx(1e-3 / 300)  # the warm-up is the constant schedule's
+    assert lr(1e-3, 299, 300, 0.0, "cosine") == pytest.approx(1e-3)
+    falling = [lr(1e-3, 1000, 300, progress, "cosine") for progress in np.linspace(0, 1, 11)]
+    assert all(a > b for a, b in zip(falling[:-1], falling[1:], strict=True))
+    assert falling[5] == pytest.approx(1e-3 * (1 + train_demo.COSINE_FLOOR) / 2)
+    assert falling[-1] == pytest.approx(1e-3 * train_demo.COSINE_FLOOR) == lr(1e-3, 1000, 300, 1.7, "cosine")
+    assert lr(1e-3, 1000, 300, 0.9, "constant") == 1e-3
+    with pytest.raises(ValueError, match="'constant' or 'cosine'"):
+        lr(1e-3, 0, 1, 0.0, "linear")
+
+
+def test_a_cosine_run_ends_at_the_rate_its_last_step_was_due(tmp_path):
+    """Progress is counted in steps when --max-steps ends the run first (the GPU sessions end by --minutes)."""
+    _tiny_run(tmp_path / "run")
+    args = ["--tokens", "240", "--warmup", "1", "--heads", "2", "--ffn-dim", "64", "--lr", "1e-3", "--max-steps", "4"]
+    assert train_demo.main(["train", "--run", str(tmp_path / "run"), "--schedule", "cosine", *args]) == 4
+    optimizer = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["optimizer"]
+    # the 4th step ran at progress 3/4 of the run
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(train_demo.learning_rate(1e-3, 3, 1, 0.75, "cosine"))
+
+
 def test_cpu_route_from_the_shipped_vae_folder_caches_trains_and_exports(tmp_path):
     """`cache --vae assets/demo/vae` (the shipped latent space), a few steps, `export` with no --vae: the exported
     autoencoder is the folder's, with its latent statistics."""
@@ -155,10 +192,11 @@ def test_cpu_route_from_the_shipped_vae_folder_caches_trains_and_exports(tmp_pat
     again.mkdir()
     for name in ("shots.pt", "latent_stats.json", "vae_encoder.pt"):
         shutil.copy(run / name, again / name)
-    other = ["--patch", "4", "--heads", "3", "--tokens", "240", "--text-encoder", "assets/demo/text_encoder"]
+    other = ["--patch", "2", "--heads", "3", "--tokens", "240", "--text-encoder", "assets/demo/text_encoder"]
     assert train_demo.main(["train", "--run", str(again), "--max-steps", "1", "--init", str(dest), *other]) == 1
     config = torch.load(again / "last.pt", weights_only=False)["config"]
-    assert list(config["patch_size"]) == [1, 2, 2] and config["num_attention_heads"] == 2 and config["ffn_dim"] == 64
+    # (the first run's patch 4 came from the shipped autoencoder's 16x16 latents, no --patch given)
+    assert list(config["patch_size"]) == [1, 4, 4] and config["num_attention_heads"] == 2 and config["ffn_dim"] == 64
 
 
 def test_a_shot_pool_keeps_one_figure_scale(tmp_path):
