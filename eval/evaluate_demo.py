@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare-scenes", type=int, default=16, help="scenes for each attention-mode comparison")
     parser.add_argument("--steps", type=int, default=DEMO_STEPS, help="default: the demo preset's")
     parser.add_argument("--guidance", type=float, default=DEMO_GUIDANCE, help="default: the demo preset's")
+    parser.add_argument(
+        "--self-attention",
+        choices=["full", "sparse", "isolated"],
+        default="full",
+        help="self-attention of the --scenes configuration (the comparisons run all three)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     rows["real frames through the VAE"] = score(
         scenes, [[read_shot(vae_roundtrip(vae, f), scale) for f in s.frames] for s in scenes]
     )
-    configs = [("mmrope", "full", args.scenes)] if args.vae is None else []
+    configs = [("mmrope", args.self_attention, args.scenes)] if args.vae is None else []
     if args.compare_scenes and args.vae is None:
         configs += [(c, "full", args.compare_scenes) for c in ("window", "full")]
         configs += [("mmrope", s, args.compare_scenes) for s in ("sparse", "isolated")]

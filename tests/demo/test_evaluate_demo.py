@@ -50,3 +50,12 @@ def test_a_model_is_evaluated_on_the_figure_scale_it_was_trained_on(tmp_path):
     main(["--vae", str(vae), "--scenes", "2", "--compare-scenes", "0", "--json", str(tmp_path / "e.json")])
     info = json.loads((tmp_path / "e.json").read_text())
     assert info["figure_scale"] == "wide20" and info["rows"]["real frames (detector check)"]["shot_size"] == 1.0
+
+
+def test_the_scenes_configuration_runs_the_self_attention_asked_for(tmp_path):
+    """`--self-attention sparse` puts the shipped model's 72-scene row under sparse self-attention (section 4.7)."""
+    out = tmp_path / "e.json"
+    main(["--scenes", "1", "--compare-scenes", "0", "--steps", "2", "--self-attention", "sparse", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows)[2:] == ["cross=mmrope, self=sparse (1 scenes)"]
+    assert rows["cross=mmrope, self=sparse (1 scenes)"]["shots"] == rows["real frames (detector check)"]["shots"] > 0
