@@ -478,6 +478,7 @@ def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], step:
 # --max-steps, whichever comes first): the weights settle instead of ending on a full-size step. Session 9's CPU
 # anneal showed what settling is worth (shape 76% -> 81% at a tenth of the rate).
 COSINE_FLOOR = 0.05
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def learning_rate(base: float, step: int, warmup: int, progress: float, schedule: str) -> float:
@@ -710,7 +711,7 @@ def main(argv: list[str] | None = None):
     train.add_argument("--warmup", type=int, default=200)
     train.add_argument(
         "--schedule",
-        choices=["constant", "cosine"],
+        choices=LR_SCHEDULES,
         default="constant",
         help="learning rate after the warm-up: constant, or a cosine down to a twentieth of --lr by the run's end",
     )

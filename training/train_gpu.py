@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--transformer-lr", type=float, default=1e-3)
         p.add_argument(
             "--transformer-schedule",
-            choices=["constant", "cosine"],
+            choices=train_demo.LR_SCHEDULES,
             default="constant",
             help="transformer learning rate after the warm-up (cosine: down to a twentieth by the call's end)",
         )
