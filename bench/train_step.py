@@ -4,8 +4,9 @@
 
 Uses `training.train_demo`'s own functions (scene draws and composition, noise levels, `flow_matching_loss`, the
 fused AdamW and the EMA update) on a synthetic shot pool: real world labels and captions (the shipped tokenizer,
-a random text encoder), random latents of the chosen VAE layout (4: 16x16 latents with patch 4, 8 heads, ffn 640,
-the layout planned for the next GPU session; 8: the shipped 8x8 latents with patch 2). Prints markdown tables
+a random text encoder), random latents of the chosen VAE layout (4: 16x16 latents, 8: 8x8) under the transformer
+layout `train_demo.TRANSFORMER_LAYOUTS` gives a new model on them (4: patch 4, 8 heads, ffn 640, the shipped
+layout; 8: patch 2, 6 heads, ffn 768, the first shipped model's). Prints markdown tables
 (copied into docs/PERFORMANCE.md):
 
 1. parts of one step, each timed with a device synchronisation around it (what each costs on its own);
@@ -32,10 +33,7 @@ from training import train_demo  # noqa: E402
 from training.tokenizer import build_world_tokenizer  # noqa: E402
 from training.world import sample_shot  # noqa: E402
 
-LAYOUTS = {  # VAE compression -> (latent side, transformer_config arguments)
-    4: (16, dict(patch=4, heads=8, ffn_dim=640)),
-    8: (8, dict(patch=2)),
-}
+FRAME_SIDE = 64  # the world's frames; a VAE of spatial compression c gives latents FRAME_SIDE // c wide
 
 
 def synthetic_data(pool: int, side: int, device: torch.device) -> train_demo.SceneComposer:
@@ -55,7 +53,7 @@ def synthetic_data(pool: int, side: int, device: torch.device) -> train_demo.Sce
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--layout", type=int, choices=sorted(LAYOUTS), default=4, help="VAE spatial compression")
+    parser.add_argument("--layout", type=int, choices=[4, 8], default=4, help="VAE spatial compression")
     parser.add_argument("--tokens", type=int, default=None, help="video tokens a step (default: 32000 cuda, 1280 cpu)")
     parser.add_argument("--steps", type=int, default=20, help="steps timed per row (after 3 warm-up steps)")
     parser.add_argument("--pool", type=int, default=2000, help="shots in the synthetic pool")
@@ -71,10 +69,11 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    side, arch = LAYOUTS[args.layout]
+    side = FRAME_SIDE // args.layout
+    config = train_demo.new_transformer_config(side)
     data = synthetic_data(args.pool, side, device)
-    layouts = train_demo.scene_layouts(data, arch["patch"])
-    transformer = train_demo.build_transformer(0, train_demo.transformer_config(**arch)).to(device).train()
+    layouts = train_demo.scene_layouts(data, config["patch_size"][1])
+    transformer = train_demo.build_transformer(0, config).to(device).train()
     ema = copy.deepcopy(transformer).requires_grad_(False)
     params, ema_params = list(transformer.parameters()), list(ema.parameters())
     optimizer = train_demo.build_optimizer(params, 1e-4)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.registry import get_preset
+from pipelines.registry import SELF_ATTENTION_MODES, get_preset
 from training.detector import ShotReading, consistent, read_shot
 from training.train_vae import frames_to_pixels
 from training.world import (
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, default=DEMO_GUIDANCE, help="default: the demo preset's")
     parser.add_argument(
         "--self-attention",
-        choices=["full", "sparse", "isolated"],
+        choices=SELF_ATTENTION_MODES,
         default="full",
         help="self-attention of the --scenes configuration (the comparisons run all three)",
     )
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = [("mmrope", args.self_attention, args.scenes)] if args.vae is None else []
     if args.compare_scenes and args.vae is None:
         configs += [(c, "full", args.compare_scenes) for c in ("window", "full")]
-        configs += [("mmrope", s, args.compare_scenes) for s in ("sparse", "isolated")]
+        configs += [("mmrope", s, args.compare_scenes) for s in SELF_ATTENTION_MODES if s != "full"]
     timings = {}
     for cross, self_attn, count in configs:
         start = time.time()
