@@ -13,6 +13,14 @@ Also the shape by shot size. Reference rows: the detector on the real frames (mu
 through the VAE (the ceiling the latent space allows; `--vae DIR`: only these rows, for an autoencoder alone, e.g.
 one a `train_gpu vae` session brought back). Then cross-attention `mmrope` / `window` / `full` and self-attention
 `full` / `sparse` / `isolated` on the same storyboards and seeds.
+
+`--unnamed-scenes N`: what attention across shots carries. In the world's captions every shot names its character,
+so a shot never needs the others to know who it shows. Here the 3-shot scenes among the held-out ones are rendered
+with the character's repeat appearance captioned without the name (`medium shot, figure moves left, ...`,
+`world.unnamed_caption`; the global caption still names the cast of two), under `full` / `sparse` / `isolated`
+self-attention, beside the same scenes fully named: how often the unnamed shot shows the character the other shots
+named (one coherent figure of its colour and shape). Isolated shots cannot see each other, so their rate is what
+the captions alone give.
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ from training.world import (
     FIGURE_SCALES,
     Scene,
     recorded_figure_scale,
+    repeat_appearances,
     sample_scene,
+    unnamed_caption,
 )
 
 DEMO = get_preset("demo")  # the studio runs the demo model at its steps and guidance; so do the evaluations
@@ -148,6 +158,57 @@ def score(scenes: list[Scene], readings: list[list[ShotReading]]) -> dict[str, f
     return result
 
 
+def unnamed_captions(scene: Scene) -> tuple[list[str], list[bool]]:
+    """The scene's shot captions with every repeat appearance of a character unnamed, and which shots those are."""
+    unnamed = repeat_appearances([shot.character for shot in scene.shots])
+    captions = [unnamed_caption(s) if u else s.caption for s, u in zip(scene.shots, unnamed, strict=True)]
+    return captions, unnamed
+
+
+UNNAMED_COLUMNS = (
+    "first appearances right",
+    "repeat: character",
+    "repeat: colour",
+    "repeat: shape",
+    "repeat: coherent",
+)
+
+
+def score_unnamed(scenes: list[Scene], readings: list[list[ShotReading]]) -> dict[str, float]:
+    """`score` plus, split into a character's first appearance and its repeat appearance (the shot
+    `unnamed_captions` leaves unnamed): the share of first appearances that show their character (one coherent
+    figure of its colour and shape), and of repeat appearances that show it, and their colour, shape and coherence."""
+    result = score(scenes, readings)
+    hits, counts = defaultdict(int), defaultdict(int)
+    for scene, scene_readings in zip(scenes, readings, strict=True):
+        _, unnamed = unnamed_captions(scene)
+        for labels, reading, left in zip(scene.shots, scene_readings, unnamed, strict=True):
+            right = reading.coherent and (reading.colour, reading.shape) == (labels.colour, labels.shape)
+            if not left:
+                hits["first appearances right"] += right
+                counts["first appearances right"] += 1
+                continue
+            for column, hit in (
+                ("repeat: character", right),
+                ("repeat: colour", reading.colour == labels.colour),
+                ("repeat: shape", reading.shape == labels.shape),
+                ("repeat: coherent", reading.coherent),
+            ):
+                hits[column] += hit
+                counts[column] += 1
+    result |= {column: hits[column] / max(1, counts[column]) for column in UNNAMED_COLUMNS}
+    result["repeat shots"] = counts["repeat: character"]
+    return result
+
+
+def unnamed_table(rows: dict[str, dict[str, float]]) -> str:
+    cols = [*UNNAMED_COLUMNS, "consistency", "consistent+correct"]
+    lines = ["| configuration | " + " | ".join(cols) + " | repeat shots |", "|---" * (len(cols) + 2) + "|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * r[c]:.0f}%" for c in cols) + f" | {r['repeat shots']} |")
+    return "\n".join(lines)
+
+
 def table(rows: dict[str, dict[str, float]]) -> str:
     cols = [*ATTRIBUTES, "coherent", "consistency", "consistent+correct", *(f"shape {size}" for size in SIZES)]
     lines = ["| configuration | " + " | ".join(cols) + " | shots |", "|---" * (len(cols) + 2) + "|"]
@@ -168,6 +229,12 @@ def main(argv: list[str] | None = None) -> None:
         choices=SELF_ATTENTION_MODES,
         default="full",
         help="self-attention of the --scenes configuration (the comparisons run all three)",
+    )
+    parser.add_argument(
+        "--unnamed-scenes",
+        type=int,
+        default=0,
+        help="3-shot held-out scenes rendered with the repeat appearance unnamed, per self-attention mode",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
@@ -192,13 +259,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         pipe = load_demo_pipeline(args.model)
         vae = pipe.vae
-    scenes = held_out_scenes(max(args.scenes, args.compare_scenes), figure_scale=scale)
+    scenes = held_out_scenes(max(args.scenes, args.compare_scenes, 2 * args.unnamed_scenes), figure_scale=scale)
     rows: dict[str, dict[str, float]] = {}
     rows["real frames (detector check)"] = score(scenes, [[read_shot(f, scale) for f in s.frames] for s in scenes])
     rows["real frames through the VAE"] = score(
         scenes, [[read_shot(vae_roundtrip(vae, f), scale) for f in s.frames] for s in scenes]
     )
-    configs = [("mmrope", args.self_attention, args.scenes)] if args.vae is None else []
+    configs = [("mmrope", args.self_attention, args.scenes)] if args.vae is None and args.scenes else []
     if args.compare_scenes and args.vae is None:
         configs += [(c, "full", args.compare_scenes) for c in ("window", "full")]
         configs += [("mmrope", s, args.compare_scenes) for s in SELF_ATTENTION_MODES if s != "full"]
@@ -214,12 +281,31 @@ def main(argv: list[str] | None = None) -> None:
         timings[name] = (time.time() - start) / count
         print(f"{name}: {timings[name]:.1f}s/scene", flush=True)
     print(table(rows))
+    unnamed_rows: dict[str, dict[str, float]] = {}
+    if args.unnamed_scenes and args.vae is None:
+        three_shot = [s for s in scenes if len(s.shots) == 3][: args.unnamed_scenes]  # 2-shot scenes never repeat
+        for self_attn in (None, *SELF_ATTENTION_MODES):  # None: the same scenes, every shot named
+            start = time.time()
+            readings = []
+            for s in three_shot:
+                captions = s.captions if self_attn is None else unnamed_captions(s)[0]
+                shots = render_storyboard(
+                    pipe, captions, s.global_caption, s.seed, args.steps, args.guidance, "mmrope", self_attn or "full"
+                )
+                readings.append([read_shot(f, scale) for f in shots])
+            name = f"repeat {'named' if self_attn is None else 'unnamed'}, self={self_attn or 'full'}"
+            unnamed_rows[name] = score_unnamed(three_shot, readings)
+            timings[name] = (time.time() - start) / len(three_shot)
+            print(f"{name}: {timings[name]:.1f}s/scene", flush=True)
+        print(f"\n{len(three_shot)} three-shot scenes, a character's repeat appearance named / unnamed:")
+        print(unnamed_table(unnamed_rows))
     if args.json:
         info = {
             "steps": args.steps,
             "guidance": args.guidance,
             "figure_scale": scale,
             "rows": rows,
+            "unnamed_rows": unnamed_rows,
             "seconds_per_scene": timings,
         }
         args.json.write_text(json.dumps(info, indent=2))

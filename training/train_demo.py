@@ -52,6 +52,7 @@ from training.world import (
     recorded_figure_scale,
     render_shot,
     sample_shot,
+    unnamed_caption,
 )
 
 SHOT_FRAMES = 17  # frames per shot the demo model is trained on (5 latent frames)
@@ -309,6 +310,8 @@ class SceneComposer:
             self.by_pair.setdefault((lab.location, lab.character), []).append(i)
         self.locations = sorted({loc for loc, _ in self.by_pair})
         self.characters = sorted({c for _, c in self.by_pair})
+        index = {name: i for i, name in enumerate(self.characters)}
+        self.character_of = torch.tensor([index[lab.character] for lab in self.labels], dtype=torch.long)
         self.text = text
         # Draw tables. Location l has names_at[l, :count_at[l]] (character indices, sorted by name); the pool
         # shots of (location l, character c) are pool[offset[pair[l, c]] : + size[pair[l, c]]].
@@ -341,7 +344,7 @@ class SceneComposer:
     def to(self, device: torch.device | str) -> SceneComposer:
         """Move the latents, the draw tables and the text tables to `device` (call once `text` holds every caption
         of `texts()`). Text tables: the global caption of every (location, first, second) and one caption per shot."""
-        for name in ("latents", "names_at", "count_at", "pair", "pool", "offset", "size"):
+        for name in ("latents", "names_at", "count_at", "pair", "pool", "offset", "size", "character_of"):
             setattr(self, name, getattr(self, name).to(device))
         n_loc, n_char = len(self.locations), len(self.characters)
         like = self.text[self.global_caption(0, *self.names_at[0, :2].tolist())]
@@ -352,10 +355,11 @@ class SceneComposer:
                 for b in names:
                     if a != b:
                         self.global_text[li, a, b] = self.text[self.global_caption(li, a, b)]
-        captions = sorted({lab.caption for lab in self.labels})
+        captions = sorted({lab.caption for lab in self.labels} | {unnamed_caption(lab) for lab in self.labels})
         row = {c: i for i, c in enumerate(captions)}
         self.caption_text = torch.stack([self.text[c] for c in captions]).to(device)
         self.shot_caption = torch.tensor([row[lab.caption] for lab in self.labels], device=device)
+        self.shot_unnamed_caption = torch.tensor([row[unnamed_caption(lab)] for lab in self.labels], device=device)
         self.global_text = self.global_text.to(device)
         return self
 
@@ -382,16 +386,27 @@ class SceneComposer:
         shots = self.pool[self.offset[pair] + below(self.size[pair])]
         return shots, location, cast
 
-    def batch(self, k: int, size: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """x0 `[B, C, K*n, h, w]` (shots concatenated in time) and text `[B, L, D]` = [global; caption_1..K]."""
+    def batch(
+        self, k: int, size: int, rng: torch.Generator, unnamed: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 `[B, C, K*n, h, w]` (shots concatenated in time) and text `[B, L, D]` = [global; caption_1..K].
+        `unnamed`: the chance that a shot whose character an earlier shot of the scene already showed is captioned
+        without the name (`world.unnamed_caption`); only the other shots' frames then say who it is, which is what
+        attention across shots has to learn to carry."""
         shots, location, cast = self.draw(k, size, rng)
         x0 = self.latents[shots]  # [B, K, C, n, h, w]
         x0 = x0.transpose(1, 2).flatten(2, 3)
-        captions = self.caption_text[self.shot_caption[shots]].flatten(1, 2)  # [B, K * L_c, D]
+        rows = self.shot_caption[shots]  # [B, K]
+        if unnamed > 0:  # no draw otherwise: runs without it keep their random streams
+            who = self.character_of[shots]
+            earlier = (who[:, :, None] == who[:, None, :]).tril(-1).any(dim=2)  # [B, K]: seen in an earlier shot
+            leave = earlier & (torch.rand(who.shape, generator=rng, device=rng.device) < unnamed)
+            rows = torch.where(leave, self.shot_unnamed_caption[shots], rows)
+        captions = self.caption_text[rows].flatten(1, 2)  # [B, K * L_c, D]
         return x0, torch.cat([self.global_text[location, cast[:, 0], cast[:, 1]], captions], dim=1)
 
     def texts(self) -> list[str]:
-        texts = {"", *(lab.caption for lab in self.labels)}
+        texts = {"", *(lab.caption for lab in self.labels), *(unnamed_caption(lab) for lab in self.labels)}
         for loc in self.locations:
             names = sorted(c for lc, c in self.by_pair if lc == loc)
             texts.update(global_caption(loc, [a, b]) for a in names for b in names if a != b)
@@ -423,12 +438,21 @@ def scene_layouts(data: SceneComposer, patch: int) -> SceneLayouts:
 
 
 def flow_matching_loss(
-    transformer, state, data: SceneComposer, layouts: SceneLayouts, k: int, batch: int, drop: bool, gen
+    transformer,
+    state,
+    data: SceneComposer,
+    layouts: SceneLayouts,
+    k: int,
+    batch: int,
+    drop: bool,
+    gen,
+    unnamed: float = 0.0,
 ) -> torch.Tensor:
     """The loss of one batch of `batch` scenes of `k` shots (drawn with `gen`, on the training device): velocity
     target `noise - x0` at per-shot noise levels, shots kept clean carrying no loss; `drop`: the batch sees only the
-    empty negative prompt. `state` is `multishot_attention`'s, whose layout this sets."""
-    x0, cond = data.batch(k, batch, gen)
+    empty negative prompt; `unnamed`: see `SceneComposer.batch`. `state` is `multishot_attention`'s, whose layout
+    this sets."""
+    x0, cond = data.batch(k, batch, gen, unnamed)
     sig, mask = sample_sigmas(gen, batch, k)
     n_lat = layouts.latent_frames
     sig_tok = layouts.captioned[k].token_timesteps(sig)  # [B, S]
@@ -578,7 +602,7 @@ def cmd_train(args) -> int:
             k = ks[int(torch.multinomial(probs, 1, generator=rng))]
             batch = max(1, args.tokens // (tokens_per_shot * k))
             drop = torch.rand(1, generator=rng).item() < args.cfg_dropout  # caption dropout
-            loss = flow_matching_loss(transformer, state, data, layouts, k, batch, drop, gen)
+            loss = flow_matching_loss(transformer, state, data, layouts, k, batch, drop, gen, args.unnamed)
             elapsed, done = time.time() - start, step - first_step
             progress = max(elapsed / (args.minutes * 60), done / max(1, args.max_steps - first_step))
             lr = learning_rate(args.lr, step, args.warmup, progress, args.schedule)
@@ -718,6 +742,12 @@ def main(argv: list[str] | None = None):
     train.add_argument("--ema", type=float, default=0.999)
     train.add_argument("--tokens", type=int, default=TOKENS_PER_BATCH)
     train.add_argument("--cfg-dropout", type=float, default=0.1)
+    train.add_argument(
+        "--unnamed",
+        type=float,
+        default=0.0,
+        help="chance that a shot of a character an earlier shot showed is captioned without its name (0-1)",
+    )
     train.add_argument("--save-every", type=int, default=100)
     train.add_argument("--reload-every", type=int, default=200, help="steps between looks for a grown shot pool")
     train.add_argument("--init", type=Path, default=None, help="start from an exported model folder")

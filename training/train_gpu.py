@@ -178,7 +178,7 @@ def train_side_by_side_and_export(args, seconds: float, report: dict, resume: bo
     t = time.time()
     train_args = ["train", "--run", str(run), "--device", args.device, "--minutes", str(seconds / 60)]
     train_args += ["--tokens", str(args.tokens), "--lr", str(args.transformer_lr), "--warmup", "300"]
-    train_args += ["--schedule", args.transformer_schedule]
+    train_args += ["--schedule", args.transformer_schedule, "--unnamed", str(args.unnamed)]
     train_args += ["--save-every", "1000", "--seed", str(args.seed), "--ema", str(args.ema)]
     if args.patch is not None:
         train_args += ["--patch", str(args.patch)]
@@ -366,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
             help="transformer learning rate after the warm-up (cosine: down to a twentieth by the call's end)",
         )
         p.add_argument("--ema", type=float, default=0.999)
+        p.add_argument("--unnamed", type=float, default=0.0, help="train_demo train --unnamed: repeat shots unnamed")
         layout = "default: train_demo.TRANSFORMER_LAYOUTS' for the autoencoder's latents"
         p.add_argument("--patch", type=int, default=None, help=f"transformer spatial patch ({layout})")
         p.add_argument("--heads", type=int, default=None, help=f"transformer heads, 32 wide each ({layout})")

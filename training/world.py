@@ -225,6 +225,22 @@ def shot_caption(labels: ShotLabels) -> str:
     return reference_caption(labels, labels.character)
 
 
+# The word an unnamed shot's caption has where the character's name would be (one word, so the caption keeps the
+# named caption's token layout). A scene names each character in at least one shot; a later shot of the same
+# character may leave it unnamed, and only the other shots' frames can then say who it is.
+UNNAMED = "figure"
+
+
+def unnamed_caption(labels: ShotLabels) -> str:
+    """The shot's caption with its character left unnamed: `medium shot, figure moves left, camera is static`."""
+    return reference_caption(labels, UNNAMED)
+
+
+def repeat_appearances(characters: list[str]) -> list[bool]:
+    """Per shot: whether an earlier shot of the scene shows the same character (the shots that may go unnamed)."""
+    return [name in characters[:i] for i, name in enumerate(characters)]
+
+
 def global_caption(location: str, cast: list[str]) -> str:
     if len(cast) != 2:
         raise ValueError(f"a scene's cast is two characters, got {cast}")

@@ -13,7 +13,14 @@ import torch
 
 from training import train_demo
 from training.train_demo import FLOW_SHIFT, SceneComposer, sample_sigmas, shifted
-from training.world import CHARACTER_BY_NAME, global_caption, recorded_figure_scale, sample_shot
+from training.world import (
+    CHARACTER_BY_NAME,
+    global_caption,
+    recorded_figure_scale,
+    repeat_appearances,
+    sample_shot,
+    unnamed_caption,
+)
 
 
 def test_sigmas_are_shifted_and_clean_shots_carry_no_loss():
@@ -67,6 +74,33 @@ def test_composed_scenes_keep_one_location_and_put_both_cast_members_on_screen()
             assert text[b, 0, 0].item() == texts.index(caption)
             captions = [composer.labels[i].caption for i in shots[b].tolist()]
             assert text[b, 3::2, 0].tolist() == [texts.index(c) for c in captions]
+
+
+def test_unnamed_captions_only_for_a_character_an_earlier_shot_named():
+    composer = _composer()
+    texts = composer.texts()
+    assert texts == sorted(set(texts)) and "medium shot, figure moves left, camera is static" in texts
+    gen = torch.Generator().manual_seed(4)
+    shots, _, _ = composer.draw(4, 256, torch.Generator().manual_seed(4))
+    state = gen.get_state()
+    x0_named, named_text = composer.batch(4, 256, gen)
+    gen.set_state(state)
+    x0, text = composer.batch(4, 256, gen, unnamed=0.5)
+    assert torch.equal(x0, x0_named)  # the same scenes: only captions change
+    assert torch.equal(text[:, :3], named_text[:, :3])  # the global caption still names the cast
+    left = repeats = 0
+    for b in range(256):
+        chosen = [composer.labels[i] for i in shots[b].tolist()]
+        repeat = repeat_appearances([s.character for s in chosen])
+        for j, (labels, again) in enumerate(zip(chosen, repeat, strict=True)):
+            row = text[b, 3 + 2 * j, 0].item()
+            if not again:  # every character is named the first time it is on screen
+                assert row == texts.index(labels.caption)
+                continue
+            repeats += 1
+            assert row in (texts.index(labels.caption), texts.index(unnamed_caption(labels)))
+            left += row == texts.index(unnamed_caption(labels))
+    assert repeats > 200 and 0.4 < left / repeats < 0.6
 
 
 def test_scene_draws_cover_every_location_cast_order_and_shot_position():
