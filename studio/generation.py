@@ -12,8 +12,10 @@ Payloads (the job's project_id, or "project_id" in the payload, names the projec
   `python -m studio render` uses) only those, the scene's other shots joining as context through their chosen
   takes, so a re-run never redoes a take that exists. `steps` overrides the project's step count.
 - regenerate_shot: {"shot_id": int, "seed": int | None, "mode": "inpaint" | "context" | None, "steps": int | None}
-  A new take of one shot (not chosen automatically); its neighbours' chosen takes are the context and get no new
-  take. Without a seed a new one is drawn.
+  A new take of one shot; its neighbours' chosen takes are the context and get no new take. Without a seed a new
+  one is drawn.
+Both take "after_jobs": [int] (job ids to wait for: adapter trainings queued with them). Every take a job writes
+becomes its shot's chosen take (the film-maker asked for it); earlier takes stay listed.
 """
 
 from __future__ import annotations
@@ -444,6 +446,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
             latents=latents,
             seed=plan.seeds[index],
             params=take_params,
+            choose=True,  # what was just asked for is what the card and the film show; older takes stay listed
         )
         take_ids.append(take.id)
         if shot.character_ids:
@@ -491,10 +494,24 @@ def _with_earlier_takes(result: dict, written: dict[int, list[int]]) -> dict:
     return result
 
 
+def wait_for_training(ctx: JobContext, payload: dict, poll_s: float = 1.0) -> None:
+    """A generation queued behind adapter trainings (`after_jobs`: the UI queues a wanted adapter's training when it
+    queues the shots that need it) starts once they have finished, whatever their outcome, so that with several
+    workers it does not render without the adapter; a single worker claims the training first anyway (priority)."""
+    waiting = [int(i) for i in payload.get("after_jobs") or []]
+    while waiting:
+        waiting = [i for i in waiting if not retry_db(ctx.services.jobs.get, i).is_finished]
+        if waiting:
+            ctx.report_progress(0.0, f"waiting for adapter training (job {', '.join(map(str, waiting))})")
+            ctx.check_cancelled()
+            time.sleep(poll_s)
+
+
 def run_generate_scene(ctx: JobContext) -> dict:
     payload = ctx.job.payload or {}
     if "scene_id" not in payload:
         raise ValueError("generate_scene payload needs scene_id")
+    wait_for_training(ctx, payload)
     project_id = _project_id_of(ctx.services, ctx.job, payload)
     project = ctx.services.projects.get(project_id)
     scene = _scene_of(ctx.services, project_id, payload["scene_id"])
@@ -515,6 +532,7 @@ def run_regenerate_shot(ctx: JobContext) -> dict:
     payload = ctx.job.payload or {}
     if "shot_id" not in payload:
         raise ValueError("regenerate_shot payload needs shot_id")
+    wait_for_training(ctx, payload)
     project_id = _project_id_of(ctx.services, ctx.job, payload)
     project = ctx.services.projects.get(project_id)
     scene = _scene_of_shot(ctx.services, project_id, payload["shot_id"])

@@ -239,9 +239,7 @@ def render_storyboard(
     if shot_ref is not None:
         shot_id = scenes[shot_ref.scene_index].shots[shot_ref.shot_index].id
         log(f"regenerating shot {regenerate}")
-        (done,) = run_jobs(services, worker, [_regenerate_job(services, project_id, shot_id)], "regenerating", log)
-        for take_id in done.result.get("takes", []):
-            retry_db(services.takes.choose_take, shot_id, take_id)  # the film shows the take asked for
+        run_jobs(services, worker, [_regenerate_job(services, project_id, shot_id)], "regenerating", log)
 
     log("exporting")
     export = retry_db(services.jobs.enqueue, "export_film", {"out_path": str(out)}, project_id, priority=-1)

@@ -120,10 +120,21 @@ class CharacterService:
             session.flush()
             return character_view(character)
 
-    def delete(self, character_id: int) -> None:
-        """Remove the character, its references and adapters; shots that named it no longer do."""
+    def delete(self, character_id: int, force: bool = False) -> None:
+        """Remove the character, its references and adapters for good; shots that named it no longer do.
+
+        While a live shot of the storyboard names it, refused unless `force`: the shot would silently lose who is
+        in it, and the references and trained adapters cannot be brought back."""
         with self.db.unit_of_work() as session:
             character = self._character(session, character_id)
+            used = self._film_numbers_naming(session, character)
+            if used and not force:
+                shots = ", ".join(f"#{n}" for n in used)
+                raise ConflictError(
+                    f"{character.name} is in shot{'s' if len(used) > 1 else ''} {shots} of the storyboard; take "
+                    f"{character.name} out of {'them' if len(used) > 1 else 'it'} first (deleting also removes its "
+                    "references and adapters for good)"
+                )
             asset_ids = {r.asset_id for r in character.references} | {
                 r.crop_asset_id for r in character.references if r.crop_asset_id
             }
@@ -352,6 +363,22 @@ class CharacterService:
                 raise ConflictError(f"this project already has a character named {other.name!r}; choose another name")
             if other.trigger == trigger:
                 raise ConflictError(f"trigger {trigger} is already used by {other.name}; choose another trigger")
+
+    @staticmethod
+    def _film_numbers_naming(session, character: models.Character) -> list[int]:
+        """Film positions (1-based, as the storyboard cards number them) of the live shots that name `character`."""
+        scenes = session.scalars(
+            select(models.Scene)
+            .where(models.Scene.project_id == character.project_id, models.Scene.deleted_at.is_(None))
+            .order_by(models.Scene.position, models.Scene.id)
+        ).all()
+        live = [
+            shot
+            for scene in scenes
+            for shot in sorted(scene.shots, key=lambda shot: (shot.position, shot.id))
+            if shot.deleted_at is None
+        ]
+        return [n for n, shot in enumerate(live, 1) if any(c.id == character.id for c in shot.characters)]
 
     @staticmethod
     def _character(session, character_id: int) -> models.Character:

@@ -37,8 +37,11 @@ class TakeService:
         seed: int,
         params: dict,
         identity_scores: dict | None = None,
+        choose: bool = False,
     ) -> TakeView:
-        """Store a new take (files and row in one unit of work). The first take of a shot becomes its chosen take.
+        """Store a new take (files and row in one unit of work). The first take of a shot becomes its chosen take,
+        and so does any take stored with `choose` (a generation the film-maker asked for: the card shows it, the
+        earlier takes stay one click away).
 
         Never overwrites: a take of a shot that was binned meanwhile is still kept (restoring the shot shows it).
         """
@@ -84,7 +87,7 @@ class TakeService:
             )
             session.add(take)
             session.flush()
-            if shot.chosen_take_id is None:
+            if shot.chosen_take_id is None or choose:
                 shot.chosen_take_id = take.id
                 session.flush()
             return take_view(take, shot.chosen_take_id)

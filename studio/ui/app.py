@@ -2,8 +2,8 @@
 
 The UI only calls services: every handler reads the current state from them and applies one service call per user
 action; nothing about the storyboard is kept in `gr.State` (only the open project id, the shot whose takes are shown
-and the selected shot ids of this browser tab). Service refusals reach the page as readable messages (`gr.Error`
-toasts or the status line), never as stack traces; the page stays usable.
+and the selected shot ids of this browser tab). Service refusals reach the page as readable messages (toasts that
+leave the page as it was, or the status line), never as stack traces; the page stays usable.
 """
 
 from __future__ import annotations
@@ -76,8 +76,19 @@ def launch_studio(services: Any, **kwargs: Any):
     return app.launch(**kwargs)
 
 
+def refuse(message: str, title: str = "Not done") -> dict:
+    """Show `message` (HTML-escaped already) as a toast and leave every output of the event as it was.
+
+    Raising `gr.Error` instead would put an "Error" badge over each of the event's outputs, and a click that fills
+    a whole form (the shot editor, a character's fields) would hide the very fields the message asks to change
+    until each badge is closed."""
+    gr.Warning(message, title=title)
+    return gr.skip()
+
+
 def guarded(fn: Callable) -> Callable:
-    """Turn service refusals into a readable toast and anything unexpected into a short message (trace in the log).
+    """Turn service refusals into a readable toast and anything unexpected into a short message (trace in the log);
+    either way the page keeps what it showed (`refuse`).
 
     Gradio renders toast text as (sanitised) HTML, so messages are escaped: a name quoted in a refusal shows as
     typed."""
@@ -86,16 +97,15 @@ def guarded(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as error:  # raised by the handler itself, its text escaped there
+            return refuse(str(error.message))
         except (ServiceError, StoryboardError) as error:
-            raise gr.Error(esc(error), print_exception=False) from None
+            return refuse(esc(error))
         except Exception as error:
             logger.exception("UI handler %s failed", fn.__name__)
-            raise gr.Error(
-                esc(f"Something went wrong ({type(error).__name__}: {error}); the server log has details."),
-                print_exception=False,
-            ) from None
+            return refuse(
+                esc(f"Something went wrong ({type(error).__name__}: {error}); the server log has details."), "Error"
+            )
 
     return wrapper
 
@@ -777,13 +787,15 @@ def build_app(services: Any) -> gr.Blocks:
                     gr.update(),
                     takes_html(None, []),
                 )
-            shot = next((x for x in s.storyboard.film_shots(project_id) if x.id == shot_id), None)
-            if shot is None:
+            film = s.storyboard.film_shots(project_id)
+            number = next((n for n, x in enumerate(film, 1) if x.id == shot_id), None)
+            if number is None:  # binned or gone meanwhile: nothing left to edit
                 return shot_outputs(project_id, None)
+            shot = film[number - 1]
             takes = s.takes.list_takes(shot_id)
             return (
                 shot_id,
-                f"**Shot {shot.id}** ({shot.take_count} takes)",
+                f"**Shot #{number}** ({len(takes)} take{'' if len(takes) == 1 else 's'})",  # numbered as its card
                 shot.caption,
                 gr.update(value=list(shot.character_ids)),
                 shot.num_frames,
@@ -881,7 +893,8 @@ def build_app(services: Any) -> gr.Blocks:
             project_id = _require_project(project_id)
             jobs = edits.enqueue_generate_selected(s, project_id, selected)
             ids = ", ".join(str(job.id) for job in jobs)
-            return gr.update(active=True), f"Generation queued (job {ids}).", _jobs_for(project_id, True)
+            message = f"Generation queued (job {ids}){edits.after_training(*jobs)}."
+            return gr.update(active=True), message, _jobs_for(project_id, True)
 
         generate_selected_button.click(
             on_generate_selected, [project_state, selected_state], [timer, status, jobs_panel]
@@ -905,6 +918,13 @@ def build_app(services: Any) -> gr.Blocks:
             }
             if frames not in (None, ""):
                 fields["num_frames"] = int(frames)
+            if all(shot.id != int(shot_id) for shot in s.storyboard.film_shots(project_id)):
+                # deleted from its card while open here: close the panel instead of editing a shot in the bin
+                return (
+                    timeline_model(s, project_id, selected, None),
+                    *shot_outputs(project_id, None),
+                    "Not saved: that shot was deleted (it is in the bin); restore it to edit it.",
+                )
             with edits.project_lock(project_id):
                 s.storyboard.update_shot(int(shot_id), **fields)
             return (
@@ -955,7 +975,8 @@ def build_app(services: Any) -> gr.Blocks:
             if shot_id is None:
                 raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
             job = edits.enqueue_regenerate(s, project_id, int(shot_id), caption=caption if use_caption else None)
-            return gr.update(active=True), f"Regeneration queued (job {job.id}).", _jobs_for(project_id, True)
+            message = f"Regeneration queued (job {job.id}){edits.after_training(job)}."
+            return gr.update(active=True), message, _jobs_for(project_id, True)
 
         regen_seed_button.click(
             functools.partial(on_regenerate, use_caption=False),
@@ -989,8 +1010,18 @@ def build_app(services: Any) -> gr.Blocks:
         @guarded
         def on_export(project_id, music, fade, placeholder):
             project_id = _require_project(project_id)
-            if not s.storyboard.film_shots(project_id):
+            shots = s.storyboard.film_shots(project_id)
+            if not shots:
                 raise gr.Error("The storyboard has no shots to export.", print_exception=False)
+            # Refused here rather than by the export job a moment later in the Jobs panel, naming this page's box.
+            missing = [f"#{i}" for i, shot in enumerate(shots, 1) if s.takes.chosen_take(shot.id) is None]
+            if missing and not placeholder:
+                raise gr.Error(
+                    f"Shot{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                    f"{'have' if len(missing) > 1 else 'has'} no take yet: generate "
+                    f"{'them' if len(missing) > 1 else 'it'}, or tick “Grey card for shots without a take”.",
+                    print_exception=False,
+                )
             payload: dict[str, Any] = {
                 "project_id": project_id,
                 "music_fade_seconds": float(fade or 0.0),

@@ -160,22 +160,61 @@ def _apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) 
             return "scene moved to the bin", None
         if op == "generate_scene":
             job = enqueue_generate_scene(services, project_id, _int(payload, "scene_id"))
-            return f"generation queued (job {job.id})", None
+            return f"generation queued (job {job.id}){after_training(job)}", None
         if op == "regenerate":
             job = enqueue_regenerate(services, project_id, _int(payload, "shot_id"))
-            return f"regeneration of the shot queued (job {job.id})", None
+            return f"regeneration of the shot queued (job {job.id}){after_training(job)}", None
     raise ValidationError(f"unknown timeline action {op!r}; reload the page")
 
 
+def refuse_uncaptioned(scenes: list[Any], shot_ids: set[int]) -> None:
+    """A shot still captioned `NEW_SHOT_CAPTION` (what a card starts with) would be generated from those two words;
+    refuse, naming the shots as the cards number them."""
+    film = [shot for scene in scenes for shot in scene.shots]
+    blank = [f"#{n}" for n, shot in enumerate(film, 1) if shot.id in shot_ids and shot.caption == NEW_SHOT_CAPTION]
+    if blank:
+        raise ValidationError(
+            f"shot{'s' if len(blank) > 1 else ''} {', '.join(blank)} still "
+            f"{'have' if len(blank) > 1 else 'has'} the caption “{NEW_SHOT_CAPTION}” a new card starts with; "
+            "write what the camera sees first"
+        )
+
+
+def after_training(*jobs: Any) -> str:
+    """What a queued-generation message adds when the jobs wait for adapter trainings."""
+    waiting = sorted({i for job in jobs for i in (job.payload or {}).get("after_jobs") or []})
+    if not waiting:
+        return ""
+    ids = ", ".join(map(str, waiting))
+    return f", after the adapter training it needs (job{'s' if len(waiting) > 1 else ''} {ids})"
+
+
+def queue_wanted_adapters(services: Any, project_id: int, shots: list[Any]) -> list[int]:
+    """On-demand adapters, as `python -m studio render` trains them: the characters of `shots` whose wanted adapter
+    (LoRA or embedding) is missing or stale get its training queued, ahead of the generation (higher priority); the
+    ids of those jobs, for the generation's `after_jobs`."""
+    from studio.faces.service import ensure_adapters
+
+    character_ids = {c for shot in shots for c in shot.character_ids}
+    return [job.id for job in ensure_adapters(services, project_id, character_ids)] if character_ids else []
+
+
 def enqueue_generate_scene(services: Any, project_id: int, scene_id: int, shot_ids: list[int] | None = None) -> Any:
-    scene = next((s for s in services.storyboard.list_scenes(project_id) if s.id == scene_id), None)
+    scenes = services.storyboard.list_scenes(project_id)
+    scene = next((s for s in scenes if s.id == scene_id), None)
     if scene is None:
         raise NotFoundError("that scene is not in the open project")
     if not scene.shots:
         raise ValidationError("the scene has no shots; add a shot before generating")
+    # the shots generated; the others join as context with their takes, whatever their captions say
+    targets = set(shot_ids) if shot_ids else {shot.id for shot in scene.shots}
+    refuse_uncaptioned(scenes, targets)
     payload: dict[str, Any] = {"project_id": project_id, "scene_id": scene_id}
     if shot_ids:
         payload["shot_ids"] = [int(i) for i in shot_ids]
+    training = queue_wanted_adapters(services, project_id, [shot for shot in scene.shots if shot.id in targets])
+    if training:
+        payload["after_jobs"] = training
     return services.jobs.enqueue("generate_scene", payload, project_id=project_id)
 
 
@@ -201,5 +240,11 @@ def enqueue_regenerate(
     _shot_in_project(services, project_id, shot_id)
     if caption is not None:
         services.storyboard.update_shot(shot_id, caption=caption)
+    scenes = services.storyboard.list_scenes(project_id)
+    refuse_uncaptioned(scenes, {shot_id})
     payload = {"project_id": project_id, "shot_id": shot_id, "seed": new_seed() if seed is None else int(seed)}
+    shot = [x for scene in scenes for x in scene.shots if x.id == shot_id]
+    training = queue_wanted_adapters(services, project_id, shot)
+    if training:
+        payload["after_jobs"] = training
     return services.jobs.enqueue("regenerate_shot", payload, project_id=project_id)

@@ -84,6 +84,10 @@ def test_service_refusal_is_a_readable_message_and_the_page_stays_usable(page, s
     toast.wait_for()
     body = page.locator("body").inner_text()
     assert "Traceback" not in body and 'File "' not in body
+    # a toast, and the form left as it was: no "Error" badge over the fields the message asks to change
+    page.wait_for_timeout(500)
+    assert page.get_by_text("Error", exact=True).count() == 0
+    assert page.locator("#sl-char-new-name textarea, #sl-char-new-name input").first.input_value() == "Mara"
     # A refusal that quotes a hostile name shows it as text.
     services.characters.create(project_id, NASTY[1])
     page.locator("#sl-char-new-name textarea, #sl-char-new-name input").first.fill(NASTY[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import imageio_ffmpeg
@@ -57,13 +58,17 @@ def test_generate_scene_then_regenerate_one_shot(sqlite_services):
     assert services.jobs.get(again.id).status == "done"
     after = [services.takes.list_takes(shot_id) for shot_id in shot_ids]
     assert [len(t) for t in after] == [1, 2, 1]
-    assert [t[0] for t in after] == [t[0] for t in takes]  # the first takes are untouched, rows and files
+    first_takes = [dataclasses.replace(t[0], is_chosen=False) for t in takes]
+    assert [dataclasses.replace(t[0], is_chosen=False) for t in after] == first_takes  # untouched, rows and files
     new_take = after[1][1]
     assert new_take.seed == 1234 and new_take.params["regenerated"] == [1]
     assert new_take.params["regenerate_mode"] == "context"  # the tiny preset's default
     assert new_take.params["scene_seeds"] == [takes[0][0].seed, 1234, takes[2][0].seed]
     assert not torch.equal(latents_of(services, new_take), latents_of(services, takes[1][0]))
-    assert services.takes.chosen_take(shot_ids[1]).id == takes[1][0].id  # choosing the new take is the user's call
+    # the new take is what the card and the film show now; the first one is still listed, one click away
+    assert services.takes.chosen_take(shot_ids[1]).id == new_take.id and new_take.is_chosen
+    assert not after[1][0].is_chosen and after[1][0].id == takes[1][0].id
+    assert [services.takes.chosen_take(i).id for i in (shot_ids[0], shot_ids[2])] == [takes[0][0].id, takes[2][0].id]
 
     # A shot added later: only_missing (what `render` uses) generates it alone, with the others as context.
     added = services.storyboard.add_shot(scene_id, "a tree in the rain", num_frames=5).id

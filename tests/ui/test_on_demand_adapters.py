@@ -1,0 +1,70 @@
+"""The UI trains a wanted adapter on demand, as `python -m studio render` does: generating shots of a character
+that asks for a LoRA queues its training first, and the generation waits for it."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+from PIL import Image
+
+from studio.generation import wait_for_training
+from studio.ui.storyboard import apply_edit
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_generating_a_shot_of_a_character_that_wants_a_lora_queues_its_training_first(services):
+    project = services.projects.create("On demand", preset="tiny")
+    mara = services.characters.create(project.id, "Mara", adapter_kind="lora")
+    services.characters.add_reference(mara.id, "mara.png", _png())
+    plain = services.characters.create(project.id, "Tom")  # wants no adapter
+    scene = services.storyboard.add_scene(project.id, "a beach")
+    shot = services.storyboard.add_shot(scene.id, "Mara runs", characters=[mara.id, plain.id])
+    message, _ = apply_edit(services, project.id, {"op": "generate_scene", "scene_id": scene.id})
+    jobs = {job.kind: job for job in services.jobs.list_jobs(project_id=project.id)}
+    assert set(jobs) == {"train_adapter", "generate_scene"}
+    training, generation = jobs["train_adapter"], jobs["generate_scene"]
+    assert training.payload["character_id"] == mara.id and training.payload["kind"] == "lora"
+    assert training.priority > generation.priority  # a worker claims the training first
+    assert generation.payload["after_jobs"] == [training.id]
+    waits = f"after the adapter training it needs (job {training.id})"
+    assert message == f"generation queued (job {generation.id}), {waits}"
+    # a regeneration meanwhile waits for the same training, not a second one
+    message, _ = apply_edit(services, project.id, {"op": "regenerate", "shot_id": shot.id})
+    assert message.endswith(waits)
+    assert [j.kind for j in services.jobs.list_jobs(project_id=project.id)].count("train_adapter") == 1
+
+
+def test_a_scene_without_wanted_adapters_is_queued_alone(services):
+    project = services.projects.create("Plain", preset="tiny")
+    tom = services.characters.create(project.id, "Tom")
+    scene = services.storyboard.add_scene(project.id, "a road")
+    services.storyboard.add_shot(scene.id, "Tom walks", characters=[tom.id])
+    message, _ = apply_edit(services, project.id, {"op": "generate_scene", "scene_id": scene.id})
+    (job,) = services.jobs.list_jobs(project_id=project.id)
+    assert message == f"generation queued (job {job.id})" and "after_jobs" not in job.payload
+
+
+def test_the_generation_waits_until_its_trainings_have_finished():
+    finished_after = {7: 3, 8: 2}  # job id -> polls until it reads finished
+    polls, progress = {7: 0, 8: 0}, []
+
+    def get(job_id):
+        polls[job_id] += 1
+        return SimpleNamespace(is_finished=polls[job_id] >= finished_after[job_id])
+
+    ctx = SimpleNamespace(
+        services=SimpleNamespace(jobs=SimpleNamespace(get=get)),
+        report_progress=lambda fraction, message: progress.append(message),
+        check_cancelled=lambda: None,
+    )
+    wait_for_training(ctx, {"after_jobs": [7, 8]}, poll_s=0.0)
+    assert progress == ["waiting for adapter training (job 7, 8)", "waiting for adapter training (job 7)"]
+    assert polls == {7: 3, 8: 2}  # a finished job is not asked again
+    wait_for_training(ctx, {}, poll_s=0.0)  # nothing to wait for
+    assert len(progress) == 2

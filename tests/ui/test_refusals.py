@@ -1,0 +1,105 @@
+"""Refused clicks, without a browser: a toast that says what to change, and the page left as it was."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from studio.services.errors import ConflictError, ServiceError
+from studio.ui.app import build_app, guarded
+from tests.foundation.helpers import add_take
+
+
+def _handler(app, name: str):
+    return next(f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == name)
+
+
+def test_a_refusal_is_a_toast_and_leaves_every_output_alone():
+    @guarded
+    def refused():
+        raise ServiceError("the name <Kai> is taken; pick another")
+
+    @guarded
+    def broken():
+        raise KeyError("oops")
+
+    with pytest.warns(UserWarning, match="the name &lt;Kai&gt; is taken; pick another"):
+        assert refused() == gr.skip()  # not gr.Error: that puts an "Error" badge over each output field
+    with pytest.warns(
+        UserWarning, match="Something went wrong \\(KeyError: &#x27;oops&#x27;\\); the server log has details"
+    ):
+        assert broken() == gr.skip()
+
+
+def test_export_is_refused_at_once_when_a_shot_has_no_take(services):
+    project = services.projects.create("Film", preset="tiny")
+    scene = services.storyboard.add_scene(project.id, "dawn")
+    shots = [services.storyboard.add_shot(scene.id, f"shot {i}").id for i in range(3)]
+    add_take(services, shots[0])
+    on_export = _handler(build_app(services), "on_export")
+    with pytest.warns(UserWarning, match="Shots #2, #3 have no take yet: .*tick “Grey card for shots without a take”"):
+        assert on_export(project.id, None, 0.0, False) == gr.skip()
+    assert services.jobs.list_jobs(project_id=project.id) == []  # nothing queued
+    _, message, _ = on_export(project.id, None, 0.0, True)  # grey cards asked for: queued
+    assert message.startswith("Export queued (job ")
+
+
+def test_a_character_in_a_shot_is_not_deleted_until_taken_out(services):
+    project = services.projects.create("Cast", preset="tiny")
+    tom = services.characters.create(project.id, "Tom")
+    services.characters.add_reference(tom.id, "tom.png", _png())
+    first = services.storyboard.add_scene(project.id, "one")
+    second = services.storyboard.add_scene(project.id, "two")
+    services.storyboard.add_shot(first.id, "a road")
+    used = services.storyboard.add_shot(second.id, "tom waits", characters=[tom.id])
+    with pytest.raises(ConflictError, match="Tom is in shot #2 of the storyboard; take Tom out of it first"):
+        services.characters.delete(tom.id)
+    on_delete = _handler(build_app(services), "on_delete_character")
+    with pytest.warns(UserWarning, match="Tom is in shot #2"):
+        assert on_delete(project.id, tom.id) == gr.skip()
+    assert services.characters.list_references(tom.id)  # nothing lost
+    services.storyboard.update_shot(used.id, characters=[])
+    services.characters.delete(tom.id)
+    assert services.characters.list(project.id) == []
+
+
+def test_force_deletes_a_character_in_use_and_its_shots_lose_it(services):
+    project = services.projects.create("Cast", preset="tiny")
+    tom = services.characters.create(project.id, "Tom")
+    scene = services.storyboard.add_scene(project.id, "one")
+    shot = services.storyboard.add_shot(scene.id, "tom waits", characters=[tom.id])
+    services.characters.delete(tom.id, force=True)
+    assert services.storyboard.film_shots(project.id)[0].id == shot.id
+    assert services.storyboard.film_shots(project.id)[0].character_ids == ()
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_card_still_captioned_new_shot_is_not_generated(services):
+    from studio.services.errors import ValidationError
+    from studio.ui.storyboard import NEW_SHOT_CAPTION, apply_edit
+
+    project = services.projects.create("Cards", preset="tiny")
+    scene = services.storyboard.add_scene(project.id, "dawn")
+    services.storyboard.add_shot(scene.id, "a lighthouse at dawn")
+    apply_edit(services, project.id, {"op": "add_shot", "scene_id": scene.id})
+    apply_edit(services, project.id, {"op": "add_shot", "scene_id": scene.id})
+    blank = [shot.id for shot in services.storyboard.film_shots(project.id) if shot.caption == NEW_SHOT_CAPTION]
+    assert len(blank) == 2
+    with pytest.raises(ValidationError, match="shots #2, #3 still have the caption “new shot” a new card starts"):
+        apply_edit(services, project.id, {"op": "generate_scene", "scene_id": scene.id})
+    with pytest.raises(ValidationError, match="shot #3 still has the caption"):
+        apply_edit(services, project.id, {"op": "regenerate", "shot_id": blank[1]})
+    assert services.jobs.list_jobs(project_id=project.id) == []
+    apply_edit(services, project.id, {"op": "caption", "shot_id": blank[0], "caption": "waves on rocks"})
+    apply_edit(services, project.id, {"op": "caption", "shot_id": blank[1], "caption": "a gull"})
+    message, _ = apply_edit(services, project.id, {"op": "generate_scene", "scene_id": scene.id})
+    assert message.startswith("generation queued")
