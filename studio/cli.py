@@ -229,5 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ServiceError, StoryboardError, BackendUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Takes and adapters finished so far are stored; a job cut off is recovered by the next run (its worker's
+        # pid is gone), so the same command goes on from there.
+        print("interrupted: what finished is kept; run the same command again to go on", file=sys.stderr)
+        return 130
     finally:
         services.close()

@@ -513,6 +513,18 @@ def build_app(services: Any) -> gr.Blocks:
             path = _file_path(yaml_file)
             text = path.read_text(encoding="utf-8")
             doc = parse_storyboard(text, source=path.name)
+            # The file names its pictures by path; here they come as uploads: say which are missing, by file name.
+            uploaded = {_file_path(item).name for item in ref_files or []}
+            named = [Path(ref.replace("\\", "/")).name for c in doc.characters for ref in c.references]
+            missing = sorted({name for name in named if name not in uploaded})
+            if missing:
+                raise gr.Error(
+                    esc(
+                        f"{path.name} names reference pictures that were not added: {', '.join(missing)}. Add them "
+                        "under “Reference images it names” and import again (nothing was imported)."
+                    ),
+                    print_exception=False,
+                )
             with tempfile.TemporaryDirectory(prefix="shotline-import-") as base:
                 base_dir = Path(base)
                 for item in ref_files or []:
@@ -713,8 +725,8 @@ def build_app(services: Any) -> gr.Blocks:
                     added += 1
                     if result.analysis is None and result.message:
                         notes.add(result.message)
-                except ServiceError as error:
-                    refused.append(f"{path.name}: {error}")
+                except ServiceError as error:  # most refusals name the file already
+                    refused.append(str(error) if str(error).startswith(path.name) else f"{path.name}: {error}")
             message = f"Added {added} reference(s)."
             if refused:
                 message += " Refused: " + "; ".join(refused)

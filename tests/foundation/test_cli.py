@@ -75,3 +75,15 @@ def test_project_bin_commands(data_dir, capsys):
     assert "removed for good (0 file(s)" in capsys.readouterr().out
     assert main([*data_dir, "project", "list", "--all"]) == 0
     assert "Old" not in capsys.readouterr().out
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_go_on(data_dir, monkeypatch, capsys):
+    import studio.cli
+
+    def interrupted(args, services):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(studio.cli, "cmd_project_list", interrupted)
+    assert main([*data_dir, "project", "list"]) == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted: what finished is kept; run the same command again to go on\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import pytest
 
@@ -103,3 +105,14 @@ def test_a_card_still_captioned_new_shot_is_not_generated(services):
     apply_edit(services, project.id, {"op": "caption", "shot_id": blank[1], "caption": "a gull"})
     message, _ = apply_edit(services, project.id, {"op": "generate_scene", "scene_id": scene.id})
     assert message.startswith("generation queued")
+
+
+def test_an_import_without_the_pictures_it_names_says_which_to_add(services):
+    on_import = _handler(build_app(services), "on_import")
+    yaml = "assets/examples/lighthouse.yaml"
+    with pytest.warns(UserWarning, match="lighthouse.yaml names reference pictures that were not added: mara_1.png"):
+        assert on_import(None, yaml, None) == gr.skip()
+    assert services.projects.list() == []  # nothing imported
+    refs = sorted(str(p) for p in Path("assets/examples/refs").glob("*.png"))
+    outputs = on_import(None, yaml, refs)
+    assert outputs[-3].startswith("Imported:") and [p.name for p in services.projects.list()] == ["The Lighthouse"]
