@@ -3,25 +3,17 @@ that asks for a LoRA queues its training first, and the generation waits for it.
 
 from __future__ import annotations
 
-import io
 from types import SimpleNamespace
-
-from PIL import Image
 
 from studio.generation import wait_for_training
 from studio.ui.storyboard import apply_edit
-
-
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
+from tests.foundation.helpers import png_bytes
 
 
 def test_generating_a_shot_of_a_character_that_wants_a_lora_queues_its_training_first(services):
     project = services.projects.create("On demand", preset="tiny")
     mara = services.characters.create(project.id, "Mara", adapter_kind="lora")
-    services.characters.add_reference(mara.id, "mara.png", _png())
+    services.characters.add_reference(mara.id, "mara.png", png_bytes(64, 64))
     plain = services.characters.create(project.id, "Tom")  # wants no adapter
     scene = services.storyboard.add_scene(project.id, "a beach")
     shot = services.storyboard.add_shot(scene.id, "Mara runs", characters=[mara.id, plain.id])

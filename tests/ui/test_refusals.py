@@ -9,7 +9,7 @@ import pytest
 
 from studio.services.errors import ConflictError, ServiceError
 from studio.ui.app import build_app, guarded
-from tests.foundation.helpers import add_take
+from tests.foundation.helpers import add_take, png_bytes
 
 
 def _handler(app, name: str):
@@ -49,7 +49,7 @@ def test_export_is_refused_at_once_when_a_shot_has_no_take(services):
 def test_a_character_in_a_shot_is_not_deleted_until_taken_out(services):
     project = services.projects.create("Cast", preset="tiny")
     tom = services.characters.create(project.id, "Tom")
-    services.characters.add_reference(tom.id, "tom.png", _png())
+    services.characters.add_reference(tom.id, "tom.png", png_bytes(64, 64))
     first = services.storyboard.add_scene(project.id, "one")
     second = services.storyboard.add_scene(project.id, "two")
     services.storyboard.add_shot(first.id, "a road")
@@ -73,16 +73,6 @@ def test_force_deletes_a_character_in_use_and_its_shots_lose_it(services):
     services.characters.delete(tom.id, force=True)
     assert services.storyboard.film_shots(project.id)[0].id == shot.id
     assert services.storyboard.film_shots(project.id)[0].character_ids == ()
-
-
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_a_card_still_captioned_new_shot_is_not_generated(services):
