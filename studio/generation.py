@@ -494,7 +494,7 @@ def _with_earlier_takes(result: dict, written: dict[int, list[int]]) -> dict:
     return result
 
 
-def wait_for_training(ctx: JobContext, payload: dict, poll_s: float = 1.0) -> None:
+def wait_for_training(ctx: JobContext, payload: dict, poll_s: float = 1.0, sleep=time.sleep) -> None:
     """A generation queued behind adapter trainings (`after_jobs`: the UI queues a wanted adapter's training when it
     queues the shots that need it) starts once they have finished, whatever their outcome, so that with several
     workers it does not render without the adapter; a single worker claims the training first anyway (priority)."""
@@ -504,7 +504,7 @@ def wait_for_training(ctx: JobContext, payload: dict, poll_s: float = 1.0) -> No
         if waiting:
             ctx.report_progress(0.0, f"waiting for adapter training (job {', '.join(map(str, waiting))})")
             ctx.check_cancelled()
-            time.sleep(poll_s)
+            sleep(poll_s)
 
 
 def run_generate_scene(ctx: JobContext) -> dict:

@@ -702,6 +702,14 @@ def export_demo(
     (dest / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
+def share(text: str) -> float:
+    """argparse type of a probability: a number from 0 to 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None):
     """Run one stage; returns what it returns (`train`: the step reached)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -744,7 +752,7 @@ def main(argv: list[str] | None = None):
     train.add_argument("--cfg-dropout", type=float, default=0.1)
     train.add_argument(
         "--unnamed",
-        type=float,
+        type=share,
         default=0.0,
         help="chance that a shot of a character an earlier shot showed is captioned without its name (0-1)",
     )

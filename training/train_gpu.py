@@ -366,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
             help="transformer learning rate after the warm-up (cosine: down to a twentieth by the call's end)",
         )
         p.add_argument("--ema", type=float, default=0.999)
-        p.add_argument("--unnamed", type=float, default=0.0, help="train_demo train --unnamed: repeat shots unnamed")
+        p.add_argument(
+            "--unnamed", type=train_demo.share, default=0.0, help="train_demo train --unnamed: repeat shots unnamed"
+        )
         layout = "default: train_demo.TRANSFORMER_LAYOUTS' for the autoencoder's latents"
         p.add_argument("--patch", type=int, default=None, help=f"transformer spatial patch ({layout})")
         p.add_argument("--heads", type=int, default=None, help=f"transformer heads, 32 wide each ({layout})")

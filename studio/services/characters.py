@@ -16,6 +16,7 @@ from studio.services import validation as check
 from studio.services.assets import AssetStore
 from studio.services.convert import adapter_view, character_view, reference_view
 from studio.services.errors import ConflictError, NotFoundError, ValidationError, get_or_not_found
+from studio.services.storyboard import film_shot_rows
 from studio.services.views import AdapterView, CharacterView, ReferenceView
 
 TRIGGER_PATTERN = re.compile(r"^<[a-z0-9][a-z0-9_-]{0,62}>$")
@@ -127,7 +128,8 @@ class CharacterService:
         in it, and the references and trained adapters cannot be brought back."""
         with self.db.unit_of_work() as session:
             character = self._character(session, character_id)
-            used = self._film_numbers_naming(session, character)
+            film = film_shot_rows(session, character.project_id)  # numbered as the storyboard cards are
+            used = [n for n, shot in enumerate(film, 1) if any(c.id == character.id for c in shot.characters)]
             if used and not force:
                 shots = ", ".join(f"#{n}" for n in used)
                 raise ConflictError(
@@ -363,22 +365,6 @@ class CharacterService:
                 raise ConflictError(f"this project already has a character named {other.name!r}; choose another name")
             if other.trigger == trigger:
                 raise ConflictError(f"trigger {trigger} is already used by {other.name}; choose another trigger")
-
-    @staticmethod
-    def _film_numbers_naming(session, character: models.Character) -> list[int]:
-        """Film positions (1-based, as the storyboard cards number them) of the live shots that name `character`."""
-        scenes = session.scalars(
-            select(models.Scene)
-            .where(models.Scene.project_id == character.project_id, models.Scene.deleted_at.is_(None))
-            .order_by(models.Scene.position, models.Scene.id)
-        ).all()
-        live = [
-            shot
-            for scene in scenes
-            for shot in sorted(scene.shots, key=lambda shot: (shot.position, shot.id))
-            if shot.deleted_at is None
-        ]
-        return [n for n, shot in enumerate(live, 1) if any(c.id == character.id for c in shot.characters)]
 
     @staticmethod
     def _character(session, character_id: int) -> models.Character:

@@ -86,6 +86,29 @@ _SCENE_LOADS = (
 )
 
 
+def live_scenes(session, project_id: int, with_shots: bool = False) -> list[models.Scene]:
+    """The project's scenes outside the bin, in film order."""
+    query = (
+        select(models.Scene)
+        .where(models.Scene.project_id == project_id, models.Scene.deleted_at.is_(None))
+        .order_by(models.Scene.position, models.Scene.id)
+    )
+    if with_shots:
+        query = query.options(*_SCENE_LOADS)
+    return list(session.scalars(query))
+
+
+def film_shot_rows(session, project_id: int) -> list[models.Shot]:
+    """The project's live shots in film order (scene by scene): the order `film_shots` gives and the storyboard
+    cards number (#1, #2, ...)."""
+    return [
+        shot
+        for scene in live_scenes(session, project_id, with_shots=True)
+        for shot in sorted(scene.shots, key=lambda shot: (shot.position, shot.id))
+        if shot.deleted_at is None
+    ]
+
+
 class StoryboardService:
     def __init__(self, db: Database, assets: AssetStore) -> None:
         self.db = db
@@ -97,7 +120,7 @@ class StoryboardService:
         text = check.caption(caption or "", "scene caption", allow_empty=True)
         with self.db.unit_of_work() as session:
             project = self._project(session, project_id)
-            scenes = self._live_scenes(session, project.id)
+            scenes = live_scenes(session, project.id)
             index = self._insert_index(position, len(scenes), "scene position")
             scene = models.Scene(project_id=project.id, position=index, caption=text)
             session.add(scene)
@@ -129,20 +152,20 @@ class StoryboardService:
         """Move the scene (with its shots and takes) to the bin."""
         with self.db.unit_of_work() as session:
             scene = self._scene(session, scene_id)
-            self._to_bin(scene, lambda: self._live_scenes(session, scene.project_id))
+            self._to_bin(scene, lambda: live_scenes(session, scene.project_id))
             session.flush()
             return scene_view(scene)
 
     def restore_scene(self, scene_id: int) -> SceneView:
         with self.db.unit_of_work() as session:
             scene = self._scene(session, scene_id)
-            self._from_bin(scene, lambda: self._live_scenes(session, scene.project_id))
+            self._from_bin(scene, lambda: live_scenes(session, scene.project_id))
             session.flush()
             return scene_view(scene)
 
     def reorder_scenes(self, project_id: int, ordered_scene_ids: Sequence[int]) -> list[SceneView]:
         with self.db.unit_of_work() as session:
-            scenes = self._live_scenes(session, project_id)
+            scenes = live_scenes(session, project_id)
             by_id = {s.id: s for s in scenes}
             if sorted(ordered_scene_ids) != sorted(by_id) or len(set(ordered_scene_ids)) != len(ordered_scene_ids):
                 raise ConflictError("the project's scenes changed since this order was made; reload and try again")
@@ -154,7 +177,7 @@ class StoryboardService:
         """Live scenes in order, each with its live shots in order."""
         with self.db.unit_of_work(read_only=True) as session:
             self._project(session, project_id)
-            return [scene_view(s) for s in self._live_scenes(session, project_id, with_shots=True)]
+            return [scene_view(s) for s in live_scenes(session, project_id, with_shots=True)]
 
     # Shots -------------------------------------------------------------------------------------------------------
 
@@ -288,7 +311,7 @@ class StoryboardService:
         with self.db.unit_of_work() as session:
             shot = self._shot(session, shot_id)
             scene = shot.scene
-            self._from_bin(scene, lambda: self._live_scenes(session, scene.project_id))
+            self._from_bin(scene, lambda: live_scenes(session, scene.project_id))
             self._from_bin(shot, lambda: self._live_shots(session, scene.id))
             session.flush()
             return shot_view(shot)
@@ -386,7 +409,9 @@ class StoryboardService:
 
     def film_shots(self, project_id: int) -> list[ShotView]:
         """Every live shot of the project in film order (scene by scene)."""
-        return [shot for scene in self.list_scenes(project_id) for shot in scene.shots]
+        with self.db.unit_of_work(read_only=True) as session:
+            self._project(session, project_id)
+            return [shot_view(shot, project_id) for shot in film_shot_rows(session, project_id)]
 
     # Internals ---------------------------------------------------------------------------------------------------
 
@@ -458,17 +483,6 @@ class StoryboardService:
     @staticmethod
     def _shot(session, shot_id: int) -> models.Shot:
         return get_or_not_found(session, models.Shot, shot_id, "shot")
-
-    @staticmethod
-    def _live_scenes(session, project_id: int, with_shots: bool = False) -> list[models.Scene]:
-        query = (
-            select(models.Scene)
-            .where(models.Scene.project_id == project_id, models.Scene.deleted_at.is_(None))
-            .order_by(models.Scene.position, models.Scene.id)
-        )
-        if with_shots:
-            query = query.options(*_SCENE_LOADS)
-        return list(session.scalars(query))
 
     @staticmethod
     def _live_shots(session, scene_id: int) -> list[models.Shot]:

@@ -166,6 +166,24 @@ def test_training_resumed_halfway_ends_with_the_same_weights_as_one_run(tmp_path
     assert len(moved) > 0.9 * len(fresh)  # four steps moved (nearly) every weight
 
 
+def test_train_unnamed_reaches_every_batch_and_a_share_outside_0_1_is_refused(tmp_path, monkeypatch, capsys):
+    _tiny_run(tmp_path / "run")
+    seen = []
+    loss = train_demo.flow_matching_loss
+
+    def recording(*args, **kwargs):
+        seen.append(args[8] if len(args) > 8 else kwargs.get("unnamed", 0.0))
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_demo, "flow_matching_loss", recording)
+    args = ["--tokens", "240", "--heads", "2", "--ffn-dim", "64", "--max-steps", "3"]
+    assert train_demo.main(["train", "--run", str(tmp_path / "run"), "--unnamed", "0.5", *args]) == 3
+    assert seen == [0.5, 0.5, 0.5]
+    with pytest.raises(SystemExit):
+        train_demo.main(["train", "--run", str(tmp_path / "run"), "--unnamed", "1.5", *args])
+    assert "--unnamed: must be a share from 0 to 1, got 1.5" in capsys.readouterr().err
+
+
 def test_a_new_transformer_takes_the_layout_of_its_latents_unless_flags_say_otherwise():
     def layout(config: dict) -> tuple[int, int, int]:
         return config["patch_size"][1], config["num_attention_heads"], config["ffn_dim"]

@@ -106,3 +106,25 @@ def test_an_import_without_the_pictures_it_names_says_which_to_add(services):
     refs = sorted(str(p) for p in Path("assets/examples/refs").glob("*.png"))
     outputs = on_import(None, yaml, refs)
     assert outputs[-3].startswith("Imported:") and [p.name for p in services.projects.list()] == ["The Lighthouse"]
+
+
+def test_the_shot_panel_numbers_shots_as_cards_and_closes_when_its_shot_was_binned(services):
+    project = services.projects.create("Panel", preset="tiny")
+    first = services.storyboard.add_scene(project.id, "one")
+    second = services.storyboard.add_scene(project.id, "two")
+    services.storyboard.add_shot(first.id, "a road")
+    shot = services.storyboard.add_shot(second.id, "a gate")  # film shot #2, whatever its database id
+    services.storyboard.add_shot(first.id, "a field")  # ... until this one joins scene one: now #3
+    add_take(services, shot.id)
+    app = build_app(services)
+    on_save = _handler(app, "on_save_shot")
+    fields = ("a gate at dusk", [], 5, "", "", "cut", 0.0, None)
+    outputs = on_save(project.id, shot.id, [], *fields)
+    assert outputs[2] == "**Shot #3** (1 take)" and outputs[-1] == "Shot saved."
+    assert services.storyboard.film_shots(project.id)[2].caption == "a gate at dusk"
+    services.storyboard.delete_shot(shot.id)  # from its card, while the panel still shows it
+    outputs = on_save(project.id, shot.id, [], "edited in the bin", *fields[1:])
+    assert outputs[1] is None and outputs[2] == "No shot open: click “Takes” on a card."  # the panel closed
+    assert outputs[-1].startswith("Not saved: that shot was deleted")
+    services.storyboard.restore_shot(shot.id)
+    assert services.storyboard.film_shots(project.id)[2].caption == "a gate at dusk"  # untouched in the bin

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 
 import imageio_ffmpeg
@@ -212,3 +213,29 @@ def test_generation_on_cuda_uses_bf16_and_records_the_device(sqlite_settings):
         assert params["device"].startswith("cuda") and params["dtype"] in ("bfloat16", "float16")
     finally:
         services.close()
+
+
+def test_a_generation_waits_for_the_jobs_it_was_queued_after(sqlite_services, monkeypatch):
+    """`after_jobs` (the page queues a wanted adapter's training with the shots): the generation job does not start
+    rendering while one of them is unfinished, and goes on once it has finished, whatever its outcome."""
+    import studio.generation
+
+    services = sqlite_services
+    project, scene_id, shot_ids = tiny_project(services)
+    # queued behind the generation (lower priority), so this one worker claims the generation first and must wait
+    training = services.jobs.enqueue("train_adapter", {"character_id": 999}, project.id, priority=-1)
+    payload = {"scene_id": scene_id, "after_jobs": [training.id]}
+    generation = services.jobs.enqueue("generate_scene", payload, project.id)
+    waits = []
+
+    def sleep(seconds):  # the training "finishes" (here: is cancelled) while the generation waits
+        waits.append(services.jobs.get(generation.id).message)
+        assert [services.takes.chosen_take(i) for i in shot_ids] == [None, None]  # nothing rendered yet
+        services.jobs.request_cancel(training.id)
+
+    waiting = functools.partial(studio.generation.wait_for_training, sleep=sleep)
+    monkeypatch.setattr(studio.generation, "wait_for_training", waiting)
+    run_all(services)
+    assert waits == [f"waiting for adapter training (job {training.id})"]
+    assert services.jobs.get(generation.id).status == "done"
+    assert all(services.takes.chosen_take(i) is not None for i in shot_ids)
