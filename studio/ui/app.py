@@ -12,6 +12,7 @@ import functools
 import logging
 import tempfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ from studio.storyboard_file import StoryboardError
 from studio.ui import storyboard as edits
 from studio.ui.panels import (
     PANEL_CSS,
+    PICKED_REFERENCE_CAPTION_JS,
     ActionPanel,
     characters_html,
     esc,
     exports_html,
+    file_stem,
     jobs_html,
     jobs_signature,
     reference_choices,
@@ -44,6 +47,7 @@ SHOT_SIZES = ["", *SERVICE_SHOT_SIZES]
 CAMERA_MOVES = ["", *SERVICE_CAMERA_MOVES]
 TRANSITIONS = ["cut", "dissolve", "fade"]
 TICK_SECONDS = 1.0
+NO_SHOT_OPEN = "No shot open: click “Takes” on a card."
 PAGE_CSS = (
     PANEL_CSS
     + """
@@ -84,6 +88,12 @@ def refuse(message: str, title: str = "Not done") -> dict:
     until each badge is closed."""
     gr.Warning(message, title=title)
     return gr.skip()
+
+
+def said(message: str) -> str:
+    """A status line stamped with the time it was said: the line stays until the next message, and a film-maker
+    who has since clicked something that says nothing should not read an old "Shot saved." as its answer."""
+    return f"{message} · {datetime.now():%H:%M:%S}" if message else ""
 
 
 def guarded(fn: Callable) -> Callable:
@@ -270,30 +280,48 @@ def build_app(services: Any) -> gr.Blocks:
                     )
                 timeline = Timeline(None, timeline_edit=timeline_edit, elem_id="sl-timeline")
                 with gr.Accordion("Selected shot", open=True):
-                    shot_title = gr.Markdown("No shot open: click “Takes” on a card.", elem_id="sl-shot-title")
-                    with gr.Row():
-                        shot_caption = gr.Textbox(label="Caption", scale=3, elem_id="sl-shot-caption")
-                        shot_characters = gr.CheckboxGroup(
-                            label="Characters", choices=[], scale=2, elem_id="sl-shot-characters"
-                        )
-                    with gr.Row():
-                        shot_frames = gr.Number(label="Frames", precision=0, elem_id="sl-shot-frames")
-                        shot_size = gr.Dropdown(
-                            SHOT_SIZES, label="Shot size", allow_custom_value=True, elem_id="sl-shot-size"
-                        )
-                        shot_camera = gr.Dropdown(
-                            CAMERA_MOVES, label="Camera move", allow_custom_value=True, elem_id="sl-shot-camera"
-                        )
-                        shot_transition = gr.Dropdown(TRANSITIONS, label="Transition in", elem_id="sl-shot-transition")
-                        shot_transition_s = gr.Number(label="Transition seconds", elem_id="sl-shot-transition-s")
-                        shot_seed = gr.Number(label="Seed (empty = random)", precision=0, elem_id="sl-shot-seed")
-                    with gr.Row():
-                        save_shot_button = gr.Button("Save shot", elem_id="sl-save-shot")
-                        move_scene_pick = gr.Dropdown(label="Move to scene", choices=[], elem_id="sl-move-scene")
-                        move_scene_button = gr.Button("Move", elem_id="sl-move-shot")
-                    with gr.Row():
-                        regen_seed_button = gr.Button("Regenerate (new seed)", elem_id="sl-regen-seed")
-                        regen_caption_button = gr.Button("Regenerate with this caption", elem_id="sl-regen-caption")
+                    shot_title = gr.Markdown(NO_SHOT_OPEN, elem_id="sl-shot-title")
+                    # shown once a card's "Takes" opens a shot (`shot_outputs`): with none open there is nothing to
+                    # edit, and an empty gr.Number shows 0, which read as the shot's own frames and seed
+                    with gr.Column(visible=False, elem_id="sl-shot-editor") as shot_editor:
+                        with gr.Row():
+                            shot_caption = gr.Textbox(label="Caption", scale=3, elem_id="sl-shot-caption")
+                            shot_characters = gr.CheckboxGroup(
+                                label="Characters", choices=[], scale=2, elem_id="sl-shot-characters"
+                            )
+                        with gr.Row():
+                            shot_frames = gr.Number(label="Frames", precision=0, elem_id="sl-shot-frames")
+                            shot_size = gr.Dropdown(
+                                SHOT_SIZES,
+                                label="Shot size",
+                                allow_custom_value=True,
+                                elem_id="sl-shot-size",
+                            )
+                            shot_camera = gr.Dropdown(
+                                CAMERA_MOVES,
+                                label="Camera move",
+                                allow_custom_value=True,
+                                elem_id="sl-shot-camera",
+                            )
+                            shot_transition = gr.Dropdown(
+                                TRANSITIONS, label="Transition in", elem_id="sl-shot-transition"
+                            )
+                            shot_transition_s = gr.Number(label="Transition seconds", elem_id="sl-shot-transition-s")
+                            shot_seed = gr.Number(
+                                label="Seed (empty = random)",
+                                precision=0,
+                                placeholder="random",
+                                elem_id="sl-shot-seed",
+                            )
+                        with gr.Row():
+                            save_shot_button = gr.Button("Save shot", elem_id="sl-save-shot")
+                            move_scene_pick = gr.Dropdown(label="Move to scene", choices=[], elem_id="sl-move-scene")
+                            move_scene_button = gr.Button("Move", elem_id="sl-move-shot")
+                        with gr.Row():
+                            regen_seed_button = gr.Button("Regenerate (new seed)", elem_id="sl-regen-seed")
+                            regen_caption_button = gr.Button(
+                                "Regenerate with this caption", elem_id="sl-regen-caption"
+                            )
                     takes_panel = ActionPanel(takes_html(None, []), elem_id="sl-takes")
 
             # ---------------------------------------------------------------- Export
@@ -388,7 +416,7 @@ def build_app(services: Any) -> gr.Blocks:
                 [],
                 None,
                 characters_html(chars, _latest_adapters(chars)),
-                exports_html(s.exports.list(project_id)),
+                exports_html(s.exports.list(project_id), project_name=project.name),
                 jobs_html(s.jobs.list_jobs(project_id=project_id)[:20]),
                 gr.update(choices=[(c.name, c.id) for c in chars], value=[]),
                 gr.update(choices=_scene_choices(project_id)),
@@ -440,38 +468,39 @@ def build_app(services: Any) -> gr.Blocks:
             """Open `?project=<id or name>` when the address names one, else the only project if there is one."""
             wanted = (request.query_params.get("project") if request is not None else None) or ""
             if wanted:
-                return project_outputs(s.projects.find(wanted).id)
+                return (*project_outputs(s.projects.find(wanted).id), "")
             projects = s.projects.list()
-            return project_outputs(projects[0].id if len(projects) == 1 else None)
+            return (*project_outputs(projects[0].id if len(projects) == 1 else None), "")
 
         @guarded
         def on_open(project_id):
             if project_id is None:
                 raise gr.Error("Pick a project to open.", print_exception=False)
-            return project_outputs(int(project_id))
+            return (*project_outputs(int(project_id)), "")  # the last line was about the project left
 
         @guarded
         def on_create(name, preset):
             project = s.projects.create(name, preset=preset or None)
             s.storyboard.add_scene(project.id, caption="")
-            return project_outputs(project.id)
+            return (*project_outputs(project.id), said(f"Project {esc(project.name)} created."), "")
 
         @guarded
         def on_rename(project_id, name):
-            s.projects.rename(_require_project(project_id), name)
-            return project_outputs(project_id)
+            project = s.projects.rename(_require_project(project_id), name)
+            return (*project_outputs(project_id), said(f"Renamed to {esc(project.name)}."), "")
 
         @guarded
         def on_delete_project(project_id):
-            s.projects.delete(_require_project(project_id))
-            return project_outputs(None)
+            project = s.projects.delete(_require_project(project_id))
+            message = f"{esc(project.name)} moved to the bin: “Rename, delete, restore” brings it back."
+            return (*project_outputs(None), said(message))
 
         @guarded
         def on_restore_project(project_id):
             if project_id is None:
                 raise gr.Error("Pick a project from the bin.", print_exception=False)
-            s.projects.restore(int(project_id))
-            return project_outputs(int(project_id))
+            project = s.projects.restore(int(project_id))
+            return (*project_outputs(int(project_id)), said(f"{esc(project.name)} restored."))
 
         @guarded
         def on_save_settings(project_id, preset, width, height, fps, steps, guidance, negative):
@@ -486,15 +515,16 @@ def build_app(services: Any) -> gr.Blocks:
                 guidance=guidance,
                 negative_prompt=negative or "",
             )
-            return (*project_outputs(project_id)[:-1], gr.update(), "Settings saved.")
+            return (*project_outputs(project_id)[:-1], gr.update(), said("Settings saved."))
 
-        app.load(on_load, None, project_outputs_list)
-        open_button.click(on_open, project_pick, project_outputs_list)
-        project_pick.input(on_open, project_pick, project_outputs_list)
-        create_button.click(on_create, [new_name, new_preset], project_outputs_list)
-        rename_button.click(on_rename, [project_state, rename_box], project_outputs_list)
-        delete_project_button.click(on_delete_project, project_state, project_outputs_list)
-        restore_project_button.click(on_restore_project, bin_pick, project_outputs_list)
+        app.load(on_load, None, [*project_outputs_list, status])
+        open_button.click(on_open, project_pick, [*project_outputs_list, status])
+        project_pick.input(on_open, project_pick, [*project_outputs_list, status])
+        # a name field empties once its project exists, as a film-maker expects of a "new ..." box
+        create_button.click(on_create, [new_name, new_preset], [*project_outputs_list, status, new_name])
+        rename_button.click(on_rename, [project_state, rename_box], [*project_outputs_list, status, rename_box])
+        delete_project_button.click(on_delete_project, project_state, [*project_outputs_list, status])
+        restore_project_button.click(on_restore_project, bin_pick, [*project_outputs_list, status])
         save_settings_button.click(
             on_save_settings,
             [project_state, set_preset, set_width, set_height, set_fps, set_steps, set_guidance, set_negative],
@@ -536,7 +566,7 @@ def build_app(services: Any) -> gr.Blocks:
                     (base_dir / "refs" / ref.name).write_bytes(data)
                 report = import_storyboard(s, doc, base_dir)
             project_id = getattr(report, "project_id", None) or project_id
-            return (*project_outputs(project_id), f"Imported: {esc(_report_text(report))}", None, None)
+            return (*project_outputs(project_id), said(f"Imported: {esc(_report_text(report))}"), None, None)
 
         @guarded
         def on_export_storyboard(project_id):
@@ -546,8 +576,7 @@ def build_app(services: Any) -> gr.Blocks:
             text = export_storyboard(s, project_id)
             project = s.projects.get(project_id)
             folder = Path(tempfile.mkdtemp(prefix="shotline-storyboard-"))
-            safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in project.name) or "storyboard"
-            path = folder / f"{safe}.yaml"
+            path = folder / f"{file_stem(project.name, 'storyboard')}.yaml"
             path.write_text(text, encoding="utf-8")
             return str(path)
 
@@ -690,7 +719,8 @@ def build_app(services: Any) -> gr.Blocks:
         def on_create_character(project_id, name, description):
             project_id = _require_project(project_id)
             character = s.characters.create(project_id, name, description=description or "")
-            return character_outputs(project_id, character.id)
+            message = f"{esc(character.name)} added (trigger {esc(character.trigger)}): upload references below."
+            return (*character_outputs(project_id, character.id), said(message), "", "")
 
         @guarded
         def on_character_action(project_id, evt: gr.EventData):
@@ -706,8 +736,9 @@ def build_app(services: Any) -> gr.Blocks:
 
         @guarded
         def on_delete_character(project_id, character_id):
-            s.characters.delete(int(character_id))
-            return character_outputs(project_id, None)
+            character = s.characters.get(int(character_id))
+            s.characters.delete(character.id)
+            return (*character_outputs(project_id, None), said(f"{esc(character.name)} deleted."))
 
         @guarded
         def on_upload_references(project_id, character_id, files):
@@ -732,16 +763,12 @@ def build_app(services: Any) -> gr.Blocks:
                 message += " Refused: " + "; ".join(refused)
             if notes:
                 message += " " + " ".join(sorted(notes))
-            return (*character_outputs(project_id, character_id), None, esc(message))
-
-        @guarded
-        def on_pick_reference(character_id, reference_id):
-            return reference_caption(s, character_id, reference_id)
+            return (*character_outputs(project_id, character_id), None, said(esc(message)))
 
         @guarded
         def on_save_reference_caption(project_id, character_id, reference_id, caption):
             message = save_reference_caption(s, character_id, reference_id, caption)
-            return (*character_outputs(project_id, character_id, reference_id), esc(message))
+            return (*character_outputs(project_id, character_id, reference_id), said(esc(message)))
 
         @guarded
         def on_train(project_id, character_id, kind):
@@ -754,11 +781,13 @@ def build_app(services: Any) -> gr.Blocks:
             return (
                 *character_outputs(project_id, character_id),
                 gr.update(active=True),
-                f"Training queued (job {job.id}).",
+                said(f"Training queued (job {job.id})."),
             )
 
         char_create_button.click(
-            on_create_character, [project_state, char_new_name, char_new_description], character_outputs_list
+            on_create_character,
+            [project_state, char_new_name, char_new_description],
+            [*character_outputs_list, status, char_new_name, char_new_description],  # the "new" fields empty
         )
         characters_panel.action(on_character_action, project_state, character_outputs_list)
         char_save_button.click(
@@ -766,13 +795,15 @@ def build_app(services: Any) -> gr.Blocks:
             [project_state, character_state, char_name, char_trigger, char_description],
             character_outputs_list,
         )
-        char_delete_button.click(on_delete_character, [project_state, character_state], character_outputs_list)
+        char_delete_button.click(
+            on_delete_character, [project_state, character_state], [*character_outputs_list, status]
+        )
         ref_upload.upload(
             on_upload_references,
             [project_state, character_state, ref_upload],
             [*character_outputs_list, ref_upload, status],
         )
-        ref_choice.input(on_pick_reference, [character_state, ref_choice], ref_caption)
+        ref_choice.input(None, ref_choice, ref_caption, js=PICKED_REFERENCE_CAPTION_JS)  # no round trip to race
         ref_caption_button.click(
             on_save_reference_caption,
             [project_state, character_state, ref_choice, ref_caption],
@@ -787,7 +818,8 @@ def build_app(services: Any) -> gr.Blocks:
             if project_id is None or shot_id is None:
                 return (
                     None,
-                    "No shot open: click “Takes” on a card.",
+                    NO_SHOT_OPEN,
+                    gr.update(visible=False),
                     "",
                     gr.update(value=[]),
                     None,
@@ -808,6 +840,7 @@ def build_app(services: Any) -> gr.Blocks:
             return (
                 shot_id,
                 f"**Shot #{number}** ({len(takes)} take{'' if len(takes) == 1 else 's'})",  # numbered as its card
+                gr.update(visible=True),
                 shot.caption,
                 gr.update(value=list(shot.character_ids)),
                 shot.num_frames,
@@ -823,6 +856,7 @@ def build_app(services: Any) -> gr.Blocks:
         shot_outputs_list = [
             open_shot_state,
             shot_title,
+            shot_editor,
             shot_caption,
             shot_characters,
             shot_frames,
@@ -854,7 +888,7 @@ def build_app(services: Any) -> gr.Blocks:
 
         def on_generate(project_id, selected, open_shot, evt: gr.EventData):
             value, message = apply_timeline_action(project_id, selected, open_shot, evt._data or {})
-            return value, message, gr.update(active=_polls(project_id)), _jobs_for(project_id, True)
+            return value, said(message), gr.update(active=_polls(project_id)), _jobs_for(project_id, True)
 
         timeline.generate(
             on_generate,
@@ -906,7 +940,7 @@ def build_app(services: Any) -> gr.Blocks:
             jobs = edits.enqueue_generate_selected(s, project_id, selected)
             ids = ", ".join(str(job.id) for job in jobs)
             message = f"Generation queued (job {ids}){edits.after_training(*jobs)}."
-            return gr.update(active=True), message, _jobs_for(project_id, True)
+            return gr.update(active=True), said(message), _jobs_for(project_id, True)
 
         generate_selected_button.click(
             on_generate_selected, [project_state, selected_state], [timer, status, jobs_panel]
@@ -935,14 +969,14 @@ def build_app(services: Any) -> gr.Blocks:
                 return (
                     timeline_model(s, project_id, selected, None),
                     *shot_outputs(project_id, None),
-                    "Not saved: that shot was deleted (it is in the bin); restore it to edit it.",
+                    said("Not saved: that shot was deleted (it is in the bin); restore it to edit it."),
                 )
             with edits.project_lock(project_id):
                 s.storyboard.update_shot(int(shot_id), **fields)
             return (
                 timeline_model(s, project_id, selected, shot_id),
                 *shot_outputs(project_id, shot_id),
-                "Shot saved.",
+                said("Shot saved."),
             )
 
         save_shot_button.click(
@@ -972,7 +1006,7 @@ def build_app(services: Any) -> gr.Blocks:
             with edits.project_lock(project_id):
                 target = next(x for x in s.storyboard.list_scenes(project_id) if x.id == int(scene_id))
                 s.storyboard.move_shot(int(shot_id), target.id, len(target.shots))
-            return timeline_model(s, project_id, selected, shot_id), "Shot moved."
+            return timeline_model(s, project_id, selected, shot_id), said("Shot moved.")
 
         move_scene_button.click(
             on_move_scene,
@@ -988,7 +1022,7 @@ def build_app(services: Any) -> gr.Blocks:
                 raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
             job = edits.enqueue_regenerate(s, project_id, int(shot_id), caption=caption if use_caption else None)
             message = f"Regeneration queued (job {job.id}){edits.after_training(job)}."
-            return gr.update(active=True), message, _jobs_for(project_id, True)
+            return gr.update(active=True), said(message), _jobs_for(project_id, True)
 
         regen_seed_button.click(
             functools.partial(on_regenerate, use_caption=False),
@@ -1011,7 +1045,7 @@ def build_app(services: Any) -> gr.Blocks:
             return (
                 timeline_model(s, project_id, selected, shot_id),
                 *shot_outputs(project_id, shot_id),
-                "Take chosen.",
+                said("Take chosen."),
             )
 
         takes_panel.action(
@@ -1044,7 +1078,7 @@ def build_app(services: Any) -> gr.Blocks:
                 asset = s.assets.put_bytes(path.read_bytes(), "music", _audio_mime(path.name), filename=path.name)
                 payload["music_asset_id"] = asset.id
             job = s.jobs.enqueue("export_film", payload, project_id=project_id)
-            return gr.update(active=True), f"Export queued (job {job.id}).", _jobs_for(project_id, True)
+            return gr.update(active=True), said(f"Export queued (job {job.id})."), _jobs_for(project_id, True)
 
         export_button.click(
             on_export, [project_state, export_music, export_fade, export_placeholder], [timer, status, jobs_panel]
@@ -1056,8 +1090,7 @@ def build_app(services: Any) -> gr.Blocks:
 
             project_id = _require_project(project_id)
             project = s.projects.get(project_id)
-            safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in project.name) or "project"
-            path = Path(tempfile.mkdtemp(prefix="shotline-bundle-")) / f"{safe}.zip"
+            path = Path(tempfile.mkdtemp(prefix="shotline-bundle-")) / f"{file_stem(project.name, 'project')}.zip"
             export_bundle(s, project_id, path)
             return str(path)
 
@@ -1070,7 +1103,7 @@ def build_app(services: Any) -> gr.Blocks:
             if bundle is None:
                 raise gr.Error("Choose a project bundle (.zip) first.", print_exception=False)
             report = import_bundle(s, _file_path(bundle), name=name or None)
-            return (*project_outputs(report.project_id), f"Imported the bundle as project {report.project_id}.")
+            return (*project_outputs(report.project_id), said(f"Imported the bundle as project {report.project_id}."))
 
         bundle_import_button.click(on_import_bundle, [bundle_upload, bundle_name], [*project_outputs_list, status])
 
@@ -1086,7 +1119,7 @@ def build_app(services: Any) -> gr.Blocks:
             if data.get("action") != "cancel_job":
                 raise gr.Error("Unknown action; reload the page.", print_exception=False)
             s.jobs.request_cancel(int(data["id"]))
-            return _jobs_for(project_id, preview), "Cancel requested."
+            return _jobs_for(project_id, preview), said("Cancel requested.")
 
         jobs_panel.action(on_job_action, [project_state, show_preview], [jobs_panel, status])
 
@@ -1109,7 +1142,7 @@ def build_app(services: Any) -> gr.Blocks:
                     jobs_html(jobs[:20], show_preview=preview),
                     timeline_model(s, project_id, selected, open_shot),
                     shot_outputs(project_id, open_shot)[-1] if open_shot is not None else gr.update(),
-                    exports_html(s.exports.list(project_id)),
+                    exports_html(s.exports.list(project_id), project_name=s.projects.get(project_id).name),
                     character[8] if character else gr.update(),
                     character[10] if character and signature != seen else gr.update(),
                     signature,
@@ -1151,13 +1184,6 @@ def _picked_reference(services: Any, character_id: Any, reference_id: Any) -> An
     if picked.character_id != int(character_id):
         raise gr.Error("That reference is no longer this character's; reload the page.", print_exception=False)
     return picked
-
-
-def reference_caption(services: Any, character_id: Any, reference_id: Any) -> str:
-    """The caption of the reference picked in the character panel ("" for none)."""
-    if character_id is None or reference_id is None or reference_id == "":
-        return ""
-    return _picked_reference(services, character_id, reference_id).caption
 
 
 def save_reference_caption(services: Any, character_id: Any, reference_id: Any, caption: str | None) -> str:

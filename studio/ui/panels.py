@@ -174,7 +174,10 @@ FLAG_TEXT = {
 
 
 def references_html(references: list[Any]) -> str:
-    """Each reference with the face crop the studio found (or the image), its caption, and why it was flagged."""
+    """Each reference with the face crop the studio found (or the image), its caption, and why it was flagged.
+
+    `data-caption` is what the caption box loads when the reference is picked (`PICKED_REFERENCE_CAPTION_JS`):
+    in the page, at once, so nothing typed meanwhile is overwritten by a late answer from the server."""
     if not references:
         return '<p class="sl-small">No references yet: upload one or more images of the character.</p>'
     items = []
@@ -194,10 +197,19 @@ def references_html(references: list[Any]) -> str:
             else '<div class="sl-small">no caption: trained on the trigger and description</div>'
         )
         items.append(
-            f'<div class="sl-ref" data-reference-id="{ref.id}"><img alt="{label}" src="{esc(src)}">'
+            f'<div class="sl-ref" data-reference-id="{ref.id}" data-caption="{esc(ref.caption or "")}">'
+            f'<img alt="{label}" src="{esc(src)}">'
             f'<div class="sl-small">{esc(ref.original_name)}</div>{caption_html}{state}</div>'
         )
     return '<div class="sl-row">' + "".join(items) + "</div>"
+
+
+# The caption box's value when a reference is picked in the dropdown: read from the references panel the server drew
+# with the same references. A server round trip here used to land after the film-maker had started typing.
+PICKED_REFERENCE_CAPTION_JS = """(referenceId) => {
+    const card = document.querySelector(`#sl-references [data-reference-id="${referenceId}"]`);
+    return card ? card.dataset.caption : "";
+}"""
 
 
 def reference_choices(references: list[Any]) -> list[tuple[str, int]]:
@@ -221,19 +233,30 @@ def characters_html(characters: list[Any], adapters: dict[int, Any]) -> str:
     return '<div class="sl-row">' + "".join(items) + "</div>"
 
 
-def exports_html(exports: list[Any], bundle_asset_ids: dict[int, int] | None = None) -> str:
-    """Exported films, newest first: the film plays in the page; MP4, OpenTimelineIO and bundle download links."""
+def file_stem(name: str, fallback: str) -> str:
+    """A project's name as a file name a download can carry on any system: letters, digits, - and _ kept (accents
+    too), everything else a dash; `fallback` when nothing is left."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or fallback
+
+
+def exports_html(
+    exports: list[Any], bundle_asset_ids: dict[int, int] | None = None, project_name: str = "film"
+) -> str:
+    """Exported films, newest first: the film plays in the page; MP4, OpenTimelineIO and bundle download links,
+    saved under the project's name and the export's number (`The-Lighthouse-3.mp4`), so several films and several
+    exports of one film do not arrive in the downloads folder as indistinguishable `film-3.mp4`s."""
     if not exports:
         return '<p class="sl-small">No exports yet.</p>'
+    stem = file_stem(project_name, "film")
     items = []
     for export in exports:
-        links = [f'<a href="{asset_url(export.video_asset_id, f"film-{export.id}.mp4")}" download>MP4</a>']
+        links = [f'<a href="{asset_url(export.video_asset_id, f"{stem}-{export.id}.mp4")}" download>MP4</a>']
         if export.timeline_asset_id:
-            otio_url = asset_url(export.timeline_asset_id, f"film-{export.id}.otio")
+            otio_url = asset_url(export.timeline_asset_id, f"{stem}-{export.id}.otio")
             links.append(f'<a href="{otio_url}" download>OpenTimelineIO</a>')
         bundle_id = (bundle_asset_ids or {}).get(export.id) or (export.settings or {}).get("bundle_asset_id")
         if bundle_id:
-            bundle_url = asset_url(int(bundle_id), f"project-{export.id}.zip")
+            bundle_url = asset_url(int(bundle_id), f"{stem}-{export.id}-project.zip")
             links.append(f'<a href="{bundle_url}" download>Project bundle</a>')
         items.append(
             f'<div class="sl-take" data-export-id="{export.id}"><video controls preload="metadata" '

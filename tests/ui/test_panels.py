@@ -94,6 +94,9 @@ def test_exports_play_in_the_page_with_download_links():
     export = SimpleNamespace(
         id=4, video_asset_id=12, timeline_asset_id=13, settings={}, created_at=datetime(2026, 1, 1)
     )
-    html = exports_html([export])
+    html = exports_html([export], project_name="The Lighthouse")
     assert '<video controls preload="metadata" src="/studio/asset/12">' in html
-    assert "/studio/asset/12?download=film-4.mp4" in html and "/studio/asset/13?download=film-4.otio" in html
+    # saved under the film's name and the export's number, not as one more film-4.mp4
+    assert "/studio/asset/12?download=The-Lighthouse-4.mp4" in html
+    assert "/studio/asset/13?download=The-Lighthouse-4.otio" in html
+    assert "download=film-4.mp4" in exports_html([export], project_name="///")  # nothing usable left in the name

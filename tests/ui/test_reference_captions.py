@@ -10,7 +10,7 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from studio.ui.app import build_app, reference_caption, save_reference_caption
+from studio.ui.app import build_app, save_reference_caption
 from studio.ui.panels import reference_choices, references_html
 
 HOSTILE = "<img src=x onerror=alert(1)> ${document.title} {{value}}"
@@ -40,6 +40,7 @@ def _ref(**fields):
 def test_captions_show_under_each_reference_escaped():
     html = references_html([_ref(caption=f"close-up shot, <kai> stays still {HOSTILE}"), _ref(id=2, caption="")])
     assert "close-up shot, &lt;kai&gt; stays still" in html
+    assert 'data-caption="close-up shot, &lt;kai&gt; stays still &lt;img' in html  # what the caption box loads
     assert "<img src=x" not in html and "${" not in html and "{{" not in html
     assert "no caption: trained on the trigger and description" in html
     assert reference_choices([_ref(original_name="x.png"), _ref(id=7, original_name="")]) == [
@@ -50,8 +51,6 @@ def test_captions_show_under_each_reference_escaped():
 
 def test_save_caption_calls_the_service_and_its_refusal_is_a_message(services):
     _, kai, (first, second) = _kai(services)
-    assert reference_caption(services, kai.id, second.id) == "wide shot, <kai> waits"
-    assert reference_caption(services, kai.id, None) == ""
     message = save_reference_caption(services, kai.id, first.id, "close-up shot, <kai> stays still")
     assert message == "Caption of kai_1.png saved."
     assert [r.caption for r in services.characters.list_references(kai.id)] == [
@@ -77,7 +76,7 @@ def test_the_panel_handler_redraws_with_the_caption_or_shows_the_refusal(service
     assert choice["value"] == first.id
     assert [c[1] for c in choice["choices"]] == [r.id for r in services.characters.list_references(kai.id)]
     assert caption["value"] == "medium shot, <kai> stays still, camera is static"
-    assert status == "Caption of kai_1.png saved."
+    assert status.startswith("Caption of kai_1.png saved. · ")  # stamped with the time it was said
     # the service's refusal, escaped, as a toast; every output is left as it was (no "Error" badge over the form)
     with pytest.warns(UserWarning, match="must name Kai by the trigger &lt;kai&gt;"):
         assert handler(project.id, kai.id, first.id, "medium shot, kai stays still") == gr.skip()

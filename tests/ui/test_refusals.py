@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -120,11 +121,24 @@ def test_the_shot_panel_numbers_shots_as_cards_and_closes_when_its_shot_was_binn
     on_save = _handler(app, "on_save_shot")
     fields = ("a gate at dusk", [], 5, "", "", "cut", 0.0, None)
     outputs = on_save(project.id, shot.id, [], *fields)
-    assert outputs[2] == "**Shot #3** (1 take)" and outputs[-1] == "Shot saved."
+    assert outputs[2] == "**Shot #3** (1 take)" and outputs[-1].startswith("Shot saved. · ")
     assert services.storyboard.film_shots(project.id)[2].caption == "a gate at dusk"
     services.storyboard.delete_shot(shot.id)  # from its card, while the panel still shows it
     outputs = on_save(project.id, shot.id, [], "edited in the bin", *fields[1:])
-    assert outputs[1] is None and outputs[2] == "No shot open: click “Takes” on a card."  # the panel closed
+    assert outputs[1] is None and outputs[2] == "No shot open: click “Takes” on a card."  # the panel closed,
+    assert outputs[3] == {"__type__": "update", "visible": False}  # its fields hidden
     assert outputs[-1].startswith("Not saved: that shot was deleted")
     services.storyboard.restore_shot(shot.id)
     assert services.storyboard.film_shots(project.id)[2].caption == "a gate at dusk"  # untouched in the bin
+
+
+def test_status_lines_carry_their_time_and_new_fields_empty_once_used(services):
+    app = build_app(services)
+    outputs = _handler(app, "on_create")("Harbour", "tiny")
+    project_id, status, name_box = outputs[0], outputs[-2], outputs[-1]
+    assert status.startswith("Project Harbour created. · ") and name_box == ""  # the "new project" box empties
+    assert re.fullmatch(r".* · \d\d:\d\d:\d\d", status)  # an old line reads as old once the film-maker moves on
+    assert _handler(app, "on_open")(project_id)[-1] == ""  # a line about the project left is cleared
+    outputs = _handler(app, "on_create_character")(project_id, "Mara", "red coat")
+    assert outputs[-3].startswith("Mara added (trigger &lt;mara&gt;)") and outputs[-2:] == ("", "")
+    assert _handler(app, "on_delete_project")(project_id)[-1].startswith("Harbour moved to the bin: ")

@@ -47,9 +47,9 @@ def pick(page, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def png() -> bytes:
+def png(colour: tuple[int, int, int] = (200, 120, 90)) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 120, 90)).save(buffer, format="PNG")
+    Image.new("RGB", (64, 64), colour).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -231,3 +231,42 @@ def test_a_job_queued_elsewhere_shows_running_and_done(page, studio):
     assert "50%" in page.locator(row).inner_text()
     services.jobs.finish(job.id, {})
     page.wait_for_selector(f"{row}[data-status='done']", timeout=15_000)
+
+
+def test_picking_a_reference_loads_its_caption_at_once_and_keeps_what_is_typed(page, studio):
+    services, base = studio
+    project, _, _ = project_with_shots(services, "reference pick", 1)
+    kai = services.characters.create(project.id, "Kai")
+    services.characters.add_reference(kai.id, "kai_1.png", png())
+    services.characters.add_reference(kai.id, "kai_2.png", png((0, 128, 128)), caption="wide shot, <kai> waits ${x}")
+    page.goto(f"{base}/?project={project.id}")
+    page.get_by_role("tab", name="Characters").click()
+    page.locator(f"#sl-characters .sl-card[data-character-id='{kai.id}'] button[data-action=open_character]").click()
+    page.wait_for_selector("#sl-references .sl-ref")
+    pick(page, "sl-ref-choice", "2. kai_2.png")
+    box = page.locator("#sl-ref-caption textarea")
+    assert box.input_value() == "wide shot, <kai> waits ${x}"  # loaded in the page: no round trip, nothing to wait for
+    pick(page, "sl-ref-choice", "1. kai_1.png")
+    box.fill("close-up shot, <kai> stays still")  # typed at once: a late answer from the server used to replace it
+    page.wait_for_timeout(1500)
+    assert box.input_value() == "close-up shot, <kai> stays still"
+    page.locator("#sl-ref-caption-save").click()
+    page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Caption of kai_1.png saved')")
+    assert services.characters.list_references(kai.id)[0].caption == "close-up shot, <kai> stays still"
+
+
+def test_the_shot_editor_shows_once_a_shot_is_open_and_a_random_seed_stays_random(page, studio):
+    services, base = studio
+    project, _, shots = project_with_shots(services, "closed panel", 2)
+    services.storyboard.update_shot(shots[0], seed=7)
+    open_board(page, base, project.id)
+    assert not page.locator("#sl-shot-frames").is_visible()  # nothing open: no fields (an empty Number shows 0)
+    page.locator(f".tl-card[data-shot-id='{shots[0]}'] button[data-action=open]").click()
+    page.wait_for_function("document.querySelector('#sl-shot-seed input')?.value === '7'")
+    page.locator(f".tl-card[data-shot-id='{shots[1]}'] button[data-action=open]").click()  # no seed: random
+    page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot #2')")
+    page.locator("#sl-shot-caption textarea, #sl-shot-caption input").first.fill("shot 2, wider")
+    page.locator("#sl-save-shot").click()
+    page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Shot saved')")
+    saved = services.storyboard.film_shots(project.id)[1]
+    assert saved.caption == "shot 2, wider" and saved.seed is None  # saving the caption did not fix the seed at 0
