@@ -879,6 +879,38 @@ def _reference_path(original_name: str, fallback: str) -> str:
     return f"refs/{sanitize_filename(fallback, 'reference.png')}"
 
 
+def _reference_file_path(reference: Any, asset: Any, used_paths: dict[str, str]) -> str:
+    """The path a storyboard file names `reference` by: the name it was imported or uploaded with; a second picture
+    under a name already used (`used_paths`: path -> sha256, filled in film order) gets its hash added."""
+    path = _reference_path(reference.original_name, reference.original_name or f"{asset.sha256[:12]}.png")
+    if used_paths.get(path, asset.sha256) != asset.sha256:  # same name, other picture: keep both
+        stem, dot, ext = path.rpartition(".")
+        path = f"{stem}-{asset.sha256[:8]}.{ext}" if dot else f"{path}-{asset.sha256[:8]}"
+    used_paths[path] = asset.sha256
+    return path
+
+
+def held_reference_images(services, doc: StoryboardDoc) -> dict[str, bytes]:
+    """The pictures a storyboard names that its project (the one named by its title) already holds, by the path the
+    file names them with, as `export_storyboard` wrote it. A page that re-imports a file it exported cannot read
+    the file's folder; with these it need not ask for every picture to be uploaded again. Empty for a new project.
+    """
+    try:
+        project = services.projects.get_by_name(doc.title)
+    except NotFoundError:
+        return {}
+    wanted = {character.name: set(character.references) for character in doc.characters}
+    held: dict[str, bytes] = {}
+    used_paths: dict[str, str] = {}
+    for character in services.characters.list(project.id):
+        for reference in services.characters.list_references(character.id):
+            asset = services.assets.get(reference.asset_id)
+            path = _reference_file_path(reference, asset, used_paths)
+            if path in wanted.get(character.name, ()):
+                held[path] = services.assets.read_bytes(asset.id)
+    return held
+
+
 def export_storyboard(services, project_id: int, base_dir: str | Path | None = None) -> str:
     """The project's storyboard file as YAML text (with `id:` on scenes and shots for later re-imports).
 
@@ -904,11 +936,7 @@ def export_storyboard(services, project_id: int, base_dir: str | Path | None = N
         paths: list[Any] = []
         for reference in services.characters.list_references(character.id):
             asset = services.assets.get(reference.asset_id)
-            path = _reference_path(reference.original_name, reference.original_name or f"{asset.sha256[:12]}.png")
-            if used_paths.get(path, asset.sha256) != asset.sha256:  # same name, other picture: keep both
-                stem, dot, ext = path.rpartition(".")
-                path = f"{stem}-{asset.sha256[:8]}.{ext}" if dot else f"{path}-{asset.sha256[:8]}"
-            used_paths[path] = asset.sha256
+            path = _reference_file_path(reference, asset, used_paths)
             paths.append({"path": path, "caption": reference.caption} if reference.caption else path)
             if base_dir is not None:
                 target = Path(base_dir) / Path(*PurePosixPath(path).parts)

@@ -13,7 +13,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import gradio as gr
@@ -536,17 +536,31 @@ def build_app(services: Any) -> gr.Blocks:
         # ---- storyboard file
         @guarded
         def on_import(project_id, yaml_file, ref_files):
-            from studio.storyboard_file import import_storyboard, parse_storyboard
+            from studio.storyboard_file import held_reference_images, import_storyboard, parse_storyboard
 
             if yaml_file is None:
                 raise gr.Error("Choose a storyboard YAML file first.", print_exception=False)
             path = _file_path(yaml_file)
             text = path.read_text(encoding="utf-8")
             doc = parse_storyboard(text, source=path.name)
-            # The file names its pictures by path; here they come as uploads: say which are missing, by file name.
-            uploaded = {_file_path(item).name for item in ref_files or []}
-            named = [Path(ref.replace("\\", "/")).name for c in doc.characters for ref in c.references]
-            missing = sorted({name for name in named if name not in uploaded})
+            # The file names its pictures by path; here they come as uploads (matched by file name), or are the ones
+            # the project already holds under those paths (re-importing a file exported from here).
+            uploaded = {_file_path(item).name: _file_path(item) for item in ref_files or []}
+            held = held_reference_images(s, doc)
+            pictures: dict[str, bytes] = {}
+            for named in {ref for character in doc.characters for ref in character.references}:
+                upload = uploaded.get(PurePosixPath(named.replace("\\", "/")).name)
+                data = upload.read_bytes() if upload is not None else held.get(named)
+                if data is not None:
+                    pictures[named] = data
+            missing = sorted(
+                {
+                    PurePosixPath(named.replace("\\", "/")).name
+                    for character in doc.characters
+                    for named in character.references
+                    if named not in pictures
+                }
+            )
             if missing:
                 raise gr.Error(
                     esc(
@@ -557,13 +571,13 @@ def build_app(services: Any) -> gr.Blocks:
                 )
             with tempfile.TemporaryDirectory(prefix="shotline-import-") as base:
                 base_dir = Path(base)
-                for item in ref_files or []:
-                    ref = _file_path(item)
-                    # The YAML names references relative to itself (often refs/x.png): offer both places.
-                    data = ref.read_bytes()
-                    (base_dir / ref.name).write_bytes(data)
-                    (base_dir / "refs").mkdir(exist_ok=True)
-                    (base_dir / "refs" / ref.name).write_bytes(data)
+                for named, data in pictures.items():
+                    relative = PurePosixPath(named.replace("\\", "/"))
+                    if relative.is_absolute() or ".." in relative.parts or ":" in named:
+                        continue  # never written outside the folder; the import refuses the path, naming its line
+                    target = base_dir / Path(*relative.parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
                 report = import_storyboard(s, doc, base_dir)
             project_id = getattr(report, "project_id", None) or project_id
             return (*project_outputs(project_id), said(f"Imported: {esc(_report_text(report))}"), None, None)

@@ -109,6 +109,27 @@ def test_an_import_without_the_pictures_it_names_says_which_to_add(services):
     assert outputs[-3].startswith("Imported:") and [p.name for p in services.projects.list()] == ["The Lighthouse"]
 
 
+def test_a_storyboard_exported_here_imports_again_without_its_pictures(services, tmp_path):
+    from studio.storyboard_file import export_storyboard
+
+    on_import = _handler(build_app(services), "on_import")
+    refs = sorted(str(p) for p in Path("assets/examples/refs").glob("*.png"))
+    project_id = on_import(None, "assets/examples/lighthouse.yaml", refs)[0]
+    mara = services.characters.list(project_id)[0]
+    services.characters.add_reference(mara.id, "mara_upload.png", png_bytes(48, 48))  # added on the page later
+    text = export_storyboard(services, project_id).replace("Mara climbs", "Mara climbs slowly")
+    (tmp_path / "edited.yaml").write_text(text, encoding="utf-8")
+    before = [r.id for r in services.characters.list_references(mara.id)]
+    outputs = on_import(project_id, str(tmp_path / "edited.yaml"), None)  # the project holds every picture it names
+    assert outputs[-3].startswith("Imported:")
+    assert [r.id for r in services.characters.list_references(mara.id)] == before  # none added twice
+    assert "wide shot, Mara climbs slowly the stairs" in [x.caption for x in services.storyboard.film_shots(project_id)]
+    # a picture the project does not hold is still asked for, by name, and nothing is imported
+    (tmp_path / "more.yaml").write_text(text.replace("mara_upload.png", "mara_new.png"), encoding="utf-8")
+    with pytest.warns(UserWarning, match="names reference pictures that were not added: mara_new.png"):
+        assert on_import(project_id, str(tmp_path / "more.yaml"), None) == gr.skip()
+
+
 def test_the_shot_panel_numbers_shots_as_cards_and_closes_when_its_shot_was_binned(services):
     project = services.projects.create("Panel", preset="tiny")
     first = services.storyboard.add_scene(project.id, "one")
