@@ -669,14 +669,20 @@ def build_app(services: Any) -> gr.Blocks:
 
         def _adapter_text(adapter: Any | None, character_id: int | None = None) -> str:
             """Adapter status and, while a training job of this character runs, its progress bar and message."""
+            job = _training_job(s.characters.get(character_id)) if character_id is not None else None
+            training = job is not None and not job.is_finished
             if adapter is None:
-                text = "<div>No adapter yet: upload references, then Train.</div>"
+                # not "upload references, then Train" while its first training runs
+                text = (
+                    "<div>First adapter in training.</div>"
+                    if training
+                    else ("<div>No adapter yet: upload references, then Train.</div>")
+                )
             else:
                 text = f"<div><b>{esc(adapter.kind)} v{adapter.version}</b>: {esc(adapter.status)}"
                 text += f" — {esc(adapter.message)}</div>" if adapter.message else "</div>"
-            if character_id is not None:
-                job = _training_job(s.characters.get(character_id))
-                if job is not None and not job.is_finished:
+            if job is not None:
+                if training:
                     percent = int(round(100 * max(0.0, min(1.0, job.progress or 0.0))))
                     text += (
                         f'<div class="sl-training" data-job-id="{job.id}">Training ({esc(job.status)}): {percent}%'
@@ -864,8 +870,18 @@ def build_app(services: Any) -> gr.Blocks:
                 shot.transition_seconds,
                 shot.seed,
                 gr.update(choices=_scene_choices(project_id), value=shot.scene_id),
-                takes_html(shot, takes),
+                takes_html(shot, takes, number),
             )
+
+        def shot_panel_refresh(project_id: int | None, shot_id: int | None):
+            """After the storyboard changed around the open shot (a card moved, a take added): its number, take count,
+            scene and takes, leaving the fields alone (the film-maker may be typing there). A shot gone to the bin
+            closes the panel."""
+            outputs = shot_outputs(project_id, shot_id)
+            if outputs[0] is None:
+                return outputs
+            keep = {1, 11, 12}  # title, "Move to scene", takes
+            return tuple(value if index in keep else gr.update() for index, value in enumerate(outputs))
 
         shot_outputs_list = [
             open_shot_state,
@@ -919,6 +935,8 @@ def build_app(services: Any) -> gr.Blocks:
             data = evt._data or {}
             selected = [int(i) for i in data.get("selected") or []]
             shot_id = data.get("shot_id")
+            if shot_id is None and data.get("refresh_open") and open_shot is not None:  # after a timeline edit
+                return (selected, *shot_panel_refresh(project_id, int(open_shot)))
             if shot_id is None:
                 return (selected, *[gr.update() for _ in shot_outputs_list])
             return (selected, *shot_outputs(project_id, int(shot_id)))
@@ -1141,7 +1159,8 @@ def build_app(services: Any) -> gr.Blocks:
             """Polls the job service for the open project's jobs, wherever they were queued. While jobs are queued
             or running: progress, elapsed time, new takes and exports, adapter status and the live loss curve; once
             more when the last one ends (its result); an idle tick with nothing new sends nothing."""
-            nothing = (gr.update(), *[gr.update()] * 6, seen)
+            closed_panel = [gr.update()] * len(shot_outputs_list)
+            nothing = (gr.update(), gr.update(), gr.update(), *closed_panel, *[gr.update()] * 5, seen)
             try:
                 if project_id is None:
                     return (gr.update(active=False), *nothing[1:])
@@ -1151,14 +1170,19 @@ def build_app(services: Any) -> gr.Blocks:
                 if not active and signature == seen:
                     return nothing
                 character = character_outputs(project_id, character_id) if character_id is not None else None
+                changed = signature != seen
+                chars = s.characters.list(project_id) if changed else []
                 return (
                     gr.update(),
                     jobs_html(jobs[:20], show_preview=preview),
                     timeline_model(s, project_id, selected, open_shot),
-                    shot_outputs(project_id, open_shot)[-1] if open_shot is not None else gr.update(),
+                    *(shot_panel_refresh(project_id, open_shot) if open_shot is not None else closed_panel),
                     exports_html(s.exports.list(project_id), project_name=s.projects.get(project_id).name),
                     character[8] if character else gr.update(),
                     character[10] if character and signature != seen else gr.update(),
+                    # a finished training changes the card's "lora v2"; a finished take adds identity scores
+                    characters_html(chars, _latest_adapters(chars)) if changed else gr.update(),
+                    character[11] if character and changed else gr.update(),
                     signature,
                 )
             except Exception:
@@ -1168,7 +1192,18 @@ def build_app(services: Any) -> gr.Blocks:
         timer.tick(
             on_tick,
             [project_state, selected_state, open_shot_state, character_state, show_preview, jobs_seen_state],
-            [timer, jobs_panel, timeline, takes_panel, exports_panel, adapter_status, loss_plot, jobs_seen_state],
+            [
+                timer,
+                jobs_panel,
+                timeline,
+                *shot_outputs_list,
+                exports_panel,
+                adapter_status,
+                loss_plot,
+                characters_panel,
+                identity_table,
+                jobs_seen_state,
+            ],
             concurrency_id="ticks",
             concurrency_limit=1,
             trigger_mode="once",  # a slow refresh drops the ticks that come meanwhile instead of queueing them

@@ -80,11 +80,12 @@ def format_scores(scores: dict[str, Any] | None) -> str:
     return "identity: " + ", ".join(parts)
 
 
-def takes_html(shot: Any | None, takes: list[Any]) -> str:
-    """The takes of one shot side by side, each with its player, seed, identity scores and a Choose button."""
+def takes_html(shot: Any | None, takes: list[Any], number: int | None = None) -> str:
+    """The takes of one shot side by side, each with its player, seed, identity scores and a Choose button.
+    `number`: the shot's place in the film, as its card shows it (#7); not its database id."""
     if shot is None:
         return '<p class="sl-small">Click “Takes” on a shot card to see its takes here.</p>'
-    head = f"<p><b>Shot {shot.id}</b>: {esc(shot.caption)}</p>"
+    head = f"<p><b>Shot #{number}</b>: {esc(shot.caption)}</p>" if number else f"<p>{esc(shot.caption)}</p>"
     if not takes:
         return head + '<p class="sl-small">No takes yet: generate the scene or regenerate this shot.</p>'
     items = []

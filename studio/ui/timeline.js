@@ -42,6 +42,10 @@ function send(op, extra) {
       const answer = await server.timeline_edit(request);
       if (answer && answer.model !== undefined) render(answer.model);
       showStatus(answer ? answer.message : '', answer ? answer.ok : false);
+      // The open shot's panel (its number, takes, scene) follows the edit; its fields are left as typed.
+      if (answer && answer.ok && model && model.open_shot_id != null) {
+        trigger('select', {shot_id: null, selected: Array.from(selected), refresh_open: true});
+      }
     } catch (error) {
       showStatus('The studio did not answer (' + error + '); reload the page.', false);
     }

@@ -123,7 +123,9 @@ def test_a_storyboard_exported_here_imports_again_without_its_pictures(services,
     outputs = on_import(project_id, str(tmp_path / "edited.yaml"), None)  # the project holds every picture it names
     assert outputs[-3].startswith("Imported:")
     assert [r.id for r in services.characters.list_references(mara.id)] == before  # none added twice
-    assert "wide shot, Mara climbs slowly the stairs" in [x.caption for x in services.storyboard.film_shots(project_id)]
+    assert "wide shot, Mara climbs slowly the stairs" in [
+        x.caption for x in services.storyboard.film_shots(project_id)
+    ]
     # a picture the project does not hold is still asked for, by name, and nothing is imported
     (tmp_path / "more.yaml").write_text(text.replace("mara_upload.png", "mara_new.png"), encoding="utf-8")
     with pytest.warns(UserWarning, match="names reference pictures that were not added: mara_new.png"):
@@ -163,3 +165,20 @@ def test_status_lines_carry_their_time_and_new_fields_empty_once_used(services):
     outputs = _handler(app, "on_create_character")(project_id, "Mara", "red coat")
     assert outputs[-3].startswith("Mara added (trigger &lt;mara&gt;)") and outputs[-2:] == ("", "")
     assert _handler(app, "on_delete_project")(project_id)[-1].startswith("Harbour moved to the bin: ")
+
+
+def test_the_timer_refreshes_the_open_shots_take_count_and_the_character_cards(services):
+    project = services.projects.create("Ticks", preset="tiny")
+    scene = services.storyboard.add_scene(project.id, "dawn")
+    shot = services.storyboard.add_shot(scene.id, "a road").id
+    add_take(services, shot)
+    on_tick = _handler(build_app(services), "on_tick")
+    first = on_tick(project.id, [], shot, None, True, None)
+    assert first[4] == "**Shot #1** (1 take)"
+    add_take(services, shot)  # a regeneration finished meanwhile
+    services.characters.create(project.id, "Mara")
+    services.jobs.enqueue("generate_scene", {"project_id": project.id}, project_id=project.id)  # the list changed
+    outputs = on_tick(project.id, [], shot, None, True, first[-1])
+    assert outputs[4] == "**Shot #1** (2 takes)" and "Take 2" in outputs[15]
+    assert outputs[3] == {"__type__": "update"}  # the open shot id is not written back (a click may have changed it)
+    assert "Mara" in outputs[-3]  # the character cards

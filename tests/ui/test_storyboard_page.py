@@ -270,3 +270,17 @@ def test_the_shot_editor_shows_once_a_shot_is_open_and_a_random_seed_stays_rando
     page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Shot saved')")
     saved = services.storyboard.film_shots(project.id)[1]
     assert saved.caption == "shot 2, wider" and saved.seed is None  # saving the caption did not fix the seed at 0
+
+
+def test_the_open_shot_panel_follows_a_card_moved_on_the_timeline(page, studio):
+    services, base = studio
+    project, _, shots = project_with_shots(services, "panel follows", 3)
+    open_board(page, base, project.id)
+    page.locator(f".tl-card[data-shot-id='{shots[0]}'] button[data-action=open]").click()
+    page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot #1')")
+    page.locator("#sl-shot-caption textarea, #sl-shot-caption input").first.fill("typed, not saved")
+    page.wait_for_timeout(2500)  # past the timer's first refresh, which would redraw the panel anyway
+    page.locator(f".tl-card[data-shot-id='{shots[0]}'] button[data-action=right]").click()
+    page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot #2')")  # as its card
+    assert "Shot #2" in page.locator("#sl-takes").inner_text()
+    assert page.locator("#sl-shot-caption textarea").input_value() == "typed, not saved"  # the fields left alone
