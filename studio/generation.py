@@ -418,6 +418,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         take_params = dict(
             params,
             caption=scene_captions[index],
+            shot_caption=shot.caption,  # as the card said it (`take_drift` compares the card with it later)
             scene_captions=scene_captions,
             scene_shot_ids=[s.id for s in plan.shots],
             shot_index=index,

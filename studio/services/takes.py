@@ -22,6 +22,23 @@ def _json(value, what: str) -> None:
         raise ValidationError(f"{what} must be JSON data: {error}") from None
 
 
+def take_drift(caption: str, num_frames: int, params: dict | None) -> str | None:
+    """How a take differs from its shot as the shot now stands, in a film-maker's words, or None when it matches.
+
+    A take keeps the frames and caption it was made from: editing the shot afterwards (or choosing an older take)
+    leaves the film showing something the card no longer says. Takes from before `shot_caption` was recorded are
+    compared on their length only."""
+    params = params or {}
+    differences = []
+    made_frames = params.get("num_frames")
+    if isinstance(made_frames, int) and made_frames != num_frames:
+        differences.append(f"take is {made_frames} frames, the shot {num_frames}")
+    made_caption = params.get("shot_caption")
+    if isinstance(made_caption, str) and made_caption != caption:
+        differences.append("take made from another caption")
+    return "; ".join(differences) or None
+
+
 class TakeService:
     def __init__(self, db: Database, assets: AssetStore) -> None:
         self.db = db
@@ -120,6 +137,23 @@ class TakeService:
             if shot.chosen_take_id is None:
                 return None
             return take_view(session.get(models.Take, shot.chosen_take_id), shot.chosen_take_id)
+
+    def chosen_take_drift(self, project_id: int) -> dict[int, str]:
+        """Live shot id -> how its chosen take differs from it (`take_drift`), for the shots where it does; one
+        query for the whole project."""
+        with self.db.unit_of_work(read_only=True) as session:
+            rows = session.execute(
+                select(models.Shot.id, models.Shot.caption, models.Shot.num_frames, models.Take.params)
+                .join(models.Take, models.Take.id == models.Shot.chosen_take_id)
+                .join(models.Scene, models.Scene.id == models.Shot.scene_id)
+                .where(
+                    models.Scene.project_id == project_id,
+                    models.Shot.deleted_at.is_(None),
+                    models.Scene.deleted_at.is_(None),
+                )
+            ).all()
+        drift = {shot_id: take_drift(caption, frames, params) for shot_id, caption, frames, params in rows}
+        return {shot_id: text for shot_id, text in drift.items() if text}
 
     def set_identity_scores(self, take_id: int, scores: dict) -> TakeView:
         _json(scores, "identity scores")

@@ -1110,7 +1110,12 @@ def build_app(services: Any) -> gr.Blocks:
                 asset = s.assets.put_bytes(path.read_bytes(), "music", _audio_mime(path.name), filename=path.name)
                 payload["music_asset_id"] = asset.id
             job = s.jobs.enqueue("export_film", payload, project_id=project_id)
-            return gr.update(active=True), said(f"Export queued (job {job.id})."), _jobs_for(project_id, True)
+            message = f"Export queued (job {job.id})."
+            drift = s.takes.chosen_take_drift(project_id)  # queued all the same: an older take may be the one wanted
+            if drift:
+                numbers = ", ".join(f"#{i}" for i, shot in enumerate(shots, 1) if shot.id in drift)
+                message += f" Note: {numbers} will show takes that differ from their cards (⚠ on the card says how)."
+            return gr.update(active=True), said(message), _jobs_for(project_id, True)
 
         export_button.click(
             on_export, [project_state, export_music, export_fade, export_placeholder], [timer, status, jobs_panel]

@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from studio.services.takes import take_drift
 from studio.ui.security import asset_url
 
 _EXTRA_ESCAPES = str.maketrans({"$": "&#36;", "{": "&#123;", "}": "&#125;", "`": "&#96;", "\\": "&#92;"})
@@ -92,12 +93,14 @@ def takes_html(shot: Any | None, takes: list[Any], number: int | None = None) ->
     for take in takes:
         video = asset_url(take.video_asset_id)
         caption = (take.params or {}).get("caption") or (take.params or {}).get("captions_as_sent")
+        drift = take_drift(shot.caption, shot.num_frames, take.params)
         items.append(
             f'<div class="sl-take{" sl-chosen" if take.is_chosen else ""}" data-take-id="{take.id}">'
             f'<video controls preload="metadata" src="{esc(video)}"></video>'
             f"<div><b>Take {take.number}</b>{' (chosen)' if take.is_chosen else ''}</div>"
             f'<div class="sl-small">seed {take.seed} · {esc(format_scores(take.identity_scores))}</div>'
             + (f'<div class="sl-small">caption: {esc(caption)}</div>' if isinstance(caption, str) else "")
+            + (f'<div class="sl-flag">{esc(drift)}</div>' if drift else "")
             + ("" if take.is_chosen else _button("choose_take", "Choose this take", take.id))
             + "</div>"
         )

@@ -75,7 +75,8 @@ function makeCard(shot) {
                  button('insert', '+', 'insert a shot after this one'), button('duplicate', 'Dup', 'duplicate'),
                  button('regenerate', 'Regen', 'regenerate this shot with a new seed'),
                  button('delete', 'Del', 'delete (to the bin)'));
-  card.append(head, el('div', 'tl-thumb tl-thumb-empty', 'no take yet'), caption, el('div', 'tl-meta'), actions);
+  card.append(head, el('div', 'tl-thumb tl-thumb-empty', 'no take yet'), caption, el('div', 'tl-meta'),
+              el('div', 'tl-drift'), actions);
   return card;
 }
 function updateCard(card, shot, index) {
@@ -88,6 +89,12 @@ function updateCard(card, shot, index) {
   if (document.activeElement !== caption && caption.value !== shot.caption) caption.value = shot.caption;
   const meta = card.querySelector('.tl-meta'); const text = metaText(shot);
   if (meta.textContent !== text) meta.textContent = text;
+  // The chosen take was made before the card changed (or is an older take): the film shows the take.
+  const drift = card.querySelector('.tl-drift'); const driftText = shot.drift ? '\u26a0 ' + shot.drift : '';
+  if (drift.textContent !== driftText) {
+    drift.textContent = driftText;
+    drift.title = shot.drift ? 'The film uses the chosen take as it was made: regenerate the shot or choose another take' : '';
+  }
   const thumb = card.querySelector('.tl-thumb');
   if (shot.thumb) {
     if (thumb.tagName !== 'IMG' || thumb.getAttribute('src') !== shot.thumb) {

@@ -53,6 +53,7 @@ TIMELINE_CSS = """
 .tl-thumb-empty { display: flex; align-items: center; justify-content: center; color: #aaa; font-size: 12px; }
 .tl-caption { width: 100%; min-height: 52px; resize: vertical; font: inherit; padding: 4px; box-sizing: border-box; }
 .tl-meta { font-size: 12px; color: var(--body-text-color-subdued); }
+.tl-drift { font-size: 12px; color: #b45309; }
 .tl-actions { display: flex; flex-wrap: wrap; gap: 2px; }
 .tl-actions button, .tl-scene-head button, .tl-bin button { font-size: 12px; padding: 1px 6px; border-radius: 4px;
   border: 1px solid var(--border-color-primary); background: var(--background-fill-primary); cursor: pointer; }
@@ -117,6 +118,7 @@ def timeline_model(
         scenes = services.storyboard.list_scenes(project_id)
     fps = max(1, int(project.fps))
     bin_view = services.storyboard.list_bin(project_id)
+    drift = services.takes.chosen_take_drift(project_id)  # the film would show what the card no longer says
     bin_shots = list(getattr(bin_view, "shots", ()) or ())
     return {
         "project_id": project_id,
@@ -142,6 +144,7 @@ def timeline_model(
                         "transition_seconds": shot.transition_seconds,
                         "take_count": shot.take_count,
                         "thumb": take_thumbnail_url(shot.chosen_take_id),
+                        "drift": drift.get(shot.id),
                     }
                     for shot in scene.shots
                 ],

@@ -29,6 +29,7 @@ def safetensors_bytes(tensors: dict[str, list[float]] | None = None) -> bytes:
 
 
 def add_take(services, shot_id: int, seed: int = 1, job_id: int | None = None, video: bytes | None = None):
+    shot = services.storyboard.get_shot(shot_id)
     return services.takes.add_take(
         shot_id,
         job_id,
@@ -36,5 +37,6 @@ def add_take(services, shot_id: int, seed: int = 1, job_id: int | None = None, v
         thumbnail=png_bytes(color=(seed % 255, 0, 0)),
         latents=f"latents {shot_id} {seed}".encode(),
         seed=seed,
-        params={"model": "demo", "seed": seed},
+        # what a generation records of the card it was made from (see `takes.take_drift`)
+        params={"model": "demo", "seed": seed, "num_frames": shot.num_frames, "shot_caption": shot.caption},
     )

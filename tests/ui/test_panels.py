@@ -30,7 +30,7 @@ def test_references_show_crop_or_the_flag_reason():
 
 
 def test_takes_side_by_side_with_seed_scores_and_choose():
-    shot = SimpleNamespace(id=5, caption=HOSTILE)
+    shot = SimpleNamespace(id=5, caption=HOSTILE, num_frames=17)
     takes = [
         SimpleNamespace(
             id=1,
@@ -39,7 +39,7 @@ def test_takes_side_by_side_with_seed_scores_and_choose():
             seed=42,
             identity_scores={"Mara": 0.61234},
             is_chosen=True,
-            params={"caption": HOSTILE},
+            params={"caption": HOSTILE, "shot_caption": HOSTILE, "num_frames": 17},
         ),
         SimpleNamespace(
             id=2,
@@ -48,10 +48,14 @@ def test_takes_side_by_side_with_seed_scores_and_choose():
             seed=43,
             identity_scores={"Mara": "no face found"},
             is_chosen=False,
-            params={},
+            params={"shot_caption": "an earlier caption", "num_frames": 13},
         ),
     ]
-    html = takes_html(shot, takes)
+    html = takes_html(shot, takes, 3)
+    assert "<b>Shot #3</b>" in html  # numbered as its card, not by database id
+    # the older take says how it differs from the shot as the card now stands; the chosen one matches
+    assert html.count('class="sl-flag"') == 1
+    assert "take is 13 frames, the shot 17; take made from another caption" in html
     assert html.count("<video") == 2 and 'src="/studio/asset/8"' in html
     assert "seed 42" in html and "Mara 0.61" in html and "Mara no face found" in html
     assert html.count('data-action="choose_take"') == 1 and 'data-id="2"' in html

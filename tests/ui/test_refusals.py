@@ -45,6 +45,10 @@ def test_export_is_refused_at_once_when_a_shot_has_no_take(services):
     assert services.jobs.list_jobs(project_id=project.id) == []  # nothing queued
     _, message, _ = on_export(project.id, None, 0.0, True)  # grey cards asked for: queued
     assert message.startswith("Export queued (job ")
+    assert "Note:" not in message
+    services.storyboard.update_shot(shots[0], num_frames=5)  # the card changed after its take was made
+    _, message, _ = on_export(project.id, None, 0.0, True)
+    assert "Note: #1 will show takes that differ from their cards" in message
 
 
 def test_a_character_in_a_shot_is_not_deleted_until_taken_out(services):

@@ -13,6 +13,7 @@ from studio.config import load_settings
 from studio.services import build_services
 from studio.ui.app import build_app
 from studio.ui.latency import card_order
+from tests.foundation.helpers import add_take
 from tests.ui.conftest import free_port
 
 pytestmark = pytest.mark.browser
@@ -284,3 +285,15 @@ def test_the_open_shot_panel_follows_a_card_moved_on_the_timeline(page, studio):
     page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot #2')")  # as its card
     assert "Shot #2" in page.locator("#sl-takes").inner_text()
     assert page.locator("#sl-shot-caption textarea").input_value() == "typed, not saved"  # the fields left alone
+
+
+def test_a_card_says_when_its_chosen_take_was_made_from_another_version_of_it(page, studio):
+    services, base = studio
+    project, _, shots = project_with_shots(services, "drift", 2)
+    add_take(services, shots[0])
+    add_take(services, shots[1])
+    services.storyboard.update_shot(shots[0], num_frames=5)  # edited after its take was made
+    open_board(page, base, project.id)
+    drift = page.locator(f".tl-card[data-shot-id='{shots[0]}'] .tl-drift")
+    assert drift.inner_text() == "\u26a0 take is 9 frames, the shot 5"
+    assert page.locator(f".tl-card[data-shot-id='{shots[1]}'] .tl-drift").inner_text() == ""

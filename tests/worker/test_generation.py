@@ -71,6 +71,16 @@ def test_generate_scene_then_regenerate_one_shot(sqlite_services):
     assert not after[1][0].is_chosen and after[1][0].id == takes[1][0].id
     assert [services.takes.chosen_take(i).id for i in (shot_ids[0], shot_ids[2])] == [takes[0][0].id, takes[2][0].id]
 
+    # Each take records the card it was made from; editing the card (or choosing an older take) shows up as drift.
+    assert services.takes.chosen_take_drift(project.id) == {}
+    services.storyboard.update_shot(shot_ids[0], caption="a man runs", num_frames=9)
+    services.takes.choose_take(shot_ids[1], takes[1][0].id)  # same caption: an older take of the same card
+    assert services.takes.chosen_take_drift(project.id) == {
+        shot_ids[0]: "take is 5 frames, the shot 9; take made from another caption"
+    }
+    services.storyboard.update_shot(shot_ids[0], caption="a man walks", num_frames=5)
+    services.takes.choose_take(shot_ids[1], new_take.id)
+
     # A shot added later: only_missing (what `render` uses) generates it alone, with the others as context.
     added = services.storyboard.add_shot(scene_id, "a tree in the rain", num_frames=5).id
     missing = services.jobs.enqueue("generate_scene", {"scene_id": scene_id, "only_missing": True}, project.id)
