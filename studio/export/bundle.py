@@ -304,8 +304,14 @@ def import_bundle(services, bundle_path: str | Path, name: str | None = None) ->
         with services.db.unit_of_work() as session:
             taken = session.scalar(select(models.Project.id).where(models.Project.name == project_name))
             if taken is not None:
+                free = next(
+                    candidate
+                    for candidate in (f"{project_name} ({n})" for n in range(2, 10_000))
+                    if session.scalar(select(models.Project.id).where(models.Project.name == candidate)) is None
+                )
                 raise ConflictError(
-                    f"a project named {project_name!r} already exists; import the bundle under another name"
+                    f"a project named {project_name!r} already exists; import the bundle under another name "
+                    f"(e.g. {free!r})"
                 )
             id_maps: dict[str, dict[int, int]] = {name: {} for name in tables}
             for asset in rows["assets"]:

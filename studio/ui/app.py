@@ -780,9 +780,9 @@ def build_app(services: Any) -> gr.Blocks:
                     refused.append(str(error) if str(error).startswith(path.name) else f"{path.name}: {error}")
             message = f"Added {added} reference(s)."
             if refused:
-                message += " Refused: " + "; ".join(refused)
-            if notes:
-                message += " " + " ".join(sorted(notes))
+                message += " Refused: " + "; ".join(refused) + "."
+            if notes:  # a sentence each ("face models not found: ...")
+                message += " " + " ".join(note[:1].upper() + note[1:].rstrip(".") + "." for note in sorted(notes))
             return (*character_outputs(project_id, character_id), None, said(esc(message)))
 
         @guarded
@@ -797,12 +797,13 @@ def build_app(services: Any) -> gr.Blocks:
             from studio.faces.service import request_training
 
             _require_project(project_id)
-            job = request_training(s, int(character_id), kind)
-            return (
-                *character_outputs(project_id, character_id),
-                gr.update(active=True),
-                said(f"Training queued (job {job.id})."),
+            job = request_training(s, int(character_id), kind)  # the one already queued or running, if any
+            message = (
+                f"Training queued (job {job.id})."
+                if job.status == "queued"
+                else (f"Already training (job {job.id}); a new version can be trained once it ends.")
             )
+            return (*character_outputs(project_id, character_id), gr.update(active=True), said(message))
 
         char_create_button.click(
             on_create_character,
@@ -1140,7 +1141,8 @@ def build_app(services: Any) -> gr.Blocks:
             if bundle is None:
                 raise gr.Error("Choose a project bundle (.zip) first.", print_exception=False)
             report = import_bundle(s, _file_path(bundle), name=name or None)
-            return (*project_outputs(report.project_id), said(f"Imported the bundle as project {report.project_id}."))
+            project = s.projects.get(report.project_id)
+            return (*project_outputs(project.id), said(f"Imported the bundle as the project {esc(project.name)}."))
 
         bundle_import_button.click(on_import_bundle, [bundle_upload, bundle_name], [*project_outputs_list, status])
 

@@ -243,6 +243,23 @@ def file_stem(name: str, fallback: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or fallback
 
 
+def _export_details(settings: dict) -> str:
+    """How one export was made, so two exports of a film can be told apart: length, size, music, grey cards."""
+    parts = []
+    if isinstance(settings.get("duration"), int | float):
+        parts.append(f"{settings['duration']:.1f} s")
+    if settings.get("width") and settings.get("height"):
+        parts.append(f"{settings['width']}×{settings['height']}")
+    if settings.get("music") or settings.get("music_asset_id"):
+        fade = settings.get("music_fade_seconds") or 0
+        parts.append(f"music, fade-out {fade:g} s" if fade else "music")
+    else:
+        parts.append("no music")
+    if settings.get("placeholder"):
+        parts.append("grey cards for shots without a take")
+    return " · ".join(parts)
+
+
 def exports_html(
     exports: list[Any], bundle_asset_ids: dict[int, int] | None = None, project_name: str = "film"
 ) -> str:
@@ -266,6 +283,7 @@ def exports_html(
             f'<div class="sl-take" data-export-id="{export.id}"><video controls preload="metadata" '
             f'src="{asset_url(export.video_asset_id)}"></video><div><b>Export {export.id}</b> '
             f'<span class="sl-small">{esc(export.created_at.strftime("%Y-%m-%d %H:%M"))}</span></div>'
+            f'<div class="sl-small">{esc(_export_details(export.settings or {}))}</div>'
             f"<div>{' · '.join(links)}</div></div>"
         )
     return '<div class="sl-row">' + "".join(items) + "</div>"

@@ -249,9 +249,11 @@ def test_bundle_round_trip_is_lossless(services, solid_video, tmp_path, request)
             assert hashlib.sha256(data).hexdigest() == row["sha256"] and len(data) == row["size_bytes"]
         assert sorted(r["sha256"] for r in after["assets"]) == sorted(r["sha256"] for r in before["assets"])
 
-        with pytest.raises(ConflictError, match="already exists"):
+        with pytest.raises(
+            ConflictError, match=r"already exists; .* under another name \(e.g. 'The Lighthouse \(2\)'\)"
+        ):
             import_bundle(target, report.path)
-        again = import_bundle(target, report.path, name="The Lighthouse (copy)")
+        again = import_bundle(target, report.path, name="The Lighthouse (2)")  # the name it suggested
         assert again.project_id != imported.project_id
         # Files are shared by content: the second import adds rows, not files.
         assert len([p for p in target.assets.root.rglob("*") if p.is_file()]) == 17

@@ -60,3 +60,18 @@ def test_the_generation_waits_until_its_trainings_have_finished():
     assert polls == {7: 3, 8: 2}  # a finished job is not asked again
     wait_for_training(ctx, {}, poll_s=0.0)  # nothing to wait for
     assert len(progress) == 2
+
+
+def test_train_while_training_says_so_instead_of_queueing_again(services):
+    from studio.ui.app import build_app
+
+    project = services.projects.create("Twice", preset="tiny")
+    mara = services.characters.create(project.id, "Mara")
+    services.characters.add_reference(mara.id, "mara.png", png_bytes(64, 64))
+    on_train = next(f.fn for f in build_app(services).fns.values() if getattr(f.fn, "__name__", "") == "on_train")
+    first = on_train(project.id, mara.id, "lora")[-1]
+    assert first.startswith("Training queued (job ")
+    job = services.jobs.claim_next_job("w1")  # a worker has started it
+    second = on_train(project.id, mara.id, "lora")[-1]
+    assert second.startswith(f"Already training (job {job.id}); a new version can be trained once it ends.")
+    assert [j.kind for j in services.jobs.list_jobs(project_id=project.id)] == ["train_adapter"]

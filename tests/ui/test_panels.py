@@ -99,6 +99,9 @@ def test_exports_play_in_the_page_with_download_links():
         id=4, video_asset_id=12, timeline_asset_id=13, settings={}, created_at=datetime(2026, 1, 1)
     )
     html = exports_html([export], project_name="The Lighthouse")
+    assert "no music" in html  # how it was made, so two exports can be told apart
+    export.settings = {"duration": 14.375, "width": 64, "height": 64, "music_asset_id": 3, "music_fade_seconds": 1.0}
+    assert "14.4 s · 64×64 · music, fade-out 1 s" in exports_html([export])
     assert '<video controls preload="metadata" src="/studio/asset/12">' in html
     # saved under the film's name and the export's number, not as one more film-4.mp4
     assert "/studio/asset/12?download=The-Lighthouse-4.mp4" in html
