@@ -104,6 +104,8 @@ function updateCard(card, shot, index) {
   } else if (thumb.tagName === 'IMG') {
     thumb.replaceWith(el('div', 'tl-thumb tl-thumb-empty', 'no take yet'));
   }
+  const frame = card.querySelector('.tl-thumb');
+  if (model.frame_aspect && frame.style.aspectRatio !== model.frame_aspect) frame.style.aspectRatio = model.frame_aspect;
   card.querySelector('.tl-pick').checked = selected.has(shot.id);
   card.classList.toggle('tl-selected', model.open_shot_id === shot.id);
 }

@@ -297,3 +297,6 @@ def test_a_card_says_when_its_chosen_take_was_made_from_another_version_of_it(pa
     drift = page.locator(f".tl-card[data-shot-id='{shots[0]}'] .tl-drift")
     assert drift.inner_text() == "\u26a0 take is 9 frames, the shot 5"
     assert page.locator(f".tl-card[data-shot-id='{shots[1]}'] .tl-drift").inner_text() == ""
+    box = page.locator(f".tl-card[data-shot-id='{shots[1]}'] img.tl-thumb").bounding_box()
+    project = services.projects.get(project.id)
+    assert abs(box["width"] / box["height"] - project.width / project.height) < 0.05  # the film's shape, not 16:9
