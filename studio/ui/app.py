@@ -874,14 +874,15 @@ def build_app(services: Any) -> gr.Blocks:
                 takes_html(shot, takes, number),
             )
 
-        def shot_panel_refresh(project_id: int | None, shot_id: int | None):
-            """After the storyboard changed around the open shot (a card moved, a take added): its number, take count,
-            scene and takes, leaving the fields alone (the film-maker may be typing there). A shot gone to the bin
-            closes the panel."""
+        def shot_panel_refresh(project_id: int | None, shot_id: int | None, scene_pick: bool = False):
+            """After the storyboard changed around the open shot (a take added; with `scene_pick`, a card moved): its
+            number, take count and takes, and its scene in "Move to scene", leaving the fields alone (the film-maker
+            may be typing or picking there; the timer's refresh never resets a scene being picked). A shot gone to
+            the bin closes the panel."""
             outputs = shot_outputs(project_id, shot_id)
             if outputs[0] is None:
                 return outputs
-            keep = {1, 11, 12}  # title, "Move to scene", takes
+            keep = {1, 11, 12} if scene_pick else {1, 12}  # title, "Move to scene", takes
             return tuple(value if index in keep else gr.update() for index, value in enumerate(outputs))
 
         shot_outputs_list = [
@@ -937,7 +938,7 @@ def build_app(services: Any) -> gr.Blocks:
             selected = [int(i) for i in data.get("selected") or []]
             shot_id = data.get("shot_id")
             if shot_id is None and data.get("refresh_open") and open_shot is not None:  # after a timeline edit
-                return (selected, *shot_panel_refresh(project_id, int(open_shot)))
+                return (selected, *shot_panel_refresh(project_id, int(open_shot), scene_pick=True))
             if shot_id is None:
                 return (selected, *[gr.update() for _ in shot_outputs_list])
             return (selected, *shot_outputs(project_id, int(shot_id)))
