@@ -49,8 +49,8 @@ TIMELINE_CSS = """
 .tl-card.tl-drop-after { box-shadow: 4px 0 0 0 var(--color-accent); }
 .tl-card-head { display: flex; justify-content: space-between; align-items: center; gap: 4px; }
 .tl-index { font-weight: 600; }
-.tl-thumb { width: 100%; aspect-ratio: 16 / 9; max-height: 220px; object-fit: contain; border-radius: 4px;
-  background: #222; }
+.tl-thumb { height: 105px; width: auto; max-width: 100%; aspect-ratio: 16 / 9; align-self: center;
+  object-fit: contain; border-radius: 4px; background: #222; }
 .tl-thumb-empty { display: flex; align-items: center; justify-content: center; color: #aaa; font-size: 12px; }
 .tl-caption { width: 100%; min-height: 52px; resize: vertical; font: inherit; padding: 4px; box-sizing: border-box; }
 .tl-meta { font-size: 12px; color: var(--body-text-color-subdued); }
