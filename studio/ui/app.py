@@ -126,6 +126,56 @@ def _require_project(project_id: int | None) -> int:
     return int(project_id)
 
 
+# The shot panel's fields as `update_shot` takes them, and how a refusal names them.
+FORM_FIELD_NAMES = {
+    "caption": "caption",
+    "characters": "characters",
+    "num_frames": "frames",
+    "shot_size": "shot size",
+    "camera_move": "camera move",
+    "transition": "transition",
+    "transition_seconds": "transition seconds",
+    "seed": "seed",
+}
+
+
+def shot_form(caption, characters, frames, size, camera, transition, transition_s, seed) -> dict[str, Any]:
+    """The shot panel's values as `update_shot` fields (empty Frames: not sent)."""
+    fields = {
+        "caption": caption or "",
+        "characters": [int(c) for c in characters or []],
+        "shot_size": size or None,
+        "camera_move": camera or None,
+        "transition": transition or "cut",
+        "transition_seconds": float(transition_s or 0.0),
+        "seed": None if seed in (None, "") else int(seed),
+    }
+    if frames not in (None, ""):
+        fields["num_frames"] = int(frames)
+    return fields
+
+
+def shot_form_of(shot: Any) -> dict[str, Any]:
+    """A stored shot as the panel shows it, in `shot_form`'s terms."""
+    return shot_form(
+        shot.caption,
+        list(shot.character_ids),
+        shot.num_frames,
+        shot.shot_size,
+        shot.camera_move,
+        shot.transition_type,
+        shot.transition_seconds,
+        shot.seed,
+    )
+
+
+def same_field(a: Any, b: Any) -> bool:
+    """Equal as the panel means it: the characters of a shot are a set."""
+    if isinstance(a, list) and isinstance(b, list):
+        return sorted(a) == sorted(b)
+    return a == b
+
+
 def _preset_text(name: str) -> str:
     try:
         preset = get_preset(name)
@@ -152,6 +202,7 @@ def build_app(services: Any) -> gr.Blocks:
         project_state = gr.State(None)
         selected_state = gr.State([])
         open_shot_state = gr.State(None)
+        shot_loaded_state = gr.State(None)  # the open shot's fields as the panel loaded them (`shot_form_of`)
         character_state = gr.State(None)
         jobs_seen_state = gr.State(None)  # the job list the timer last drew (`jobs_signature`)
 
@@ -851,6 +902,7 @@ def build_app(services: Any) -> gr.Blocks:
                     None,
                     gr.update(),
                     takes_html(None, []),
+                    None,
                 )
             film = s.storyboard.film_shots(project_id)
             number = next((n for n, x in enumerate(film, 1) if x.id == shot_id), None)
@@ -872,6 +924,7 @@ def build_app(services: Any) -> gr.Blocks:
                 shot.seed,
                 gr.update(choices=_scene_choices(project_id), value=shot.scene_id),
                 takes_html(shot, takes, number),
+                shot_form_of(shot),
             )
 
         def shot_panel_refresh(project_id: int | None, shot_id: int | None, scene_pick: bool = False):
@@ -899,6 +952,7 @@ def build_app(services: Any) -> gr.Blocks:
             shot_seed,
             move_scene_pick,
             takes_panel,
+            shot_loaded_state,  # what the fields showed when loaded: Save sends only what changed since
         ]
 
         def apply_timeline_action(project_id, selected, open_shot, payload: dict) -> tuple[Any, str]:
@@ -981,23 +1035,11 @@ def build_app(services: Any) -> gr.Blocks:
         )
 
         @guarded
-        def on_save_shot(
-            project_id, shot_id, selected, caption, characters, frames, size, camera, transition, transition_s, seed
-        ):
+        def on_save_shot(project_id, shot_id, selected, loaded, *form):
             project_id = _require_project(project_id)
             if shot_id is None:
                 raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
-            fields = {
-                "caption": caption,
-                "characters": [int(c) for c in characters or []],
-                "shot_size": size or None,
-                "camera_move": camera or None,
-                "transition": transition or "cut",
-                "transition_seconds": float(transition_s or 0.0),
-                "seed": None if seed in (None, "") else int(seed),
-            }
-            if frames not in (None, ""):
-                fields["num_frames"] = int(frames)
+            fields = shot_form(*form)
             if all(shot.id != int(shot_id) for shot in s.storyboard.film_shots(project_id)):
                 # deleted from its card while open here: close the panel instead of editing a shot in the bin
                 return (
@@ -1006,11 +1048,31 @@ def build_app(services: Any) -> gr.Blocks:
                     said("Not saved: that shot was deleted (it is in the bin); restore it to edit it."),
                 )
             with edits.project_lock(project_id):
-                s.storyboard.update_shot(int(shot_id), **fields)
+                # Only what was changed in the panel is saved: a field the film-maker did not touch here may have
+                # been edited on the card since the panel showed it (its caption, most often), and must stay so.
+                current = shot_form_of(s.storyboard.get_shot(int(shot_id)))
+                loaded = loaded or current
+                changed = {key: value for key, value in fields.items() if not same_field(value, loaded.get(key))}
+                clashes = [
+                    key
+                    for key, value in changed.items()
+                    if not same_field(current.get(key), loaded.get(key)) and not same_field(current.get(key), value)
+                ]
+                if clashes:
+                    raise gr.Error(
+                        esc(
+                            f"Not saved: the shot's {', '.join(FORM_FIELD_NAMES[k] for k in clashes)} changed "
+                            "elsewhere (on its card or in another tab) since this panel showed it. Your edits are "
+                            "still here: copy what you need, click “Takes” on the card to reload it, then save again."
+                        ),
+                        print_exception=False,
+                    )
+                if changed:
+                    s.storyboard.update_shot(int(shot_id), **changed)
             return (
                 timeline_model(s, project_id, selected, shot_id),
                 *shot_outputs(project_id, shot_id),
-                said("Shot saved."),
+                said("Shot saved." if changed else "Nothing to save: the panel matches the shot."),
             )
 
         save_shot_button.click(
@@ -1019,6 +1081,7 @@ def build_app(services: Any) -> gr.Blocks:
                 project_state,
                 open_shot_state,
                 selected_state,
+                shot_loaded_state,
                 shot_caption,
                 shot_characters,
                 shot_frames,
@@ -1040,12 +1103,16 @@ def build_app(services: Any) -> gr.Blocks:
             with edits.project_lock(project_id):
                 target = next(x for x in s.storyboard.list_scenes(project_id) if x.id == int(scene_id))
                 s.storyboard.move_shot(int(shot_id), target.id, len(target.shots))
-            return timeline_model(s, project_id, selected, shot_id), said("Shot moved.")
+            return (
+                timeline_model(s, project_id, selected, shot_id),
+                *shot_panel_refresh(project_id, int(shot_id), scene_pick=True),  # its new number
+                said("Shot moved."),
+            )
 
         move_scene_button.click(
             on_move_scene,
             [project_state, open_shot_state, move_scene_pick, selected_state],
-            [timeline, status],
+            [timeline, *shot_outputs_list, status],
             concurrency_id="storyboard-edits",
         )
 

@@ -228,10 +228,11 @@ def characters_html(characters: list[Any], adapters: dict[int, Any]) -> str:
     for character in characters:
         adapter = adapters.get(character.id)
         status = f"{adapter.kind} v{adapter.version}: {adapter.status}" if adapter else "no adapter"
+        count = character.reference_count
         items.append(
             f'<div class="sl-card" data-character-id="{character.id}"><b>{esc(character.name)}</b> '
             f'<span class="sl-small">{esc(character.trigger)}</span>'
-            f'<div class="sl-small">{character.reference_count} references · {esc(status)}</div>'
+            f'<div class="sl-small">{count} reference{"" if count == 1 else "s"} · {esc(status)}</div>'
             f"{_button('open_character', 'Open', character.id)}</div>"
         )
     return '<div class="sl-row">' + "".join(items) + "</div>"

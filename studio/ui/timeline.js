@@ -190,7 +190,13 @@ root.addEventListener('click', (event) => {
   if (action === 'restore_scene') { send('restore_scene', {scene_id: Number(target.closest('.tl-bin-item').dataset.sceneId)}); return; }
   if (action === 'restore') { send('restore', {shot_id: Number(target.closest('.tl-bin-item').dataset.shotId)}); return; }
   if (action === 'empty_bin') { if (confirm('Delete the bin\u2019s shots and their takes for good?')) send('empty_bin', {}); return; }
-  if (action === 'open') { trigger('select', {shot_id: shotId, selected: Array.from(selected)}); return; }
+  if (action === 'open') {
+    // known here at once, so the next edit (a move right after opening) refreshes this shot's panel
+    model.open_shot_id = shotId;
+    root.querySelectorAll('.tl-card').forEach(c => c.classList.toggle('tl-selected', Number(c.dataset.shotId) === shotId));
+    trigger('select', {shot_id: shotId, selected: Array.from(selected)});
+    return;
+  }
   if (action === 'left' || action === 'right') {
     send('move', () => {
       const scene = model.scenes.find(x => x.shots.some(y => y.id === shotId));

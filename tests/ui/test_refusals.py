@@ -147,11 +147,11 @@ def test_the_shot_panel_numbers_shots_as_cards_and_closes_when_its_shot_was_binn
     app = build_app(services)
     on_save = _handler(app, "on_save_shot")
     fields = ("a gate at dusk", [], 5, "", "", "cut", 0.0, None)
-    outputs = on_save(project.id, shot.id, [], *fields)
+    outputs = on_save(project.id, shot.id, [], None, *fields)
     assert outputs[2] == "**Shot #3** (1 take)" and outputs[-1].startswith("Shot saved. · ")
     assert services.storyboard.film_shots(project.id)[2].caption == "a gate at dusk"
     services.storyboard.delete_shot(shot.id)  # from its card, while the panel still shows it
-    outputs = on_save(project.id, shot.id, [], "edited in the bin", *fields[1:])
+    outputs = on_save(project.id, shot.id, [], None, "edited in the bin", *fields[1:])
     assert outputs[1] is None and outputs[2] == "No shot open: click “Takes” on a card."  # the panel closed,
     assert outputs[3] == {"__type__": "update", "visible": False}  # its fields hidden
     assert outputs[-1].startswith("Not saved: that shot was deleted")
@@ -187,3 +187,27 @@ def test_the_timer_refreshes_the_open_shots_take_count_and_the_character_cards(s
     # not written back, as a click may have changed them meanwhile: the open shot id and a scene being picked
     assert outputs[3] == outputs[14] == {"__type__": "update"}
     assert "Mara" in outputs[-3]  # the character cards
+
+
+def test_save_shot_sends_only_what_changed_in_the_panel_and_refuses_a_clash(services):
+    from studio.ui.app import shot_form_of
+
+    project = services.projects.create("Merge", preset="tiny")
+    scene = services.storyboard.add_scene(project.id, "dawn")
+    shot = services.storyboard.add_shot(scene.id, "a gate")
+    on_save = _handler(build_app(services), "on_save_shot")
+    loaded = shot_form_of(shot)  # what the panel showed when the shot was opened
+    services.storyboard.update_shot(shot.id, caption="a gate at dusk")  # then edited on its card
+    panel = ("a gate", [], 5, "", "", "cut", 0.0, None)  # the panel: caption untouched, frames 9 -> 5
+    outputs = on_save(project.id, shot.id, [], loaded, *panel)
+    assert outputs[-1].startswith("Shot saved.")
+    saved = services.storyboard.get_shot(shot.id)
+    assert (saved.caption, saved.num_frames) == ("a gate at dusk", 5)  # the card's edit kept, the panel's saved
+    assert outputs[-2] == shot_form_of(saved)  # the panel reloaded from the shot as it now is
+    # both changed the caption: refused, naming the field; nothing written, the panel keeps what was typed
+    services.storyboard.update_shot(shot.id, caption="a gate at night")
+    with pytest.warns(UserWarning, match="Not saved: the shot&#x27;s caption changed elsewhere"):
+        assert (
+            on_save(project.id, shot.id, [], outputs[-2], "a red gate", [], 5, "", "", "cut", 0.0, None) == gr.skip()
+        )
+    assert services.storyboard.get_shot(shot.id).caption == "a gate at night"

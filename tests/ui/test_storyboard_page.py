@@ -276,15 +276,19 @@ def test_the_shot_editor_shows_once_a_shot_is_open_and_a_random_seed_stays_rando
 def test_the_open_shot_panel_follows_a_card_moved_on_the_timeline(page, studio):
     services, base = studio
     project, _, shots = project_with_shots(services, "panel follows", 3)
+    services.storyboard.add_shot(services.storyboard.add_scene(project.id, "the second scene").id, "far away")
     open_board(page, base, project.id)
+    page.wait_for_timeout(2500)  # past the timer's first refresh, which would redraw everything anyway
     page.locator(f".tl-card[data-shot-id='{shots[0]}'] button[data-action=open]").click()
     page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot #1')")
     page.locator("#sl-shot-caption textarea, #sl-shot-caption input").first.fill("typed, not saved")
-    page.wait_for_timeout(2500)  # past the timer's first refresh, which would redraw the panel anyway
-    page.locator(f".tl-card[data-shot-id='{shots[0]}'] button[data-action=right]").click()
+    page.locator(f".tl-card[data-shot-id='{shots[0]}'] button[data-action=right]").click()  # right after opening
     page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot #2')")  # as its card
     assert "Shot #2" in page.locator("#sl-takes").inner_text()
     assert page.locator("#sl-shot-caption textarea").input_value() == "typed, not saved"  # the fields left alone
+    pick(page, "sl-move-scene", "Scene 2")  # "Move to scene" renumbers it too
+    page.locator("#sl-move-shot").click()
+    page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot #4')")
 
 
 def test_a_card_says_when_its_chosen_take_was_made_from_another_version_of_it(page, studio):
