@@ -598,20 +598,14 @@ def build_app(services: Any) -> gr.Blocks:
             # the project already holds under those paths (re-importing a file exported from here).
             uploaded = {_file_path(item).name: _file_path(item) for item in ref_files or []}
             held = held_reference_images(s, doc)
+            named = {ref: PurePosixPath(ref.replace("\\", "/")) for c in doc.characters for ref in c.references}
             pictures: dict[str, bytes] = {}
-            for named in {ref for character in doc.characters for ref in character.references}:
-                upload = uploaded.get(PurePosixPath(named.replace("\\", "/")).name)
-                data = upload.read_bytes() if upload is not None else held.get(named)
+            for ref, relative in named.items():
+                upload = uploaded.get(relative.name)
+                data = upload.read_bytes() if upload is not None else held.get(ref)
                 if data is not None:
-                    pictures[named] = data
-            missing = sorted(
-                {
-                    PurePosixPath(named.replace("\\", "/")).name
-                    for character in doc.characters
-                    for named in character.references
-                    if named not in pictures
-                }
-            )
+                    pictures[ref] = data
+            missing = sorted({relative.name for ref, relative in named.items() if ref not in pictures})
             if missing:
                 raise gr.Error(
                     esc(
@@ -622,9 +616,9 @@ def build_app(services: Any) -> gr.Blocks:
                 )
             with tempfile.TemporaryDirectory(prefix="shotline-import-") as base:
                 base_dir = Path(base)
-                for named, data in pictures.items():
-                    relative = PurePosixPath(named.replace("\\", "/"))
-                    if relative.is_absolute() or ".." in relative.parts or ":" in named:
+                for ref, data in pictures.items():
+                    relative = named[ref]
+                    if relative.is_absolute() or ".." in relative.parts or ":" in ref:
                         continue  # never written outside the folder; the import refuses the path, naming its line
                     target = base_dir / Path(*relative.parts)
                     target.parent.mkdir(parents=True, exist_ok=True)
