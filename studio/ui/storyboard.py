@@ -163,7 +163,7 @@ def _apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) 
             return f"generation queued (job {job.id}){after_training(job)}", None
         if op == "regenerate":
             job = enqueue_regenerate(services, project_id, _int(payload, "shot_id"))
-            return f"regeneration of the shot queued (job {job.id}){after_training(job)}", None
+            return f"regeneration queued (job {job.id}){after_training(job)}", None
     raise ValidationError(f"unknown timeline action {op!r}; reload the page")
 
 
