@@ -929,7 +929,8 @@ def build_app(services: Any) -> gr.Blocks:
             outputs = shot_outputs(project_id, shot_id)
             if outputs[0] is None:
                 return outputs
-            keep = {1, 11, 12} if scene_pick else {1, 12}  # title, "Move to scene", takes
+            kept = [shot_title, takes_panel, *([move_scene_pick] if scene_pick else [])]
+            keep = {shot_outputs_list.index(component) for component in kept}
             return tuple(value if index in keep else gr.update() for index, value in enumerate(outputs))
 
         shot_outputs_list = [
@@ -1155,7 +1156,7 @@ def build_app(services: Any) -> gr.Blocks:
             if not shots:
                 raise gr.Error("The storyboard has no shots to export.", print_exception=False)
             # Refused here rather than by the export job a moment later in the Jobs panel, naming this page's box.
-            missing = [f"#{i}" for i, shot in enumerate(shots, 1) if s.takes.chosen_take(shot.id) is None]
+            missing = [f"#{i}" for i, shot in enumerate(shots, 1) if shot.chosen_take_id is None]
             if missing and not placeholder:
                 raise gr.Error(
                     f"Shot{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
