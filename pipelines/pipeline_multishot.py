@@ -505,23 +505,32 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                     timestep = t.expand(latents.shape[0])
 
                 latent_model_input = latents.to(transformer_dtype)
+                # diffusers' cache hooks (FirstBlockCache, MagCache, ...) keep one state per named pass, as
+                # WanPipeline names them.
+                cache_context_kwargs = {
+                    "step_index": i,
+                    "sigma": float(self.scheduler.sigmas[i]),
+                    "num_inference_steps": self._num_timesteps,
+                }
                 state.layout = run_layout
-                noise_pred = self.transformer(
-                    hidden_states=latent_model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=prompt_embeds,
-                    attention_kwargs=attention_kwargs,
-                    return_dict=False,
-                )[0]
-                if self.do_classifier_free_guidance:
-                    state.layout = uncond_layout
-                    noise_uncond = self.transformer(
+                with self.transformer.cache_context("cond", **cache_context_kwargs):
+                    noise_pred = self.transformer(
                         hidden_states=latent_model_input,
                         timestep=timestep,
-                        encoder_hidden_states=negative_prompt_embeds,
+                        encoder_hidden_states=prompt_embeds,
                         attention_kwargs=attention_kwargs,
                         return_dict=False,
                     )[0]
+                if self.do_classifier_free_guidance:
+                    state.layout = uncond_layout
+                    with self.transformer.cache_context("uncond", **cache_context_kwargs):
+                        noise_uncond = self.transformer(
+                            hidden_states=latent_model_input,
+                            timestep=timestep,
+                            encoder_hidden_states=negative_prompt_embeds,
+                            attention_kwargs=attention_kwargs,
+                            return_dict=False,
+                        )[0]
                     noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                     state.layout = run_layout
 
