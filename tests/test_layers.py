@@ -48,12 +48,12 @@ RULES = (
     ),
 )
 
-# Known imports that cross a rule on purpose, each with why. Keys: (file, imported module).
+# Known imports that cross a rule on purpose, each with why. Keys: (file or folder, imported module).
 ALLOWED = {
-    # The preset table (names, frame ranges, default sizes) fills the project form's dropdowns and bounds. The
-    # registry is data only and `pipelines` loads its modules lazily, so this import loads no model and no torch
-    # (test_pipelines_registry_loads_no_model below keeps it so).
-    ("studio/ui/app.py", "pipelines.registry"),
+    # The preset table (names, frame ranges, default sizes) fills the project form's dropdowns and bounds
+    # (studio/ui/app.py). The registry is data only and `pipelines` loads its modules lazily, so this import loads no
+    # model and no torch (test_pipelines_registry_loads_no_model below keeps it so).
+    ("studio/ui", "pipelines.registry"),
 }
 
 
@@ -88,6 +88,10 @@ def matches(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
+def is_allowed(relative: str, module: str, allowed) -> bool:
+    return any(module == name and (relative == where or relative.startswith(where + "/")) for where, name in allowed)
+
+
 def layer_violations(root: Path, rules=RULES, allowed=frozenset()) -> list[str]:
     """One line per import that breaks a rule: `file:line imports module (rule)`."""
     violations = []
@@ -98,7 +102,7 @@ def layer_violations(root: Path, rules=RULES, allowed=frozenset()) -> list[str]:
                 if any(relative.startswith(folder + "/") for folder in rule.exempt):
                     continue
                 for line, module in imported_modules(path, root):
-                    if (relative, module) in allowed:
+                    if is_allowed(relative, module, allowed):
                         continue
                     if any(matches(module, prefix) for prefix in rule.forbidden):
                         violations.append(f"{relative}:{line} imports {module} ({rule.name})")
@@ -112,10 +116,20 @@ def test_every_import_follows_the_layers():
 
 def test_every_allowed_crossing_still_exists():
     """An allow-list entry whose import is gone would silently allow it again later: remove the entry instead."""
-    present = {(path, module) for path, module in ALLOWED if (ROOT / path).exists()}
-    for path, module in present:
-        assert module in {name for _, name in imported_modules(ROOT / path, ROOT)}, (path, module)
-    assert present == ALLOWED
+    for where, module in ALLOWED:
+        files = [ROOT / where] if where.endswith(".py") else sorted((ROOT / where).rglob("*.py"))
+        imported = {name for path in files if path.exists() for _, name in imported_modules(path, ROOT)}
+        assert module in imported, f"nothing in {where} imports {module} any more: remove it from ALLOWED"
+
+
+def test_an_allowed_crossing_covers_only_its_own_folder(tmp_path):
+    (tmp_path / "studio/ui").mkdir(parents=True)
+    (tmp_path / "studio/uix").mkdir(parents=True)
+    (tmp_path / "studio/ui/ok.py").write_text("from pipelines.registry import PRESETS\n")
+    (tmp_path / "studio/uix/bad.py").write_text("import gradio\n")
+    assert layer_violations(tmp_path, allowed=ALLOWED) == [
+        "studio/uix/bad.py:1 imports gradio (only the UI imports gradio)"
+    ]
 
 
 def test_pipelines_registry_loads_no_model():
