@@ -29,7 +29,8 @@ SHOTLINE_METADATA_KEY = "shotline"
 
 # Defaults per model preset. Small models learn fast and have few parameters per projection; the big Wan models
 # want a low learning rate so a character LoRA does not wash out the base model's look. The demo model's: its new
-# character appeared in 65% of 48 held-out scenes at 2000 steps of 2e-3, 31% at 600 of 1e-3 (docs/QUALITY.md 5).
+# character appeared in 65% of 48 held-out scenes at 2000 steps of 2e-3, 31% at 600 of 1e-3 (docs/QUALITY.md,
+# "Character adapters").
 _LORA_DEFAULTS = {
     "tiny": dict(rank=4, alpha=4.0, steps=150, learning_rate=1e-2),
     "demo": dict(rank=8, alpha=8.0, steps=2000, learning_rate=2e-3, still_frames=17),

@@ -6,7 +6,7 @@ Uses `training.train_demo`'s own functions (scene draws and composition, noise l
 fused AdamW and the EMA update) on a synthetic shot pool: real world labels and captions (the shipped tokenizer,
 a random text encoder), random latents of the chosen VAE layout (4: 16x16 latents, 8: 8x8) under the transformer
 layout `train_demo.TRANSFORMER_LAYOUTS` gives a new model on them (4: patch 4, 8 heads, ffn 640, the shipped
-layout; 8: patch 2, 6 heads, ffn 768, the first shipped model's). Prints markdown tables
+layout; 8: patch 2, 6 heads, ffn 768). Prints markdown tables
 (copied into docs/PERFORMANCE.md):
 
 1. parts of one step, each timed with a device synchronisation around it (what each costs on its own);

@@ -20,7 +20,7 @@ of the shipped tokenizer). Its trigger is `<kai>`, as the studio would give it (
    guidance 2, trimmed captions), the same seed per scene in every arm, and read back by `training.detector`.
 
 Reported per arm: **appears** = share of kai's shots where the detected figure has kai's colour AND shape (the
-number issue 8 asks for), colour and shape alone, coherent (one coherent figure found), **leak** = share of the
+headline number), colour and shape alone, coherent (one coherent figure found), **leak** = share of the
 other character's shots (two-shot scenes) where kai's colour and shape show up instead, and the adapter's training
 loss on fixed noise draws before and after training (`TrainingResult.eval_loss_*`). Reference rows: the detector
 on kai's real frames (must be 100%), the same frames through the demo VAE (what the latent space can carry at all:
@@ -35,9 +35,9 @@ Trigger words on the demo tokenizer (a word-level vocabulary of the world; unkno
   and `apply_adapters` (before rendering) therefore add it as one whole token (`adapters.lora.add_trigger_words`)
   whose text-encoder row is a function of the word alone (a normal vector seeded by the word's sha256, scaled to
   the vocabulary rows' mean norm), so training and rendering see the same vector whatever id the word gets; the
-  LoRA's metadata lists it (`trigger_words_added`). Arm `lora` runs exactly that studio code. The former
-  `lora-unk` arm (`kai` -> `<unk>`, the studio's behaviour before this fix) was dropped: the studio no longer
-  produces it, and making it again would mean bypassing the adapter code, not measuring it.
+  LoRA's metadata lists it (`trigger_words_added`). Arm `lora` runs exactly that studio code. There is no arm for a
+  trigger read as `<unk>`: the studio never produces it, and making it would mean bypassing the adapter code, not
+  measuring it.
 - Training captions: both trainers take one caption per reference, naming the character by the trigger (the LoRA
   reads it as its word `kai`, the embedding as its tokens `<kai> <kai_1>`). By default (`--lora-captions shot`,
   `--embedding-captions shot`) each reference is captioned with the shot its still was taken from

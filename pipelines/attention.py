@@ -5,11 +5,12 @@ Nothing of the model is copied. `multishot_attention(transformer, layout, ...)` 
 on every `attn2`, all reading one shared `MultiShotAttentionState`; leaving the context restores the stock modules.
 Pipelines call it around their denoising loop; training code calls it around its forward passes.
 
-Self-attention (DESIGN.md 5.3): `full` is one attention call over the scene; `sparse` and `isolated` are one call
-per shot against that shot's key set (never a dense boolean mask over the scene, whose size grows with the square
-of the scene length). Cross-attention (5.2): `full` one call over every caption; `window` one call per shot against
-`[global; caption_k]`; `mmrope` one call in which shot captions are scored with the temporally rotated query and the
-global caption with the unrotated one (see `_mmrope`), with the softmax scale of the original head size.
+The modes are described in docs/ARCHITECTURE.md, "Attention modes". Self-attention: `full` is one attention call
+over the scene; `sparse` and `isolated` are one call per shot against that shot's key set (never a dense boolean
+mask over the scene, whose size grows with the square of the scene length). Cross-attention: `full` one call over
+every caption; `window` one call per shot against `[global; caption_k]`; `mmrope` one call in which shot captions
+are scored with the temporally rotated query and the global caption with the unrotated one (see `_mmrope`), with
+the softmax scale of the original head size.
 """
 
 from __future__ import annotations

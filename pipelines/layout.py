@@ -4,7 +4,7 @@ Everything position- or mask-shaped in the multi-shot pipeline derives from a `S
 the 3D rotary tables of self-attention, the temporal rotation of MM-RoPE cross-attention, the caption windows,
 the sparse inter-shot key sets and the per-token timesteps of `context` regeneration.
 
-Conventions (DESIGN.md 5.1-5.2):
+Conventions (docs/ARCHITECTURE.md, "ShotLayout"):
 - the scene's video tokens are the shots' patch tokens concatenated in time order, each shot row-major
   (frame, row, column), exactly as `WanTransformer3DModel` flattens a `[B, C, F, H, W]` latent;
 - a video token of shot k at latent frame f, row y, column x sits at `(T_k + f, y, x)` with

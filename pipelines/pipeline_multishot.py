@@ -1,4 +1,5 @@
-"""Multi-shot text-to-video generation with MM-RoPE on the stock Wan components (DESIGN.md section 5).
+"""Multi-shot text-to-video generation with MM-RoPE on the stock Wan components (docs/ARCHITECTURE.md, "Generation
+pipeline").
 
 One scene is one denoising run: the shots' latents are concatenated in time, every caption is encoded on its own,
 and `multishot_attention` makes the stock `WanTransformer3DModel` see shot boundaries (RoPE offsets, caption

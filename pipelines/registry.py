@@ -71,8 +71,8 @@ PRESETS: dict[str, ModelPreset] = {
         min_frames=5,
         max_frames=33,
         num_inference_steps=20,
-        # Measured on 72 held-out scenes (docs/QUALITY.md section 4): guidance 1.5-2 beats 3 on motion, coherent
-        # figures and consistency, and 4.5-6 lose on every attribute; a small closed-world model over-shoots.
+        # Measured on held-out scenes (docs/QUALITY.md, "Inference settings"): guidance 1.5-2 beats 3 on motion,
+        # coherent figures and consistency, and 4.5-6 lose on every attribute; a small closed-world model over-shoots.
         guidance_scale=2.0,
         flow_shift=3.0,
         cross_attention="mmrope",

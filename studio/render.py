@@ -1,8 +1,8 @@
 """Headless rendering: `python -m studio render STORYBOARD.yaml --out film.mp4 [--regenerate SHOT]`.
 
-The flow (DESIGN.md section 4): import the storyboard into its project (or update the one it made before), train
-missing adapters, generate what has no take, export the film. `--regenerate SHOT` (1-based over the whole film, or
-`scene.shot`) makes one new take of that shot and re-exports.
+The flow (docs/ARCHITECTURE.md, "Storyboard file"): import the storyboard into its project (or update the one it
+made before), train missing adapters, generate what has no take, export the film. `--regenerate SHOT` (1-based over
+the whole film, or `scene.shot`) makes one new take of that shot and re-exports.
 
 The command is a worker of its own: it enqueues each stage's jobs and runs them in this process (any other worker
 sharing the database may take some of them; the command then waits for those). Every result is written by the

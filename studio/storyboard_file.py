@@ -1,4 +1,4 @@
-"""The storyboard file (DESIGN.md section 4): parse, import into a project, export from a project.
+"""The storyboard file (docs/ARCHITECTURE.md, "Storyboard file"): parse, import into a project, export from a project.
 
 Parsing checks everything it can without a database (fields, types, the preset's frame range and resolution
 multiple, characters named in shots) and every error names the line and the field, e.g.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One lent-GPU session (the device tool): train the whole demo model and bring it back as split tar parts.
+# One call on a GPU machine without internet: train the whole demo model and bring it back as split tar parts.
 #   bash training/gpu_session.sh OUT_DIR [BUDGET_SECONDS]               # first call: python -m training.train_gpu all
 #   CONTINUE=1 bash training/gpu_session.sh OUT_DIR SECONDS              # a second call on the same warm machine:
 #                                                                        # the transformer and decoder go on, re-export

@@ -118,10 +118,10 @@ def transformer_config(patch: int = 2, heads: int | None = None, ffn_dim: int | 
 
 # A new transformer's layout (spatial patch, heads, feed-forward width) by its shot pool's latent side, i.e. by the
 # autoencoder's spatial compression of the world's 64x64 frames. Each keeps 80 video tokens a shot (5 latent frames
-# of 4x4 patches) and the exported model under the 40 MB cap (docs/QUALITY.md section 3).
+# of 4x4 patches) and the exported model under the 40 MB cap (docs/QUALITY.md, "The model").
 TRANSFORMER_LAYOUTS = {
-    8: {"patch": 2, "heads": 6, "ffn_dim": 768},  # 8x autoencoder, 8x8 latents: the first shipped model
-    16: {"patch": 4, "heads": 8, "ffn_dim": 640},  # 4x autoencoder, 16x16 latents: the shipped model since session 9
+    8: {"patch": 2, "heads": 6, "ffn_dim": 768},  # 8x autoencoder, 8x8 latents
+    16: {"patch": 4, "heads": 8, "ffn_dim": 640},  # 4x autoencoder, 16x16 latents: the shipped model's layout
 }
 
 
@@ -499,8 +499,8 @@ def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], step:
 
 
 # With `--schedule cosine` the rate falls to this fraction of --lr by the end of the run (by --minutes or
-# --max-steps, whichever comes first): the weights settle instead of ending on a full-size step. Session 9's CPU
-# anneal showed what settling is worth (shape 76% -> 81% at a tenth of the rate).
+# --max-steps, whichever comes first): the weights settle instead of ending on a full-size step. A CPU anneal of the
+# shipped transformer at a tenth of the rate showed what settling is worth (shape 76% -> 81%).
 COSINE_FLOOR = 0.05
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -669,7 +669,7 @@ def export_demo(
     transformer = build_transformer(seed, ckpt.get("config"))
     transformer.load_state_dict(ckpt["ema" if use_ema else "transformer"])
     # Stored in half precision (the 40 MB budget; loaders upcast): the evaluation of the shipped weights is the same
-    # to the shot either way (docs/QUALITY.md section 3).
+    # to the shot either way (docs/QUALITY.md, "The model").
     save_model_folder(transformer, dest / "transformer")
 
     build_text_encoder(seed, text_encoder).save_pretrained(dest / "text_encoder", safe_serialization=True)
@@ -737,7 +737,7 @@ def main(argv: list[str] | None = None):
     )
     train = sub.choices["train"]
     train.add_argument("--minutes", type=float, default=60.0)
-    train.add_argument("--device", default="cpu", help="cpu or cuda (a lent GPU: same script, same results format)")
+    train.add_argument("--device", default="cpu", help="cpu or cuda (same script, same results format)")
     train.add_argument("--max-steps", type=int, default=10**9)
     train.add_argument("--lr", type=float, default=5e-4)
     train.add_argument("--warmup", type=int, default=200)

@@ -1,10 +1,10 @@
-"""Train the whole demo model in one command on a lent GPU (the device tool gives a session minutes, not hours).
+"""Train the whole demo model in one command on a GPU machine, within a budget of minutes rather than hours.
 
-    bash training/gpu_session.sh OUT_DIR 480     # on the device machine: installs the wheel, runs this, packs
+    bash training/gpu_session.sh OUT_DIR 480     # on the GPU machine: installs the wheel, runs this, packs
     python -m training.train_gpu all --out runs/gpu --device cuda --budget-seconds 480 \
         --text-encoder assets/demo/text_encoder
 
-Every stage is bounded by wall-clock time so that the command ends inside its lease:
+Every stage is bounded by wall-clock time so that the command ends inside its budget:
 
 1. render a pool of shots of the world with every CPU core (before CUDA starts, since the workers fork);
 2. train the VAE jointly on whole 17-frame shots with the figure-weighted loss of `training.train_vae`;
@@ -12,10 +12,10 @@ Every stage is bounded by wall-clock time so that the command ends inside its le
 4. train the transformer (`train_demo train`, same loop as on the CPU) while a second process sharpens the decoder;
 5. export the diffusers folder (`train_demo export`) to `<out>/demo`.
 
-Two more commands, for leases too short to train both halves (docs/QUALITY.md section 4.1):
+Two more commands, for budgets too short to train both halves (docs/QUALITY.md, "Training method"):
 
     python -m training.train_gpu vae --out OUT --budget-seconds 560 --init-vae assets/demo/vae
-        # the autoencoder alone for the whole lease: joint, then the decoder alone; exported as OUT/vae
+        # the autoencoder alone for the whole budget: joint, then the decoder alone; exported as OUT/vae
         # (--vae-seconds 0: the decoder alone, the encoder, its latent space and statistics kept)
     python -m training.train_gpu all ... --init-vae assets/demo/vae --vae-seconds 0 [--init-transformer assets/demo]
         # the transformer on that autoencoder's latent space (its latent statistics kept), the decoder going on
@@ -284,7 +284,7 @@ def kept_latent_statistics(args) -> tuple[list[float], list[float]] | None:
 
 
 def cmd_vae(args) -> None:
-    """The autoencoder alone, for a whole lease: joint for --vae-seconds, then the decoder alone for what is left
+    """The autoencoder alone, for a whole budget: joint for --vae-seconds, then the decoder alone for what is left
     of the budget; exported with its latent statistics as `<out>/vae` (an `--init-vae` for a later `all`)."""
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@
 
 Clips are 5 frames (the causal VAE's image frame + one 4-frame group) drawn from random scenes, so both halves of
 the causal encoder are trained; `--clip-frames 17` trains on whole shots instead (what the decoder needs for its
-temporal cache: a decoder sharpened on 5-frame clips got worse at motion, docs/QUALITY.md section 4).
-Loss: L1 + MSE on pixels in [-1, 1], figure pixels weighted up, a tiny KL. On a lent GPU, `training/train_gpu.py`
+temporal cache: a decoder sharpened on 5-frame clips got worse at motion, docs/QUALITY.md, "Known limits").
+Loss: L1 + MSE on pixels in [-1, 1], figure pixels weighted up, a tiny KL. On a GPU, `training/train_gpu.py`
 runs the same loss on whole 17-frame shots. `--decoder-only` keeps the encoder (and so the latent space the
 transformer is trained in) fixed and sharpens the decoder.
 Resumable: re-running with the same --out continues from `last.pt`.
@@ -38,14 +38,14 @@ VAE_CONFIG = dict(
     dropout=0.0,
 )
 # 4x spatial compression (16x16 latents at 64x64): keeps the outline of a wide shot's figure, which 8x blurs into
-# a blob (docs/QUALITY.md section 4). Not shipped yet: for the next GPU session (`train_gpu --vae-compression 4`).
+# a blob (docs/QUALITY.md, "The model"); the shipped autoencoder's (`train_gpu --vae-compression 4`).
 VAE_CONFIGS = {
     8: VAE_CONFIG,
     4: {**VAE_CONFIG, "dim_mult": [1, 2, 4], "temperal_downsample": [True, True], "scale_factor_spatial": 4},
 }
 CLIP_FRAMES = 5
 # Exported weights (vae/ and transformer/ folders) are stored in float16: half the bytes of the 40 MB budget, and
-# every loader asks for float32 (the evaluation reads the same either way, docs/QUALITY.md section 3).
+# every loader asks for float32 (the evaluation reads the same either way, docs/QUALITY.md, "The model").
 WEIGHTS_DTYPE = torch.float16
 SHOT_FRAMES = 17  # frames of one world shot (training.world.render_shot's default)
 
@@ -115,7 +115,7 @@ def figure_weights(mask: torch.Tensor, balance: bool = False) -> torch.Tensor:
     """Per-pixel loss weights from the figure mask `[B, 1, F, H, W]`: 1 for the background, FIGURE_WEIGHT on the
     figure. With `balance`, a clip's figure weight is also multiplied by CLOSE_UP_AREA / its figure area (between 1
     and BALANCE_CAP): a wide shot's figure (2.6% of the frame) then weighs about what a close-up's (20%) does.
-    Unbalanced, the 8x and 4x autoencoders both blur wide-shot figures into circles (docs/QUALITY.md section 4)."""
+    Unbalanced, the 8x and 4x autoencoders both blur wide-shot figures into circles (docs/QUALITY.md, "The model")."""
     if not balance:
         return 1.0 + (FIGURE_WEIGHT - 1.0) * mask
     area = mask.mean(dim=(1, 2, 3, 4), keepdim=True)

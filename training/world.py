@@ -93,11 +93,11 @@ class FigureScale:
 # Figure scales by name; a model records the one it was trained on (`figure_scale` in its training.json) and is
 # evaluated on it. grows/shrinks go from size/GROWTH to size*GROWTH, so the median size still names the shot size.
 FIGURE_SCALES = {
-    # Sessions 1-6 (the shipped demo model): a wide figure of 14 px is 3.5 latent pixels of a 4x autoencoder, too
-    # few for its outline to survive (docs/QUALITY.md 4.3).
+    # Models without a recorded scale: a wide figure of 14 px is 3.5 latent pixels of a 4x autoencoder, too few
+    # for its outline to survive (docs/QUALITY.md, "The world").
     "wide14": FigureScale({"wide": 14, "medium": 24, "close-up": 38}, (18.5, 30.5)),
-    # From session 7: a wide figure of 20 px (still under a third of the frame), medium 28 px so the two stay as far
-    # apart (x1.4) as medium and close-up; thresholds at the geometric means.
+    # The shipped model's: a wide figure of 20 px (still under a third of the frame), medium 28 px so the two stay as
+    # far apart (x1.4) as medium and close-up; thresholds at the geometric means.
     "wide20": FigureScale({"wide": 20, "medium": 28, "close-up": 38}, (23.5, 32.5)),
 }
 DEFAULT_FIGURE_SCALE = "wide14"
@@ -137,8 +137,8 @@ CHARACTER_BY_NAME = {c.name: c for c in CHARACTERS}
 # adapters (LoRA, embedding) can be evaluated on a figure the base model cannot already draw: a colour, a shape and
 # a pattern of their own, kept apart from the training world's tuples above so those stay exactly as trained.
 # Teal is far from every palette and location colour (131 RGB units, L1, from the nearest, the city's ground) and
-# is one the shipped VAE carries (docs/QUALITY.md section 5: lime, magenta or mint came back as other colours, and an
-# adapter cannot draw what the autoencoder cannot decode); the hourglass keeps a waist so it stays one 8-connected
+# is one the shipped VAE carries (docs/QUALITY.md, "The world": lime, magenta or mint came back as other colours, and
+# an adapter cannot draw what the autoencoder cannot decode); the hourglass keeps a waist so it stays one 8-connected
 # figure at the wide shot size.
 NEW_COLOURS: dict[str, tuple[int, int, int]] = {"teal": (0, 128, 128)}
 NEW_SHAPES = ("hourglass",)
@@ -316,7 +316,7 @@ def reference_caption(labels: ShotLabels, name: str) -> str:
     """The caption of the shot a reference still was taken from, the character called `name` (e.g. its trigger
     `<kai>`): size, action and camera in the world's grammar. (Captioning every still `stays still` instead made
     the LoRA's character appear in 17% of held-out shots against 38%: the varied actions keep the trigger from being
-    learned as "a figure that stays still"; docs/QUALITY.md section 5.)"""
+    learned as "a figure that stays still"; docs/QUALITY.md, "Character adapters".)"""
     size, action, camera = SIZE_PHRASES[labels.shot_size], ACTION_PHRASES[labels.action], CAMERA_PHRASES[labels.camera]
     return f"{size}, {name} {action}, {camera}"
 

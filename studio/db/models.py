@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of the studio (DESIGN.md section 3).
+"""SQLAlchemy 2 models of the studio (docs/ARCHITECTURE.md, "Data model").
 
 Portable to SQLite and PostgreSQL: JSON columns (JSONB on PostgreSQL), naive UTC timestamps, named constraints
 (Alembic batch migrations on SQLite need names). Projects, scenes and shots are deleted to a bin (`deleted_at`) and

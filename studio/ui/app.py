@@ -57,7 +57,8 @@ PAGE_CSS = (
 
 
 class StudioBlocks(gr.Blocks):
-    """`gr.Blocks` whose `launch()` applies the studio's security defaults (DESIGN.md 8) unless told otherwise."""
+    """`gr.Blocks` whose `launch()` applies the studio's security defaults unless told otherwise (docs/ARCHITECTURE.md,
+    "Security defaults")."""
 
     studio_services: Any = None
 

@@ -209,7 +209,7 @@ def references_html(references: list[Any]) -> str:
 
 
 # The caption box's value when a reference is picked in the dropdown: read from the references panel the server drew
-# with the same references. A server round trip here used to land after the film-maker had started typing.
+# with the same references. A server round trip here could land after the film-maker had started typing.
 PICKED_REFERENCE_CAPTION_JS = """(referenceId) => {
     const card = document.querySelector(`#sl-references [data-reference-id="${referenceId}"]`);
     return card ? card.dataset.caption : "";

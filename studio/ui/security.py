@@ -1,4 +1,4 @@
-"""The studio's HTTP guard rails (DESIGN.md section 8), added around the Gradio app.
+"""The studio's HTTP guard rails (docs/ARCHITECTURE.md, "Security defaults"), added around the Gradio app.
 
 Stock Gradio 6.31 answers a cross-origin `POST /gradio_api/upload` with 200, so every state-changing request goes
 through `StudioGuard` first: a request whose `Origin` is another site is refused, as is one the browser marks
@@ -242,7 +242,7 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
 
 
 def security_launch_kwargs(services: Any) -> dict[str, Any]:
-    """The `Blocks.launch` arguments that apply DESIGN.md section 8 from the studio settings."""
+    """The `Blocks.launch` arguments that apply the security defaults from the studio settings."""
     from starlette.middleware import Middleware
 
     settings = services.settings

@@ -1,7 +1,7 @@
 """The storyboard timeline: one `gr.HTML` component that draws every scene and shot card in the browser.
 
 Why one component and not `@gr.render` cards: keyed re-renders reset text being typed, saving per keystroke lost
-characters, quick clicks reached the wrong card and one move cost ~1.7 s at 64 shots (issue 7's prototype). Here
+characters, quick clicks reached the wrong card and one move cost ~1.7 s at 64 shots (measured on a prototype). Here
 the value is plain data (`timeline_model`), the browser builds the cards itself with `textContent` (no user string
 is ever parsed as HTML or as a template, so `${document.title}`, `{{value}}` and `<img onerror>` stay text), cards
 are reconciled by shot id (a caption being typed in is never replaced), and every user action is one delegated

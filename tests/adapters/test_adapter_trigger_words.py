@@ -166,7 +166,7 @@ def test_rendering_on_a_fresh_pipeline_sees_the_text_training_saw(tmp_path, monk
     assert ids_of(pipe.tokenizer, "kai") != ids_of(training["tokenizer"], "kai")
     rendered = pipe.encode_caption(caption, config.max_sequence_length)
     torch.testing.assert_close(rendered, seen[caption], rtol=1e-6, atol=1e-6)
-    # And another LoRA character's unknown name no longer reads the same as kai.
+    # And another LoRA character's unknown name does not read the same as kai.
     other = pipe.encode_caption("zed, a figure", config.max_sequence_length)
     assert (other - rendered).abs().max() > 1e-3
     applied.unload()

@@ -212,7 +212,7 @@ def test_cosine_schedule_warms_up_then_settles_to_a_twentieth_by_the_end_of_the_
 
 
 def test_a_cosine_run_ends_at_the_rate_its_last_step_was_due(tmp_path):
-    """Progress is counted in steps when --max-steps ends the run first (the GPU sessions end by --minutes)."""
+    """Progress is counted in steps when --max-steps ends the run first (GPU runs end by --minutes)."""
     _tiny_run(tmp_path / "run")
     args = ["--tokens", "240", "--warmup", "1", "--heads", "2", "--ffn-dim", "64", "--lr", "1e-3", "--max-steps", "4"]
     assert train_demo.main(["train", "--run", str(tmp_path / "run"), "--schedule", "cosine", *args]) == 4

@@ -53,7 +53,8 @@ def test_a_model_is_evaluated_on_the_figure_scale_it_was_trained_on(tmp_path):
 
 
 def test_the_scenes_configuration_runs_the_self_attention_asked_for(tmp_path):
-    """`--self-attention sparse` puts the shipped model's 72-scene row under sparse self-attention (section 4.7)."""
+    """`--self-attention sparse` puts the shipped model's 72-scene row under sparse self-attention
+    (docs/QUALITY.md, "Storyboards")."""
     out = tmp_path / "e.json"
     main(["--scenes", "1", "--compare-scenes", "0", "--steps", "2", "--self-attention", "sparse", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]

@@ -1,4 +1,4 @@
-"""Issue 7's end-to-end run: the real app and a real worker process on the tiny preset, driven in headless Chromium.
+"""The end-to-end run: the real app and a real worker process on the tiny preset, driven in headless Chromium.
 
 Create a project, add a character with two references, write three shots, generate the scene, regenerate shot 2
 (the other two keep their takes, byte for byte), reorder, export, and count the downloaded MP4's frames.

@@ -1,4 +1,5 @@
-"""DESIGN.md section 8 over real HTTP: the studio app as `build_app(...).launch()` serves it, on SQLite."""
+"""The security defaults (docs/ARCHITECTURE.md, "Security defaults") over real HTTP: the studio app as
+`build_app(...).launch()` serves it, on SQLite."""
 
 from __future__ import annotations
 

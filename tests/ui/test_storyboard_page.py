@@ -248,7 +248,7 @@ def test_picking_a_reference_loads_its_caption_at_once_and_keeps_what_is_typed(p
     box = page.locator("#sl-ref-caption textarea")
     assert box.input_value() == "wide shot, <kai> waits ${x}"  # loaded in the page: no round trip, nothing to wait for
     pick(page, "sl-ref-choice", "1. kai_1.png")
-    box.fill("close-up shot, <kai> stays still")  # typed at once: a late answer from the server used to replace it
+    box.fill("close-up shot, <kai> stays still")  # typed at once: a late answer from the server must not replace it
     page.wait_for_timeout(1500)
     assert box.input_value() == "close-up shot, <kai> stays still"
     page.locator("#sl-ref-caption-save").click()

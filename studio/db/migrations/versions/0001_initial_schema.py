@@ -1,4 +1,4 @@
-"""Initial schema: the ten tables of DESIGN.md section 3.
+"""Initial schema: the ten tables of docs/ARCHITECTURE.md, "Data model".
 
 Revision ID: 0001
 Revises:
