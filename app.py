@@ -7,7 +7,6 @@ Embedded defaults: SQLite and assets in ./studio-data, the demo model preset. Ev
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ipaddress
 import logging
 import sys
@@ -53,15 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from studio.services import build_services
     from studio.ui.app import build_app
+    from studio.worker.process import start_local_worker
 
     services = build_services(settings)
-    worker = None
-    if not args.no_worker and importlib.util.find_spec("studio.worker.process") is not None:
-        from studio.worker.process import start_local_worker
-
-        worker = start_local_worker(settings)
-    elif not args.no_worker:
-        logger.warning("no worker is installed in this studio: jobs will wait in the queue")
+    worker = None if args.no_worker else start_local_worker(settings)
     try:
         app = build_app(services)
         logger.info("studio at http://%s:%d (data in %s)", settings.host, settings.port, settings.data_dir.resolve())

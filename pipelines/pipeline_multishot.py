@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.loaders import WanLoraLoaderMixin
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import get_module_execution_device, randn_tensor
 from diffusers.video_processor import VideoProcessor
 
@@ -32,6 +34,36 @@ OUTPUT_TYPES = ("np", "pil", "latent")
 # Captions kept encoded (only their real tokens: ~100 x 4096 bf16 = 0.8 MB each for UMT5-XXL, padding is added on
 # use); a storyboard rarely has more distinct captions in flight.
 TEXT_CACHE_SIZE = 128
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```python
+        >>> import torch
+        >>> from diffusers.utils import export_to_video
+        >>> from pipelines import MultiShotPipeline, ShotSpec
+        >>> from pipelines.tiny import build_tiny_components
+
+        >>> # Tiny random-weight Wan components built in code; for real weights use pipelines.load_pipeline("demo").
+        >>> pipe = MultiShotPipeline(**build_tiny_components(), cross_attention="window", self_attention="sparse")
+        >>> out = pipe(
+        ...     shots=[
+        ...         ShotSpec(caption="wide shot, the lighthouse at night", num_frames=9),
+        ...         ShotSpec(caption="close-up, mara lights the lamp", num_frames=5),
+        ...     ],
+        ...     global_caption="a stormy coast",
+        ...     height=32,
+        ...     width=32,
+        ...     num_inference_steps=2,
+        ...     max_sequence_length=16,
+        ...     generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
+        ... )
+        >>> [frames.shape for frames in out.shots]
+        [(9, 32, 32, 3), (5, 32, 32, 3)]
+        >>> [tuple(latent.shape) for latent in out.latents]
+        [(1, 16, 3, 4, 4), (1, 16, 2, 4, 4)]
+        >>> path = export_to_video(out.shots[0], "shot_1.mp4", fps=16)
+        ```
+"""
 
 
 def _as_index(value) -> int | None:
@@ -51,8 +83,8 @@ class ShotSpec:
 
 
 @dataclass
-class MultiShotOutput:
-    """What one scene generation returns.
+class MultiShotOutput(BaseOutput):
+    """What one scene generation returns (a diffusers `BaseOutput`: `out.shots`, `out["shots"]` or `out[0]`).
 
     shots: one `[F, H, W, 3]` float array in [0, 1] per shot ("np"), a list of PIL images ("pil"), or the
         `[1, C, n, h, w]` latent ("latent"). Empty when the run was interrupted.
@@ -61,6 +93,8 @@ class MultiShotOutput:
     layout: the scene's `ShotLayout` (conditional text).
     parameters: the resolved settings as run (modes, gap, captions as sent, ...), for the take's record.
     interrupted: True when `pipe._interrupt` stopped the loop early.
+
+    With `return_dict=False` the pipeline returns the same fields as a tuple, in this order.
     """
 
     shots: list
@@ -343,6 +377,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         shots: Sequence[ShotSpec],
@@ -361,10 +396,14 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         regenerate_mode: str | None = None,
         output_type: str = "np",
         attention_kwargs: dict[str, Any] | None = None,
-        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         adapter_shots: dict[str, Sequence[int]] | None = None,
-    ) -> MultiShotOutput:
+        return_dict: bool = True,
+    ) -> MultiShotOutput | tuple:
         r"""Generate a scene (or regenerate some of its shots).
 
         Args:
@@ -379,19 +418,34 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             context_latents: per-shot clean latents of the current takes (`[1, C, n, h, w]` or `[C, n, h, w]`;
                 entries of regenerated shots are ignored and may be None).
             regenerate_mode: "inpaint" (any model) | "context" (per-token timesteps); None = pipeline default.
-            callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs) -> dict`, called after every step;
-                `callback_kwargs["latents"]` is the run's video latent (split it with `pipe.current_layout`).
-                Set `pipe._interrupt = True` to stop before the next step.
+            callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs) -> dict`, a diffusers
+                `PipelineCallback` or `MultiPipelineCallbacks`, called after every step; tensors it returns (e.g.
+                `latents`) replace the run's. `callback_kwargs["latents"]` is the run's video latent (split it with
+                `pipe.current_layout`). Set `pipe._interrupt = True` to stop before the next step.
+            callback_on_step_end_tensor_inputs: the tensors the callback gets, of `pipe._callback_tensor_inputs`
+                (default `["latents"]`); a `PipelineCallback` brings its own `tensor_inputs`.
             adapter_shots: loaded LoRA adapter name -> the shots (indices) it may change; its delta is masked out
                 of every other shot's tokens (`pipelines.adapter_scope`). None: every LoRA acts on the whole scene.
+            return_dict: return a `MultiShotOutput` (default) or a plain tuple of its fields.
+
+        Examples:
+
+        Returns:
+            `MultiShotOutput`, or with `return_dict=False` the tuple `(shots, latents, layout, parameters,
+            interrupted)`.
         """
         cross_attention = cross_attention or self.config.cross_attention
         self_attention = self_attention or self.config.self_attention
         regenerate_mode = regenerate_mode or self.config.regenerate_mode
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         for name in tensor_inputs:
             if name not in self._callback_tensor_inputs:
-                raise ValueError(f"callback tensor {name!r} is not one of {self._callback_tensor_inputs}")
+                raise ValueError(
+                    f"callback tensor {name!r} is not one of {self._callback_tensor_inputs}; "
+                    "change callback_on_step_end_tensor_inputs"
+                )
         shots = list(shots or [])
         self.check_inputs(
             shots,
@@ -578,6 +632,8 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         if interrupted:
             self._current_layout = None
             self.maybe_free_model_hooks()
+            if not return_dict:
+                return ([], kept, layout, parameters, True)
             return MultiShotOutput([], kept, layout, parameters, interrupted=True)
 
         # 6. Decode shot by shot: each shot's first latent frame is its own image frame for the causal VAE.
@@ -587,4 +643,6 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             outputs = [self.decode_latents(lat, output_type) for lat in shot_latents]
         self._current_layout = None
         self.maybe_free_model_hooks()
+        if not return_dict:
+            return (outputs, kept, layout, parameters, False)
         return MultiShotOutput(outputs, kept, layout, parameters)

@@ -1,23 +1,24 @@
 """`python -m studio [--data-dir D] [--db URL] COMMAND`: the studio without a browser.
 
-Commands here: project (create/list/show), import, export-storyboard, render, settings. Feature areas add theirs
-without editing this file: a module listed in COMMAND_MODULES defines `register(subparsers)`, whose sub-parsers
-set `func=handler` with `handler(args, services) -> int`. Refusals print one line `error: <reason>` to stderr and
-exit non-zero.
+Commands here: project (create/list/show), import, export-storyboard, render, settings. The feature areas' own
+commands (jobs, export and bundles, characters) live in their `commands` modules, each with `register(subparsers)`
+whose sub-parsers set `func=handler` with `handler(args, services) -> int`. Refusals print one line
+`error: <reason>` to stderr and exit non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
 
 from studio.config import SettingsError, add_settings_arguments, describe_settings, load_settings
 from studio.config import settings_overrides_from_args as _overrides
+from studio.export import commands as export_commands
+from studio.faces import commands as character_commands
+from studio.worker import commands as job_commands
 
-COMMAND_MODULES = ("studio.worker.commands", "studio.export.commands", "studio.faces.commands")
 # Flags every command accepts before its name; the rest of the settings are for app.py and the worker.
 GLOBAL_SETTINGS = ("data_dir", "database_url", "model_preset", "upload_max_bytes", "image_max_pixels")
 
@@ -195,14 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     settings = commands.add_parser("settings", help="show every setting, its value, flag and variable")
     settings.set_defaults(func=cmd_settings)
 
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name and module_name.startswith(error.name):
-                continue  # that feature area is not installed in this tree
-            raise
-        module.register(commands)
+    for area in (job_commands, export_commands, character_commands):
+        area.register(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""CLI commands of the export area (registered by studio/cli.py through COMMAND_MODULES):
+"""CLI commands of the export area (registered by studio/cli.py):
 
     python -m studio export PROJECT --out film.mp4 [--music FILE] [--music-fade S] [--placeholders] [--reencode]
     python -m studio bundle PROJECT --out project.zip

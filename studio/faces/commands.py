@@ -1,4 +1,4 @@
-"""CLI commands of the character area (registered by studio/cli.py through COMMAND_MODULES):
+"""CLI commands of the character area (registered by studio/cli.py):
 
     python -m studio character add PROJECT NAME --ref IMG [--ref IMG ...] [--description TEXT] [--trigger <tok>]
                                                 [--adapter none|lora|embedding]

@@ -1,66 +1,40 @@
 """Job kind -> handler. A handler takes a `JobContext` and returns the job's result dict.
 
-Handlers of other feature areas keep their own signature `(services, job, report_progress, should_cancel)`;
-they are imported lazily so a worker that never sees an export job never imports moviepy, and a missing area
-fails only the jobs of its kind, with a message, instead of the whole worker.
+Every handler is imported here, so a missing or broken feature area stops the worker at start with its import
+error instead of failing its jobs later. The character and export areas keep their own signature
+`(services, job, report_progress, should_cancel)`; the adapters below hand them the context's parts.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable
 
+from studio.characters_jobs import run_train_adapter
+from studio.export.jobs import run_export_job
+from studio.generation import run_generate_scene, run_regenerate_shot
 from studio.worker.context import JobContext
 
 Handler = Callable[[JobContext], dict]
 
 
-def _generate_scene(ctx: JobContext) -> dict:
-    from studio.generation import run_generate_scene
-
-    return run_generate_scene(ctx)
-
-
-def _regenerate_shot(ctx: JobContext) -> dict:
-    from studio.generation import run_regenerate_shot
-
-    return run_regenerate_shot(ctx)
+def train_adapter(ctx: JobContext) -> dict:
+    # Training reuses the worker's warm base model when it can.
+    result = run_train_adapter(ctx.services, ctx.job, ctx.report_progress, ctx.should_cancel, pipelines=ctx.pipelines)
+    return result or {}
 
 
-def _area_handler(module_names: tuple[str, ...], function_name: str) -> Handler:
-    """Adapt an area's `(services, job, report_progress, should_cancel)` function to a context handler."""
+def export_film(ctx: JobContext) -> dict:
+    return run_export_job(ctx.services, ctx.job, ctx.report_progress, ctx.should_cancel) or {}
 
-    def handler(ctx: JobContext) -> dict:
-        function = None
-        for module_name in module_names:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as error:
-                if error.name and module_name.startswith(error.name):
-                    continue
-                raise
-            function = getattr(module, function_name, None)
-            if function is not None:
-                break
-        if function is None:
-            raise RuntimeError(
-                f"no handler {function_name} in {' or '.join(module_names)}; this install cannot run "
-                f"{ctx.job.kind} jobs"
-            )
-        kwargs = {}
-        if "pipelines" in inspect.signature(function).parameters:
-            kwargs["pipelines"] = ctx.pipelines  # training reuses the worker's warm base model when it can
-        result = function(ctx.services, ctx.job, ctx.report_progress, ctx.should_cancel, **kwargs)
-        return result or {}
 
-    return handler
+HANDLERS: dict[str, Handler] = {
+    "generate_scene": run_generate_scene,
+    "regenerate_shot": run_regenerate_shot,
+    "train_adapter": train_adapter,
+    "export_film": export_film,
+}
 
 
 def default_handlers() -> dict[str, Handler]:
-    return {
-        "generate_scene": _generate_scene,
-        "regenerate_shot": _regenerate_shot,
-        "train_adapter": _area_handler(("studio.characters_jobs",), "run_train_adapter"),
-        "export_film": _area_handler(("studio.export",), "run_export_job"),
-    }
+    """A fresh copy of `HANDLERS` (a worker may replace some of its entries)."""
+    return dict(HANDLERS)

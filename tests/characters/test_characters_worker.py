@@ -9,7 +9,6 @@ from face_models import face_picture
 
 from studio.characters_jobs import apply_adapters, ensure_adapters, scene_adapters, substitute_captions
 from studio.worker.cache import PipelineCache
-from studio.worker.handlers import _area_handler, default_handlers
 from studio.worker.process import Worker
 
 
@@ -39,9 +38,7 @@ def test_train_on_the_worker_then_generate_with_the_adapter(sqlite_services):
         services.characters.add_reference(mara.id, "mara.png", png_bytes(face_picture([(20, 30, 64, RED)])))
         [job] = ensure_adapters(services, project.id, [mara.id])
         pipelines = PipelineCache(torch.device("cpu"), torch.float32, adapter_loader=apply_adapters)
-        handlers = dict(default_handlers())
-        handlers["train_adapter"] = _area_handler(("studio.characters_jobs",), "run_train_adapter")
-        worker = Worker(services, worker_id="test-worker", handlers=handlers, pipelines=pipelines)
+        worker = Worker(services, worker_id="test-worker", pipelines=pipelines)
         worker.run(max_jobs=1, exit_when_idle=True)
         done = services.jobs.get(job.id)
         assert done.status == "done", done.error

@@ -13,17 +13,15 @@ import pytest
 from PIL import Image
 from sqlalchemy import insert
 
-# The studio core may land after this file in a fresh checkout; skip with the reason instead of failing collection.
-pytest.importorskip("studio.services", reason="the studio core (studio.services) is not committed yet")
-
-from studio.db import models  # noqa: E402
-from studio.export.bundle import (  # noqa: E402
+from studio import storyboard_file
+from studio.db import models
+from studio.export.bundle import (
     collect_project_rows,
     export_bundle,
     import_bundle,
     read_bundle_manifest,
 )
-from studio.services.errors import ConflictError, ValidationError  # noqa: E402
+from studio.services.errors import ConflictError, ValidationError
 
 
 def png_bytes(colour: tuple[int, int, int]) -> bytes:
@@ -222,7 +220,6 @@ def test_bundle_round_trip_is_lossless(services, solid_video, tmp_path, request)
     assert report.assets == 17 and report.rows["takes"] == 4
     manifest = read_bundle_manifest(report.path)
     assert manifest["project"] == "The Lighthouse" and len(manifest["assets"]) == 17
-    storyboard_file = pytest.importorskip("studio.storyboard_file")
     with zipfile.ZipFile(report.path) as archive:
         # The storyboard and the references it names travel together: the unzipped folder renders on its own.
         doc = storyboard_file.parse_storyboard(archive.read("storyboard.yaml").decode(), source="storyboard.yaml")

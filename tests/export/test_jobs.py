@@ -12,13 +12,10 @@ import opentimelineio as otio
 import pytest
 from PIL import Image
 
-# The studio core may land after this file in a fresh checkout; skip with the reason instead of failing collection.
-pytest.importorskip("studio.services.takes", reason="the studio core (takes service) is not committed yet")
-
-from studio.export import commands, run_export_job  # noqa: E402
-from studio.export.film import ExportError  # noqa: E402
-from studio.export.jobs import export_project  # noqa: E402
-from studio.export.probe import probe_video, read_video_frames  # noqa: E402
+from studio.export import commands, run_export_job
+from studio.export.film import ExportError
+from studio.export.jobs import export_project
+from studio.export.probe import probe_video, read_video_frames
 
 
 def png(grey: int) -> bytes:

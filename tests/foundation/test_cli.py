@@ -87,3 +87,12 @@ def test_ctrl_c_is_one_line_that_says_how_to_go_on(data_dir, monkeypatch, capsys
     assert main([*data_dir, "project", "list"]) == 130
     err = capsys.readouterr().err
     assert err == "interrupted: what finished is kept; run the same command again to go on\n"
+
+
+def test_every_area_registers_its_commands():
+    from studio.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if action.dest == "command").choices
+    for name in ("project", "import", "render", "jobs", "export", "bundle", "import-bundle", "character", "adapter"):
+        assert name in commands, name
