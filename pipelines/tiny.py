@@ -120,3 +120,17 @@ def build_tiny_components(config: TinyWanConfig | None = None, seed: int = 0) ->
         "transformer": transformer,
         "scheduler": scheduler,
     }
+
+
+def build_tiny_two_expert_components(
+    config: TinyWanConfig | None = None, seed: int = 0, boundary_ratio: float = 0.875
+) -> dict:
+    """The tiny components plus a second transformer (`transformer_2`, the low-noise expert) and `boundary_ratio`:
+    the layout of Wan2.2 T2V-A14B. `WanPipeline(**components)` and `MultiShotPipeline(**components)` both take it."""
+    from diffusers import WanTransformer3DModel
+
+    components = build_tiny_components(config, seed)
+    torch.manual_seed(seed + 3)
+    components["transformer_2"] = WanTransformer3DModel.from_config(components["transformer"].config).eval()
+    components["boundary_ratio"] = boundary_ratio
+    return components
