@@ -35,6 +35,22 @@ class ModelPreset:
     regenerate_mode: str  # default single-shot regeneration mode, one of REGENERATE_MODES
     resolution_multiple: int  # width and height must be multiples of this (VAE stride x patch size)
     default_negative_prompt: str = ""  # negative prompt a new project starts with
+    # Two-expert Wan2.2 A14B: low-noise expert's guidance and the switch point (fraction of the training timesteps);
+    # the folder's model_index.json `boundary_ratio` wins over this one. None: a one-expert model.
+    guidance_scale_2: float | None = None
+    boundary_ratio: float | None = None
+    # Single-file transformer checkpoints this preset knows by name, in expert order (high-noise first): found in
+    # the preset's folder beside the diffusers config. Empty: any one `.safetensors` there (or a high/low pair).
+    checkpoint_files: tuple[str, ...] = ()
+    checkpoints_required: bool = False  # True: the named files ARE the model (a fine-tune of the folder's base)
+    # True when the preset's flow_shift is part of the model (a fine-tune sampled with it) and replaces the shift
+    # of the base folder's scheduler; otherwise the folder's own scheduler shift wins.
+    force_flow_shift: bool = False
+    downloads: str = ""  # what to download and where it goes (README Models section, UI model list)
+
+    @property
+    def num_experts(self) -> int:
+        return 1 if self.boundary_ratio is None else 2
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -147,6 +163,38 @@ PRESETS: dict[str, ModelPreset] = {
         regenerate_mode="inpaint",
         resolution_multiple=32,
         default_negative_prompt="blurry, low quality, static, deformed, watermark, text",
+    ),
+    "wan2.2-t2v-a14b": ModelPreset(
+        name="wan2.2-t2v-a14b",
+        description=(
+            "Wan2.2 text-to-video A14B: two 14B experts (high-noise, then low-noise), 720p or 480p at 16 fps "
+            "(weights from a local folder or the Hugging Face cache)"
+        ),
+        source="local",
+        repo_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+        width=1280,
+        height=720,
+        fps=16,
+        default_frames=81,
+        min_frames=5,
+        max_frames=81,
+        # Wan2.2's own A14B config: 40 steps, guidance (3.0 low-noise, 4.0 high-noise), shift 12, boundary 0.875.
+        num_inference_steps=40,
+        guidance_scale=4.0,
+        flow_shift=12.0,
+        cross_attention="window",
+        self_attention="sparse",
+        gap=0,
+        max_sequence_length=512,
+        regenerate_mode="inpaint",
+        resolution_multiple=16,
+        default_negative_prompt="blurry, low quality, static, deformed, watermark, text",
+        guidance_scale_2=3.0,
+        boundary_ratio=0.875,
+        checkpoint_files=(
+            "wan2.2_t2v_high_noise_14B_fp16.safetensors",
+            "wan2.2_t2v_low_noise_14B_fp16.safetensors",
+        ),
     ),
 }
 
