@@ -20,6 +20,8 @@ from studio.config import settings_overrides_from_args as _overrides
 COMMAND_MODULES = ("studio.worker.commands", "studio.export.commands", "studio.faces.commands")
 # Flags every command accepts before its name; the rest of the settings are for app.py and the worker.
 GLOBAL_SETTINGS = ("data_dir", "database_url", "model_preset", "upload_max_bytes", "image_max_pixels")
+# Where the weights are and how they run: accepted before the command name and after it, by every command.
+MODEL_SETTINGS = ("model_dir", "device", "dtype", "offload")
 
 
 def _print_project(services, project) -> None:
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m studio",
         description="Shotline studio from the command line (the web studio is `python app.py`).",
     )
-    add_settings_arguments(parser, only=GLOBAL_SETTINGS)
+    add_settings_arguments(parser, only=GLOBAL_SETTINGS + MODEL_SETTINGS)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the studio does")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -203,7 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that feature area is not installed in this tree
             raise
         module.register(commands)
+    _add_model_flags(commands)
     return parser
+
+
+def _add_model_flags(subparsers_action) -> None:
+    """`--model-dir --device --dtype --offload` on every command and sub-command, after its name too."""
+    for sub in subparsers_action.choices.values():
+        add_settings_arguments(sub, only=MODEL_SETTINGS, default=argparse.SUPPRESS)
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_model_flags(action)
 
 
 def main(argv: list[str] | None = None) -> int:
