@@ -204,7 +204,9 @@ def _check_kind(folder: Path, preset: ModelPreset) -> None:
     )
 
 
-def _inspect(folder: Path, preset: ModelPreset, explicit_file: Path | None = None) -> tuple[ModelLocation | None, str]:
+def _inspect(
+    folder: Path, preset: ModelPreset, explicit_file: Path | None = None, extra_dirs: tuple[Path, ...] = ()
+) -> tuple[ModelLocation | None, str]:
     """(location, '') when `folder` has everything the preset needs, else (None, what is missing there)."""
     if not folder.is_dir():
         return None, "not found"
@@ -226,7 +228,8 @@ def _inspect(folder: Path, preset: ModelPreset, explicit_file: Path | None = Non
             high, low = sorted([explicit_file, partner], key=lambda p: "low" in p.name.lower())
             checkpoints = {"transformer": high, "transformer_2": low}
     else:
-        checkpoints = _expert_files(preset, _single_files(folder), folder)
+        extra = [p for d in extra_dirs if d.is_dir() for p in sorted(d.glob("*.safetensors"))]
+        checkpoints = _expert_files(preset, _single_files(folder) + extra, folder)
     for component in expert_components(preset):
         if component in checkpoints:
             if not (folder / component / "config.json").is_file():
@@ -263,8 +266,16 @@ def candidate_folders(preset: ModelPreset, model_root: str | os.PathLike | None)
     if model_root is None:
         return []
     root = Path(model_root).expanduser()
-    names = [preset.name] + ([preset.repo_id.split("/")[-1]] if preset.repo_id else [])
+    names = [preset.name] + ([preset.repo_id.split("/")[-1]] if preset.repo_id else []) + list(preset.also_in)
     return [(root / name, "model folder") for name in dict.fromkeys(names)]
+
+
+def checkpoint_folders(preset: ModelPreset, model_root: str | os.PathLike | None) -> tuple[Path, ...]:
+    """Folders under the model root searched for the preset's named checkpoint files (beside its diffusers folder
+    too)."""
+    if model_root is None:
+        return ()
+    return tuple(Path(model_root).expanduser() / name for name in preset.checkpoint_dirs)
 
 
 def find_model(
@@ -292,14 +303,15 @@ def find_model(
             location.how = "model_dir"
             return location
     else:
+        extra_dirs = checkpoint_folders(preset, model_root)
         for folder, how in candidate_folders(preset, model_root):
-            location, problem = _inspect(folder, preset)
+            location, problem = _inspect(folder, preset, extra_dirs=extra_dirs)
             if location is not None:
                 location.how = how
                 return location
             searched.append(f"{folder}: {problem}")
         if preset.repo_id:
-            location, problem = _hf_cache_location(preset)
+            location, problem = _hf_cache_location(preset, extra_dirs)
             if location is not None:
                 return location
             searched.append(f"the Hugging Face cache {hf_cache_folder(preset.repo_id)}: {problem}")
@@ -318,7 +330,7 @@ def find_model(
     )
 
 
-def _hf_cache_location(preset: ModelPreset) -> tuple[ModelLocation | None, str]:
+def _hf_cache_location(preset: ModelPreset, extra_dirs: tuple[Path, ...] = ()) -> tuple[ModelLocation | None, str]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -327,7 +339,7 @@ def _hf_cache_location(preset: ModelPreset) -> tuple[ModelLocation | None, str]:
         folder = Path(snapshot_download(preset.repo_id, cache_dir=cache_folder.parent, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         return None, f"no snapshot of {preset.repo_id}"
-    location, problem = _inspect(folder, preset)
+    location, problem = _inspect(folder, preset, extra_dirs=extra_dirs)
     if location is not None:
         location.how = f"Hugging Face cache snapshot of {preset.repo_id}"
     return location, problem
@@ -480,7 +492,16 @@ def load_pipeline(
         if preset.num_experts == 2 and components.get("boundary_ratio") is None:
             components["boundary_ratio"] = preset.boundary_ratio
 
-    pipe = MultiShotPipeline(
+    if preset.pipeline == "holocine":
+        from .holocine import HoloCineFlowScheduler, HoloCinePipeline
+
+        pipeline_class = HoloCinePipeline
+        # HoloCine's own sampler (Euler, its sigma schedule, shift 5) replaces the base folder's UniPC.
+        components["scheduler"] = HoloCineFlowScheduler(shift=preset.flow_shift if flow_shift is None else flow_shift)
+        logger.info("preset %s samples with HoloCine's Euler schedule (shift %s)", preset.name, preset.flow_shift)
+    else:
+        pipeline_class = MultiShotPipeline
+    pipe = pipeline_class(
         **components,
         gap=preset.gap,
         cross_attention=preset.cross_attention,

@@ -349,6 +349,22 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                     f"{shot.num_frames}-frame shot at {width}x{height}; regenerate with the take's own settings"
                 )
 
+    def _scene_text(self, shots, global_caption, negative_prompt, max_sequence_length, device):
+        """The conditional text `[global; caption_1; ...; caption_K]` as `([L, D], global_length, caption_lengths)`,
+        each caption encoded on its own."""
+        caption_embeds = [self.encode_caption(s.caption, max_sequence_length, device) for s in shots]
+        global_embeds = [self.encode_caption(global_caption, max_sequence_length, device)] if global_caption else []
+        global_length = global_embeds[0].shape[0] if global_embeds else 0
+        return torch.cat(global_embeds + caption_embeds), global_length, [e.shape[0] for e in caption_embeds]
+
+    def _attention_context(self, expert, layout: ShotLayout, cross_attention: str, self_attention: str):
+        """The multi-shot attention of one expert for the run (yields the state whose layout the passes switch)."""
+        return multishot_attention(expert, layout, cross_attention, self_attention)
+
+    def _decode_shots(self, shot_latents: list[torch.Tensor], shots: Sequence[ShotSpec], output_type: str) -> list:
+        """Decode shot by shot: each shot's first latent frame is its own image frame for the causal VAE."""
+        return [self.decode_latents(lat, output_type) for lat in shot_latents]
+
     def _expert_at(self, t, guidance_scale: float, guidance_scale_2: float | None):
         """The transformer and guidance scale of timestep `t`: the high-noise expert at and above the boundary
         timestep (`boundary_ratio * num_train_timesteps`, as `WanPipeline` draws it), the low-noise one below."""
@@ -475,11 +491,9 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
         # 1. Text: [global; caption_1; ...; caption_K] for the conditional pass, the negative prompt alone (global,
         # seen by every shot) for the unconditional one: it describes what no shot should show.
-        caption_embeds = [self.encode_caption(s.caption, max_sequence_length, device) for s in shots]
-        global_embeds = (
-            self.encode_caption(global_caption, max_sequence_length, device) if global_caption is not None else None
+        prompt_embeds, global_length, caption_lengths = self._scene_text(
+            shots, global_caption, negative_prompt, max_sequence_length, device
         )
-        prompt_embeds = torch.cat(([global_embeds] if global_embeds is not None else []) + caption_embeds)
         prompt_embeds = prompt_embeds.unsqueeze(0).to(transformer_dtype)
         negative_prompt_embeds = None
         if self.do_classifier_free_guidance:
@@ -496,8 +510,8 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             [n // p_t for n in latent_frames],
             lat_h // p_h,
             lat_w // p_w,
-            caption_lengths=[e.shape[0] for e in caption_embeds],
-            global_length=0 if global_embeds is None else global_embeds.shape[0],
+            caption_lengths=caption_lengths,
+            global_length=global_length,
             gap=self.config.gap,
         )
         regenerating = regenerate is not None
@@ -539,7 +553,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         with contextlib.ExitStack() as stack:
             # One multi-shot state per expert, switched together between the conditional and unconditional passes.
             states = [
-                stack.enter_context(multishot_attention(expert, run_layout, cross_attention, self_attention))
+                stack.enter_context(self._attention_context(expert, run_layout, cross_attention, self_attention))
                 for expert in self.experts
             ]
             state = states[0]
@@ -647,11 +661,11 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             self.maybe_free_model_hooks()
             return MultiShotOutput([], kept, layout, parameters, interrupted=True)
 
-        # 6. Decode shot by shot: each shot's first latent frame is its own image frame for the causal VAE.
+        # 6. Decode (shot by shot: each shot's first latent frame is its own image frame for the causal VAE).
         if output_type == "latent":
             outputs = [lat.clone() for lat in kept]
         else:
-            outputs = [self.decode_latents(lat, output_type) for lat in shot_latents]
+            outputs = self._decode_shots(shot_latents, shots, output_type)
         self._current_layout = None
         self.maybe_free_model_hooks()
         return MultiShotOutput(outputs, kept, layout, parameters)

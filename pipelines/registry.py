@@ -47,10 +47,67 @@ class ModelPreset:
     # of the base folder's scheduler; otherwise the folder's own scheduler shift wins.
     force_flow_shift: bool = False
     downloads: str = ""  # what to download and where it goes (README Models section, UI model list)
+    pipeline: str = "multishot"  # "multishot" (MultiShotPipeline) | "holocine" (pipelines.holocine.HoloCinePipeline)
+    # More folder names under the model root holding this preset's diffusers folder (e.g. its base model's) and
+    # the folders (relative to the model root) searched for its checkpoint files.
+    also_in: tuple[str, ...] = ()
+    checkpoint_dirs: tuple[str, ...] = ()
 
     @property
     def num_experts(self) -> int:
         return 1 if self.boundary_ratio is None else 2
+
+
+# HoloCine's negative prompt (their inference scripts' `scene_negative_prompt`, Wan's standard one).
+HOLOCINE_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
+    "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
+
+
+def _holocine(variant: str) -> ModelPreset:
+    """HoloCine's two expert files of one variant on the Wan2.2 T2V-A14B diffusers folder, with their defaults
+    (HoloCine_inference_*.py: 480x832, 50 steps, guidance 5 for both experts, shift 5, switch at 0.875, up to 241
+    frames a scene, saved at 15 fps)."""
+    attention = "dense self-attention" if variant == "full" else "sparse inter-shot self-attention (faster)"
+    return ModelPreset(
+        name=f"holocine-{variant}",
+        description=(
+            f"HoloCine multi-shot scenes ({attention}) on Wan2.2 A14B: the cast stays the same across cuts; "
+            "480p, up to 241 frames a scene; licence CC BY-NC-SA 4.0 (non-commercial)"
+        ),
+        source="local",
+        repo_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+        width=832,
+        height=480,
+        fps=15,
+        default_frames=45,
+        min_frames=5,
+        max_frames=241,
+        num_inference_steps=50,
+        guidance_scale=5.0,
+        flow_shift=5.0,
+        cross_attention="window",
+        self_attention=variant,
+        gap=0,
+        max_sequence_length=512,
+        regenerate_mode="inpaint",
+        resolution_multiple=16,
+        default_negative_prompt=HOLOCINE_NEGATIVE_PROMPT,
+        guidance_scale_2=5.0,
+        boundary_ratio=0.875,
+        checkpoint_files=(f"{variant}_high_noise.safetensors", f"{variant}_low_noise.safetensors"),
+        checkpoints_required=True,
+        force_flow_shift=True,
+        pipeline="holocine",
+        also_in=("wan2.2-t2v-a14b",),
+        checkpoint_dirs=(f"holocine-{variant}", f"HoloCine_dit/{variant}", "HoloCine_dit"),
+        downloads=(
+            f"HoloCine's {variant}_high_noise.safetensors and {variant}_low_noise.safetensors go in "
+            f"MODEL_DIR/holocine-{variant}/ or MODEL_DIR/HoloCine_dit/{variant}/ (the layout of their release)."
+        ),
+    )
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -196,6 +253,8 @@ PRESETS: dict[str, ModelPreset] = {
             "wan2.2_t2v_low_noise_14B_fp16.safetensors",
         ),
     ),
+    "holocine-full": _holocine("full"),
+    "holocine-sparse": _holocine("sparse"),
 }
 
 
