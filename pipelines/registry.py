@@ -52,6 +52,8 @@ class ModelPreset:
     # the folders (relative to the model root) searched for its checkpoint files.
     also_in: tuple[str, ...] = ()
     checkpoint_dirs: tuple[str, ...] = ()
+    transformer_params_b: float = 0.0  # parameters of one transformer (expert), billions (disk/VRAM estimates)
+    text_encoder_params_b: float = 5.68  # UMT5-XXL encoder
 
     @property
     def num_experts(self) -> int:
@@ -101,6 +103,7 @@ def _holocine(variant: str) -> ModelPreset:
         checkpoints_required=True,
         force_flow_shift=True,
         pipeline="holocine",
+        transformer_params_b=14.29,
         also_in=("wan2.2-t2v-a14b",),
         checkpoint_dirs=(f"holocine-{variant}", f"HoloCine_dit/{variant}", "HoloCine_dit"),
         downloads=(
@@ -176,6 +179,7 @@ PRESETS: dict[str, ModelPreset] = {
         regenerate_mode="inpaint",
         resolution_multiple=16,
         default_negative_prompt="blurry, low quality, static, deformed, watermark, text",
+        transformer_params_b=1.42,
     ),
     "wan2.1-t2v-14b": ModelPreset(
         name="wan2.1-t2v-14b",
@@ -198,6 +202,7 @@ PRESETS: dict[str, ModelPreset] = {
         regenerate_mode="inpaint",
         resolution_multiple=16,
         default_negative_prompt="blurry, low quality, static, deformed, watermark, text",
+        transformer_params_b=14.29,
     ),
     "wan2.2-ti2v-5b": ModelPreset(
         name="wan2.2-ti2v-5b",
@@ -220,6 +225,7 @@ PRESETS: dict[str, ModelPreset] = {
         regenerate_mode="inpaint",
         resolution_multiple=32,
         default_negative_prompt="blurry, low quality, static, deformed, watermark, text",
+        transformer_params_b=5.0,
     ),
     "wan2.2-t2v-a14b": ModelPreset(
         name="wan2.2-t2v-a14b",
@@ -252,10 +258,41 @@ PRESETS: dict[str, ModelPreset] = {
             "wan2.2_t2v_high_noise_14B_fp16.safetensors",
             "wan2.2_t2v_low_noise_14B_fp16.safetensors",
         ),
+        transformer_params_b=14.29,
     ),
     "holocine-full": _holocine("full"),
     "holocine-sparse": _holocine("sparse"),
 }
+
+
+def requirements(preset: ModelPreset) -> str:
+    """What a preset needs on this machine, in one paragraph: files and where they go, disk, GPU memory per
+    offload profile. Sizes are estimates from parameter counts at 2 bytes each (bf16), weights only: the
+    activations of a long scene come on top."""
+    if preset.source != "local":
+        return "Nothing to download (" + ("built in code" if preset.source == "code" else "ships in assets/") + ")."
+    experts = preset.num_experts * preset.transformer_params_b * 2
+    text = preset.text_encoder_params_b * 2
+    disk = experts + text + 0.5
+    largest = max(preset.transformer_params_b * 2, text)
+    folders = dict.fromkeys([preset.name, (preset.repo_id or "").split("/")[-1], *preset.also_in])
+    places = ", ".join(f"MODEL_DIR/{name}/" for name in folders)
+    needs = (
+        f"Needs the diffusers folder {preset.repo_id} (model_index.json, tokenizer/, text_encoder/, vae/, scheduler/, "
+        + ("transformer/ and transformer_2/" if preset.num_experts == 2 else "transformer/")
+        + f") as {places} or in the Hugging Face cache"
+    )
+    if preset.checkpoints_required:
+        needs += f", plus {' and '.join(preset.checkpoint_files)}. {preset.downloads}"
+    elif preset.checkpoint_files:
+        needs += f"; single-file checkpoints beside it ({', '.join(preset.checkpoint_files)}) may replace its weights."
+    else:
+        needs += "; a single-file .safetensors checkpoint beside it may replace its transformer weights."
+    return (
+        f"{needs} About {disk:.0f} GB on disk in bf16. GPU memory for the weights (estimated): offload none "
+        f"~{experts + text + 0.5:.0f} GB, model ~{largest:.0f} GB (one model on the GPU at a time), sequential a "
+        "few GB (slowest)."
+    )
 
 
 def get_preset(name: str) -> ModelPreset:

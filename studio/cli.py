@@ -133,6 +133,25 @@ def cmd_render(args, services) -> int:
     return 0
 
 
+def cmd_models(args, services) -> int:
+    """Every preset, what it needs, and whether its weights are found here (looked up offline, nothing loaded)."""
+    from pipelines.loading import find_model
+    from pipelines.registry import PRESETS, requirements
+
+    root = services.settings.resolved_model_dir
+    for preset in PRESETS.values():
+        where = "ready"
+        if preset.source == "local":
+            try:
+                location = find_model(preset, model_root=root)
+                files = ", ".join(p.name for p in location.checkpoints.values())
+                where = f"found: {location.folder}" + (f" with {files}" if files else "")
+            except ValueError as error:
+                where = f"not found ({str(error).split(' Expected in one of them')[0]})"
+        print(f"{preset.name}: {preset.description}\n  {requirements(preset)}\n  {where}")
+    return 0
+
+
 def cmd_settings(args, services) -> int:
     settings = services.settings
     for field, env, flag, description in describe_settings():
@@ -193,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, help="the film to write, e.g. film.mp4")
     render.add_argument("--regenerate", metavar="SHOT", help="make a new take of one shot: N (film order) or S.N")
     render.set_defaults(func=cmd_render)
+
+    models = commands.add_parser("models", help="list the model presets, what each needs and whether it is found")
+    models.set_defaults(func=cmd_models)
 
     settings = commands.add_parser("settings", help="show every setting, its value, flag and variable")
     settings.set_defaults(func=cmd_settings)

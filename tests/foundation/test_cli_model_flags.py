@@ -47,3 +47,17 @@ def test_the_flags_reach_the_settings(where):
 def test_a_bad_flag_value_is_one_error_line(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path), "settings", "--offload", "disk"]) == 2
     assert "setting offload (--offload / STUDIO_OFFLOAD)" in capsys.readouterr().err
+
+
+def test_models_lists_every_preset_with_what_it_needs(tmp_path, capsys, monkeypatch):
+    from pipelines.registry import PRESETS
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert main(["--data-dir", str(tmp_path), "models", "--model-dir", str(tmp_path / "models")]) == 0
+    out = capsys.readouterr().out
+    for name in PRESETS:
+        assert f"\n{name}: " in f"\n{out}"
+    assert "sparse_high_noise.safetensors and sparse_low_noise.safetensors" in out
+    assert "not found (weights for model preset 'wan2.2-t2v-a14b' are missing" in out
+    assert str(tmp_path / "models" / "Wan2.2-T2V-A14B-Diffusers") in out
+    assert "offload none ~69 GB, model ~29 GB" in out
