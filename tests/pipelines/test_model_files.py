@@ -262,3 +262,21 @@ def test_worker_cache_finds_the_repo_named_folder(a14b_folder):
     assert pipe.transformer_2 is not None and cache.get("wan2.2-t2v-a14b") is pipe
     cache.clear()
     assert cache.key is None
+
+
+def test_imported_loras_are_checked_against_the_folder_the_preset_loads(a14b_folder, tmp_path):
+    from adapters.importing import AdapterImportError, inspect_lora
+    from studio.faces.service import transformer_config_for
+
+    config = transformer_config_for("wan2.2-t2v-a14b", a14b_folder.parent)  # found in the repo-named folder
+    assert config["num_layers"] == 2 and config["attention_head_dim"] == 12
+    bigger = WanTransformer3DModel.from_config({**dict(config), "attention_head_dim": 24})
+    lora = {}
+    for name, module in bigger.named_modules():
+        if name.startswith("blocks.") and name.endswith("attn1.to_q"):
+            lora[f"transformer.{name}.lora_A.weight"] = torch.zeros(2, module.in_features)
+            lora[f"transformer.{name}.lora_B.weight"] = torch.zeros(module.out_features, 2)
+    path = tmp_path / "for_a_bigger_model.safetensors"
+    save_file(lora, path)
+    with pytest.raises(AdapterImportError, match="made for another model"):
+        inspect_lora(path, transformer_or_config=config)
