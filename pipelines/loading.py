@@ -290,6 +290,8 @@ def find_model(
     (what `huggingface-cli download --local-dir` makes) and the Hugging Face cache, offline.
     """
     searched: list[str] = []
+    if model_dir is None and model_root is not None and Path(model_root).expanduser().is_file():
+        model_dir = model_root  # STUDIO_MODEL_DIR naming one checkpoint file: that file, in its folder
     if model_dir is not None:
         path = Path(model_dir).expanduser()
         if path.is_file():

@@ -151,9 +151,9 @@ def test_single_file_original_keys_load_to_the_same_weights(one_expert_folder, t
     assert _same_weights(pipe.transformer, expected)
     # STUDIO_MODEL_DIR / --model-dir may name the file itself; the file may also sit in transformer/.
     (folder / name).rename(folder / "transformer" / name)
-    assert _same_weights(
-        load_pipeline("wan2.1-t2v-1.3b", model_dir=folder / "transformer" / name).transformer, expected
-    )
+    in_transformer = folder / "transformer" / name
+    assert _same_weights(load_pipeline("wan2.1-t2v-1.3b", model_dir=in_transformer).transformer, expected)
+    assert _same_weights(load_pipeline("wan2.1-t2v-1.3b", model_root=in_transformer).transformer, expected)
 
 
 def test_single_file_pair_for_two_experts(a14b_folder, experts, tmp_path):
