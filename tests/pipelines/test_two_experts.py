@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import WanPipeline
+from diffusers import UniPCMultistepScheduler, WanPipeline
 
 from pipelines import MultiShotPipeline, ShotSpec
 from pipelines.tiny import build_tiny_two_expert_components
@@ -31,7 +31,12 @@ def _count_calls(module, counts: dict, name: str):
     return module.register_forward_pre_hook(lambda *_: counts.__setitem__(name, counts.get(name, 0) + 1))
 
 
-def test_one_shot_equals_stock_wan_pipeline_with_two_experts(experts):
+@pytest.mark.parametrize("scheduler", ["euler", "unipc"])
+def test_one_shot_equals_stock_wan_pipeline_with_two_experts(experts, scheduler):
+    if scheduler == "unipc":
+        # Wan's own scheduler; shift 12 and 4 steps give timesteps 999, 973, 923, 800: the switch is at step 4.
+        experts = dict(experts, scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction",
+                                                                  use_flow_sigmas=True, flow_shift=12.0))  # fmt: skip
     stock = WanPipeline(**experts)
     stock.set_progress_bar_config(disable=True)
     expected = stock(
