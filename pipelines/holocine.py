@@ -276,7 +276,7 @@ class HoloCinePipeline(MultiShotPipeline):
     def scene_prompt(self, shots, global_caption) -> str:
         return prompt_clean(structured_prompt(global_caption, [prompt_clean(s.caption) for s in shots]))
 
-    def _scene_text(self, shots, global_caption, negative_prompt, max_sequence_length, device):
+    def _scene_text(self, shots, global_caption, max_sequence_length, device):
         length = max_sequence_length or TEXT_LENGTH
         text = self.scene_prompt(shots, global_caption)
         encoded = self.tokenizer(

@@ -349,7 +349,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                     f"{shot.num_frames}-frame shot at {width}x{height}; regenerate with the take's own settings"
                 )
 
-    def _scene_text(self, shots, global_caption, negative_prompt, max_sequence_length, device):
+    def _scene_text(self, shots, global_caption, max_sequence_length, device):
         """The conditional text `[global; caption_1; ...; caption_K]` as `([L, D], global_length, caption_lengths)`,
         each caption encoded on its own."""
         caption_embeds = [self.encode_caption(s.caption, max_sequence_length, device) for s in shots]
@@ -492,7 +492,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         # 1. Text: [global; caption_1; ...; caption_K] for the conditional pass, the negative prompt alone (global,
         # seen by every shot) for the unconditional one: it describes what no shot should show.
         prompt_embeds, global_length, caption_lengths = self._scene_text(
-            shots, global_caption, negative_prompt, max_sequence_length, device
+            shots, global_caption, max_sequence_length, device
         )
         prompt_embeds = prompt_embeds.unsqueeze(0).to(transformer_dtype)
         negative_prompt_embeds = None
