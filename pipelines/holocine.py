@@ -158,6 +158,14 @@ class HoloCineAttentionState:
         self.text_keys = text_keys
         self.sparse = sparse
         self._video_keys: dict = {}
+        self._text_keys: dict = {}
+
+    def text_keys_on(self, device) -> list[torch.Tensor]:
+        """The per-shot text keys on `device`, copied there once (not once per layer and shot)."""
+        key = str(device)
+        if key not in self._text_keys:
+            self._text_keys[key] = [k.to(device) for k in self.text_keys]
+        return self._text_keys[key]
 
     def video_keys(self, device) -> list[torch.Tensor]:
         layout = self.multishot.layout
@@ -210,9 +218,10 @@ class HoloCineCrossAttnProcessor:
         if not layout.has_captions:  # the unconditional pass: HoloCine drops the mask for the negative prompt
             return _out(attn, _attend(query, key, value, self._attention_backend), query)
         outs = []
+        text_keys = self.state.text_keys_on(query.device)
         for shot in layout.video_shots:
             a, b = layout.token_spans[shot]
-            keys = self.state.text_keys[shot].to(query.device)
+            keys = text_keys[shot]
             outs.append(_attend(query[:, a:b], _take(key, keys), _take(value, keys), self._attention_backend))
         return _out(attn, torch.cat(outs, dim=1), query)
 
