@@ -317,12 +317,14 @@ def find_model(
             if location is not None:
                 return location
             searched.append(f"the Hugging Face cache {hf_cache_folder(preset.repo_id)}: {problem}")
-    download = (
-        f"`huggingface-cli download {preset.repo_id} --local-dir "
-        f"{Path(model_root) / preset.name if model_root is not None else 'MODEL_DIR/' + preset.name}`"
-        if preset.repo_id
-        else ""
-    )
+    download = ""
+    if preset.repo_id:
+        # A fine-tune's base folder goes under its repo name, where every preset on that base finds it; its own
+        # transformer weights are not used, so they need not be downloaded.
+        name = preset.repo_id.split("/")[-1] if preset.checkpoints_required else preset.name
+        target = Path(model_root) / name if model_root is not None else f"MODEL_DIR/{name}"
+        skip = ' --exclude "transformer*/diffusion_pytorch_model*"' if preset.checkpoints_required else ""
+        download = f"`huggingface-cli download {preset.repo_id} --local-dir {target}{skip}`"
     raise ModelWeightsMissingError(
         f"weights for model preset {preset.name!r} are missing (nothing is downloaded at run time). Searched: "
         + "; ".join(searched)
