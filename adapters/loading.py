@@ -107,6 +107,54 @@ def unload_loras(pipe, names: Iterable[str]) -> None:
         pipe.delete_adapters(names)
 
 
+EXPERTS = ("transformer", "transformer_2")
+
+
+def lora_experts(pipe, path: str | Path) -> list[str]:
+    """The experts a LoRA file is for: its Shotline metadata `experts` (e.g. ["transformer"] for one trained on
+    Wan2.2's high-noise expert), else every expert the pipeline has (a Wan2.2 A14B character LoRA made as one
+    file is used on both, as their trainers ship it)."""
+    present = [name for name in EXPERTS if getattr(pipe, name, None) is not None]
+    named = read_lora_metadata(path).get("experts")
+    if not named:
+        return present
+    unknown = [name for name in named if name not in EXPERTS]
+    if unknown:
+        raise ValueError(f"{path}: metadata names experts {unknown}; expected some of {list(EXPERTS)}")
+    chosen = [name for name in named if name in present]
+    if not chosen:
+        raise ValueError(
+            f"{path} was made for {', '.join(named)}, which this model does not have (it has {', '.join(present)}); "
+            "use a LoRA trained for this model preset"
+        )
+    return chosen
+
+
+def load_lora_into_experts(pipe, path: Path, adapter_name: str) -> list[str]:
+    """Load a LoRA file into the expert(s) it is for (`lora_experts`); returns them."""
+    experts = lora_experts(pipe, path)
+    for name in experts:
+        extra = {"load_into_transformer_2": True} if name == "transformer_2" else {}
+        pipe.load_lora_weights(str(path), adapter_name=adapter_name, **extra)
+    return experts
+
+
+def _set_adapters(pipe, names: list[str], weights: list[float]) -> None:
+    """`set_adapters` per expert with the adapters loaded on it (diffusers' pipeline-level call wants every name
+    on every denoiser; a LoRA made for one Wan2.2 expert is on one only)."""
+    experts = [getattr(pipe, name) for name in EXPERTS if getattr(pipe, name, None) is not None]
+    if len(experts) == 1:
+        pipe.set_adapters(names, adapter_weights=weights)
+        return
+    for expert in experts:
+        loaded = set(getattr(expert, "peft_config", {}) or {})
+        pairs = [(n, w) for n, w in zip(names, weights, strict=True) if n in loaded]
+        if pairs:
+            expert.set_adapters([n for n, _ in pairs], [w for _, w in pairs])
+        elif loaded:
+            expert.disable_adapters()
+
+
 def apply_adapters(
     pipe,
     specs: Sequence[AdapterSpec],
@@ -136,7 +184,7 @@ def apply_adapters(
             per_trigger.setdefault(spec.trigger, []).insert(0, " ".join(tokens))
         elif spec.kind in ("lora", "imported"):
             if spec.adapter_name not in present:
-                pipe.load_lora_weights(str(path), adapter_name=spec.adapter_name)
+                load_lora_into_experts(pipe, path, spec.adapter_name)
             text = spec.trigger_text or read_lora_metadata(path).get("trigger_text")
             text = text or default_trigger_text(spec.trigger)
             if getattr(pipe, "tokenizer", None) is not None and getattr(pipe, "text_encoder", None) is not None:
@@ -151,7 +199,7 @@ def apply_adapters(
         pipe.clear_text_cache()
     if lora_specs:
         pipe.enable_lora()  # a previous scene without LoRAs may have disabled them
-        pipe.set_adapters(wanted, adapter_weights=[s.weight for s in lora_specs])
+        _set_adapters(pipe, wanted, [s.weight for s in lora_specs])
     elif loaded_loras(pipe):
         # Kept-loaded LoRAs of other scenes must not leak into this one.
         pipe.disable_lora()

@@ -316,6 +316,8 @@ def train_lora(
             "trigger_words_added": words_added,
             **({"trigger_word_rows": TRIGGER_WORD_ROWS} if words_added else {}),
             "preset": preset,
+            # Trained on components["transformer"]: Wan2.2 A14B's high-noise expert; applied there only.
+            "experts": ["transformer"],
             "captions": sorted(set(samples.captions)),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
             "steps_done": len(losses),

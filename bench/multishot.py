@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/multishot.py                      # small random-weight config on CPU (1 thread)
     .venv/bin/python bench/multishot.py --preset wan2.1-t2v-1.3b --random-weights    # GPU: 480p, 81 frames, bf16
+    .venv/bin/python bench/multishot.py --preset wan2.2-t2v-a14b --random-weights    # GPU: two 14B experts
+    .venv/bin/python bench/multishot.py --preset holocine-sparse --random-weights    # GPU: HoloCine conventions
+    .venv/bin/python bench/multishot.py --two-experts --max-shots 2 --iters 1 --rounds 1   # CPU smoke, 2 experts
+    .venv/bin/python bench/multishot.py --holocine --max-shots 2 --iters 1 --rounds 1      # CPU smoke, HoloCine
 
 What is measured: one denoising step of the real pipeline (conditional + unconditional transformer pass and the
 scheduler step), timed between consecutive `callback_on_step_end` calls: after `--warmup` steps the least of
@@ -53,6 +57,9 @@ WAN_1_3B = dict(
     eps=1e-6,
     rope_max_seq_len=1024,
 )
+# Wan-AI/Wan2.2-T2V-A14B-Diffusers transformer/config.json (both experts; HoloCine's experts have the same size).
+WAN_A14B = dict(WAN_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)
+TWO_EXPERTS = ("wan2.2-t2v-a14b", "holocine-sparse")
 
 
 def build_components(args) -> dict:
@@ -65,7 +72,7 @@ def build_components(args) -> dict:
 
     torch.manual_seed(0)
     if args.preset:
-        transformer_config = dict(WAN_1_3B)
+        transformer_config = dict(WAN_A14B if args.preset in TWO_EXPERTS else WAN_1_3B)
     else:
         transformer_config = dict(
             WAN_1_3B, num_attention_heads=4, attention_head_dim=32, text_dim=64, ffn_dim=512, num_layers=4
@@ -88,15 +95,30 @@ def build_components(args) -> dict:
         )
     ).eval()
     vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
-    with torch.device(args.device):
-        transformer = WanTransformer3DModel(**transformer_config).eval()
-    return {
+    experts = []
+    for _ in range(2 if args.two_experts else 1):
+        # Built in the run dtype on the device: two 14B experts in float32 would not fit beside each other.
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(args.dtype)
+        try:
+            with torch.device(args.device):
+                experts.append(WanTransformer3DModel(**transformer_config).eval())
+        finally:
+            torch.set_default_dtype(default_dtype)
+    components = {
         "tokenizer": tokenizer,
         "text_encoder": text_encoder.to(args.device, args.dtype),
         "vae": vae.to(args.device),
-        "transformer": transformer.to(args.dtype),
+        "transformer": experts[0].to(args.dtype),
         "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
     }
+    if args.two_experts:
+        components.update(transformer_2=experts[1].to(args.dtype), boundary_ratio=0.875)
+    if args.holocine:
+        from pipelines.holocine import HoloCineFlowScheduler
+
+        components["scheduler"] = HoloCineFlowScheduler(shift=5.0)
+    return components
 
 
 _LIBC = ctypes.CDLL("libc.so.6")
@@ -178,7 +200,11 @@ def step_tflop(config: dict, layout: ShotLayout, self_mode: str, cross_mode: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=["wan2.1-t2v-1.3b"], help="real model size (needs --random-weights)")
+    parser.add_argument(
+        "--preset", choices=["wan2.1-t2v-1.3b", *TWO_EXPERTS], help="real model size (needs --random-weights)"
+    )
+    parser.add_argument("--two-experts", action="store_true", help="small config with a second expert (CPU smoke)")
+    parser.add_argument("--holocine", action="store_true", help="small config run as HoloCine (CPU smoke)")
     parser.add_argument("--random-weights", action="store_true", help="random weights at the preset's size")
     parser.add_argument("--device", default=None, help="default: cuda with --preset, else cpu")
     parser.add_argument("--max-shots", type=int, default=4)
@@ -195,6 +221,8 @@ def main() -> None:
     if args.preset and not args.random_weights:
         parser.error("--preset needs --random-weights (real weights are not part of the benchmark)")
     torch.set_num_threads(args.threads)
+    args.holocine = args.holocine or args.preset == "holocine-sparse"
+    args.two_experts = args.two_experts or args.holocine or args.preset in TWO_EXPERTS
     if args.preset:
         defaults = dict(device="cuda", frames=81, height=480, width=832, max_sequence_length=512, iters=2, rounds=1)
         args.dtype = torch.bfloat16
@@ -208,7 +236,12 @@ def main() -> None:
 
     components = build_components(args)
     config = dict(components["transformer"].config)
-    pipe = MultiShotPipeline(**components)
+    if args.holocine:
+        from pipelines.holocine import HoloCinePipeline
+
+        pipe = HoloCinePipeline(**components, cross_attention="window", self_attention="sparse")
+    else:
+        pipe = MultiShotPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     from diffusers import WanPipeline
 
@@ -250,9 +283,16 @@ def main() -> None:
 
     def layout_of(k: int, cross_mode: str) -> ShotLayout:
         n = (args.frames - 1) // 4 + 1
-        return ShotLayout.build([n] * k, args.height // 16, args.width // 16, [args.max_sequence_length] * k)
+        # HoloCine: one prompt of max_sequence_length tokens shared by the shots (FLOP counts are approximate).
+        text = args.max_sequence_length // k if args.holocine else args.max_sequence_length
+        return ShotLayout.build([n] * k, args.height // 16, args.width // 16, [text] * k)
 
     name = f"{args.preset} random weights" if args.preset else "small random-weight Wan (dim 128, 4 layers)"
+    if args.two_experts:
+        name += ", two experts (boundary 0.875; one expert per step, stock WanPipeline with the same two)"
+    self_modes = ("full", "sparse") if args.holocine else ("full", "sparse", "isolated")
+    cross_modes = ("window",) if args.holocine else ("window", "mmrope", "full")
+    regen_modes = ("inpaint",) if args.two_experts else ("inpaint", "context")
     device_name = (
         f"{torch.cuda.get_device_name()}, wall time"
         if args.device.type == "cuda"
@@ -264,7 +304,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {platform.machine()}; best of {args.iters} steps x {args.rounds} rounds\n")
 
     measure(run_stock, args)  # first calls allocate caches and encode captions: keep them out of the table
-    measure(run_pipe(args.max_shots, "full", "full", global_caption="a lighthouse at night"), args)
+    warm_cross = "window" if args.holocine else "full"
+    measure(run_pipe(args.max_shots, "full", warm_cross, global_caption="a lighthouse at night"), args)
     stock_step, stock_mem = measure(run_stock, args)
     stock_flop = step_tflop(config, layout_of(1, "full"), "full", "full", args.max_sequence_length)
     gpu = args.device.type == "cuda"
@@ -298,7 +339,7 @@ def main() -> None:
         f"{flop_cell(stock_flop, stock_step)} |"
     )
     for k in range(1, args.max_shots + 1):
-        for self_mode in ("full", "sparse", "isolated"):
+        for self_mode in self_modes:
             seconds, mem, stock_s = paired(run_pipe(k, self_mode, "window"))
             tflop = step_tflop(config, layout_of(k, "window"), self_mode, "window", args.max_sequence_length)
             baseline = k * stock_s
@@ -311,7 +352,7 @@ def main() -> None:
     print(f"\n### Cross-attention modes, {k} shots, self-attention `sparse` (+ a global caption)\n")
     print(f"| cross-attention | s/step | ratio to stock one-by-one | peak MiB | TFLOP/s{flop_col} |")
     print("|---|---|---|---|---|" + ("---|" if gpu else ""))
-    for cross_mode in ("window", "mmrope", "full"):
+    for cross_mode in cross_modes:
         seconds, mem, stock_s = paired(run_pipe(k, "sparse", cross_mode, global_caption="a lighthouse at night"))
         layout = layout_of(k, cross_mode).with_text([args.max_sequence_length] * k, args.max_sequence_length)
         tflop = step_tflop(config, layout, "sparse", cross_mode, args.max_sequence_length)
@@ -325,8 +366,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     n = (args.frames - 1) // 4 + 1
     context = [torch.randn(1, 16, n, args.height // 8, args.width // 8) for _ in range(k)]
-    for self_mode in ("full", "sparse", "isolated"):
-        for mode in ("inpaint", "context"):
+    for self_mode in self_modes:
+        for mode in regen_modes:
             regen, mem, scene = alternate(
                 run_pipe(k, self_mode, "window", regenerate=[1], context_latents=context, regenerate_mode=mode),
                 run_pipe(k, self_mode, "window"),

@@ -18,7 +18,9 @@ _LAZY = {
     "MultiShotSelfAttnProcessor": ".attention",
     "multishot_attention": ".attention",
     "ShotLayout": ".layout",
+    "HoloCinePipeline": ".holocine",
     "ModelWeightsMissingError": ".loading",
+    "find_model": ".loading",
     "load_pipeline": ".loading",
     "select_device_and_dtype": ".loading",
     "MultiShotOutput": ".pipeline_multishot",
@@ -34,8 +36,9 @@ if TYPE_CHECKING:
         MultiShotSelfAttnProcessor,
         multishot_attention,
     )
+    from .holocine import HoloCinePipeline
     from .layout import ShotLayout
-    from .loading import ModelWeightsMissingError, load_pipeline, select_device_and_dtype
+    from .loading import ModelWeightsMissingError, find_model, load_pipeline, select_device_and_dtype
     from .pipeline_multishot import MultiShotOutput, MultiShotPipeline, ShotSpec
 
 
@@ -50,6 +53,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "PRESETS",
+    "HoloCinePipeline",
     "ModelPreset",
     "ModelWeightsMissingError",
     "MultiShotAttentionState",
@@ -60,6 +64,7 @@ __all__ = [
     "MultiShotSelfAttnProcessor",
     "ShotLayout",
     "ShotSpec",
+    "find_model",
     "get_preset",
     "is_valid_frame_count",
     "load_pipeline",

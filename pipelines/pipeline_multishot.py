@@ -9,6 +9,7 @@ their neighbours' current takes, which come back untouched, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -31,6 +32,11 @@ from .layout import ShotLayout
 from .registry import CROSS_ATTENTION_MODES, REGENERATE_MODES, SELF_ATTENTION_MODES, is_valid_frame_count
 
 OUTPUT_TYPES = ("np", "pil", "latent")
+CONTEXT_WITH_TWO_EXPERTS = (
+    "regenerate_mode='context' is refused for two-expert Wan2.2 models: it feeds the kept shots at timestep 0 and the "
+    "regenerated one at t in one pass, but each step runs a single expert chosen by t (high-noise or low-noise), and "
+    "neither was trained on clean context tokens; use regenerate_mode='inpaint'"
+)
 # Captions kept encoded (only their real tokens: ~100 x 4096 bf16 = 0.8 MB each for UMT5-XXL, padding is added on
 # use); a storyboard rarely has more distinct captions in flight.
 TEXT_CACHE_SIZE = 128
@@ -109,15 +115,19 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
     Args:
         tokenizer, text_encoder, vae, transformer, scheduler: the standard Wan components, so
-            `MultiShotPipeline(**wan_pipe.components)` works (a Wan2.2 `transformer_2` is refused).
+            `MultiShotPipeline(**wan_pipe.components)` works.
+        transformer_2, boundary_ratio: Wan2.2 A14B's low-noise expert and the fraction of the training timesteps
+            at which it takes over, as in diffusers' `WanPipeline`: `transformer` (the high-noise expert) runs the
+            steps with `t >= boundary_ratio * num_train_timesteps`, `transformer_2` the others.
         gap: empty latent frames of RoPE time between shots (0 reproduces stock continuous RoPE).
         cross_attention, self_attention, regenerate_mode: defaults used when a call passes `None`
             (`load_pipeline` fills them from the model preset).
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->transformer->transformer_2->vae"
+    _optional_components = ["transformer_2"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
-    _lora_loadable_modules = ["transformer"]
+    _lora_loadable_modules = ["transformer", "transformer_2"]
 
     def __init__(
         self,
@@ -127,14 +137,22 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         transformer,
         scheduler,
         transformer_2=None,
+        boundary_ratio: float | None = None,
         gap: int = 0,
         cross_attention: str = "window",
         self_attention: str = "full",
         regenerate_mode: str = "inpaint",
     ):
         super().__init__()
-        if transformer_2 is not None:
-            raise ValueError("two-stage Wan2.2 models (transformer_2) are not supported by MultiShotPipeline")
+        if (transformer_2 is None) != (boundary_ratio is None):
+            raise ValueError(
+                "a two-expert Wan2.2 model needs both transformer_2 (the low-noise expert) and boundary_ratio "
+                f"(got transformer_2={'set' if transformer_2 is not None else None}, boundary_ratio={boundary_ratio})"
+            )
+        if boundary_ratio is not None and not 0.0 < boundary_ratio < 1.0:
+            raise ValueError(f"boundary_ratio must be between 0 and 1, got {boundary_ratio}")
+        if transformer_2 is not None and regenerate_mode == "context":
+            raise ValueError(CONTEXT_WITH_TWO_EXPERTS)
         if gap < 0:
             raise ValueError(f"gap must be 0 or more latent frames, got {gap}")
         for name, value, allowed in (
@@ -145,16 +163,26 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.register_modules(
-            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
+            transformer_2=transformer_2,
         )
         self.register_to_config(
-            gap=gap, cross_attention=cross_attention, self_attention=self_attention, regenerate_mode=regenerate_mode
+            gap=gap,
+            cross_attention=cross_attention,
+            self_attention=self_attention,
+            regenerate_mode=regenerate_mode,
+            boundary_ratio=boundary_ratio,
         )
         self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal if getattr(self, "vae", None) else 4
         self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial if getattr(self, "vae", None) else 8
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
         self._text_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._guidance_scale = 1.0
+        self._guidance_scale_2 = None
         self._interrupt = False
         self._num_timesteps = 0
         self._current_timestep = None
@@ -167,8 +195,19 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         return self._guidance_scale
 
     @property
+    def guidance_scale_2(self) -> float | None:
+        return self._guidance_scale_2
+
+    @property
     def do_classifier_free_guidance(self) -> bool:
+        # Both experts' passes share one decision, as WanPipeline's: the unconditional pass runs when the
+        # high-noise guidance asks for it (a low-noise scale of 1.0 then leaves the prediction conditional).
         return self._guidance_scale > 1.0
+
+    @property
+    def experts(self) -> list:
+        """The transformers that denoise: `[transformer]`, or `[transformer, transformer_2]` for Wan2.2 A14B."""
+        return [self.transformer] + ([self.transformer_2] if getattr(self, "transformer_2", None) is not None else [])
 
     @property
     def num_timesteps(self) -> int:
@@ -245,7 +284,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
     def _check_adapter_shots(self, adapter_shots: dict[str, Sequence[int]] | None, num_shots: int) -> None:
         for name, indices in (adapter_shots or {}).items():
-            if not lora_layers(self.transformer, name):
+            if not any(lora_layers(expert, name) for expert in self.experts):
                 raise ValueError(
                     f"adapter_shots names {name!r}, which is not a LoRA loaded on the transformer (or it was fused); "
                     "load it with load_lora_weights(..., adapter_name=...) first"
@@ -309,6 +348,8 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if regenerate_mode not in REGENERATE_MODES:
             raise ValueError(f"regenerate_mode must be one of {REGENERATE_MODES}, got {regenerate_mode!r}")
+        if regenerate is not None and regenerate_mode == "context" and len(self.experts) > 1:
+            raise ValueError(CONTEXT_WITH_TWO_EXPERTS)
         if regenerate is None:
             if context_latents is not None:
                 raise ValueError("context_latents were given without regenerate=[shot indices]")
@@ -342,6 +383,30 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                     f"context_latents[{k}] has shape {tuple(lat.shape)}, expected {(1, *expected)} for a "
                     f"{shot.num_frames}-frame shot at {width}x{height}; regenerate with the take's own settings"
                 )
+
+    def _scene_text(self, shots, global_caption, max_sequence_length, device):
+        """The conditional text `[global; caption_1; ...; caption_K]` as `([L, D], global_length, caption_lengths)`,
+        each caption encoded on its own."""
+        caption_embeds = [self.encode_caption(s.caption, max_sequence_length, device) for s in shots]
+        global_embeds = [self.encode_caption(global_caption, max_sequence_length, device)] if global_caption else []
+        global_length = global_embeds[0].shape[0] if global_embeds else 0
+        return torch.cat(global_embeds + caption_embeds), global_length, [e.shape[0] for e in caption_embeds]
+
+    def _attention_context(self, expert, layout: ShotLayout, cross_attention: str, self_attention: str):
+        """The multi-shot attention of one expert for the run (yields the state whose layout the passes switch)."""
+        return multishot_attention(expert, layout, cross_attention, self_attention)
+
+    def _decode_shots(self, shot_latents: list[torch.Tensor], shots: Sequence[ShotSpec], output_type: str) -> list:
+        """Decode shot by shot: each shot's first latent frame is its own image frame for the causal VAE."""
+        return [self.decode_latents(lat, output_type) for lat in shot_latents]
+
+    def _expert_at(self, t, guidance_scale: float, guidance_scale_2: float | None):
+        """The transformer and guidance scale of timestep `t`: the high-noise expert at and above the boundary
+        timestep (`boundary_ratio * num_train_timesteps`, as `WanPipeline` draws it), the low-noise one below."""
+        boundary_ratio = self.config.boundary_ratio
+        if boundary_ratio is None or t >= boundary_ratio * self.scheduler.config.num_train_timesteps:
+            return self.transformer, guidance_scale
+        return self.transformer_2, guidance_scale_2
 
     # ------------------------------------------------------------------ latents
 
@@ -395,6 +460,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         context_latents: Sequence[torch.Tensor | None] | None = None,
         regenerate_mode: str | None = None,
         output_type: str = "np",
+        guidance_scale_2: float | None = None,
         attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict]
         | PipelineCallback
@@ -418,6 +484,8 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             context_latents: per-shot clean latents of the current takes (`[1, C, n, h, w]` or `[C, n, h, w]`;
                 entries of regenerated shots are ignored and may be None).
             regenerate_mode: "inpaint" (any model) | "context" (per-token timesteps); None = pipeline default.
+            guidance_scale_2: guidance of the low-noise expert (`transformer_2`); None = `guidance_scale`, as
+                `WanPipeline` does. Only for two-expert pipelines.
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs) -> dict`, a diffusers
                 `PipelineCallback` or `MultiPipelineCallbacks`, called after every step; tensors it returns (e.g.
                 `latents`) replace the run's. `callback_kwargs["latents"]` is the run's video latent (split it with
@@ -464,7 +532,12 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             output_type,
         )
         self._check_adapter_shots(adapter_shots, len(shots))
+        if guidance_scale_2 is not None and self.config.boundary_ratio is None:
+            raise ValueError("guidance_scale_2 is the low-noise expert's guidance; this model has one expert")
+        if self.config.boundary_ratio is not None and guidance_scale_2 is None:
+            guidance_scale_2 = guidance_scale
         self._guidance_scale = guidance_scale
+        self._guidance_scale_2 = guidance_scale_2
         self._interrupt = False
         self._current_timestep = None
         device = self._execution_device
@@ -473,11 +546,9 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
         # 1. Text: [global; caption_1; ...; caption_K] for the conditional pass, the negative prompt alone (global,
         # seen by every shot) for the unconditional one: it describes what no shot should show.
-        caption_embeds = [self.encode_caption(s.caption, max_sequence_length, device) for s in shots]
-        global_embeds = (
-            self.encode_caption(global_caption, max_sequence_length, device) if global_caption is not None else None
+        prompt_embeds, global_length, caption_lengths = self._scene_text(
+            shots, global_caption, max_sequence_length, device
         )
-        prompt_embeds = torch.cat(([global_embeds] if global_embeds is not None else []) + caption_embeds)
         prompt_embeds = prompt_embeds.unsqueeze(0).to(transformer_dtype)
         negative_prompt_embeds = None
         if self.do_classifier_free_guidance:
@@ -494,8 +565,8 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             [n // p_t for n in latent_frames],
             lat_h // p_h,
             lat_w // p_w,
-            caption_lengths=[e.shape[0] for e in caption_embeds],
-            global_length=0 if global_embeds is None else global_embeds.shape[0],
+            caption_lengths=caption_lengths,
+            global_length=global_length,
             gap=self.config.gap,
         )
         regenerating = regenerate is not None
@@ -534,11 +605,16 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         use_inpaint = regenerating and regenerate_mode == "inpaint" and bool(context_shots)
         interrupted = False
 
-        with (
-            multishot_attention(self.transformer, run_layout, cross_attention, self_attention) as state,
-            scoped_loras(self.transformer, adapter_shots or {}, lambda: state.layout),
-            self.progress_bar(total=len(timesteps)) as progress_bar,
-        ):
+        with contextlib.ExitStack() as stack:
+            # One multi-shot state per expert, switched together between the conditional and unconditional passes.
+            states = [
+                stack.enter_context(self._attention_context(expert, run_layout, cross_attention, self_attention))
+                for expert in self.experts
+            ]
+            state = states[0]
+            for expert in self.experts:
+                stack.enter_context(scoped_loras(expert, adapter_shots or {}, lambda: state.layout))
+            progress_bar = stack.enter_context(self.progress_bar(total=len(timesteps)))
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     interrupted = True
@@ -559,6 +635,7 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 else:
                     timestep = t.expand(latents.shape[0])
 
+                current_model, current_guidance_scale = self._expert_at(t, guidance_scale, guidance_scale_2)
                 latent_model_input = latents.to(transformer_dtype)
                 # diffusers' cache hooks (FirstBlockCache, MagCache, ...) keep one state per named pass, as
                 # WanPipeline names them.
@@ -567,9 +644,10 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                     "sigma": float(self.scheduler.sigmas[i]),
                     "num_inference_steps": self._num_timesteps,
                 }
-                state.layout = run_layout
-                with self.transformer.cache_context("cond", **cache_context_kwargs):
-                    noise_pred = self.transformer(
+                for s in states:
+                    s.layout = run_layout
+                with current_model.cache_context("cond", **cache_context_kwargs):
+                    noise_pred = current_model(
                         hidden_states=latent_model_input,
                         timestep=timestep,
                         encoder_hidden_states=prompt_embeds,
@@ -577,17 +655,19 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                         return_dict=False,
                     )[0]
                 if self.do_classifier_free_guidance:
-                    state.layout = uncond_layout
-                    with self.transformer.cache_context("uncond", **cache_context_kwargs):
-                        noise_uncond = self.transformer(
+                    for s in states:
+                        s.layout = uncond_layout
+                    with current_model.cache_context("uncond", **cache_context_kwargs):
+                        noise_uncond = current_model(
                             hidden_states=latent_model_input,
                             timestep=timestep,
                             encoder_hidden_states=negative_prompt_embeds,
                             attention_kwargs=attention_kwargs,
                             return_dict=False,
                         )[0]
-                    noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
-                    state.layout = run_layout
+                    noise_pred = noise_uncond + current_guidance_scale * (noise_pred - noise_uncond)
+                    for s in states:
+                        s.layout = run_layout
 
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
@@ -621,6 +701,8 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             "width": width,
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
+            "guidance_scale_2": guidance_scale_2,
+            "boundary_ratio": self.config.boundary_ratio,
             "cross_attention": cross_attention,
             "self_attention": self_attention,
             "gap": self.config.gap,
@@ -636,11 +718,11 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 return ([], kept, layout, parameters, True)
             return MultiShotOutput([], kept, layout, parameters, interrupted=True)
 
-        # 6. Decode shot by shot: each shot's first latent frame is its own image frame for the causal VAE.
+        # 6. Decode (shot by shot: each shot's first latent frame is its own image frame for the causal VAE).
         if output_type == "latent":
             outputs = [lat.clone() for lat in kept]
         else:
-            outputs = [self.decode_latents(lat, output_type) for lat in shot_latents]
+            outputs = self._decode_shots(shot_latents, shots, output_type)
         self._current_layout = None
         self.maybe_free_model_hooks()
         if not return_dict:

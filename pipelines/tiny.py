@@ -120,3 +120,53 @@ def build_tiny_components(config: TinyWanConfig | None = None, seed: int = 0) ->
         "transformer": transformer,
         "scheduler": scheduler,
     }
+
+
+def build_tiny_two_expert_components(
+    config: TinyWanConfig | None = None, seed: int = 0, boundary_ratio: float = 0.875
+) -> dict:
+    """The tiny components plus a second transformer (`transformer_2`, the low-noise expert) and `boundary_ratio`:
+    the layout of Wan2.2 T2V-A14B. `WanPipeline(**components)` and `MultiShotPipeline(**components)` both take it."""
+    from diffusers import WanTransformer3DModel
+
+    components = build_tiny_components(config, seed)
+    torch.manual_seed(seed + 3)
+    components["transformer_2"] = WanTransformer3DModel.from_config(components["transformer"].config).eval()
+    components["boundary_ratio"] = boundary_ratio
+    return components
+
+
+_DIFFUSERS_TO_ORIGINAL = (
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("attn1", "self_attn"),
+    ("attn2", "cross_attn"),
+    (".to_q.", ".q."),
+    (".to_k.", ".k."),
+    (".to_v.", ".v."),
+    (".to_out.0.", ".o."),
+    ("ffn.net.0.proj", "ffn.0"),
+    ("ffn.net.2", "ffn.2"),
+    ("proj_out", "head.head"),
+)
+
+
+def to_original_wan_keys(state_dict: dict, prefix: str = "") -> dict:
+    """A diffusers `WanTransformer3DModel` state dict in Wan's original key names (what the official checkpoints,
+    ComfyUI's repackages and HoloCine's expert files use), optionally behind ComfyUI's `model.diffusion_model.`."""
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        for diffusers_name, original_name in _DIFFUSERS_TO_ORIGINAL:
+            new = new.replace(diffusers_name, original_name)
+        # diffusers' norm2 is the original norm3 (the cross-attention norm) and the other way round.
+        new = new.replace(".norm2.", ".norm__swap.").replace(".norm3.", ".norm2.").replace(".norm__swap.", ".norm3.")
+        if new == "scale_shift_table":
+            new = "head.modulation"
+        elif new.endswith(".scale_shift_table"):
+            new = new.removesuffix("scale_shift_table") + "modulation"
+        out[prefix + new] = value
+    return out

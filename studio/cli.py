@@ -21,6 +21,8 @@ from studio.worker import commands as job_commands
 
 # Flags every command accepts before its name; the rest of the settings are for app.py and the worker.
 GLOBAL_SETTINGS = ("data_dir", "database_url", "model_preset", "upload_max_bytes", "image_max_pixels")
+# Where the weights are and how they run: accepted before the command name and after it, by every command.
+MODEL_SETTINGS = ("model_dir", "device", "dtype", "offload")
 
 
 def _print_project(services, project) -> None:
@@ -132,6 +134,25 @@ def cmd_render(args, services) -> int:
     return 0
 
 
+def cmd_models(args, services) -> int:
+    """Every preset, what it needs, and whether its weights are found here (looked up offline, nothing loaded)."""
+    from pipelines.loading import find_model
+    from pipelines.registry import PRESETS, requirements
+
+    root = services.settings.resolved_model_dir
+    for preset in PRESETS.values():
+        where = "ready"
+        if preset.source == "local":
+            try:
+                location = find_model(preset, model_root=root)
+                files = ", ".join(p.name for p in location.checkpoints.values())
+                where = f"found: {location.folder}" + (f" with {files}" if files else "")
+            except ValueError as error:
+                where = f"not found ({str(error).split(' Expected in one of them')[0]})"
+        print(f"{preset.name}: {preset.description}\n  {requirements(preset)}\n  {where}")
+    return 0
+
+
 def cmd_settings(args, services) -> int:
     settings = services.settings
     for field, env, flag, description in describe_settings():
@@ -147,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m studio",
         description="Shotline studio from the command line (the web studio is `python app.py`).",
     )
-    add_settings_arguments(parser, only=GLOBAL_SETTINGS)
+    add_settings_arguments(parser, only=GLOBAL_SETTINGS + MODEL_SETTINGS)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the studio does")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -193,12 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--regenerate", metavar="SHOT", help="make a new take of one shot: N (film order) or S.N")
     render.set_defaults(func=cmd_render)
 
+    models = commands.add_parser("models", help="list the model presets, what each needs and whether it is found")
+    models.set_defaults(func=cmd_models)
+
     settings = commands.add_parser("settings", help="show every setting, its value, flag and variable")
     settings.set_defaults(func=cmd_settings)
 
     for area in (job_commands, export_commands, character_commands):
         area.register(commands)
+    _add_model_flags(commands)
     return parser
+
+
+def _add_model_flags(subparsers_action) -> None:
+    """`--model-dir --device --dtype --offload` on every command and sub-command, after its name too."""
+    for sub in subparsers_action.choices.values():
+        add_settings_arguments(sub, only=MODEL_SETTINGS, default=argparse.SUPPRESS)
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_model_flags(action)
 
 
 def main(argv: list[str] | None = None) -> int:

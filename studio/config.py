@@ -148,13 +148,20 @@ _FLAGS: dict[str, str] = {
 _FLAG_OF_FIELD = {field: flag for flag, field in _FLAGS.items()}
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-    """Add the settings flags to a parser (values stay strings; pydantic validates and converts them)."""
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None, default: object = None
+) -> None:
+    """Add the settings flags to a parser (values stay strings; pydantic validates and converts them).
+
+    `default=argparse.SUPPRESS` on a sub-command's parser lets the same flag come after the command name without
+    undoing one given before it."""
     for flag, field in _FLAGS.items():
         if only is not None and field not in only:
             continue
         info = Settings.model_fields[field]
-        parser.add_argument(flag, dest=f"setting_{field}", default=None, metavar=field.upper(), help=info.description)
+        parser.add_argument(
+            flag, dest=f"setting_{field}", default=default, metavar=field.upper(), help=info.description
+        )
 
 
 def settings_overrides_from_args(args: argparse.Namespace) -> dict[str, object]:

@@ -394,6 +394,9 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         callback_on_step_end_tensor_inputs=["latents"],
         adapter_shots=plan.lora_shots or None,
     )
+    if preset.guidance_scale_2 is not None:
+        # Two experts: the project's guidance drives the high-noise expert, the preset's the low-noise one.
+        call_kwargs["guidance_scale_2"] = params["guidance_scale_2"] = preset.guidance_scale_2
     if partial:
         call_kwargs.update(regenerate=list(plan.targets), context_latents=plan.context_latents, regenerate_mode=mode)
     started = time.perf_counter()

@@ -34,14 +34,12 @@ def training_components(services, preset: str, pipelines=None) -> dict:
     if pipelines is not None:
         pipe = pipelines.get(preset, (), context=services)
     else:
-        from pipelines import get_preset, load_pipeline
+        from pipelines import load_pipeline
 
         settings = services.settings
-        model_dir = None
-        folder = Path(settings.resolved_model_dir) / preset
-        if get_preset(preset).source == "local" and folder.is_dir():
-            model_dir = folder
-        pipe = load_pipeline(preset, device=settings.device, dtype=settings.dtype, model_dir=model_dir)
+        pipe = load_pipeline(
+            preset, device=settings.device, dtype=settings.dtype, model_root=settings.resolved_model_dir
+        )
     return {name: getattr(pipe, name) for name in COMPONENT_NAMES}
 
 

@@ -257,9 +257,10 @@ def transformer_config_for(preset_name: str, model_dir: Path | None = None):
         if config.is_file():
             return json.loads(config.read_text())
     if preset.repo_id:
-        from pipelines.loading import _resolve_local_folder  # raises ModelWeightsMissingError with the fix
+        from pipelines.loading import find_model  # raises ModelWeightsMissingError with the fix
 
-        folder = _resolve_local_folder(preset, None)
+        # Where the pipeline would load it from: MODEL_DIR/<preset>/, the repo-named folder, the HF cache.
+        folder = find_model(preset, model_root=model_dir).folder
         return json.loads((folder / "transformer" / "config.json").read_text())
     raise ValidationError(
         f"cannot check the LoRA against model {preset.name!r}: its weights are not installed "

@@ -18,7 +18,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.registry import PRESETS, get_preset
+from pipelines.registry import PRESETS, get_preset, requirements
 from studio.services.errors import ServiceError
 from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
 from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
@@ -185,7 +185,8 @@ def _preset_text(name: str) -> str:
     return (
         f"**{esc(preset.name)}**: {esc(preset.description)}  \nDefaults: {preset.width}×{preset.height}, "
         f"{preset.fps} fps, {preset.num_inference_steps} steps, guidance {preset.guidance_scale}, "
-        f"shots of {preset.min_frames}–{preset.max_frames} frames (new shot: {preset.default_frames})"
+        f"shots of {preset.min_frames}–{preset.max_frames} frames (new shot: {preset.default_frames})  \n"
+        f"{esc(requirements(preset))}"
     )
 
 

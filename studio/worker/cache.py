@@ -36,14 +36,12 @@ class CacheStats:
 def default_loader(
     preset: str, device: torch.device, dtype: torch.dtype, offload: str, vae_tiling: bool, model_root: Path | None
 ):
-    """Load through the pipeline package. Real presets look in `model_root/<preset>/` first, then the HF cache."""
-    from pipelines import get_preset, load_pipeline
+    """Load through the pipeline package. Real presets are looked for in `model_root/<preset>/`, a folder named
+    after their Hugging Face repo under `model_root`, then the HF cache (`pipelines.loading.find_model`)."""
+    from pipelines import load_pipeline
 
-    model_dir = None
-    if model_root is not None and get_preset(preset).source == "local" and (Path(model_root) / preset).is_dir():
-        model_dir = Path(model_root) / preset
     return load_pipeline(
-        preset, device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, model_dir=model_dir
+        preset, device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, model_root=model_root
     )
 
 

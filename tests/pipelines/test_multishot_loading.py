@@ -97,7 +97,8 @@ def test_missing_real_weights_name_the_hf_cache_folder(tmp_path, monkeypatch):
 
 def test_incomplete_folder_lists_what_is_missing(saved_tiny_folder, tmp_path):
     (tmp_path / "model_index.json").write_text((saved_tiny_folder / "model_index.json").read_text())
-    with pytest.raises(ModelWeightsMissingError, match="missing: tokenizer/, text_encoder/, vae/, transformer/"):
+    missing = "missing: tokenizer/, text_encoder/, vae/, scheduler/, transformer/"
+    with pytest.raises(ModelWeightsMissingError, match=missing):
         load_pipeline("wan2.1-t2v-1.3b", model_dir=tmp_path)
 
 

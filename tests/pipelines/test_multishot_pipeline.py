@@ -55,7 +55,8 @@ def test_one_shot_equals_stock_wan_pipeline(tiny_components):
     )
     assert out.shots[0].shape == expected.shape == (9, 32, 32, 3)
     assert np.abs(out.shots[0] - expected).max() < 1e-5
-    assert set(pipe.components) == {"tokenizer", "text_encoder", "vae", "transformer", "scheduler"}
+    assert set(pipe.components) == {"tokenizer", "text_encoder", "vae", "transformer", "transformer_2", "scheduler"}
+    assert pipe.transformer_2 is None and pipe.experts == [pipe.transformer]
 
 
 def test_importing_the_registry_does_not_load_torch():
