@@ -40,8 +40,10 @@ def test_put_bytes_is_content_addressed_and_deduplicated(services):
     assert first.sha256 == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
     assert first.size_bytes == 5
     assert first.original_name == "passwd"
+    # The caller said JSON; the content is not, so the row says what the content is.
+    assert first.mime == "application/octet-stream"
     path = services.assets.path_of(first.id)
-    assert path == services.settings.assets_dir / "2c" / f"{first.sha256}.json"
+    assert path == services.settings.assets_dir / "2c" / f"{first.sha256}.dat"
     assert services.assets.read_bytes(first.id) == b"hello"
     assert _files(services.settings.assets_dir) == [path]  # no temp file left
 
