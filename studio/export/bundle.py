@@ -19,8 +19,9 @@ names, the manifest, rows.json (size-capped while unpacking, checked against the
 every file through the asset store's content gate (size counted, sha256 checked, type from the content, images'
 pixel count). Then ONE unit of work writes the files through the same gate (content already in the store is
 shared) and the rows in foreign-key order with new ids; every foreign key is remapped through the ids given on
-import (the shot -> chosen take cycle is set once the takes exist). A refusal is one line and leaves nothing behind. Jobs that were queued or running when the bundle was made come back `cancelled`,
-so importing a bundle never starts work on another machine by surprise; every other value comes back as it was.
+import (the shot -> chosen take cycle is set once the takes exist). A refusal is one line and leaves nothing behind.
+Jobs that were queued or running when the bundle was made come back `cancelled`, so importing a bundle never starts
+work on another machine by surprise; every other value comes back as it was.
 """
 
 from __future__ import annotations
@@ -533,7 +534,7 @@ def _check_rows(raw: Any, path: Path) -> dict[str, list[dict[str, Any]]]:
                         raise _damaged(
                             path,
                             f"rows.json: {table_name}.{column.name} = {values[column.name]} (row {number}) points "
-                            f"at a {target} row the bundle does not hold",
+                            f"at no row of {target} in the bundle",
                         )
     return rows
 
