@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         description="Largest project bundle accepted on import, counted in unpacked bytes while it is read",
     )
     bundle_rows_max_bytes: int = Field(
-        64 * 1024 * 1024,
+        32 * 1024 * 1024,
         ge=64 * 1024,
         le=1024**3,
         description="Largest rows.json (the database rows) a project bundle may unpack to",

@@ -43,7 +43,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from studio.db import models
-from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services import validation as check
+from studio.services.errors import ConflictError, NotFoundError, ServiceError, ValidationError
 
 BUNDLE_FORMAT = "shotline-bundle"
 BUNDLE_VERSION = 1
@@ -339,6 +340,13 @@ class _MeteredReader:
 
 
 def _json(data: bytes, what: str, path: Path) -> Any:
+    # Parsed JSON takes far more memory than its text, most for many tiny containers (`[{},{},...]` is 25x): a
+    # real bundle has one container per ~100 bytes, so more than one per 32 is refused before parsing.
+    containers = data.count(b"{") + data.count(b"[")
+    if containers > len(data) // 32 + 1000:
+        raise _damaged(
+            path, f"{what} holds {containers:,} objects and lists in {len(data):,} bytes, far more than rows do"
+        )
     try:
         value = json.loads(data.decode("utf-8"))
     except RecursionError:
@@ -601,10 +609,16 @@ def import_bundle(services, bundle_path: str | Path, name: str | None = None) ->
     total_hint = "(setting bundle_max_bytes)"
     with archive:
         meter = _Meter(archive, bundle_path, services.settings.bundle_max_bytes, total_hint)
-        bundle = _check_bundle(services, archive, bundle_path, meter)
+        try:
+            bundle = _check_bundle(services, archive, bundle_path, meter)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+            if isinstance(error, ServiceError):
+                raise
+            # Every rule above has its own message; a shape nobody foresaw still gets one line, not a traceback.
+            raise _damaged(bundle_path, f"it is malformed ({type(error).__name__}: {str(error)[:200]})") from None
         rows = bundle.rows
         project_row = rows["projects"][0]
-        project_name = name or project_row["name"]
+        project_name = check.name(name or project_row["name"], "project name", check.MAX_PROJECT_NAME_CHARS)
         with services.db.unit_of_work() as session:
             taken = session.scalar(select(models.Project.id).where(models.Project.name == project_name))
             if taken is not None:

@@ -167,6 +167,13 @@ def test_rows_json_bomb_is_refused_while_reading(bundle, target, tmp_path):
     assert_refused(target, path, r"rows\.json unpacks to")
 
 
+def test_rows_json_of_tiny_containers_is_refused_before_parsing(bundle, target, tmp_path):
+    """`[{},{},...]` parses to 25 times its size in memory; rows never look like that."""
+    files = members(bundle)
+    files["rows.json"] = b'{"projects": [' + b"{}," * 300_000 + b"{}]}"
+    assert_refused(target, write_zip(tmp_path / "dense.zip", files), "objects and lists")
+
+
 def test_rows_json_over_the_setting_is_refused(bundle, tmp_path):
     def pad(files, manifest, rows):
         rows["projects"][0]["negative_prompt"] = "x" * 100_000
@@ -303,7 +310,7 @@ def test_rows_json_is_checked_against_the_schema(bundle, target, tmp_path, edit,
 
 def test_deeply_nested_rows_json_is_a_clear_refusal(bundle, target, tmp_path):
     files = members(bundle)
-    files["rows.json"] = b'{"projects": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    files["rows.json"] = b'{"projects": ' + b"[" * 5000 + b"]" * 5000 + b"}" + b" " * 200_000
     assert_refused(target, write_zip(tmp_path / "deep.zip", files), "nested deeper than")
 
 
