@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import time
-import zlib
 
 import pytest
 from PIL import Image
@@ -16,6 +14,7 @@ from studio.db import models
 from studio.services import build_services
 from studio.services.assets import sanitize_filename, validate_image
 from studio.services.errors import ValidationError
+from tests.foundation.helpers import png_header_only
 
 
 def png_bytes(width: int = 8, height: int = 8, color=(200, 30, 30)) -> bytes:
@@ -163,18 +162,6 @@ def test_image_validation_refuses_gif_even_if_decodable():
     Image.new("P", (4, 4)).save(buffer, format="GIF")
     with pytest.raises(ValidationError, match="GIF images are not accepted"):
         validate_image(buffer.getvalue(), "x.png", max_bytes=10**6, max_pixels=10**6)
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels but carries one tiny compressed row: a decompression bomb shape."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    )
 
 
 @pytest.mark.parametrize(
