@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from studio.db import models
 from studio.services import validation as check
+from studio.services.assets import EXTENSIONS, IMAGE_TYPES, OCTET_STREAM, check_image, sanitize_filename
 from studio.services.errors import ConflictError, NotFoundError, ServiceError, ValidationError
 
 BUNDLE_FORMAT = "shotline-bundle"
@@ -549,7 +550,6 @@ def _check_rows(raw: Any, path: Path) -> dict[str, list[dict[str, Any]]]:
 
 def _check_bundle(services, archive: zipfile.ZipFile, path: Path, meter: _Meter) -> _CheckedBundle:
     """Validate the whole bundle, reading every byte once and writing none (see `import_bundle`)."""
-    from studio.services.assets import EXTENSIONS, IMAGE_TYPES, OCTET_STREAM, check_image
 
     manifest = _manifest(archive, path, meter)
     by_member = _check_members(archive, path, manifest)
@@ -648,7 +648,8 @@ def import_bundle(services, bundle_path: str | Path, name: str | None = None) ->
                     )
                 if known is None:
                     # A file new to this store keeps the row it had: kind, name and time as bundled.
-                    stored.original_name = row.get("original_name")
+                    bundled_name = row.get("original_name")
+                    stored.original_name = sanitize_filename(bundled_name, "") if bundled_name else bundled_name
                     if row.get("created_at") is not None:
                         stored.created_at = row["created_at"]
                 id_maps["assets"][row["id"]] = stored.id

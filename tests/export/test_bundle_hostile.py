@@ -332,3 +332,13 @@ def test_cli_prints_one_error_line(bundle, target, tmp_path, capsys):
     assert import_bundle_command(args, target) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "rows.json is missing" in err
+
+
+def test_bundled_file_names_are_sanitised(bundle, target, tmp_path):
+    def hostile_name(files, manifest, rows):
+        rows["assets"][0]["original_name"] = "../../<img src=x onerror=alert(1)>.png"
+
+    report = import_bundle(target, rewrite(bundle, tmp_path / "names.zip", hostile_name))
+    names = {view.original_name for view in map(target.assets.get, range(1, report.assets + 1))}
+    assert "_img src_x onerror_alert_1_.png" in names
+    assert not any("/" in name or "<" in name for name in names if name)
