@@ -38,7 +38,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Boolean, Column, DateTime, Float, Integer, String, Table, select, text, update
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -531,6 +543,13 @@ def _check_rows(raw: Any, path: Path) -> dict[str, list[dict[str, Any]]]:
         rows[table_name] = checked
         if "id" in table.c:
             ids[table_name] = set(seen)
+        for columns in _unique_column_sets(table):
+            values_seen: set[tuple] = set()
+            for number, values in enumerate(checked, 1):
+                key = tuple(values.get(column) for column in columns)
+                if key in values_seen and None not in key:
+                    raise _damaged(path, f"rows.json: {table_name} row {number} repeats {', '.join(columns)} {key}")
+                values_seen.add(key)
     if len(rows["projects"]) != 1:
         raise _damaged(path, f"rows.json holds {len(rows['projects'])} projects, not one")
     for table_name in TABLE_ORDER:
@@ -546,6 +565,13 @@ def _check_rows(raw: Any, path: Path) -> dict[str, list[dict[str, Any]]]:
                             f"at no row of {target} in the bundle",
                         )
     return rows
+
+
+def _unique_column_sets(table: Table) -> list[tuple[str, ...]]:
+    """The column sets the database keeps unique (beyond the primary key), so a clash is refused before writing."""
+    sets = [tuple(column.name for column in c.columns) for c in table.constraints if isinstance(c, UniqueConstraint)]
+    sets += [(column.name,) for column in table.columns if column.unique]
+    return list(dict.fromkeys(sets))
 
 
 def _check_bundle(services, archive: zipfile.ZipFile, path: Path, meter: _Meter) -> _CheckedBundle:
