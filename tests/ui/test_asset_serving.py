@@ -122,3 +122,54 @@ def test_take_thumbnail_route_applies_the_same_rules(client):
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/octet-stream"
     assert response.headers["content-disposition"].startswith("attachment;")
+
+
+@pytest.mark.browser
+def test_chromium_runs_no_script_from_an_asset(sqlite_services, page):
+    """An HTML or SVG file in the store (however its row got there), framed by a page or opened directly, never runs
+    script on the studio's origin: Chromium downloads it instead."""
+    import threading
+    import time
+
+    import uvicorn
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    from tests.ui.conftest import free_port
+
+    script = b"<script>window.parent.postMessage('ran', '*'); document.title = 'ran'</script>"
+    asset_ids = [
+        stored_row(sqlite_services, b"<html>" + script + b"</html>", "text/html"),
+        stored_row(sqlite_services, b"<svg xmlns='http://www.w3.org/2000/svg'>" + script + b"</svg>", "image/svg+xml"),
+        stored_row(sqlite_services, b"<html><!-- a row saying PNG -->" + script + b"</html>", "image/png"),
+    ]
+
+    async def framing_page(request):
+        frames = "".join(f'<iframe src="/studio/asset/{asset_id}"></iframe>' for asset_id in asset_ids)
+        listener = "<script>window.got = []; addEventListener('message', e => window.got.push(e.data))</script>"
+        return HTMLResponse(f"<html><body>{listener}{frames}</body></html>")
+
+    app = Starlette(routes=[Route("/", framing_page), *asset_routes(sqlite_services)])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}"
+        page.goto(base + "/")
+        page.wait_for_load_state("load")
+        assert page.evaluate("window.got") == []
+        for asset_id in asset_ids:
+            with page.expect_download() as download:
+                try:
+                    page.goto(f"{base}/studio/asset/{asset_id}")
+                except Exception:  # noqa: BLE001 - Chromium aborts a navigation that turns into a download
+                    pass
+            assert download.value.suggested_filename == "file"  # the row's name, saved, never rendered
+            assert page.title() != "ran"
+        assert page.watch.dialogs == []
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
