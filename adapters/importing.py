@@ -25,7 +25,14 @@ from adapters.common import SHOTLINE_METADATA_KEY
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
-_SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2"}
+MAX_HEADER_DEPTH = 8  # tensors -> entry -> shape is 3 levels; metadata is 2
+_PICKLE_ADVICE = (
+    "pickles can run code when loaded, so only .safetensors adapters are accepted: convert it with "
+    "safetensors.torch.save_file first"
+)
+_SAFETENSORS_DTYPES = frozenset(
+    ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL", "F8_E4M3", "F8_E5M2")
+)
 
 
 class AdapterImportError(ValueError):
@@ -46,33 +53,69 @@ class ImportedLora:
         return sum(t.numel() for t in self.state_dict.values())
 
 
+def _is_pickle(data: bytes) -> bool:
+    """A pickle's opening (PROTO opcode 0x80 with protocol 2-5) or torch.save's zip container."""
+    return (data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or data[:4] == b"PK\x03\x04"
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _nested_deeper_than(value: object, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def check_safetensors_bytes(data: bytes, filename: str = "adapter") -> dict:
-    """Validate the safetensors container (pickle sniffing, header length, JSON, offsets); return the header."""
+    """Validate the safetensors container as the format defines it and return the header.
+
+    The file is an 8-byte little-endian header length N (1..MAX_HEADER_BYTES, within the file), N bytes of UTF-8
+    JSON starting with '{' (an object at most MAX_HEADER_DEPTH levels deep), then the tensor data the header's
+    offsets point into. Only bytes that are not a safetensors file are sniffed for pickles, so a valid file is
+    accepted whatever its header length's bytes are.
+    """
     name = Path(filename).name
-    if data[:1] == b"\x80" or data[:4] == b"PK\x03\x04":
-        raise AdapterImportError(
-            f"{name} is a PyTorch pickle, not safetensors; pickles can run code when loaded, so only .safetensors "
-            "adapters are accepted: convert it with safetensors.torch.save_file first"
-        )
     if len(data) < 8:
+        if _is_pickle(data):
+            raise AdapterImportError(f"{name} is a PyTorch pickle, not safetensors; {_PICKLE_ADVICE}")
         raise AdapterImportError(f"{name} is not a safetensors file: it is only {len(data)} bytes long")
     (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len == 0 or header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+    if not (0 < header_len <= MAX_HEADER_BYTES and 8 + header_len <= len(data) and data[8:9] == b"{"):
+        if _is_pickle(data):
+            raise AdapterImportError(f"{name} is a PyTorch pickle, not safetensors; {_PICKLE_ADVICE}")
         raise AdapterImportError(
             f"{name} has a corrupt safetensors header (declared length {header_len}, file {len(data)} bytes): "
             "the file is damaged or not safetensors; download or export it again"
         )
     try:
         header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
+    except RecursionError:
+        header = None  # nested past the interpreter's limit: refused below like any header too deep
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise AdapterImportError(
             f"{name} has a corrupt safetensors header ({error.__class__.__name__}); download or export it again"
         ) from None
+    if header is None or _nested_deeper_than(header, MAX_HEADER_DEPTH):
+        raise AdapterImportError(
+            f"{name} has a corrupt safetensors header: its JSON is nested deeper than {MAX_HEADER_DEPTH} levels "
+            "(a real header has 3); download or export it again"
+        )
     if not isinstance(header, dict):
         raise AdapterImportError(f"{name} has a corrupt safetensors header (not a JSON object)")
     body = len(data) - 8 - header_len
     for key, entry in header.items():
         if key == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise AdapterImportError(
+                    f"{name} has a corrupt safetensors header: __metadata__ must map text to text"
+                )
             continue
         try:
             dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
@@ -80,9 +123,14 @@ def check_safetensors_bytes(data: bytes, filename: str = "adapter") -> dict:
             raise AdapterImportError(
                 f"{name} has a corrupt safetensors header: bad entry for tensor {key!r}"
             ) from None
-        if dtype not in _SAFETENSORS_DTYPES or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if (
+            dtype not in _SAFETENSORS_DTYPES
+            or not isinstance(shape, list)
+            or not all(_is_count(d) for d in shape)
+            or not (_is_count(start) and _is_count(end))
+        ):
             raise AdapterImportError(f"{name} has a corrupt safetensors header: bad dtype/shape for tensor {key!r}")
-        if not 0 <= start <= end <= body:
+        if not start <= end <= body:
             raise AdapterImportError(
                 f"{name} is truncated or corrupt: tensor {key!r} lies outside the file's data; download it again"
             )

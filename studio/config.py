@@ -41,6 +41,18 @@ class Settings(BaseSettings):
     image_max_pixels: int = Field(
         40_000_000, ge=64 * 64, le=400_000_000, description="Largest accepted image (width x height) in pixels"
     )
+    bundle_max_bytes: int = Field(
+        20 * 1024**3,
+        ge=1024 * 1024,
+        le=1024**4,
+        description="Largest project bundle accepted on import, counted in unpacked bytes while it is read",
+    )
+    bundle_rows_max_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1024**3,
+        description="Largest rows.json (the database rows) a project bundle may unpack to",
+    )
     auth: str | None = Field(None, description="user:password required by the web UI (needed when host is public)")
     device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="Device of the local worker")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Weights dtype of the local worker")
@@ -134,6 +146,8 @@ _FLAGS: dict[str, str] = {
     "--model-preset": "model_preset",
     "--upload-max-bytes": "upload_max_bytes",
     "--image-max-pixels": "image_max_pixels",
+    "--bundle-max-bytes": "bundle_max_bytes",
+    "--bundle-rows-max-bytes": "bundle_rows_max_bytes",
     "--auth": "auth",
     "--device": "device",
     "--dtype": "dtype",

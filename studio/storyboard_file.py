@@ -32,7 +32,7 @@ import yaml
 
 from pipelines.registry import PRESETS, ModelPreset
 from studio.services import validation as check
-from studio.services.assets import sanitize_filename
+from studio.services.assets import read_capped, sanitize_filename
 from studio.services.characters import WANTED_ADAPTER_KINDS, _check_trigger, default_trigger
 from studio.services.errors import NotFoundError, ServiceError
 from studio.services.storyboard import CAMERA_MOVES, SHOT_SIZES, _choice, _transition
@@ -593,8 +593,9 @@ def _read_references(services, doc: StoryboardDoc, base_dir: Path) -> dict[str, 
         items = []
         for ref, caption in zip(character.references, character.reference_captions, strict=True):
             path = _resolve_reference(doc, character, ref, base_dir)
-            data = path.read_bytes()
             try:
+                # Counted while reading: a file past the upload cap is refused without being read whole.
+                data = read_capped(path, services.assets.upload_max_bytes, path.name, "(setting upload_max_bytes)")
                 services.assets.validate_image(data, path.name)
             except ServiceError as error:
                 raise StoryboardError(

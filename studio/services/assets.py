@@ -1,5 +1,11 @@
 """Content-addressed asset store under data_dir/assets, and upload validation.
 
+Every byte that enters the store, whatever the door (upload, storyboard or bundle import, worker output), passes one
+gate (`ContentGate`, in `AssetStore._add`): it is counted while it is read (a cap stops the read, a declared size is
+never trusted), hashed, and its type is taken from the content (`sniff_mime`), never from the caller. HTML, SVG and
+XML are refused; a PNG, JPEG or WEBP is decoded only after its header's pixel count passed `image_max_pixels`;
+content the store does not recognise is kept as application/octet-stream (served only as a download).
+
 Write rule: bytes go to a temp name inside the asset folder, are fsynced, renamed to their sha256 name (rename is
 atomic within one file system), and the row is added in the caller's unit of work. If that unit of work rolls back,
 the new file is removed again unless a committed row already names it. A crash between file and commit leaves a
@@ -13,12 +19,14 @@ import io
 import logging
 import os
 import re
-import shutil
+import struct
 import time
 import uuid
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 from sqlalchemy import delete, select, update
@@ -93,11 +101,16 @@ def validate_image(data: bytes, filename: str | None, max_bytes: int, max_pixels
             f"{name}: {len(data) / 1e6:.1f} MB is over the upload limit of {max_bytes / 1e6:.1f} MB "
             "(setting upload_max_bytes); upload a smaller image"
         )
+    return check_image(io.BytesIO(data), name, max_pixels)
+
+
+def check_image(source: BinaryIO | Path, name: str, max_pixels: int) -> ImageInfo:
+    """Open an image by content, check format and pixel count from its header, and only then decode it whole."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             # Image.open reads the header only: format and size are known before any pixel is decoded.
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(source) as image:
                 image_format = image.format
                 width, height = image.size
                 if image_format not in UPLOAD_IMAGE_FORMATS:
@@ -122,12 +135,136 @@ def validate_image(data: bytes, filename: str | None, max_bytes: int, max_pixels
     return ImageInfo(mime=UPLOAD_IMAGE_FORMATS[image_format], width=width, height=height, filename=name)
 
 
+# The gate every byte entering the store passes ------------------------------------------------------------------
+
+# Bytes of a file's start kept for recognising its type (a JPEG's size marker can sit after a large EXIF block,
+# but the type itself is known from the first bytes).
+SNIFF_BYTES = 64 * 1024
+# The largest safetensors header the format allows (the safetensors library's own limit).
+SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+IMAGE_TYPES = frozenset(UPLOAD_IMAGE_FORMATS.values())
+OCTET_STREAM = "application/octet-stream"
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def sniff_mime(head: bytes) -> str | None:
+    """The type of a file from its first bytes (magic numbers), or None when it is none the store knows.
+
+    The caller's word is never asked: what the store records, and later serves, is what the content is.
+    """
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio/wav"
+    if head[4:8] == b"ftyp":  # ISO base media (MP4): audio-only brands are M4A/M4B
+        return "audio/mp4" if head[8:12] in (b"M4A ", b"M4B ") else "video/mp4"
+    if head.startswith(b"OggS"):
+        return "audio/ogg"
+    if head.startswith(b"fLaC"):
+        return "audio/flac"
+    if head.startswith(b"ID3"):
+        return "audio/mpeg"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
+        return "audio/aac"  # ADTS frame header
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return "audio/mpeg"  # MPEG audio frame sync
+    if head.startswith(b"PK\x03\x04"):
+        return "application/zip"
+    if len(head) >= 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 2 <= header_len <= SAFETENSORS_MAX_HEADER:
+            return "application/x-safetensors"
+    text = head.removeprefix(_UTF8_BOM).lstrip(b" \t\r\n")
+    if text[:1] in (b"{", b"["):
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as error:
+            if error.start < len(head) - 4:  # only a character cut at the end of the head is allowed
+                return None
+        return "application/vnd.opentimelineio+json" if b'"OTIO_SCHEMA"' in text else "application/json"
+    return None
+
+
+def is_markup(head: bytes) -> bool:
+    """HTML, SVG or XML (a browser could run script in them): the store never takes them, whatever their name."""
+    for bom in (_UTF8_BOM, b"\xff\xfe", b"\xfe\xff"):
+        if head.startswith(bom):
+            head = head[len(bom) :]
+            break
+    return head.replace(b"\x00", b"").lstrip(b" \t\r\n\x0c")[:1] == b"<"
+
+
+@dataclass(frozen=True)
+class CheckedContent:
+    sha256: str
+    size_bytes: int
+    mime: str  # from the content, never from the caller
+
+
+class ContentGate:
+    """Counts, hashes and sniffs bytes as they are read; refuses past `max_bytes` while reading, not after.
+
+    `what` names the file in messages; `limit_hint` says which setting or declaration set `max_bytes`.
+    """
+
+    def __init__(self, what: str, max_bytes: int | None = None, limit_hint: str = "") -> None:
+        self.what = what
+        self.max_bytes = max_bytes
+        self.limit_hint = limit_hint
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.head = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.max_bytes is not None and self.size > self.max_bytes:
+            raise ValidationError(
+                f"{self.what}: more than {self.max_bytes:,} bytes {self.limit_hint}".rstrip()
+                + "; the file is too large or not what it claims to be"
+            )
+        self.digest.update(chunk)
+        if len(self.head) < SNIFF_BYTES:
+            self.head += bytes(chunk[: SNIFF_BYTES - len(self.head)])
+
+    def mime(self, declared: str | None = None) -> str:
+        """The content's type. Markup is refused; so is a file said to be an image that is no PNG, JPEG or WEBP."""
+        if is_markup(self.head):
+            raise ValidationError(
+                f"{self.what}: the content is HTML/SVG/XML markup, which the studio never stores or serves"
+            )
+        sniffed = sniff_mime(self.head)
+        if declared in IMAGE_TYPES and sniffed not in IMAGE_TYPES:
+            raise ValidationError(f"{self.what}: not a PNG, JPEG or WEBP image although it is stored as one")
+        return sniffed or OCTET_STREAM
+
+    def result(self, declared: str | None = None) -> CheckedContent:
+        return CheckedContent(sha256=self.digest.hexdigest(), size_bytes=self.size, mime=self.mime(declared))
+
+
+def read_capped(path: Path, max_bytes: int, what: str, limit_hint: str = "") -> bytes:
+    """A file's bytes, counted while reading: a file larger than `max_bytes` is refused without reading it all."""
+    with Path(path).open("rb") as reader:
+        data = reader.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValidationError(f"{what}: more than {max_bytes:,} bytes {limit_hint}".rstrip() + "; use a smaller file")
+    return data
+
+
 # The sweep refuses to remove more than half of what exists once there are more than this many candidates.
 SWEEP_SAFETY_MIN = 10
 
 
 def _looks_mismatched(removable: int, total: int) -> bool:
     return removable > SWEEP_SAFETY_MIN and removable * 2 > total
+
+
+def _chunks(reader: BinaryIO) -> Iterator[bytes]:
+    while chunk := reader.read(_CHUNK):
+        yield chunk
 
 
 def _fsync_dir(path: Path) -> None:
@@ -193,8 +330,11 @@ class AssetStore:
     def add_bytes(
         self, session: Session, data: bytes, kind: str, mime: str, filename: str | None = None
     ) -> models.Asset:
-        """Session-level helper: write the file now, add the row to `session` (committed with the caller's work)."""
-        return self._add(session, lambda handle: handle.write(data), kind, mime, filename)
+        """Session-level helper: write the file now, add the row to `session` (committed with the caller's work).
+
+        `mime` is what the caller expects; the row records what the content is (see `ContentGate`)."""
+        view = memoryview(data)
+        return self._add(session, (view[i : i + _CHUNK] for i in range(0, len(view), _CHUNK)), kind, mime, filename)
 
     def add_file(
         self, session: Session, path: Path, kind: str, mime: str, filename: str | None = None
@@ -202,33 +342,66 @@ class AssetStore:
         source = Path(path)
         if not source.is_file():
             raise NotFoundError(f"{source} is not a file")
+        with source.open("rb") as reader:
+            return self.add_stream(session, reader, kind, mime, filename or source.name)
 
-        def copy(handle) -> None:
-            with source.open("rb") as reader:
-                shutil.copyfileobj(reader, handle, _CHUNK)
+    def add_stream(
+        self,
+        session: Session,
+        reader: BinaryIO,
+        kind: str,
+        mime: str,
+        filename: str | None = None,
+        max_bytes: int | None = None,
+        expected_sha256: str | None = None,
+        limit_hint: str = "",
+    ) -> models.Asset:
+        """Store what `reader` yields (streamed, never fully in memory). `max_bytes` is enforced while reading;
+        with `expected_sha256`, content that hashes otherwise is refused before it gets a name in the store."""
+        return self._add(
+            session, _chunks(reader), kind, mime, filename, max_bytes, expected_sha256, limit_hint=limit_hint
+        )
 
-        return self._add(session, copy, kind, mime, filename or source.name)
+    def check_stream(
+        self, reader: BinaryIO, name: str, declared_mime: str | None, max_bytes: int | None, limit_hint: str = ""
+    ) -> CheckedContent:
+        """The gate without the write: count, hash and sniff `reader` (for checking a whole batch before storing)."""
+        gate = ContentGate(name, max_bytes, limit_hint)
+        for chunk in _chunks(reader):
+            gate.feed(chunk)
+        return gate.result(declared_mime)
 
-    def _add(self, session: Session, write, kind: str, mime: str, filename: str | None) -> models.Asset:
+    def _add(
+        self,
+        session: Session,
+        chunks: Iterable[bytes],
+        kind: str,
+        mime: str,
+        filename: str | None,
+        max_bytes: int | None = None,
+        expected_sha256: str | None = None,
+        limit_hint: str = "",
+    ) -> models.Asset:
+        # The one way in: bytes are counted (and capped) while read, hashed and sniffed; the row gets the type of
+        # the content, images are decoded only after their pixel count passed, markup is refused.
+        name = sanitize_filename(filename, "")
+        gate = ContentGate(name or kind, max_bytes, limit_hint)
         temp_path = self.root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-        digest = hashlib.sha256()
-        size = 0
         try:
             with temp_path.open("wb") as handle:
-
-                class _Hashing:
-                    def write(self, chunk: bytes) -> int:
-                        nonlocal size
-                        digest.update(chunk)
-                        size += len(chunk)
-                        return handle.write(chunk)
-
-                write(_Hashing())
+                for chunk in chunks:
+                    gate.feed(chunk)
+                    handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-            sha256 = digest.hexdigest()
+            checked = gate.result(mime)
+            if expected_sha256 is not None and checked.sha256 != expected_sha256:
+                raise ValidationError(f"{gate.what}: the content does not match its sha256 {expected_sha256}")
+            if checked.mime in IMAGE_TYPES:
+                check_image(temp_path, gate.what, self.image_max_pixels)
+            sha256 = checked.sha256
             existing = session.scalar(select(models.Asset).where(models.Asset.sha256 == sha256))
-            final_path = self.path_for(sha256, existing.mime if existing else mime)
+            final_path = self.path_for(sha256, existing.mime if existing else checked.mime)
             if final_path.exists():
                 temp_path.unlink()
                 created_file = False
@@ -243,7 +416,7 @@ class AssetStore:
         if existing is not None:
             return existing
         row = models.Asset(
-            sha256=sha256, kind=kind, mime=mime, size_bytes=size, original_name=sanitize_filename(filename, "")
+            sha256=sha256, kind=kind, mime=checked.mime, size_bytes=checked.size_bytes, original_name=name
         )
         session.add(row)
         session.flush()

@@ -48,7 +48,7 @@ def check_safetensors(data: bytes) -> None:
         raise ValidationError("the adapter weights are not a .safetensors file (bad header size)")
     try:
         header = json.loads(data[8 : 8 + header_size])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ValidationError("the adapter weights are not a .safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise ValidationError("the adapter weights are not a .safetensors file (header is not a JSON object)")

@@ -5,13 +5,17 @@ through `StudioGuard` first: a request whose `Origin` is another site is refused
 cross-site; a body over the upload cap is refused before it is read; and when the studio binds a loopback address
 the `Host` header must name a loopback host too (a DNS-rebinding page cannot reach it). Files reach the page only
 through `/studio/asset/<id>`, which serves asset-store files by numeric id and nothing else; the data folder
-(database, config, models) is on Gradio's blocked list so its own `/file=` route cannot serve it either.
+(database, config, models) is on Gradio's blocked list so its own `/file=` route cannot serve it either. An asset is
+served inline only as a type of `INLINE_TYPES` (or audio), and only when its first bytes are that type too; anything
+else is an `attachment` of type application/octet-stream, so no asset is ever rendered as HTML, SVG or script.
+Every asset answer carries `X-Content-Type-Options: nosniff` and a sandboxing Content-Security-Policy.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,21 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # A multipart body carries boundaries and part headers around the file; allow that much beyond the cap.
 MULTIPART_SLACK_BYTES = 64 * 1024
 ASSET_ROUTE_PREFIX = "/studio/asset/"
+# The types an asset may be served as inline (the row's type -> the Content-Type sent); audio/* is allowed too.
+INLINE_TYPES = {
+    "image/png": "image/png",
+    "image/jpeg": "image/jpeg",
+    "image/webp": "image/webp",
+    "video/mp4": "video/mp4",
+    "application/json": "application/json",
+    "application/vnd.opentimelineio+json": "application/json",
+}
+_AUDIO_TYPE = re.compile(r"audio/[a-z0-9][a-z0-9.+-]{0,60}")
+# Even if a browser were talked into rendering an asset as a page, it would get no script, no origin, no requests.
+ASSET_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; media-src 'self'; img-src 'self'; sandbox",
+}
 TAKE_THUMBNAIL_PREFIX = "/studio/take-thumbnail/"
 
 
@@ -166,6 +185,43 @@ def resolve_asset_file(services: Any, asset_ref: str) -> tuple[Path, str, str | 
     return path, mime, name
 
 
+def served_type(stored_mime: str, head: bytes) -> str | None:
+    """The Content-Type an asset is served inline as, or None: then it goes out as a download (attachment).
+
+    Inline needs both the row's type on the allow-list and the file's first bytes of that same type, so neither a
+    row written by hand nor a file swapped on disk can make the studio serve markup or script.
+    """
+    from studio.services.assets import is_markup, sniff_mime
+
+    if is_markup(head):
+        return None
+    content = sniff_mime(head)
+    if stored_mime in INLINE_TYPES:
+        served = INLINE_TYPES[stored_mime]
+        same = content is not None and INLINE_TYPES.get(content) == served
+        return served if same else None
+    if _AUDIO_TYPE.fullmatch(stored_mime) and content is not None and content.startswith("audio/"):
+        return content
+    return None
+
+
+def asset_response(path: Path, stored_mime: str, name: str | None, download: str | None, cache: str) -> Response:
+    """A FileResponse for an asset file under the serving rules of this module (see `served_type`)."""
+    with path.open("rb") as reader:
+        head = reader.read(4096)
+    media_type = served_type(stored_mime, head)
+    filename = None
+    if download:
+        filename = download if download not in ("1", "true") else (name or path.name)
+        filename = Path(filename).name or path.name
+    if media_type is None:
+        media_type, filename = "application/octet-stream", Path(filename or name or path.name).name or path.name
+    headers = {**ASSET_SECURITY_HEADERS, "Cache-Control": cache}
+    return FileResponse(
+        path, media_type=media_type, filename=filename, headers=headers, content_disposition_type="attachment"
+    )
+
+
 def asset_routes(services: Any) -> list[Route]:
     """The studio's file route: `GET /studio/asset/<id>` (add `?download=1` to save it under its name)."""
 
@@ -177,12 +233,7 @@ def asset_routes(services: Any) -> list[Route]:
         except LookupError:
             return PlainTextResponse("not found", status_code=404)
         download = request.query_params.get("download")
-        filename = None
-        if download:
-            filename = download if download not in ("1", "true") else (name or path.name)
-            filename = Path(filename).name or path.name
-        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"}
-        return FileResponse(path, media_type=mime, filename=filename, headers=headers)
+        return asset_response(path, mime, name, download, "private, max-age=3600")
 
     async def serve_take_thumbnail(request: Request) -> Response:
         # Takes never change, so a take's thumbnail URL is stable and the browser may cache it.
@@ -193,11 +244,10 @@ def asset_routes(services: Any) -> list[Route]:
             if not take_ref.isdigit() or len(take_ref) > 18:
                 raise LookupError("take references are numeric ids")
             take = services.takes.get(int(take_ref))
-            path, mime, _ = resolve_asset_file(services, str(take.thumbnail_asset_id))
+            path, mime, name = resolve_asset_file(services, str(take.thumbnail_asset_id))
         except Exception:
             return PlainTextResponse("not found", status_code=404)
-        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400, immutable"}
-        return FileResponse(path, media_type=mime, headers=headers)
+        return asset_response(path, mime, name, None, "private, max-age=86400, immutable")
 
     return [
         Route(ASSET_ROUTE_PREFIX + "{asset_ref:path}", serve_asset, methods=["GET", "HEAD"]),

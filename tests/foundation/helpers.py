@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import zlib
 
 from PIL import Image
 
@@ -39,4 +40,16 @@ def add_take(services, shot_id: int, seed: int = 1, job_id: int | None = None, v
         seed=seed,
         # what a generation records of the card it was made from (see `takes.take_drift`)
         params={"model": "demo", "seed": seed, "num_frames": shot.num_frames, "shot_caption": shot.caption},
+    )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels but carries one tiny compressed row: a decompression bomb shape."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )

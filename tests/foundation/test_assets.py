@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import time
-import zlib
 
 import pytest
 from PIL import Image
@@ -16,6 +14,7 @@ from studio.db import models
 from studio.services import build_services
 from studio.services.assets import sanitize_filename, validate_image
 from studio.services.errors import ValidationError
+from tests.foundation.helpers import png_header_only
 
 
 def png_bytes(width: int = 8, height: int = 8, color=(200, 30, 30)) -> bytes:
@@ -40,8 +39,10 @@ def test_put_bytes_is_content_addressed_and_deduplicated(services):
     assert first.sha256 == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
     assert first.size_bytes == 5
     assert first.original_name == "passwd"
+    # The caller said JSON; the content is not, so the row says what the content is.
+    assert first.mime == "application/octet-stream"
     path = services.assets.path_of(first.id)
-    assert path == services.settings.assets_dir / "2c" / f"{first.sha256}.json"
+    assert path == services.settings.assets_dir / "2c" / f"{first.sha256}.dat"
     assert services.assets.read_bytes(first.id) == b"hello"
     assert _files(services.settings.assets_dir) == [path]  # no temp file left
 
@@ -163,18 +164,6 @@ def test_image_validation_refuses_gif_even_if_decodable():
         validate_image(buffer.getvalue(), "x.png", max_bytes=10**6, max_pixels=10**6)
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels but carries one tiny compressed row: a decompression bomb shape."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize(
     ("width", "height", "message"),
     [
@@ -243,3 +232,74 @@ def test_sweep_refuses_when_folder_and_database_do_not_match(tmp_path):
         assert len(_files(tmp_path / "a" / "assets")) == 12
     finally:
         other_db.close()
+
+
+# The gate every write passes (AssetStore._add) ------------------------------------------------------------------
+
+MP4_HEAD = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 32
+
+
+@pytest.mark.parametrize(
+    ("data", "claimed", "recorded"),
+    [
+        (png_bytes(), "video/mp4", "image/png"),
+        (MP4_HEAD, "application/json", "video/mp4"),
+        (b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00", "video/mp4", "audio/mp4"),
+        (b'{"OTIO_SCHEMA": "Timeline.1", "tracks": []}', "application/json", "application/vnd.opentimelineio+json"),
+        (b"just some text", "video/mp4", "application/octet-stream"),
+    ],
+    ids=["png-claimed-video", "mp4-claimed-json", "m4a", "otio", "unknown"],
+)
+def test_the_row_records_what_the_content_is_not_what_the_caller_says(services, data, claimed, recorded):
+    asset = services.assets.put_bytes(data, "test", claimed)
+    assert asset.mime == recorded
+    assert services.assets.path_of(asset.id).read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("data", "claimed", "message"),
+    [
+        (b"<html><script>alert(1)</script></html>", "video/mp4", "markup"),
+        (b"\xef\xbb\xbf  <svg xmlns='http://www.w3.org/2000/svg'/>", "image/png", "markup"),
+        (b"<?xml version='1.0'?><x/>", "application/octet-stream", "markup"),
+        (MP4_HEAD, "image/png", "not a PNG, JPEG or WEBP image"),
+        (b"\x89PNG\r\n\x1a\n truncated", "image/png", "not a readable"),
+        (png_header_only(30000, 30000), "image/png", "far more pixels"),
+        (png_header_only(7000, 7000), "video/mp4", "over the limit of"),  # an image whatever the caller calls it
+    ],
+    ids=["html", "svg-with-bom", "xml", "video-claimed-image", "broken-png", "png-bomb", "png-bomb-claimed-video"],
+)
+def test_the_gate_refuses_markup_fake_images_and_pixel_bombs(services, data, claimed, message):
+    with pytest.raises(ValidationError, match=message):
+        services.assets.put_bytes(data, "thumbnail", claimed)
+    assert _files(services.settings.assets_dir) == []  # not even a temp file
+
+
+class EndlessZeros:
+    """A reader that never ends: a size cap must stop it while reading."""
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = 1024 * 1024 if n is None or n < 0 else n
+        self.served += n
+        return bytes(n)
+
+
+def test_add_stream_counts_while_reading_and_stops_at_the_cap(services):
+    reader = EndlessZeros()
+    with pytest.raises(ValidationError, match=r"more than 3,000,000 bytes \(setting x\)"):
+        with services.db.unit_of_work() as session:
+            services.assets.add_stream(
+                session, reader, "video", "video/mp4", max_bytes=3_000_000, limit_hint="(setting x)"
+            )
+    assert reader.served <= 4 * 1024 * 1024
+    assert _files(services.settings.assets_dir) == []
+
+
+def test_add_stream_refuses_content_whose_hash_is_not_the_expected_one(services):
+    with pytest.raises(ValidationError, match="does not match its sha256"):
+        with services.db.unit_of_work() as session:
+            services.assets.add_stream(session, io.BytesIO(b"abc"), "video", "video/mp4", expected_sha256="0" * 64)
+    assert _files(services.settings.assets_dir) == []

@@ -9,6 +9,7 @@ import pytest
 from studio.config import load_settings
 from studio.services import build_services
 from studio.ui.app import build_app
+from tests.foundation.helpers import png_bytes
 from tests.ui.conftest import free_port
 
 CAP = 64 * 1024
@@ -99,9 +100,10 @@ def test_foreign_host_header_is_refused(studio):
 
 def test_file_route_serves_the_asset_store_and_nothing_else(studio):
     _, services, client, _ = studio
-    asset = services.assets.put_bytes(b"\x89PNG fake", "test", "image/png", filename="a.png")
+    png = png_bytes()
+    asset = services.assets.put_bytes(png, "test", "image/png", filename="a.png")
     ok = client.get(f"/studio/asset/{asset.id}")
-    assert ok.status_code == 200 and ok.content == b"\x89PNG fake"
+    assert ok.status_code == 200 and ok.content == png
     assert ok.headers["content-type"] == "image/png"
     db_file = services.settings.resolved_database_url.removeprefix("sqlite:///")
     asset_file = str(services.assets.path_of(asset.id))
