@@ -96,10 +96,10 @@ def cmd_project_purge(args, services) -> int:
 
 
 def cmd_import(args, services) -> int:
-    from studio.storyboard_file import import_storyboard, load_storyboard
+    from studio.storyboard_file import StoryboardLimits, import_storyboard, load_storyboard
 
     path = Path(args.storyboard)
-    doc = load_storyboard(path)
+    doc = load_storyboard(path, StoryboardLimits.from_settings(services.settings))
     report = import_storyboard(services, doc, path.parent, project=args.project)
     print(report.summary())
     from studio.characters_jobs import analyze_pending_references

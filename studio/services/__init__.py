@@ -55,7 +55,7 @@ def build_services(settings: Settings, migrate: bool = True, sweep: bool = True)
         assets=assets,
         projects=ProjectService(db, settings.model_preset, assets),
         characters=CharacterService(db, assets),
-        storyboard=StoryboardService(db, assets),
+        storyboard=StoryboardService(db, assets, settings.max_shots_per_project, settings.caption_max_chars),
         takes=TakeService(db, assets),
         jobs=JobService(db),
         exports=ExportService(db, assets),

@@ -587,13 +587,18 @@ def build_app(services: Any) -> gr.Blocks:
         # ---- storyboard file
         @guarded
         def on_import(project_id, yaml_file, ref_files):
-            from studio.storyboard_file import held_reference_images, import_storyboard, parse_storyboard
+            from studio.storyboard_file import (
+                StoryboardLimits,
+                held_reference_images,
+                import_storyboard,
+                parse_storyboard,
+            )
 
             if yaml_file is None:
                 raise gr.Error("Choose a storyboard YAML file first.", print_exception=False)
             path = _file_path(yaml_file)
             text = path.read_text(encoding="utf-8")
-            doc = parse_storyboard(text, source=path.name)
+            doc = parse_storyboard(text, source=path.name, limits=StoryboardLimits.from_settings(s.settings))
             # The file names its pictures by path; here they come as uploads (matched by file name), or are the ones
             # the project already holds under those paths (re-importing a file exported from here).
             uploaded = {_file_path(item).name: _file_path(item) for item in ref_files or []}
