@@ -19,6 +19,7 @@ from studio.services.jobs import JobService
 from studio.services.projects import ProjectService
 from studio.services.storyboard import StoryboardService
 from studio.services.takes import TakeService
+from studio.startup import ensure_data_dir, ensure_sqlite_folder
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ class Services:
 
 def build_services(settings: Settings, migrate: bool = True, sweep: bool = True) -> Services:
     """Open the studio's database and asset store; `migrate`/`sweep` are the start-up duties (on by default)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_data_dir(settings.data_dir)
     url = settings.resolved_database_url
+    ensure_sqlite_folder(url, settings.data_dir)
     if migrate:
         backup = upgrade(url, backup_dir=settings.backups_dir)
         if backup is not None:
