@@ -38,7 +38,7 @@ from studio.ui.panels import (
     references_html,
     takes_html,
 )
-from studio.ui.security import security_launch_kwargs
+from studio.ui.security import UPLOAD_CACHE_CLEANUP_S, security_launch_kwargs
 from studio.ui.timeline import Timeline, timeline_model
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class StudioBlocks(gr.Blocks):
             kwargs.setdefault("ssr_mode", False)
             kwargs.setdefault("css", PAGE_CSS)
             kwargs.setdefault("favicon_path", None)
+            if self.delete_cache is None:
+                self.delete_cache = UPLOAD_CACHE_CLEANUP_S
         return super().launch(**kwargs)
 
 
