@@ -62,6 +62,9 @@ def build_services(settings: Settings, migrate: bool = True, sweep: bool = True)
         jobs=JobService(db),
         exports=ExportService(db, assets),
     )
+    dead = assets.sweep_dead_writers()  # cheap (the store's top level), and safe while other writers run
+    if dead:
+        logger.info("removed %d temp files of writers that died mid-write", dead)
     if sweep:
         files, rows = assets.sweep_orphans()
         if files or rows:
