@@ -17,7 +17,11 @@ it); a plain path leaves the caption as it is (so captions written in the UI sur
 the exporter writes the mapping only for captioned references, so files without captions round-trip unchanged.
 A shot's characters are kept in the order the file declares them.
 An import is all or nothing: it runs as one unit of work, so an error on any item leaves the project (or its
-absence), its rows and the asset store exactly as they were.
+absence), its rows and the asset store exactly as they were. It is linear in the shots and keeps the write
+transaction short: parsing, checking every field, reading, hashing and checking the reference pictures happen
+before it; inside it, the project's scenes and shots are read in a few queries, matched in memory and written with
+one `StoryboardService.apply_plan` (a fixed number of statements whatever the number of shots). Files are bounded
+by `StoryboardLimits` (the settings max_shots_per_project, caption_max_chars, storyboard_max_depth).
 """
 
 from __future__ import annotations
@@ -707,7 +711,8 @@ def import_storyboard(
     """Bring a project in line with the document (creating it if needed); see the module docstring.
 
     All or nothing: every service call joins one unit of work, so an error on any item (raised as a
-    StoryboardError naming its line) leaves the database and the asset store exactly as they were."""
+    StoryboardError naming its line) leaves the database and the asset store exactly as they were. The files are
+    read and checked before that unit of work starts, so other writers wait only for its writes."""
     base = Path(base_dir)
     references = _read_references(services, doc, base)
     with services.db.unit_of_work():
