@@ -169,6 +169,8 @@ def storyboard_scaling(url: str | None, sizes: list[int]) -> list[tuple]:
     """Parse, first import (with another writer's longest wait), unchanged re-import, list and export, per size."""
     rows = []
     for shots in sizes:
+        if url:
+            _clear(url)  # every size starts from an empty studio
         with tempfile.TemporaryDirectory() as tmp:
             services = build_services(load_settings(data_dir=Path(tmp) / "data", database_url=url))
             try:
@@ -205,8 +207,6 @@ def storyboard_scaling(url: str | None, sizes: list[int]) -> list[tuple]:
                 )
             finally:
                 services.close()
-                if url:
-                    _clear(url)
     return rows
 
 

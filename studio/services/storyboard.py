@@ -44,6 +44,18 @@ CAMERA_MOVES = (
     "tracking",
 )
 MAX_TRANSITION_SECONDS = 10.0
+# The shot columns a storyboard plan sets (`StoryboardService.apply_plan`).
+_PLAN_COLUMNS = (
+    "caption",
+    "num_frames",
+    "shot_size",
+    "camera_move",
+    "seed",
+    "transition_type",
+    "transition_seconds",
+    "trim_in",
+    "trim_out",
+)
 SHOT_FIELDS = (
     "caption",
     "num_frames",
@@ -512,16 +524,15 @@ class StoryboardService:
                     select(models.Scene)
                     .where(models.Scene.project_id == project_id, models.Scene.deleted_at.is_(None))
                     .order_by(models.Scene.position, models.Scene.id)
-                    .options(selectinload(models.Scene.shots).selectinload(models.Shot.characters))
                 )
             )
             scenes_by_id = {scene.id: scene for scene in live}
-            live_shots_before = {
-                scene.id: sorted((s for s in scene.shots if s.deleted_at is None), key=lambda s: (s.position, s.id))
-                for scene in live
-            }
-            shots_by_id = {shot.id: shot for shots in live_shots_before.values() for shot in shots}
-            characters = {c.id: c for c in session.scalars(select(models.Character).filter_by(project_id=project_id))}
+            # Shots as plain rows (column name -> value, plus "characters": sorted ids): two queries, no ORM objects.
+            shots_by_id = self._live_shot_rows(session, project_id)
+            live_shots_before: dict[int, list[dict[str, Any]]] = {}
+            for shot in sorted(shots_by_id.values(), key=lambda s: (s["position"], s["id"])):
+                live_shots_before.setdefault(shot["scene_id"], []).append(shot)
+            characters = set(session.scalars(select(models.Character.id).filter_by(project_id=project_id)))
 
             # 1. Check every item before writing anything.
             captions: list[str] = []
@@ -592,8 +603,8 @@ class StoryboardService:
             links: list[dict[str, int]] = []
             unlinks: list[dict[str, int]] = []
             for scene_index, (plan, scene, rows) in enumerate(zip(scenes, scene_rows, checked, strict=True)):
-                kept = [shot.id for shot in live_shots_before.get(plan.id, ()) if target.get(shot.id) == scene_index]
-                moved_in = [p.id for p in plan.shots if p.id is not None and shots_by_id[p.id].scene_id != plan.id]
+                kept = [s["id"] for s in live_shots_before.get(plan.id, ()) if target.get(s["id"]) == scene_index]
+                moved_in = [p.id for p in plan.shots if p.id is not None and shots_by_id[p.id]["scene_id"] != plan.id]
                 new_count = sum(1 for p in plan.shots if p.id is None)
                 if kept + moved_in + [None] * new_count != [p.id for p in plan.shots]:
                     result.reordered += 1
@@ -603,32 +614,34 @@ class StoryboardService:
                         film.append(None)
                         continue
                     shot = shots_by_id[shot_plan.id]
-                    changes = {k: v for k, v in values.items() if k != "characters" and getattr(shot, k) != v}
-                    before_characters = [c.id for c in shot.characters]
+                    changes = {k: v for k, v in values.items() if k != "characters" and shot[k] != v}
+                    before_characters = shot["characters"]
                     if changes or values["characters"] != before_characters:
                         result.shots_updated += 1
                     if values["characters"] != before_characters:
-                        unlinks += [{"s": shot.id, "c": c} for c in before_characters if c not in values["characters"]]
+                        unlinks += [
+                            {"s": shot["id"], "c": c} for c in before_characters if c not in values["characters"]
+                        ]
                         links += [
-                            {"shot_id": shot.id, "character_id": c}
+                            {"shot_id": shot["id"], "character_id": c}
                             for c in values["characters"]
                             if c not in before_characters
                         ]
                         changes["updated_at"] = now
-                    if shot.scene_id != scene.id:
+                    if shot["scene_id"] != scene.id:
                         changes["scene_id"] = scene.id
                         result.shots_moved += 1
-                    if shot.position != position:
+                    if shot["position"] != position:
                         changes["position"] = position
                     if changes:
                         updates.setdefault(frozenset(changes), []).append(
-                            {**changes, "id": shot.id, "updated_at": now}
+                            {**changes, "id": shot["id"], "updated_at": now}
                         )
-                    film.append(shot.id)
+                    film.append(shot["id"])
                 for shot in live_shots_before.get(plan.id, ()):
-                    if shot.id not in target:
+                    if shot["id"] not in target:
                         updates.setdefault(frozenset({"deleted_at"}), []).append(
-                            {"id": shot.id, "deleted_at": now, "updated_at": now}
+                            {"id": shot["id"], "deleted_at": now, "updated_at": now}
                         )
                         result.shots_binned += 1
             session.flush()
@@ -685,28 +698,49 @@ class StoryboardService:
             session.execute(insert(models.shot_characters), links)
         return ids
 
-    def _planned_shot(self, preset, characters: dict[int, models.Character], fields: dict[str, Any]) -> dict:
+    @staticmethod
+    def _live_shot_rows(session, project_id: int) -> dict[int, dict[str, Any]]:
+        """The project's live shots (in live scenes) as rows by id, with their sorted character ids."""
+        shot = models.Shot
+        live = (models.Scene.project_id == project_id, models.Scene.deleted_at.is_(None), shot.deleted_at.is_(None))
+        columns = [getattr(shot, name) for name in ("id", "scene_id", "position", *_PLAN_COLUMNS)]
+        rows = {
+            row["id"]: {**row, "characters": []}
+            for row in session.execute(select(*columns).join(models.Scene).where(*live)).mappings()
+        }
+        links = models.shot_characters
+        for shot_id, character_id in session.execute(
+            select(links.c.shot_id, links.c.character_id)
+            .join(shot, shot.id == links.c.shot_id)
+            .join(models.Scene)
+            .where(*live)
+            .order_by(links.c.shot_id, links.c.character_id)
+        ):
+            rows[shot_id]["characters"].append(character_id)
+        return rows
+
+    def _planned_shot(self, preset, characters: set[int], fields: dict[str, Any]) -> dict:
         """The column values of a new shot from a plan's fields, every value checked as `add_shot` checks it."""
         return self._shot_values(preset, characters, fields, None)
 
     def _shot_values(
-        self, preset, characters: dict[int, models.Character], fields: dict[str, Any], current: models.Shot | None
+        self, preset, characters: set[int], fields: dict[str, Any], current: dict[str, Any] | None
     ) -> dict[str, Any]:
         """Checked column values (and `characters`, sorted ids) a shot must have: the plan's fields, else the
-        current shot's values (or a new shot's defaults)."""
+        current shot's values (a row of `_live_shot_rows`) or a new shot's defaults."""
 
         def base(name: str, default: Any) -> Any:
-            return fields[name] if name in fields else (getattr(current, name) if current is not None else default)
+            return fields[name] if name in fields else (current[name] if current is not None else default)
 
         values: dict[str, Any] = {}
-        caption = fields["caption"] if "caption" in fields else (current.caption if current is not None else None)
+        caption = base("caption", None)
         values["caption"] = check.caption(caption, "shot caption", limit=self.max_caption_chars)
         values["num_frames"] = check.frames(base("num_frames", preset.default_frames), preset)
         values["shot_size"] = _choice(base("shot_size", None), SHOT_SIZES, "shot size")
         values["camera_move"] = _choice(base("camera_move", None), CAMERA_MOVES, "camera move")
         values["seed"] = check.seed(base("seed", None))
-        kind = fields.get("transition", current.transition_type if current is not None else "cut")
-        seconds = fields.get("transition_seconds", current.transition_seconds if current is not None else 0.0)
+        kind = fields.get("transition", current["transition_type"] if current is not None else "cut")
+        seconds = fields.get("transition_seconds", current["transition_seconds"] if current is not None else 0.0)
         values["transition_type"], values["transition_seconds"] = _transition(kind, seconds)
         values["trim_in"], values["trim_out"] = self._trims(
             base("trim_in", 0), base("trim_out", 0), values["num_frames"]
@@ -718,7 +752,7 @@ class StoryboardService:
                 raise ValidationError(f"unknown character {unknown[0]!r} in this project; add it first")
             values["characters"] = wanted
         else:
-            values["characters"] = [c.id for c in current.characters] if current is not None else []
+            values["characters"] = list(current["characters"]) if current is not None else []
         return values
 
     # Internals ---------------------------------------------------------------------------------------------------
