@@ -4,9 +4,9 @@
 
 Starts the real studio (`python app.py`, UI + its local worker, tiny preset) on 127.0.0.1 and a free port, over a
 throw-away data folder, with one project of `--shots` shots. Then `--clients` threads, each with its own keep-alive
-connection, loop for `--seconds`: load the page (`GET /` then `GET /config`, what a browser fetches first) and call
-the timeline API (`POST /gradio_api/component_server`, the timeline's server function, with a caption edit that
-changes nothing: the services' write path and the storyboard read back). Meanwhile a generation job of the scene
+connection, loop for `--seconds`: load the page (`GET /`) and its config (`GET /config`, what the page fetches next),
+and call the timeline API (`POST /gradio_api/component_server`, the timeline's server function, with a caption edit
+that changes nothing: the services' write path and the storyboard read back). Meanwhile a generation job of the scene
 is kept queued or running. Prints, per endpoint, requests, errors (status other than 200, or a transport error),
 p50 / p95 / max latency, and how many jobs finished during the run. Loopback only and bounded: at most 200 clients,
 600 seconds and 2,000 requests per client.
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -72,8 +73,8 @@ def wait_until_up(base: str, process: subprocess.Popen, timeout_s: float = 300) 
 class Samples:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.ms: dict[str, list[float]] = {"page": [], "timeline": []}
-        self.errors: dict[str, int] = {"page": 0, "timeline": 0}
+        self.ms: dict[str, list[float]] = {"page": [], "config": [], "timeline": []}
+        self.errors: dict[str, int] = {"page": 0, "config": 0, "timeline": 0}
         self.first_error: dict[str, str] = {}
 
     def add(self, endpoint: str, ms: float, error: str | None) -> None:
@@ -89,12 +90,12 @@ def client_loop(base: str, body: dict, stop_at: float, samples: Samples) -> None
         for _ in range(MAX_REQUESTS_PER_CLIENT):
             if time.monotonic() >= stop_at:
                 return
-            for endpoint in ("page", "timeline"):
+            for endpoint in ("page", "config", "timeline"):
                 started = time.perf_counter()
                 error = None
                 try:
-                    if endpoint == "page":
-                        responses = [client.get("/"), client.get("/config")]
+                    if endpoint in ("page", "config"):
+                        responses = [client.get("/" if endpoint == "page" else "/config")]
                     else:
                         responses = [client.post("/gradio_api/component_server", json=body)]
                         if responses[0].status_code == 200 and not responses[0].json().get("ok"):
@@ -107,13 +108,18 @@ def client_loop(base: str, body: dict, stop_at: float, samples: Samples) -> None
                 samples.add(endpoint, (time.perf_counter() - started) * 1000, error)
 
 
-def keep_a_job_running(services, project_id: int, scene_id: int, stop_at: float, finished: list[int]) -> None:
-    """Keep one generate_scene job of the scene queued or running until `stop_at`; count those that finish."""
-    job = None
+def keep_a_job_running(
+    services, project_id: int, scene_id: int, stop_at: float, finished: list[int], states: list[str], job=None
+) -> None:
+    """Keep one generate_scene job of the scene queued or running until `stop_at`; record its status every 0.2 s
+    (`states`) and the jobs that finish. `job`: the one already queued or running."""
     while time.monotonic() < stop_at:
-        if job is None or services.jobs.get(job.id).is_finished:
-            if job is not None and services.jobs.get(job.id).status == "done":
-                finished.append(job.id)
+        view = services.jobs.get(job.id) if job is not None else None
+        if view is not None:
+            states.append(view.status)
+        if view is None or view.is_finished:
+            if view is not None and view.status == "done":
+                finished.append(view.id)
             job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id}, project_id=project_id)
         time.sleep(0.2)
 
@@ -127,7 +133,7 @@ def main() -> None:
     if not 1 <= args.clients <= MAX_CLIENTS or not 1 <= args.seconds <= MAX_SECONDS:
         parser.error(f"--clients must be 1-{MAX_CLIENTS} and --seconds 1-{MAX_SECONDS}")
 
-    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-load-", ignore_cleanup_errors=True) as tmp:
         data_dir = Path(tmp) / "data"
         services = build_services(load_settings(data_dir=data_dir, model_preset="tiny"))
         project = services.projects.create("load", preset="tiny", width=32, height=32, fps=8, steps=2)
@@ -153,14 +159,24 @@ def main() -> None:
                     "caption": shots[0].caption,
                 },
             }
-            samples, finished = Samples(), []
+            samples, finished, states = Samples(), [], []
+            # The worker starts (imports, preloads the preset) and takes a first job before the clients start.
+            first = services.jobs.enqueue("generate_scene", {"scene_id": scene.id}, project_id=project.id)
+            deadline = time.monotonic() + 300
+            while services.jobs.get(first.id).status == "queued" and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if services.jobs.get(first.id).status == "queued":
+                raise RuntimeError(
+                    f"the studio's worker took no job in 300 s; log: {(Path(tmp) / 'studio.log').read_text()[-2000:]}"
+                )
             load_before = os.getloadavg()[0]
             stop_at = time.monotonic() + args.seconds
             jobs = threading.Thread(
-                target=keep_a_job_running, args=(services, project.id, scene.id, stop_at, finished), daemon=True
+                target=keep_a_job_running,
+                args=(services, project.id, scene.id, stop_at, finished, states, first),
+                daemon=True,
             )
             jobs.start()
-            time.sleep(1.0)  # the first job is claimed and running before the clients start
             clients = [
                 threading.Thread(target=client_loop, args=(base, body, stop_at, samples), daemon=True)
                 for _ in range(args.clients)
@@ -173,6 +189,7 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             jobs.join()
             load_after = os.getloadavg()[0]
+            first_view = services.jobs.get(first.id)
         finally:
             studio.terminate()
             try:
@@ -183,17 +200,22 @@ def main() -> None:
 
     print(
         f"\n{args.clients} clients for {elapsed:.1f} s on {base} (studio + local worker, tiny preset, {args.shots} "
-        f"shots); generation jobs finished meanwhile: {len(finished)}; load average {load_before:.1f} -> "
-        f"{load_after:.1f} on {os.cpu_count()} CPUs\n"
+        f"shots); a generation job was running in {states.count('running')} of {len(states)} looks (every 0.2 s), "
+        f"{len(finished)} finished; load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} CPUs\n"
     )
     print("| endpoint | requests | errors | p50 ms | p95 ms | max ms | requests/s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for endpoint, label in (("page", "page (GET / + GET /config)"), ("timeline", "timeline API (caption edit)")):
+    for endpoint, label in (
+        ("page", "page (GET /)"),
+        ("config", "page config (GET /config)"),
+        ("timeline", "timeline API (caption edit)"),
+    ):
         values = samples.ms[endpoint]
         print(
             f"| {label} | {len(values)} | {samples.errors[endpoint]} | {statistics.median(values):.0f} | "
             f"{percentile(values, 0.95):.0f} | {max(values):.0f} | {len(values) / elapsed:.1f} |"
         )
+    print(f"job states seen: {dict(Counter(states))}; first job: {first_view.status} {first_view.error or ''}".strip())
     for endpoint, message in samples.first_error.items():
         print(f"first {endpoint} error: {message}")
 
