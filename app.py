@@ -50,6 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    from studio.startup import check_port_free, one_line_errors
+
+    try:
+        with one_line_errors(settings.resolved_database_url):
+            check_port_free(settings.host, settings.port)  # before the worker starts: nothing to undo
+            return _serve(args, settings)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+def _serve(args: argparse.Namespace, settings) -> int:
     from studio.services import build_services
     from studio.ui.app import build_app
     from studio.worker.process import start_local_worker

@@ -1,6 +1,6 @@
 """Benchmarks of the studio core (database, asset store, job queue, storyboard file); prints a table per backend.
 
-    .venv/bin/python bench/foundation.py [--postgres] [--shots 200]
+    .venv/bin/python bench/foundation.py [--postgres] [--shots 200] [--storyboard-sizes 100 1000 10000]
 
 Numbers are medians of a few repeats on whatever machine runs this; docs/PERFORMANCE.md records them.
 """
@@ -13,6 +13,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -117,30 +118,7 @@ def bench(url: str | None, label: str, shots: int) -> list[tuple[str, str]]:
             per_scene = 10
             text = big_storyboard(max(1, shots // per_scene), per_scene)
             doc = parse_storyboard(text, "bench.yaml")
-            rows.append(
-                (f"parse a {doc.shot_count}-shot storyboard", f"{timed(lambda: parse_storyboard(text)) * 1e3:.0f} ms")
-            )
-            t0 = time.perf_counter()
             report = import_storyboard(services, doc, Path(tmp))
-            rows.append((f"first import, {doc.shot_count} shots", f"{(time.perf_counter() - t0) * 1e3:.0f} ms"))
-            rows.append(
-                (
-                    f"re-import unchanged, {doc.shot_count} shots",
-                    f"{timed(lambda: import_storyboard(services, doc, Path(tmp))) * 1e3:.0f} ms",
-                )
-            )
-            rows.append(
-                (
-                    f"list_scenes, {doc.shot_count} shots",
-                    f"{timed(lambda: services.storyboard.list_scenes(report.project_id), 5) * 1e3:.1f} ms",
-                )
-            )
-            rows.append(
-                (
-                    f"export storyboard, {doc.shot_count} shots",
-                    f"{timed(lambda: export_storyboard(services, report.project_id)) * 1e3:.0f} ms",
-                )
-            )
             scene = services.storyboard.list_scenes(report.project_id)[0]
             ids = [s.id for s in scene.shots][::-1]
             rows.append(
@@ -158,6 +136,89 @@ def bench(url: str | None, label: str, shots: int) -> list[tuple[str, str]]:
         finally:
             services.close()
     return [(f"{label}: {name}", value) for name, value in rows]
+
+
+class WriterProbe:
+    """Another writer during an import: a thread that enqueues a job every 20 ms and records how long each waited
+    (what the import's write transaction makes other writers wait)."""
+
+    def __init__(self, services) -> None:
+        self.services = services
+        self.waits: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            job = self.services.jobs.enqueue("export_film", {"probe": 1})
+            self.waits.append(time.perf_counter() - started)
+            self.services.jobs.request_cancel(job.id)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> WriterProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def storyboard_scaling(url: str | None, sizes: list[int]) -> list[tuple]:
+    """Parse, first import (with another writer's longest wait), unchanged re-import, list and export, per size."""
+    rows = []
+    for shots in sizes:
+        if url:
+            _clear(url)  # every size starts from an empty studio
+        with tempfile.TemporaryDirectory() as tmp:
+            services = build_services(load_settings(data_dir=Path(tmp) / "data", database_url=url))
+            try:
+                text = big_storyboard(max(1, shots // 10), min(10, shots))
+                t0 = time.perf_counter()
+                doc = parse_storyboard(text, "bench.yaml")
+                parse_s = time.perf_counter() - t0
+                with WriterProbe(services) as probe:
+                    t0 = time.perf_counter()
+                    report = import_storyboard(services, doc, Path(tmp))
+                    import_s = time.perf_counter() - t0
+                assert report.shots_created == doc.shot_count, report
+                t0 = time.perf_counter()
+                again = import_storyboard(services, doc, Path(tmp))
+                reimport_s = time.perf_counter() - t0
+                assert not again.changed, again.summary()
+                t0 = time.perf_counter()
+                services.storyboard.list_scenes(report.project_id)
+                list_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                export_storyboard(services, report.project_id)
+                export_s = time.perf_counter() - t0
+                rows.append(
+                    (
+                        doc.shot_count,
+                        parse_s,
+                        import_s,
+                        max(probe.waits),
+                        len(probe.waits),
+                        reimport_s,
+                        list_s,
+                        export_s,
+                    )
+                )
+            finally:
+                services.close()
+    return rows
+
+
+def _clear(url: str) -> None:
+    """Empty a bench PostgreSQL database between sizes (each size starts from an empty studio)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
 
 
 def _postgres_url() -> str | None:
@@ -184,12 +245,17 @@ def _drop(url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--postgres", action="store_true", help="also run against 127.0.0.1:5432")
-    parser.add_argument("--shots", type=int, default=200, help="shots in the big storyboard")
+    parser.add_argument("--shots", type=int, default=200, help="shots in the storyboard of the edit rows")
+    parser.add_argument(
+        "--storyboard-sizes", type=int, nargs="*", default=[100, 1000, 10_000], help="shots of the import table"
+    )
     args = parser.parse_args()
     rows = bench(None, "SQLite", args.shots)
+    scaling = [("SQLite", row) for row in storyboard_scaling(None, args.storyboard_sizes)]
     if args.postgres and (url := _postgres_url()):
         try:
             rows += bench(url, "PostgreSQL", args.shots)
+            scaling += [("PostgreSQL", row) for row in storyboard_scaling(url, args.storyboard_sizes)]
         finally:
             _drop(url)
     width = max(len(name) for name, _ in rows)
@@ -197,6 +263,17 @@ def main() -> None:
     print(f"| {'-' * width} | ----- |")
     for name, value in rows:
         print(f"| {name.ljust(width)} | {value} |")
+    print()
+    print(
+        "| database | shots | parse s | first import s | other writer's longest wait ms (probes) "
+        "| re-import unchanged s | list_scenes s | export s |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for database, (count, parse_s, import_s, wait, probes, reimport_s, list_s, export_s) in scaling:
+        print(
+            f"| {database} | {count} | {parse_s:.2f} | {import_s:.2f} | {wait * 1e3:.0f} ({probes}) "
+            f"| {reimport_s:.2f} | {list_s:.2f} | {export_s:.2f} |"
+        )
 
 
 if __name__ == "__main__":

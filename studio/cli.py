@@ -99,10 +99,10 @@ def cmd_project_purge(args, services) -> int:
 
 
 def cmd_import(args, services) -> int:
-    from studio.storyboard_file import import_storyboard, load_storyboard
+    from studio.storyboard_file import StoryboardLimits, import_storyboard, load_storyboard
 
     path = Path(args.storyboard)
-    doc = load_storyboard(path)
+    doc = load_storyboard(path, StoryboardLimits.from_settings(services.settings))
     report = import_storyboard(services, doc, path.parent, project=args.project)
     print(report.summary())
     from studio.characters_jobs import analyze_pending_references
@@ -242,16 +242,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from studio.render import BackendUnavailableError
-    from studio.services import build_services
-    from studio.services.errors import ServiceError
-    from studio.storyboard_file import StoryboardError
 
     try:
         settings = load_settings(None, **_overrides(args))
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from studio.startup import one_line_errors
+
+    try:
+        with one_line_errors(settings.resolved_database_url):
+            return _run_command(args, settings)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+def _run_command(args, settings) -> int:
+    from studio.render import BackendUnavailableError
+    from studio.services import build_services
+    from studio.services.errors import ServiceError
+    from studio.storyboard_file import StoryboardError
+
     services = build_services(settings)
     try:
         return int(args.func(args, services) or 0)

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         None, description="insightface model pack folder; default: data_dir/models/insightface"
     )
     model_dir: Path | None = Field(None, description="Folder of local model weights; default: data_dir/models")
+    max_shots_per_project: int = Field(
+        10_000, ge=1, le=100_000, description="Most live shots one project may hold (storyboard import and the UI)"
+    )
+    caption_max_chars: int = Field(2000, ge=100, le=20_000, description="Longest scene or shot caption, in characters")
+    storyboard_max_depth: int = Field(
+        16, ge=8, le=64, description="Deepest nesting of lists and mappings a storyboard file may use"
+    )
 
     @field_validator("model_preset")
     @classmethod
@@ -158,6 +165,9 @@ _FLAGS: dict[str, str] = {
     "--heartbeat-timeout-s": "heartbeat_timeout_s",
     "--face-model-dir": "face_model_dir",
     "--model-dir": "model_dir",
+    "--max-shots-per-project": "max_shots_per_project",
+    "--caption-max-chars": "caption_max_chars",
+    "--storyboard-max-depth": "storyboard_max_depth",
 }
 _FLAG_OF_FIELD = {field: flag for flag, field in _FLAGS.items()}
 

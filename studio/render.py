@@ -199,14 +199,14 @@ def render_storyboard(
     left running, reuses the jobs still queued and regenerates no take that exists.
     Raises StoryboardError for a bad file or shot reference, RenderError when a stage fails.
     """
-    from studio.storyboard_file import import_storyboard
+    from studio.storyboard_file import StoryboardLimits, import_storyboard
     from studio.worker.process import Worker, default_worker_id
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     path, out = Path(path), Path(out).resolve()
     if out.suffix.lower() != ".mp4":
         raise RenderError(f"--out must name an .mp4 file, got {out}")
-    doc = load_storyboard(path)
+    doc = load_storyboard(path, StoryboardLimits.from_settings(services.settings))
     shot_ref = parse_shot_ref(doc, regenerate) if regenerate is not None else None
     report = import_storyboard(services, doc, path.parent)
     project_id = report.project_id

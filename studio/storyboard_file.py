@@ -17,25 +17,33 @@ it); a plain path leaves the caption as it is (so captions written in the UI sur
 the exporter writes the mapping only for captioned references, so files without captions round-trip unchanged.
 A shot's characters are kept in the order the file declares them.
 An import is all or nothing: it runs as one unit of work, so an error on any item leaves the project (or its
-absence), its rows and the asset store exactly as they were.
+absence), its rows and the asset store exactly as they were. It is linear in the shots and keeps the write
+transaction short: parsing, checking every field, reading, hashing and checking the reference pictures happen
+before it; inside it, the project's scenes and shots are read in a few queries, matched in memory and written with
+one `StoryboardService.apply_plan` (a fixed number of statements whatever the number of shots). Files are bounded
+by `StoryboardLimits` (the settings max_shots_per_project, caption_max_chars, storyboard_max_depth).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
+from collections import deque
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
+from yaml.composer import Composer as _Composer
+from yaml.constructor import SafeConstructor as _SafeConstructor
+from yaml.cyaml import CParser as _CParser
+from yaml.resolver import Resolver as _Resolver
 
 from pipelines.registry import PRESETS, ModelPreset
 from studio.services import validation as check
 from studio.services.assets import read_capped, sanitize_filename
 from studio.services.characters import WANTED_ADAPTER_KINDS, _check_trigger, default_trigger
 from studio.services.errors import NotFoundError, ServiceError
-from studio.services.storyboard import CAMERA_MOVES, SHOT_SIZES, _choice, _transition
+from studio.services.storyboard import CAMERA_MOVES, SHOT_SIZES, PlanError, ScenePlan, ShotPlan, _choice, _transition
 
 _LINES = "__lines__"
 _LINE = "__line__"
@@ -126,12 +134,59 @@ class StoryboardDoc:
 # Parsing ---------------------------------------------------------------------------------------------------------
 
 
-class _LineLoader(yaml.SafeLoader):
-    """Safe YAML loader that records, for every mapping, its own line and the line of each value (1-based)."""
+@dataclass(frozen=True)
+class StoryboardLimits:
+    """Bounds a storyboard file must keep (the settings max_shots_per_project, caption_max_chars and
+    storyboard_max_depth); the defaults are the settings' defaults."""
+
+    max_shots: int = 10_000
+    max_caption_chars: int = check.MAX_CAPTION_CHARS
+    max_depth: int = 16
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> StoryboardLimits:
+        return cls(settings.max_shots_per_project, settings.caption_max_chars, settings.storyboard_max_depth)
+
+
+class _LineLoader(_Composer, _CParser, _SafeConstructor, _Resolver):
+    """Safe YAML loader that records, for every mapping, its own line and the line of each value (1-based).
+
+    libyaml reads the text into events; the nodes are composed here, in Python, so the nesting depth is counted as
+    it grows (a file nested deeper than `max_depth` is refused with its line, never a RecursionError), and a list or
+    mapping used as a key is refused with its line (it could not be a field name)."""
+
+    max_depth = StoryboardLimits.max_depth
+
+    def __init__(self, stream) -> None:
+        _CParser.__init__(self, stream)
+        _Composer.__init__(self)
+        _SafeConstructor.__init__(self)
+        _Resolver.__init__(self)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > self.max_depth and self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"lists and mappings nested deeper than {self.max_depth} levels (setting storyboard_max_depth); "
+                    "a storyboard needs 6",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a {kind} cannot be a key; a key is a field name such as caption", key_node.start_mark
+                )
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -225,10 +280,17 @@ class _Reader:
             raise self.error(str(error), mapping, key, path) from None
 
 
-def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
-    """Parse and validate a storyboard file's text. Raises StoryboardError naming the line and the field."""
+def parse_storyboard(text: str, source: str = "storyboard", limits: StoryboardLimits | None = None) -> StoryboardDoc:
+    """Parse and validate a storyboard file's text within `limits` (default: the settings' defaults). Raises
+    StoryboardError naming the line and the field."""
+    limits = limits or StoryboardLimits()
     try:
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader derives from SafeLoader
+        loader = _LineLoader(text)
+        loader.max_depth = limits.max_depth
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         problem = error.problem or str(error)
@@ -318,6 +380,8 @@ def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
 
     scenes = []
     seen_ids: dict[tuple[str, int], int] = {}
+    declared = {c.name.lower(): c.name for c in characters}
+    shot_count = 0
     for scene_index, raw_scene in enumerate(reader.list(top, "scenes", "")):
         scene_path = f"scenes[{scene_index}]"
         scene_map = reader.mapping(raw_scene, scene_path, top, "scenes", SCENE_FIELDS)
@@ -329,12 +393,22 @@ def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
             reader.text(scene_map, "caption", scene_path),
             "scene caption",
             True,
+            limits.max_caption_chars,
         )
         scene_id = _optional_id(reader, scene_map, scene_path, seen_ids, "scene")
         shots = []
         for shot_index, raw_shot in enumerate(reader.list(scene_map, "shots", scene_path)):
             shot_path = f"{scene_path}.shots[{shot_index}]"
             shot_map = reader.mapping(raw_shot, shot_path, scene_map, "shots", SHOT_FIELDS)
+            shot_count += 1
+            if shot_count > limits.max_shots:
+                raise StoryboardError(
+                    f"more than {limits.max_shots} shots, the most a project may hold (setting "
+                    "max_shots_per_project); split the film into several storyboards",
+                    source,
+                    shot_map[_LINE],
+                    shot_path,
+                )
             shots.append(
                 _parse_shot(
                     reader,
@@ -344,7 +418,8 @@ def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
                     fps,
                     names,
                     seen_ids,
-                    {c.name.lower(): c.name for c in characters},
+                    declared,
+                    limits.max_caption_chars,
                 )
             )
         scenes.append(
@@ -427,9 +502,17 @@ def _parse_shot(
     names: dict[str, int],
     seen_ids: dict,
     declared: dict[str, str],
+    max_caption_chars: int = check.MAX_CAPTION_CHARS,
 ) -> StoryboardShot:
     caption = reader.check(
-        check.caption, shot, "caption", path, reader.text(shot, "caption", path, required=True), "shot caption"
+        check.caption,
+        shot,
+        "caption",
+        path,
+        reader.text(shot, "caption", path, required=True),
+        "shot caption",
+        False,
+        max_caption_chars,
     )
     if "frames" in shot and "seconds" in shot:
         raise reader.error("give frames or seconds, not both", shot, "seconds", path)
@@ -456,8 +539,8 @@ def _parse_shot(
             )
         characters.append(name.strip().lower())
     # Declared spelling, declaration order, once each: the order the studio keeps (and the exporter writes).
-    order = list(names)
-    characters = [declared[key] for key in sorted(set(characters), key=order.index)]
+    order = {key: index for index, key in enumerate(names)}
+    characters = [declared[key] for key in sorted(set(characters), key=order.__getitem__)]
     shot_size = reader.check(_choice, shot, "size", path, shot.get("size"), SHOT_SIZES, "shot size")
     camera = reader.check(_choice, shot, "camera", path, shot.get("camera"), CAMERA_MOVES, "camera move")
     transition = shot.get("transition")
@@ -503,7 +586,7 @@ def _parse_shot(
     )
 
 
-def load_storyboard(path: str | Path) -> StoryboardDoc:
+def load_storyboard(path: str | Path, limits: StoryboardLimits | None = None) -> StoryboardDoc:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -511,7 +594,7 @@ def load_storyboard(path: str | Path) -> StoryboardDoc:
         raise StoryboardError("file not found", str(file)) from None
     except UnicodeDecodeError:
         raise StoryboardError("not a UTF-8 text file", str(file)) from None
-    return parse_storyboard(text, source=str(file))
+    return parse_storyboard(text, source=str(file), limits=limits)
 
 
 # Import ----------------------------------------------------------------------------------------------------------
@@ -629,7 +712,8 @@ def import_storyboard(
     """Bring a project in line with the document (creating it if needed); see the module docstring.
 
     All or nothing: every service call joins one unit of work, so an error on any item (raised as a
-    StoryboardError naming its line) leaves the database and the asset store exactly as they were."""
+    StoryboardError naming its line) leaves the database and the asset store exactly as they were. The files are
+    read and checked before that unit of work starts, so other writers wait only for its writes."""
     base = Path(base_dir)
     references = _read_references(services, doc, base)
     with services.db.unit_of_work():
@@ -639,7 +723,6 @@ def import_storyboard(
             _sync_project(services, doc, project_view, report)
         characters = _sync_characters(services, doc, project_view.id, references, report)
         _sync_scenes(services, doc, project_view.id, characters, report)
-        report.film_shot_ids = [s.id for s in services.storyboard.film_shots(project_view.id)]
     return report
 
 
@@ -745,129 +828,74 @@ def _shot_fields(spec: StoryboardShot, character_ids: dict[str, int]) -> dict[st
     }
 
 
-def _shot_changes(view, wanted: dict[str, Any]) -> dict[str, Any]:
-    current = {
-        "caption": view.caption,
-        "num_frames": view.num_frames,
-        "characters": sorted(view.character_ids),
-        "shot_size": view.shot_size,
-        "camera_move": view.camera_move,
-        "transition": view.transition_type,
-        "transition_seconds": view.transition_seconds,
-        "seed": view.seed,
-        "trim_in": view.trim_in,
-        "trim_out": view.trim_out,
-    }
-    changes = {}
-    for key, value in wanted.items():
-        old = current[key]
-        if isinstance(value, float) and isinstance(old, float) and math.isclose(value, old, abs_tol=1e-9):
-            continue
-        if old != value:
-            changes[key] = value
-    if "transition" in changes or "transition_seconds" in changes:
-        changes["transition"] = wanted["transition"]
-        changes["transition_seconds"] = wanted["transition_seconds"]
-    return changes
-
-
 def _sync_scenes(services, doc: StoryboardDoc, project_id: int, character_ids: dict[str, int], report) -> None:
-    storyboard = services.storyboard
-    live_scenes = storyboard.list_scenes(project_id)
-    live_by_id = {s.id: s for s in live_scenes}
-    all_live_shots = {shot.id: shot for scene in live_scenes for shot in scene.shots}
+    """Match the file's scenes and shots with the project's, then write every change with one `apply_plan`.
 
-    # 1. Match scenes: by id first, then by position among the unclaimed.
+    Scenes match by id first, then by position among the unclaimed. Shots match by id anywhere in the project, then
+    (without an id) by an unchanged caption in the matched scene, then by position among what is left: a shot
+    inserted above does not shift the others onto the wrong takes. Linear in the shots (dictionaries and queues, no
+    search per shot)."""
+    live_scenes = services.storyboard.outline(project_id)  # [(scene id, caption, [(shot id, caption)])]
+    live_by_id = {scene[0]: scene for scene in live_scenes}
+    all_live_shots = {shot_id for _, _, shots in live_scenes for shot_id, _ in shots}
+
     matched: list[Any] = [live_by_id.get(spec.id) if spec.id is not None else None for spec in doc.scenes]
-    claimed = {m.id for m in matched if m is not None}
-    free = [s for s in live_scenes if s.id not in claimed]
+    claimed = {m[0] for m in matched if m is not None}
+    free = deque(s for s in live_scenes if s[0] not in claimed)
     for index in range(len(doc.scenes)):
         if matched[index] is None and free:
-            matched[index] = free.pop(0)
-    scene_ids: list[int] = []
-    for index, spec in enumerate(doc.scenes):
-        current = matched[index]
-        with _wrap(doc, spec.line, f"scenes[{index}]"):
-            if current is None:
-                current = storyboard.add_scene(project_id, spec.caption)
-                report.scenes_created += 1
-            elif current.caption != spec.caption:
-                storyboard.update_scene(current.id, caption=spec.caption)
-                report.scenes_updated += 1
-        scene_ids.append(current.id)
-    for scene in free:
-        storyboard.delete_scene(scene.id)
-        report.scenes_binned += 1
-    current_order = [s.id for s in storyboard.list_scenes(project_id)]
-    if current_order != scene_ids:
-        storyboard.reorder_scenes(project_id, scene_ids)
-        report.reordered += 1
+            matched[index] = free.popleft()
 
-    # 2. Match shots: by id anywhere in the project first, then by position within the matched scene.
     claimed_shots = {
         spec.id for scene in doc.scenes for spec in scene.shots if spec.id is not None and spec.id in all_live_shots
     }
-    # Shots the file moves to another scene go there first: a scene is reordered once its own shots are done, and a
-    # shot still waiting to leave for a later scene would be in the way.
-    for scene_index, (scene_spec, scene_id) in enumerate(zip(doc.scenes, scene_ids, strict=True)):
-        for shot_index, spec in enumerate(scene_spec.shots):
-            if spec.id in claimed_shots and all_live_shots[spec.id].scene_id != scene_id:
-                with _wrap(doc, spec.line, f"scenes[{scene_index}].shots[{shot_index}]"):
-                    storyboard.move_shot(spec.id, scene_id, None)
-                report.shots_moved += 1
-    for scene_index, (scene_spec, scene_id) in enumerate(zip(doc.scenes, scene_ids, strict=True)):
-        scene_view = storyboard.get_scene(scene_id)
-        free_shots = [s for s in scene_view.shots if s.id not in claimed_shots]
-        # Without an id, an unchanged caption finds its shot first (a shot inserted above does not shift the
-        # others onto the wrong takes); what is left pairs up by position.
-        assigned: list[Any] = [None] * len(scene_spec.shots)
+    plans: list[ScenePlan] = []
+    for scene_spec, current in zip(doc.scenes, matched, strict=True):
+        free_shots = [s for s in (current[2] if current is not None else ()) if s[0] not in claimed_shots]
+        by_caption: dict[str, deque] = {}
+        for shot_id, caption in free_shots:
+            by_caption.setdefault(caption, deque()).append(shot_id)
+        taken: set[int] = set()
+        assigned: list[int | None] = [None] * len(scene_spec.shots)
         for shot_index, spec in enumerate(scene_spec.shots):
             if spec.id is not None and spec.id in all_live_shots:
+                assigned[shot_index] = spec.id
                 continue
-            same = next((s for s in free_shots if s.caption == spec.caption), None)
-            if same is not None:
-                assigned[shot_index] = same
-                free_shots.remove(same)
-        for shot_index, spec in enumerate(scene_spec.shots):
-            if assigned[shot_index] is None and not (spec.id is not None and spec.id in all_live_shots) and free_shots:
-                assigned[shot_index] = free_shots.pop(0)
-        wanted_ids: list[int] = []
-        for shot_index, spec in enumerate(scene_spec.shots):
-            path = f"scenes[{scene_index}].shots[{shot_index}]"
-            wanted = _shot_fields(spec, character_ids)
-            with _wrap(doc, spec.line, path):
-                if spec.id is not None and spec.id in all_live_shots:
-                    current = storyboard.get_shot(spec.id)
-                else:
-                    current = assigned[shot_index]
-                if current is None:
-                    current = storyboard.add_shot(
-                        scene_id,
-                        spec.caption,
-                        num_frames=spec.frames,
-                        characters=wanted["characters"],
-                        shot_size=spec.shot_size,
-                        camera_move=spec.camera_move,
-                        transition=spec.transition,
-                        transition_seconds=spec.transition_seconds,
-                        seed=spec.seed,
-                        trim_in=spec.trim_in,
-                        trim_out=spec.trim_out,
-                    )
-                    report.shots_created += 1
-                else:
-                    changes = _shot_changes(current, wanted)
-                    if changes:
-                        storyboard.update_shot(current.id, **changes)
-                        report.shots_updated += 1
-            wanted_ids.append(current.id)
-        for shot in free_shots:
-            storyboard.delete_shot(shot.id)
-            report.shots_binned += 1
-        order = [s.id for s in storyboard.get_scene(scene_id).shots]
-        if order != wanted_ids:
-            storyboard.reorder_shots(scene_id, wanted_ids)
-            report.reordered += 1
+            same = by_caption.get(spec.caption)
+            if same:
+                assigned[shot_index] = same.popleft()
+                taken.add(assigned[shot_index])
+        remaining = deque(shot_id for shot_id, _ in free_shots if shot_id not in taken)
+        for shot_index in range(len(scene_spec.shots)):
+            if assigned[shot_index] is None and remaining:
+                assigned[shot_index] = remaining.popleft()
+        shots = tuple(
+            ShotPlan(shot_id, _shot_fields(spec, character_ids))
+            for shot_id, spec in zip(assigned, scene_spec.shots, strict=True)
+        )
+        plans.append(ScenePlan(current[0] if current is not None else None, scene_spec.caption, shots))
+    try:
+        result = services.storyboard.apply_plan(project_id, plans)
+    except PlanError as error:
+        scene = doc.scenes[error.scene_index]
+        if error.shot_index is None:
+            raise StoryboardError(str(error), doc.source, scene.line, f"scenes[{error.scene_index}]") from error
+        shot = scene.shots[error.shot_index]
+        raise StoryboardError(
+            str(error), doc.source, shot.line, f"scenes[{error.scene_index}].shots[{error.shot_index}]"
+        ) from error
+    for name in (
+        "scenes_created",
+        "scenes_updated",
+        "scenes_binned",
+        "shots_created",
+        "shots_updated",
+        "shots_moved",
+        "shots_binned",
+        "reordered",
+    ):
+        setattr(report, name, getattr(report, name) + getattr(result, name))
+    report.film_shot_ids = result.film_shot_ids
 
 
 # Export ----------------------------------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ def _wait_for_database_drops() -> Iterator[None]:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
+    (tmp_path / "db").mkdir(exist_ok=True)  # a SQLite URL outside the data folder needs its folder to exist
     return f"sqlite:///{tmp_path / 'db' / 'studio.db'}"
 
 

@@ -47,9 +47,7 @@ def sqlite_path(url: str) -> Path | None:
 def create_database_engine(url: str, echo: bool = False) -> Engine:
     """An engine configured for the studio's rules (see the module docstring)."""
     if is_sqlite(url):
-        path = sqlite_path(url)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        # The folder is not created here: `build_services` creates it only inside the data folder.
         engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine

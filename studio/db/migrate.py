@@ -44,6 +44,10 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+class MigrationError(RuntimeError):
+    """A migration failed; the message names the revisions, the error and the backup written before it."""
+
+
 def upgrade(url: str, backup_dir: Path | None = None, revision: str = "head") -> Path | None:
     """Bring the database at `url` to `revision`; returns the backup written (None if nothing needed one)."""
     engine = create_database_engine(url)
@@ -57,7 +61,16 @@ def upgrade(url: str, backup_dir: Path | None = None, revision: str = "head") ->
         if has_tables and backup_dir is not None:
             backup = _backup(engine, url, backup_dir, current)
         logger.info("migrating database from %s to %s", current, target)
-        _upgrade_locked(engine, revision)
+        try:
+            _upgrade_locked(engine, revision)
+        except Exception as error:
+            kept = f"the backup written before it is {backup}" if backup else "nothing needed a backup"
+            reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+            raise MigrationError(
+                f"migrating the database from revision {current or 'none'} to {target} failed: "
+                f"{reason[0] if reason else type(error).__name__}; {kept}. The database is as it was before the "
+                "failed step; restore the backup if needed and report the error"
+            ) from error
         return backup
     finally:
         engine.dispose()

@@ -105,25 +105,40 @@ def find_character(services, project_id: int, reference: str):
 
 
 def character_add_command(args, services) -> int:
-    from studio.faces.service import add_reference
+    """All or nothing, like a storyboard import: every picture is read and checked first, then the character and all
+    its references are stored in one unit of work (a refusal or a full disk on any picture keeps none of them);
+    faces are found after, on what was stored."""
+    from studio.faces.service import analyze_reference
+    from studio.services.errors import ServiceError
 
     try:
         project = services.projects.find(args.project)
-        # Read every picture before creating anything: a missing file refuses the whole command.
         pictures = [(path.name, path.read_bytes()) for path in args.ref]
-        character = services.characters.create(
-            project.id, args.name, description=args.description, trigger=args.trigger, adapter_kind=args.adapter
-        )
+        for filename, data in pictures:
+            try:
+                services.assets.validate_image(data, filename)
+            except ServiceError as error:
+                raise type(error)(f"{filename}: {error}; nothing was added") from None
+        with services.db.unit_of_work():
+            character = services.characters.create(
+                project.id, args.name, description=args.description, trigger=args.trigger, adapter_kind=args.adapter
+            )
+            stored = []
+            for filename, data in pictures:
+                try:
+                    stored.append((filename, services.characters.add_reference(character.id, filename, data)))
+                except ServiceError as error:
+                    raise type(error)(f"{filename}: {error}; nothing was added") from None
     except _refusals() as error:
         return _fail(error)
     print(f"character {character.name} (id {character.id}, trigger {character.trigger})")
     status = 0
     notes = set()
-    for filename, data in pictures:
+    for filename, reference in stored:
         try:
-            result = add_reference(services, character.id, filename, data)
+            result = analyze_reference(services, reference.id)
         except _refusals() as error:
-            status = _fail(f"{filename}: {error}")
+            status = _fail(f"{filename}: stored, but its faces were not analysed: {error}")
             continue
         reference = result.reference
         if result.analysis is None:

@@ -19,6 +19,7 @@ from studio.services.jobs import JobService
 from studio.services.projects import ProjectService
 from studio.services.storyboard import StoryboardService
 from studio.services.takes import TakeService
+from studio.startup import ensure_data_dir, ensure_sqlite_folder
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ class Services:
 
 def build_services(settings: Settings, migrate: bool = True, sweep: bool = True) -> Services:
     """Open the studio's database and asset store; `migrate`/`sweep` are the start-up duties (on by default)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_data_dir(settings.data_dir)
     url = settings.resolved_database_url
+    ensure_sqlite_folder(url, settings.data_dir)
     if migrate:
         backup = upgrade(url, backup_dir=settings.backups_dir)
         if backup is not None:
@@ -55,11 +57,14 @@ def build_services(settings: Settings, migrate: bool = True, sweep: bool = True)
         assets=assets,
         projects=ProjectService(db, settings.model_preset, assets),
         characters=CharacterService(db, assets),
-        storyboard=StoryboardService(db, assets),
+        storyboard=StoryboardService(db, assets, settings.max_shots_per_project, settings.caption_max_chars),
         takes=TakeService(db, assets),
         jobs=JobService(db),
         exports=ExportService(db, assets),
     )
+    dead = assets.sweep_dead_writers()  # cheap (the store's top level), and safe while other writers run
+    if dead:
+        logger.info("removed %d temp files of writers that died mid-write", dead)
     if sweep:
         files, rows = assets.sweep_orphans()
         if files or rows:

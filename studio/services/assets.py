@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import re
+import socket
 import struct
 import time
 import uuid
@@ -43,6 +44,9 @@ logger = logging.getLogger(__name__)
 # Files younger than this are left alone by the sweep: another process may be between its rename and its commit.
 ORPHAN_GRACE_S = 15 * 60
 TEMP_PREFIX = "tmp-"
+# A temp file names its writer: tmp-<host>-<pid>-<uuid>. The next writer on the same host removes those of a pid that
+# is gone at once; files of other hosts (a shared data folder) or of the older tmp-<uuid> form wait for the sweep.
+_TEMP_NAME = re.compile(r"^tmp-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-[0-9a-f]{32}$")
 _CHUNK = 1024 * 1024
 
 EXTENSIONS = {
@@ -65,6 +69,29 @@ EXTENSIONS = {
 }
 UPLOAD_IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def _this_host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname() or "host")[:64]
+
+
+def temp_file_name() -> str:
+    """The name a write in progress has in the asset folder, tied to this process (see `_TEMP_NAME`)."""
+    return f"{TEMP_PREFIX}{_this_host()}-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    except OSError:
+        return True
+    return True
 
 
 def sanitize_filename(filename: str | None, default: str = "file") -> str:
@@ -386,7 +413,7 @@ class AssetStore:
         # the content, images are decoded only after their pixel count passed, markup is refused.
         name = sanitize_filename(filename, "")
         gate = ContentGate(name or kind, max_bytes, limit_hint)
-        temp_path = self.root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        temp_path = self.root / temp_file_name()
         try:
             with temp_path.open("wb") as handle:
                 for chunk in chunks:
@@ -446,6 +473,23 @@ class AssetStore:
         return len(rows)
 
     # Start-up sweep ----------------------------------------------------------------------------------------------
+
+    def sweep_dead_writers(self) -> int:
+        """Remove the temp files of writers on this host whose process is gone (a worker killed mid-write); a live
+        writer's file stays. Run by every process that opens the store (`build_services`). Returns the count."""
+        host = _this_host()
+        removed = 0
+        for path in self.root.glob(f"{TEMP_PREFIX}*"):
+            match = _TEMP_NAME.match(path.name)
+            if match is None or match["host"] != host or _pid_alive(int(match["pid"])):
+                continue
+            try:
+                path.unlink()
+                removed += 1
+                logger.info("removed %s, left by writer pid %s that is gone", path, match["pid"])
+            except FileNotFoundError:
+                continue
+        return removed
 
     def sweep_orphans(self, grace_s: float = ORPHAN_GRACE_S) -> tuple[int, int]:
         """Remove files without a row (older than `grace_s`) and rows without a file; returns (files, rows).

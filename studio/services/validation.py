@@ -21,14 +21,14 @@ def preset_of(name: str) -> ModelPreset:
         raise ValidationError(str(error)) from None
 
 
-def caption(value: object, what: str = "caption", allow_empty: bool = False) -> str:
+def caption(value: object, what: str = "caption", allow_empty: bool = False, limit: int = MAX_CAPTION_CHARS) -> str:
     if not isinstance(value, str):
         raise ValidationError(f"the {what} must be text")
     text = value.strip()
     if not text and not allow_empty:
         raise ValidationError(f"the {what} is empty; describe what the camera sees")
-    if len(text) > MAX_CAPTION_CHARS:
-        raise ValidationError(f"the {what} has {len(text)} characters; shorten it to {MAX_CAPTION_CHARS} or fewer")
+    if len(text) > limit:
+        raise ValidationError(f"the {what} has {len(text)} characters; shorten it to {limit} or fewer")
     return text
 
 

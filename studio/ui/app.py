@@ -38,7 +38,7 @@ from studio.ui.panels import (
     references_html,
     takes_html,
 )
-from studio.ui.security import security_launch_kwargs
+from studio.ui.security import UPLOAD_CACHE_CLEANUP_S, security_launch_kwargs
 from studio.ui.timeline import Timeline, timeline_model
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ class StudioBlocks(gr.Blocks):
             kwargs.setdefault("ssr_mode", False)
             kwargs.setdefault("css", PAGE_CSS)
             kwargs.setdefault("favicon_path", None)
+            if self.delete_cache is None:
+                self.delete_cache = UPLOAD_CACHE_CLEANUP_S
         return super().launch(**kwargs)
 
 
@@ -589,13 +591,18 @@ def build_app(services: Any) -> gr.Blocks:
         # ---- storyboard file
         @guarded
         def on_import(project_id, yaml_file, ref_files):
-            from studio.storyboard_file import held_reference_images, import_storyboard, parse_storyboard
+            from studio.storyboard_file import (
+                StoryboardLimits,
+                held_reference_images,
+                import_storyboard,
+                parse_storyboard,
+            )
 
             if yaml_file is None:
                 raise gr.Error("Choose a storyboard YAML file first.", print_exception=False)
             path = _file_path(yaml_file)
             text = path.read_text(encoding="utf-8")
-            doc = parse_storyboard(text, source=path.name)
+            doc = parse_storyboard(text, source=path.name, limits=StoryboardLimits.from_settings(s.settings))
             # The file names its pictures by path; here they come as uploads (matched by file name), or are the ones
             # the project already holds under those paths (re-importing a file exported from here).
             uploaded = {_file_path(item).name: _file_path(item) for item in ref_files or []}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # A multipart body carries boundaries and part headers around the file; allow that much beyond the cap.
 MULTIPART_SLACK_BYTES = 64 * 1024
+SPOOL_IN_MEMORY_BYTES = 1024 * 1024  # a request body beyond this waits in an anonymous temp file
+REPLAY_CHUNK_BYTES = 64 * 1024
+# Gradio's cache of uploaded (and served) files: every minute, files older than 15 minutes are removed (and all of
+# them when the server stops); a refused upload or one already stored in the asset store does not stay there.
+UPLOAD_CACHE_CLEANUP_S = (60, 15 * 60)
 ASSET_ROUTE_PREFIX = "/studio/asset/"
 # The types an asset may be served as inline (the row's type -> the Content-Type sent); audio/* is allowed too.
 INLINE_TYPES = {
@@ -101,7 +107,13 @@ def refusal_reason(
 
 
 class StudioGuard:
-    """ASGI middleware applying `refusal_reason` to every HTTP request, and capping bodies without a length."""
+    """ASGI middleware applying `refusal_reason` to every HTTP request, and receiving every request body first.
+
+    A state-changing request's body is read whole into a spool (memory up to 1 MiB, then an anonymous temp file that
+    no crash can leave behind) before the app sees any of it, counted as it arrives whatever Content-Length says:
+    over the cap it is answered 413 and the app never starts (Gradio writes no temp file for it); a client that goes
+    away mid-body leaves nothing either. The app then reads the spooled body as if it came from the client.
+    """
 
     def __init__(self, app: Callable, *, upload_max_bytes: int, loopback_only: bool) -> None:
         self.app = app
@@ -122,28 +134,57 @@ class StudioGuard:
             status, message = reason
             await PlainTextResponse(message, status_code=status)(scope, receive, send)
             return
-        if scope["type"] == "http" and method.upper() not in SAFE_METHODS and "content-length" not in headers:
-            receive = self._capped_receive(receive)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or method.upper() in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115 - closed below
+        try:
+            outcome = await self._receive_body(receive, spool)
+            if outcome == "disconnected":
+                return
+            if outcome == "too large":
+                message = f"request body is over the upload cap of {self.upload_max_bytes} bytes"
+                await PlainTextResponse(message, status_code=413)(scope, receive, send)
+                return
+            await self.app(scope, _replay(spool, receive), send)
+        finally:
+            spool.close()
 
-    def _capped_receive(self, receive: Callable) -> Callable:
+    async def _receive_body(self, receive: Callable, spool) -> str:
+        """Read the whole body into `spool`: "complete", "too large" (the rest is read and dropped, up to another
+        cap's worth, so the client gets to read the 413) or "disconnected"."""
         limit = self.upload_max_bytes + MULTIPART_SLACK_BYTES
-        seen = 0
-
-        async def capped() -> dict[str, Any]:
-            nonlocal seen
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise UploadTooLarge(f"request body is over the upload cap of {self.upload_max_bytes} bytes")
-            return message
+            if message["type"] == "http.disconnect":
+                return "disconnected"
+            body = message.get("body", b"")
+            size += len(body)
+            if size <= limit:
+                spool.write(body)
+            elif size > 2 * limit:
+                return "too large"
+            if not message.get("more_body", False):
+                return "complete" if size <= limit else "too large"
 
-        return capped
 
+def _replay(spool, receive: Callable) -> Callable:
+    """A `receive` giving the app the spooled body in chunks, then the client's own messages (its disconnect)."""
+    total = spool.seek(0, 2)
+    spool.seek(0)
+    finished = False
 
-class UploadTooLarge(Exception):
-    """A streamed body without Content-Length grew past the cap."""
+    async def replay() -> dict[str, Any]:
+        nonlocal finished
+        if finished:
+            return await receive()
+        chunk = spool.read(REPLAY_CHUNK_BYTES)
+        more = spool.tell() < total
+        finished = not more
+        return {"type": "http.request", "body": chunk, "more_body": more}
+
+    return replay
 
 
 def _is_logged_in(request: Request) -> bool:

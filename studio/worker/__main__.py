@@ -73,12 +73,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from studio.services import build_services
-    from studio.worker.process import Worker, install_signal_handlers
-
     if args.threads:
         # Read by torch when it is first imported (by the first job that needs it), so idle workers stay light.
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    from studio.startup import one_line_errors
+
+    try:
+        with one_line_errors(settings.resolved_database_url):
+            return _run(args, settings)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+def _run(args, settings) -> int:
+    from studio.services import build_services
+    from studio.worker.process import Worker, install_signal_handlers
+
     services = build_services(settings)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
     worker = Worker(

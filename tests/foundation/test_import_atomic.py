@@ -34,17 +34,17 @@ def _snapshot(services) -> dict:
 
 
 def _fail_on_shot(monkeypatch, services, number: int) -> None:
-    """The storyboard service refuses the `number`-th shot it is asked to add."""
-    original = services.storyboard.add_shot
+    """The storyboard service refuses the `number`-th new shot of an import (`apply_plan` builds each one)."""
+    original = services.storyboard._planned_shot
     calls = {"n": 0}
 
-    def add_shot(*args, **kwargs):
+    def planned_shot(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == number:
             raise ValidationError("this shot is refused (test)")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(services.storyboard, "add_shot", add_shot)
+    monkeypatch.setattr(services.storyboard, "_planned_shot", planned_shot)
 
 
 def test_nested_units_commit_once_at_the_outermost(services):
