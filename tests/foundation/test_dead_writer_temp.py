@@ -26,13 +26,14 @@ WRITER = textwrap.dedent(
 
     services = build_services(load_settings(data_dir=sys.argv[1]))
 
-    def write(handle):
-        handle.write(b"half of a video")
+    def chunks():
+        yield b"half of a video"
         print("writing", flush=True)
         time.sleep(600)
+        yield b""
 
     session = services.db.session_factory()  # no write lock yet: the file is written before the row
-    services.assets._add(session, write, "video", "video/mp4", "take.mp4")
+    services.assets._add(session, chunks(), "video", "video/mp4", "take.mp4")
     """
 )
 
