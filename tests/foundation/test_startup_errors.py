@@ -163,15 +163,16 @@ def test_disk_full_during_character_add_keeps_nothing(tmp_path, capsys, monkeypa
     original = AssetStore._add
     calls = {"n": 0}
 
-    def add(self, session, write, *args, **kwargs):
+    def add(self, session, chunks, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:  # the third reference: the disk fills up while it is written
 
-            def full(handle):
+            def full():
+                yield b"\x89PNG"
                 raise OSError(errno.ENOSPC, "No space left on device", str(self.root / "tmp-file"))
 
-            return original(self, session, full, *args, **kwargs)
-        return original(self, session, write, *args, **kwargs)
+            return original(self, session, full(), *args, **kwargs)
+        return original(self, session, chunks, *args, **kwargs)
 
     monkeypatch.setattr(AssetStore, "_add", add)
     capsys.readouterr()
