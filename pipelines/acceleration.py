@@ -1,0 +1,382 @@
+"""Speed and memory settings applied to a loaded `MultiShotPipeline`, all through what diffusers provides.
+
+- Step cache (`step_cache`): diffusers' cache hooks on the transformer, enabled with `transformer.enable_cache(...)`:
+  `first-block` (FirstBlockCacheConfig: skip the remaining blocks when the first block's residual changed less
+  than `cache_threshold`), `magcache` (MagCacheConfig: skip while the accumulated magnitude-ratio error stays under
+  `cache_threshold`; needs ratios calibrated for the model, `MAG_RATIOS`), `taylorseer` (TaylorSeerCacheConfig on
+  whole transformer blocks: a full pass every `cache_interval` steps, Taylor-extrapolated blocks in between). The
+  pipeline names its passes with `cache_context("cond" / "uncond")`, so each pass keeps its own cache state.
+- Attention backend (`attention_backend`): `transformer.set_attention_backend(...)`; the multi-shot processors
+  (`pipelines.attention`) call diffusers' dispatcher with it. `*_hub` backends download kernels and are never offered.
+- Regional compile (`compile`): `transformer.compile_repeated_blocks()` (torch.compile of each transformer block).
+- VRAM profile (`vram_profile`): `none` (all on the device), `model` / `sequential` CPU offload, `group` (diffusers'
+  block-level group offload, one block per group, prefetched on a CUDA stream), and `fp8` variants that store the
+  transformer weights in float8 (`enable_layerwise_casting`) and compute in the pipeline's dtype.
+
+A choice this machine cannot run (no CUDA, a package missing, no calibration for the model) raises
+`AccelerationUnavailable` naming what to install or pick instead; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+STEP_CACHES = ("off", "first-block", "magcache", "taylorseer")
+# Backends a film-maker can pick. Every one runs locally; `*_hub` backends fetch kernels from the Hub at run time.
+ATTENTION_BACKENDS = ("native", "flash", "_flash_3", "sage", "_native_cudnn")
+# vram_profile -> (offload, fp8 storage). "default" keeps the worker's own `--offload` setting.
+VRAM_PROFILES: dict[str, tuple[str | None, bool]] = {
+    "default": (None, False),
+    "none": ("none", False),
+    "model": ("model", False),
+    "sequential": ("sequential", False),
+    "group": ("group", False),
+    "fp8": ("none", True),
+    "fp8-model": ("model", True),
+    "fp8-group": ("group", True),
+}
+THRESHOLD_RANGE = (0.001, 1.0)
+INTERVAL_RANGE = (2, 20)
+DEFAULT_THRESHOLDS = {"first-block": 0.05, "magcache": 0.06}
+DEFAULT_INTERVAL = 3
+# Steps of full computation before TaylorSeer starts extrapolating (it needs two points for a first-order fit).
+TAYLORSEER_WARMUP_STEPS = 3
+
+# MagCache's per-step residual magnitude ratios, calibrated per model with `calibrate_mag_ratios` (20 steps, the
+# preset's shift and guidance; diffusers interpolates them to other step counts). Models without an entry refuse
+# magcache with a message naming the other caches.
+MAG_RATIOS: dict[str, list[float]] = {}
+
+_BACKEND_PACKAGES = {
+    "flash": "flash-attn (pip install flash-attn)",
+    "_flash_3": "FlashAttention 3 (built from the flash-attention repository's hopper/ folder)",
+    "sage": "sageattention (pip install sageattention)",
+}
+
+
+class AccelerationUnavailable(ValueError):
+    """A speed setting this machine cannot run; the message names what to install or pick instead."""
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """The speed/VRAM settings of one run. `cache_threshold` / `cache_interval` None: the cache's default."""
+
+    step_cache: str = "off"
+    cache_threshold: float | None = None
+    cache_interval: int | None = None
+    attention_backend: str = "native"
+    compile: bool = False
+    vram_profile: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.step_cache not in STEP_CACHES:
+            raise ValueError(f"step_cache must be one of {STEP_CACHES}, got {self.step_cache!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            hub = str(self.attention_backend).endswith("_hub")
+            hint = " (hub backends download kernels at run time)" if hub else ""
+            raise ValueError(
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}{hint}"
+            )
+        if self.vram_profile not in VRAM_PROFILES:
+            raise ValueError(f"vram_profile must be one of {tuple(VRAM_PROFILES)}, got {self.vram_profile!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r}")
+        if self.cache_threshold is not None:
+            low, high = THRESHOLD_RANGE
+            if isinstance(self.cache_threshold, bool) or not isinstance(self.cache_threshold, int | float):
+                raise ValueError(f"cache_threshold must be a number, got {self.cache_threshold!r}")
+            if not low <= self.cache_threshold <= high:
+                raise ValueError(f"cache_threshold must be between {low} and {high}, got {self.cache_threshold}")
+        if self.cache_interval is not None:
+            low, high = INTERVAL_RANGE
+            if isinstance(self.cache_interval, bool) or not isinstance(self.cache_interval, int):
+                raise ValueError(f"cache_interval must be a whole number of steps, got {self.cache_interval!r}")
+            if not low <= self.cache_interval <= high:
+                raise ValueError(f"cache_interval must be between {low} and {high} steps, got {self.cache_interval}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> Acceleration:
+        """Build from stored settings; unknown keys are an error that lists the known ones."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown speed setting(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(known))}")
+        if isinstance(values.get("cache_threshold"), int) and not isinstance(values["cache_threshold"], bool):
+            values["cache_threshold"] = float(values["cache_threshold"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def merged(self, values: dict[str, Any] | None) -> Acceleration:
+        """These settings with `values` (a partial dict, e.g. a project's) on top."""
+        return Acceleration.from_dict({**self.to_dict(), **(values or {})})
+
+    @property
+    def threshold(self) -> float | None:
+        """The threshold the cache runs with (first-block, magcache), defaults filled in."""
+        if self.step_cache not in DEFAULT_THRESHOLDS:
+            return None
+        return self.cache_threshold if self.cache_threshold is not None else DEFAULT_THRESHOLDS[self.step_cache]
+
+    @property
+    def interval(self) -> int | None:
+        """TaylorSeer's refresh interval in steps, default filled in."""
+        if self.step_cache != "taylorseer":
+            return None
+        return self.cache_interval if self.cache_interval is not None else DEFAULT_INTERVAL
+
+    @property
+    def offload(self) -> str | None:
+        """The offload mode of the VRAM profile (None: the worker's own setting)."""
+        return VRAM_PROFILES[self.vram_profile][0]
+
+    @property
+    def fp8_storage(self) -> bool:
+        return VRAM_PROFILES[self.vram_profile][1]
+
+    def load_key(self, default_offload: str = "none") -> tuple:
+        """What needs a fresh model load when it changes: (offload, fp8 storage, compile)."""
+        return (self.offload or default_offload, self.fp8_storage, self.compile)
+
+    def record(self) -> dict[str, Any]:
+        """What a take's parameters keep: the settings as run, defaults filled in."""
+        return {
+            "step_cache": self.step_cache,
+            "cache_threshold": self.threshold,
+            "cache_interval": self.interval,
+            "attention_backend": self.attention_backend,
+            "compile": self.compile,
+            "vram_profile": self.vram_profile,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Availability
+
+
+def _backend_problem(backend: str, device_type: str) -> str | None:
+    if backend == "native":
+        return None
+    if device_type != "cuda":
+        return f"attention backend {backend!r} needs a CUDA GPU (this worker runs on {device_type}); pick 'native'"
+    from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(backend))
+    except RuntimeError as error:
+        package = _BACKEND_PACKAGES.get(backend)
+        install = f"install {package}, or " if package else ""
+        return f"attention backend {backend!r} is not usable here ({error}); {install}pick 'native'"
+    return None
+
+
+def check_available(acceleration: Acceleration, device_type: str, preset_name: str, default_offload: str = "none"):
+    """Raise `AccelerationUnavailable` for any setting this machine (or model) cannot run; return None otherwise."""
+    problems = []
+    problem = _backend_problem(acceleration.attention_backend, device_type)
+    if problem:
+        problems.append(problem)
+    if acceleration.step_cache == "magcache" and preset_name not in MAG_RATIOS:
+        calibrated = ", ".join(sorted(MAG_RATIOS)) or "none"
+        problems.append(
+            f"step cache 'magcache' has no calibrated magnitude ratios for model {preset_name!r} (calibrated: "
+            f"{calibrated}); pick 'first-block' or 'taylorseer', or calibrate with bench/multishot.py "
+            "--calibrate-magcache"
+        )
+    offload = acceleration.offload or default_offload
+    if offload != "none" and device_type == "cpu":
+        problems.append(
+            f"VRAM profile {acceleration.vram_profile!r} offloads to the CPU from a GPU, but this worker runs on the "
+            "CPU; pick 'none' or 'default'"
+        )
+    if offload == "group" and device_type != "cuda":
+        problems.append(f"VRAM profile {acceleration.vram_profile!r} (group offload) needs a CUDA GPU; pick 'model'")
+    if acceleration.fp8_storage and device_type == "mps":
+        problems.append(f"VRAM profile {acceleration.vram_profile!r} stores weights in float8, which MPS lacks")
+    if acceleration.compile:
+        if device_type != "cuda":
+            problems.append(f"compile needs a CUDA GPU (this worker runs on {device_type}); turn compile off")
+        elif importlib.util.find_spec("triton") is None:
+            problems.append("compile needs triton (pip install triton); turn compile off")
+    if problems:
+        raise AccelerationUnavailable("; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Applying
+
+
+def cache_config(acceleration: Acceleration, num_inference_steps: int, preset_name: str):
+    """The diffusers cache config for a run of `num_inference_steps`, or None when the cache is off."""
+    kind = acceleration.step_cache
+    if kind == "off":
+        return None
+    if kind == "first-block":
+        from diffusers import FirstBlockCacheConfig
+
+        return FirstBlockCacheConfig(threshold=acceleration.threshold)
+    if kind == "magcache":
+        from diffusers import MagCacheConfig
+
+        ratios = MAG_RATIOS.get(preset_name)
+        if ratios is None:
+            raise AccelerationUnavailable(f"step cache 'magcache' has no calibrated ratios for model {preset_name!r}")
+        return MagCacheConfig(
+            threshold=acceleration.threshold, num_inference_steps=num_inference_steps, mag_ratios=list(ratios)
+        )
+    import torch
+    from diffusers import TaylorSeerCacheConfig
+
+    # Whole blocks are extrapolated (not only their attention), so a cached step skips the block stack entirely.
+    return TaylorSeerCacheConfig(
+        cache_interval=acceleration.interval,
+        disable_cache_before_step=TAYLORSEER_WARMUP_STEPS,
+        max_order=1,
+        taylor_factors_dtype=torch.float32,
+        cache_identifiers=[r"^blocks\.\d+$"],
+    )
+
+
+def _transformers(pipe) -> list:
+    """The denoisers of a pipeline (`transformer`, and `transformer_2` of two-expert models)."""
+    return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
+
+
+def apply_step_cache(pipe, acceleration: Acceleration, num_inference_steps: int, preset_name: str) -> None:
+    """Put the run's cache config on every denoiser (replacing another one), or take the cache off."""
+    config = cache_config(acceleration, num_inference_steps, preset_name)
+    key = None if config is None else repr(config)
+    if getattr(pipe, "_step_cache_key", None) == key:
+        return
+    for transformer in _transformers(pipe):
+        if transformer.is_cache_enabled:
+            transformer.disable_cache()
+        if config is not None:
+            transformer.enable_cache(config)
+    pipe._step_cache_key = key
+
+
+def apply_attention_backend(pipe, backend: str) -> None:
+    """Select the attention backend on every denoiser (the multi-shot processors pick it up from the stock ones)."""
+    if getattr(pipe, "_attention_backend_name", "native") == backend:
+        return
+    logging.getLogger("diffusers.models.modeling_utils").setLevel(logging.ERROR)  # "experimental feature" notice
+    for transformer in _transformers(pipe):
+        transformer.set_attention_backend(backend)
+    pipe._attention_backend_name = backend
+
+
+def apply_runtime(pipe, acceleration: Acceleration, num_inference_steps: int, preset_name: str) -> None:
+    """The settings that change on a loaded pipeline without reloading it: step cache and attention backend."""
+    apply_attention_backend(pipe, acceleration.attention_backend)
+    apply_step_cache(pipe, acceleration, num_inference_steps, preset_name)
+
+
+def store_in_fp8(pipe, compute_dtype) -> None:
+    """Keep each denoiser's weights in float8 (e4m3) and upcast layer by layer to `compute_dtype` to compute.
+
+    Patch embedding, condition embedders and norms stay in `compute_dtype` (WanTransformer3DModel's
+    `_skip_layerwise_casting_patterns`): they are small and precision-critical.
+    """
+    import torch
+
+    for transformer in _transformers(pipe):
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+
+
+def group_offload(pipe, device) -> None:
+    """diffusers' block-level group offload of every model, one block per group, prefetched on a CUDA stream."""
+    import torch
+
+    device = torch.device(device)
+    pipe.enable_group_offload(
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=device.type == "cuda",
+    )
+
+
+def compile_blocks(pipe) -> None:
+    """Regional compile: torch.compile of each repeated transformer block (`compile_repeated_blocks`)."""
+    for transformer in _transformers(pipe):
+        transformer.compile_repeated_blocks(fullgraph=False)
+    pipe._compiled_blocks = True
+
+
+def calibrate_mag_ratios(pipe, **call_kwargs) -> list[float]:
+    """Run one generation with MagCache in calibration mode and return the conditional pass's ratios.
+
+    `call_kwargs` are the pipeline call's (a representative scene at the steps to calibrate for). The cache is
+    taken off again afterwards.
+    """
+    from diffusers import MagCacheConfig
+
+    steps = call_kwargs.get("num_inference_steps", 50)
+    records: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("diffusers.hooks.mag_cache")
+    handler, level = _Collect(level=logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    transformer = pipe.transformer
+    try:
+        if transformer.is_cache_enabled:
+            transformer.disable_cache()
+        transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+        pipe(**call_kwargs)
+    finally:
+        transformer.disable_cache()
+        pipe._step_cache_key = None
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    results = [m for m in records if m.startswith("MagCache Calibration Results:")]
+    if not results:
+        raise RuntimeError("MagCache calibration reported no ratios; run the full number of steps")
+    numbers = re.findall(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?|[-+]?\d+(?:[eE][-+]?\d+)?", results[0].split(":", 1)[1])
+    return [round(float(n), 5) for n in numbers]
+
+
+def with_defaults(acceleration: Acceleration | None) -> Acceleration:
+    return acceleration if acceleration is not None else Acceleration()
+
+
+def without_cache(acceleration: Acceleration) -> Acceleration:
+    return replace(acceleration, step_cache="off", cache_threshold=None, cache_interval=None)
+
+
+class BlockPassCounter:
+    """Counts full passes through a transformer's block stack: calls of the last block's feed-forward, which a step
+    cache skips (first-block, magcache and block-level taylorseer all bypass it on a cached step).
+
+        with BlockPassCounter(pipe.transformer) as counter:
+            pipe(...)
+        counter.passes   # one per conditional or unconditional pass that ran every block
+    """
+
+    def __init__(self, transformer):
+        self.module = transformer.blocks[-1].ffn
+        self.passes = 0
+        self._handle = None
+
+    def _count(self, module, inputs, output) -> None:
+        self.passes += 1
+
+    def __enter__(self) -> BlockPassCounter:
+        self._handle = self.module.register_forward_hook(self._count)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
