@@ -343,9 +343,13 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
 
     preset = get_preset(project.preset)
     steps = int(ctx.job.payload.get("steps") or project.steps)
+    acceleration = project_acceleration(project, ctx.pipelines)
     ctx.report_progress(0.0, f"loading model {preset.name}", step=0, total=steps)
     started = time.perf_counter()
-    pipe = ctx.pipelines.get(preset.name, plan.adapters, context=services)
+    pipe = ctx.pipelines.get(preset.name, plan.adapters, context=services, acceleration=acceleration)
+    from pipelines.acceleration import apply_runtime
+
+    apply_runtime(pipe, acceleration, steps, preset.name)
     timings = {"pipeline_s": round(time.perf_counter() - started, 4)}
     captions = list(plan.captions)
     if plan.adapters:
@@ -375,6 +379,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         "gap": preset.gap,
         "max_sequence_length": preset.max_sequence_length,
         "adapter_shots": plan.lora_shots,  # each character LoRA acted on these shots' tokens only
+        "acceleration": acceleration.record(),  # step cache, attention backend, compile, VRAM profile as run
     }
     step_callback = _StepCallback(ctx, steps, ctx.settings.preview_every, preview_shot=plan.targets[0])
     call_kwargs = dict(
@@ -460,6 +465,20 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         "skipped": plan.skipped,
         "timings": timings,
     }
+
+
+def project_acceleration(project, pipelines):
+    """The project's speed settings over the defaults, refused (`AccelerationUnavailable`, the job fails with its
+    message) before any model is loaded when this worker cannot run them: no CUDA, a package missing, a cache the
+    model has no calibration for. Nothing falls back silently."""
+    from pipelines.acceleration import Acceleration, check_available
+
+    values = {k: v for k, v in (getattr(project, "acceleration", None) or {}).items() if k != "accelerator"}
+    acceleration = Acceleration.from_dict(values)
+    device = getattr(pipelines, "device", None)
+    device_type = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
+    check_available(acceleration, device_type, project.preset, getattr(pipelines, "offload", "none"))
+    return acceleration
 
 
 def _score_identity(services, take_id) -> None:

@@ -12,7 +12,7 @@ from studio.services.convert import project_view
 from studio.services.errors import ConflictError, NotFoundError, ValidationError, get_or_not_found
 from studio.services.views import ProjectView
 
-SETTINGS_FIELDS = ("preset", "width", "height", "fps", "steps", "guidance", "negative_prompt")
+SETTINGS_FIELDS = ("preset", "width", "height", "fps", "steps", "guidance", "negative_prompt", "acceleration")
 
 
 def _validated_settings(values: dict, preset_name: str) -> dict:
@@ -30,6 +30,8 @@ def _validated_settings(values: dict, preset_name: str) -> dict:
         out["guidance"] = check.number(values["guidance"], "guidance", 0.0, 50.0)
     if "negative_prompt" in values:
         out["negative_prompt"] = check.caption(values["negative_prompt"], "negative prompt", allow_empty=True)
+    if "acceleration" in values:
+        out["acceleration"] = check.acceleration(values["acceleration"])
     return out
 
 

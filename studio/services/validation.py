@@ -103,3 +103,28 @@ def seed(value: object) -> int | None:
     if value is None:
         return None
     return integer(value, "seed", 0, MAX_SEED)
+
+
+def acceleration(value: object) -> dict:
+    """A project's speed settings (`pipelines.acceleration.Acceleration` fields, any subset, plus `accelerator`: an
+    adapter id or None), checked and without the keys left at their defaults. What this machine can run is checked
+    when a job runs, by the worker that runs it."""
+    from pipelines.acceleration import Acceleration
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(f"speed settings must be a mapping, got {type(value).__name__}")
+    values = dict(value)
+    accelerator = values.pop("accelerator", None)
+    if accelerator is not None and (isinstance(accelerator, bool) or not isinstance(accelerator, int)):
+        raise ValidationError(f"accelerator must be an adapter id or none, got {accelerator!r}")
+    try:
+        settings = Acceleration.from_dict(values)
+    except ValueError as error:
+        raise ValidationError(str(error)) from None
+    defaults = Acceleration().to_dict()
+    out = {key: v for key, v in settings.to_dict().items() if v != defaults[key]}
+    if accelerator is not None:
+        out["accelerator"] = accelerator
+    return out

@@ -34,7 +34,13 @@ class CacheStats:
 
 
 def default_loader(
-    preset: str, device: torch.device, dtype: torch.dtype, offload: str, vae_tiling: bool, model_root: Path | None
+    preset: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    offload: str,
+    vae_tiling: bool,
+    model_root: Path | None,
+    fp8_storage: bool = False,
 ):
     """Load through the pipeline package. Real presets look in `model_root/<preset>/` first, then the HF cache."""
     from pipelines import get_preset, load_pipeline
@@ -43,7 +49,13 @@ def default_loader(
     if model_root is not None and get_preset(preset).source == "local" and (Path(model_root) / preset).is_dir():
         model_dir = Path(model_root) / preset
     return load_pipeline(
-        preset, device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling, model_dir=model_dir
+        preset,
+        device=device,
+        dtype=dtype,
+        offload=offload,
+        vae_tiling=vae_tiling,
+        model_dir=model_dir,
+        fp8_storage=fp8_storage,
     )
 
 
@@ -76,6 +88,7 @@ class PipelineCache:
         self.adapter_loader = adapter_loader or default_adapter_loader
         self.stats = CacheStats()
         self._key: tuple | None = None
+        self._load_key: tuple | None = None  # (offload, fp8 storage, compile) the pipeline was loaded with
         self._pipe = None
 
     @property
@@ -83,10 +96,17 @@ class PipelineCache:
         """(preset, dtype name, adapters) of the loaded pipeline, or None."""
         return self._key
 
-    def get(self, preset: str, adapters: AdapterKey = (), context: Any = None):
-        """The pipeline for `preset` with `adapters` applied, loading or swapping only what differs."""
+    def get(self, preset: str, adapters: AdapterKey = (), context: Any = None, acceleration=None):
+        """The pipeline for `preset` with `adapters` applied, loading or swapping only what differs.
+
+        `acceleration` (`pipelines.acceleration.Acceleration`): its VRAM profile and compile need a fresh load when
+        they change; step cache and attention backend are set per run (`apply_runtime`) on the loaded pipeline.
+        """
         adapters = tuple(adapters)
         key = (preset, dtype_name(self.dtype), adapters)
+        load_key = acceleration.load_key(self.offload) if acceleration is not None else (self.offload, False, False)
+        if self._load_key != load_key:
+            self.clear()
         if self._key == key:
             self.stats.hits += 1
             return self._pipe
@@ -99,7 +119,14 @@ class PipelineCache:
         self.clear()
         started = time.perf_counter()
         logger.info("loading pipeline %s (%s) on %s, offload=%s", preset, key[1], self.device, self.offload)
-        pipe = self.loader(preset, self.device, self.dtype, self.offload, self.vae_tiling, self.model_root)
+        offload, fp8_storage, compile_blocks = load_key
+        extra = {"fp8_storage": True} if fp8_storage else {}
+        pipe = self.loader(preset, self.device, self.dtype, offload, self.vae_tiling, self.model_root, **extra)
+        if compile_blocks:
+            from pipelines.acceleration import compile_blocks as compile_repeated_blocks
+
+            compile_repeated_blocks(pipe)
+        self._load_key = load_key
         if adapters:
             self.adapter_loader(pipe, adapters, context)
         pipe._studio_adapters = adapters
@@ -112,5 +139,5 @@ class PipelineCache:
         """Drop the loaded pipeline and give its memory back (preset change, out-of-memory, shutdown)."""
         if self._pipe is None:
             return
-        self._pipe, self._key = None, None
+        self._pipe, self._key, self._load_key = None, None, None
         free_device_memory(self.device)
