@@ -249,3 +249,23 @@ def test_choices_this_machine_cannot_run_are_refused(values, message):
         check_available(Acceleration.from_dict(values), "cpu", "tiny")
     check_available(Acceleration(), "cpu", "tiny")  # the defaults run anywhere
     check_available(Acceleration(vram_profile="fp8"), "cpu", "tiny")
+
+
+def test_fp8_storage_keeps_transformer_weights_in_float8_and_still_generates():
+    from pipelines.loading import load_pipeline
+
+    plain = load_pipeline("tiny", device="cpu", dtype="fp32")
+    fp8 = load_pipeline("tiny", device="cpu", dtype="fp32", fp8_storage=True)
+    blocks = fp8.transformer.blocks[0]
+    assert blocks.attn1.to_q.weight.dtype == torch.float8_e4m3fn
+    assert blocks.ffn.net[2].weight.dtype == torch.float8_e4m3fn
+    assert fp8.transformer.patch_embedding.weight.dtype == torch.float32  # precision-critical layers stay
+    kwargs = dict(shots=SCENE[:2], height=32, width=32, num_inference_steps=2, max_sequence_length=16)
+    expected = plain(generator=gens(1, 2), output_type="latent", **kwargs).latents
+    got = fp8(generator=gens(1, 2), output_type="latent", **kwargs).latents
+    for a, b in zip(got, expected, strict=True):
+        assert torch.isfinite(a).all()
+        error = ((a - b).norm() / b.norm()).item()
+        assert 0 < error < 0.1  # float8 rounding of the weights, not a different model
+    with pytest.raises(ValueError, match="on CPU use 'none'"):
+        load_pipeline("tiny", device="cpu", offload="group")
