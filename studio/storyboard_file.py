@@ -115,6 +115,7 @@ class StoryboardDoc:
     negative_prompt: str
     characters: tuple[StoryboardCharacter, ...] = ()
     scenes: tuple[StoryboardScene, ...] = ()
+    speed: dict = field(default_factory=dict)  # speed settings over the preset's (step cache, attention, ...)
     source: str = field(default="storyboard", compare=False)
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -157,9 +158,11 @@ TOP_FIELDS = (
     "steps",
     "guidance",
     "negative_prompt",
+    "speed",
     "characters",
     "scenes",
 )
+SPEED_FIELDS = ("step_cache", "cache_threshold", "cache_interval", "attention_backend", "compile", "vram_profile")
 CHARACTER_FIELDS = ("name", "references", "description", "trigger", "adapter")
 REFERENCE_FIELDS = ("path", "caption")
 SCENE_FIELDS = ("id", "caption", "shots")
@@ -225,6 +228,15 @@ class _Reader:
             raise self.error(str(error), mapping, key, path) from None
 
 
+def _parse_speed(reader: _Reader, top: dict) -> dict:
+    """`speed:` (optional): the project's speed settings, checked as the project service checks them."""
+    if top.get("speed") is None:
+        return {}
+    mapping = reader.mapping(top["speed"], "speed", top, "speed", SPEED_FIELDS)
+    values = {k: v for k, v in mapping.items() if k not in (_LINES, _LINE)}
+    return reader.check(check.acceleration, mapping, next(iter(values), None), "speed", values)
+
+
 def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
     """Parse and validate a storyboard file's text. Raises StoryboardError naming the line and the field."""
     try:
@@ -263,6 +275,7 @@ def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
         "negative prompt",
         True,
     )
+    speed = _parse_speed(reader, top)
 
     characters = []
     names: dict[str, int] = {}
@@ -367,6 +380,7 @@ def parse_storyboard(text: str, source: str = "storyboard") -> StoryboardDoc:
         negative_prompt=negative,
         characters=tuple(characters),
         scenes=tuple(scenes),
+        speed=speed,
         source=source,
         lines=dict(top[_LINES]),
     )
@@ -659,6 +673,7 @@ def _find_or_create_project(services, doc: StoryboardDoc, project: str | int | N
             steps=doc.steps,
             guidance=doc.guidance,
             negative_prompt=doc.negative_prompt,
+            acceleration=doc.speed,
         )
     return created, True
 
@@ -672,6 +687,8 @@ def _sync_project(services, doc: StoryboardDoc, project_view, report: ImportRepo
         "steps": doc.steps,
         "guidance": doc.guidance,
         "negative_prompt": doc.negative_prompt,
+        # the accelerator LoRA is chosen in the studio (the file names no adapter files): kept as it is
+        "acceleration": {**_accelerator_only(project_view.acceleration), **doc.speed},
     }
     changes = {key: value for key, value in wanted.items() if getattr(project_view, key) != value}
     if changes:
@@ -681,6 +698,10 @@ def _sync_project(services, doc: StoryboardDoc, project_view, report: ImportRepo
     if project_view.in_bin:
         services.projects.restore(project_view.id)
         report.project_updated = True
+
+
+def _accelerator_only(acceleration: dict) -> dict:
+    return {k: v for k, v in (acceleration or {}).items() if k == "accelerator"}
 
 
 def _sync_characters(services, doc, project_id: int, references, report: ImportReport) -> dict[str, int]:
@@ -929,6 +950,9 @@ def export_storyboard(services, project_id: int, base_dir: str | Path | None = N
     }
     if project.negative_prompt:
         document["negative_prompt"] = project.negative_prompt
+    speed = {k: v for k, v in project.acceleration.items() if k in SPEED_FIELDS}
+    if speed:
+        document["speed"] = speed
     characters = []
     used_paths: dict[str, str] = {}
     for character in services.characters.list(project_id):
