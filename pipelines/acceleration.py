@@ -407,3 +407,84 @@ class BlockPassCounter:
 
     def __exit__(self, *exc) -> None:
         self._handle.remove()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Accelerator (step-distillation) LoRAs
+
+ACCELERATOR_ADAPTER = "accelerator"
+
+
+@dataclass(frozen=True)
+class FewStepDefaults:
+    """What lightx2v / CausVid-style step-distilled Wan LoRAs are made for: few Euler flow-matching steps at
+    guidance 1 (the unconditional pass is skipped) and a larger shift."""
+
+    num_inference_steps: int = 4
+    guidance_scale: float = 1.0
+    flow_shift: float = 5.0
+
+
+FEW_STEP_DEFAULTS = FewStepDefaults()
+
+
+@dataclass
+class AcceleratorLoad:
+    """What `load_accelerator` put on the pipeline: the converted layers, and what diffusers does not carry."""
+
+    adapter_name: str
+    modules: list[str]
+    norm_differences_skipped: list[str]  # full-weight norm differences (`blocks.0.norm3.diff`): not applied
+
+
+def load_accelerator(pipe, lora, weight: float = 1.0, adapter_name: str = ACCELERATOR_ADAPTER) -> AcceleratorLoad:
+    """Load a step-distillation LoRA on every denoiser, for every shot (never scoped to shots).
+
+    `lora`: a path to a .safetensors file or a state dict, in any layout diffusers' `WanLoraLoaderMixin`
+    converts (original Wan / ComfyUI keys with `lora_down`/`lora_up`, `diff_b` biases, time-embedding and head
+    layers). Full-weight norm differences are not applied by diffusers' Wan LoRA loader; they are reported in the
+    result instead of dropped unseen. Other loaded LoRAs stay active beside it.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    raw = load_file(str(lora)) if not isinstance(lora, dict) else dict(lora)
+    skipped = sorted(k for k in raw if k.endswith(".diff") or ("norm" in k and k.endswith(".diff_b")))
+    state = pipe.lora_state_dict({k: v for k, v in raw.items() if k not in skipped})
+    state = {k: v for k, v in state.items() if "lora" in k}
+    if any(k.endswith(".lora_B.bias") for k in state):
+        # peft gives every layer of the adapter a bias once one has one: zeros where the file has none.
+        for key in [k for k in state if k.endswith(".lora_B.weight")]:
+            state.setdefault(key.removesuffix("weight") + "bias", torch.zeros(state[key].shape[0]))
+    active = list(pipe.get_active_adapters()) if hasattr(pipe, "get_active_adapters") else []
+    weights = _adapter_weights(pipe, active)
+    pipe.load_lora_weights(state, adapter_name=adapter_name)
+    if getattr(pipe, "transformer_2", None) is not None:
+        pipe.load_lora_weights(state, adapter_name=adapter_name, load_into_transformer_2=True)
+    names = [n for n in active if n != adapter_name] + [adapter_name]
+    pipe.set_adapters(names, adapter_weights=[weights.get(n, 1.0) for n in names[:-1]] + [float(weight)])
+    modules = sorted({k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in state})
+    return AcceleratorLoad(adapter_name=adapter_name, modules=modules, norm_differences_skipped=skipped)
+
+
+def _adapter_weights(pipe, names: list[str]) -> dict[str, float]:
+    """The weights the named LoRAs are active with (peft keeps them on every LoRA layer's `scaling`)."""
+    weights: dict[str, float] = {}
+    for module in pipe.transformer.modules():
+        scaling, rank = getattr(module, "scaling", None), getattr(module, "r", None)
+        alpha = getattr(module, "lora_alpha", None)
+        if not isinstance(scaling, dict) or not isinstance(rank, dict) or not isinstance(alpha, dict):
+            continue
+        for name in names:
+            if name in scaling and name not in weights and rank.get(name):
+                weights[name] = float(scaling[name] / (alpha[name] / rank[name]))
+        if len(weights) == len(names):
+            break
+    return weights
+
+
+def few_step_scheduler(pipe, flow_shift: float = FEW_STEP_DEFAULTS.flow_shift) -> None:
+    """The scheduler step-distilled Wan LoRAs are trained for: Euler flow matching with `flow_shift`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=flow_shift)
