@@ -2,6 +2,7 @@
 
     nice -n 10 .venv/bin/python bench/step_cache.py --scenes 40 --json step_cache.json
     .venv/bin/python bench/step_cache.py --calibrate-magcache        # MagCache ratios for pipelines.acceleration
+    nice -n 10 .venv/bin/python bench/step_cache.py --regenerate 4   # passes when one shot is regenerated
 
 Every configuration renders the same held-out storyboards (`eval.evaluate_demo.held_out_scenes`, the demo
 evaluation's seeds) at the demo preset's steps and guidance, with diffusers' cache hooks set through
@@ -87,6 +88,44 @@ def calibrate(pipe, steps: int, guidance: float, figure_scale: str) -> list[floa
     return [round(sum(r[i] for r in runs) / len(runs), 5) for i in range(steps)]
 
 
+def regeneration_passes(pipe, scenes, configs: list[str], steps: int, guidance: float) -> str:
+    """Full block passes to generate each scene and to regenerate its second shot against the others (the
+    preset's regeneration mode), per cache: a cache decides once per pass over the whole sequence, so the context
+    shots' tokens weigh in the decision for the regenerated one."""
+    from pipelines import ShotSpec
+
+    lines = ["| cache | scene passes | regenerate-1-shot passes | shots |", "|---|---|---|---|"]
+    for text in configs:
+        apply_runtime(pipe, parse_config(text), steps, "demo")
+        scene_passes = regen_passes = shots = 0
+        for scene in scenes:
+            kwargs = dict(
+                shots=[ShotSpec(caption=c, num_frames=17) for c in scene.captions],
+                global_caption=scene.global_caption,
+                height=64,
+                width=64,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                max_sequence_length=None,
+                output_type="latent",
+            )
+            with BlockPassCounter(pipe.transformer) as counter:
+                out = pipe(generator=torch.Generator().manual_seed(scene.seed), **kwargs)
+            scene_passes += counter.passes
+            with BlockPassCounter(pipe.transformer) as counter:
+                pipe(
+                    generator=torch.Generator().manual_seed(scene.seed + 1),
+                    regenerate=[1],
+                    context_latents=out.latents,
+                    **kwargs,
+                )
+            regen_passes += counter.passes
+            shots += len(scene.captions)
+        n = len(scenes)
+        lines.append(f"| {text} | {scene_passes / n:.1f} | {regen_passes / n:.1f} | {shots / n:.1f} |")
+    return "\n".join(lines)
+
+
 def table(rows: dict[str, dict]) -> str:
     cols = [*SCORED]
     head = "| cache | passes/scene | fewer | CPU s/scene | wall s/scene | " + " | ".join(cols) + " | worst drop |"
@@ -108,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, default=DEMO_GUIDANCE)
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated, first is the baseline")
     parser.add_argument("--calibrate-magcache", action="store_true", help="print MagCache ratios for the demo model")
+    parser.add_argument("--regenerate", type=int, default=0, help="only: passes to regenerate a shot, N scenes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -118,7 +158,11 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(calibrate(pipe, args.steps, args.guidance, scale)))
         return
 
-    scenes = held_out_scenes(args.scenes, figure_scale=scale)
+    scenes = held_out_scenes(max(args.scenes, args.regenerate), figure_scale=scale)
+    if args.regenerate:
+        configs = [c.strip() for c in args.configs.split(",")]
+        print(regeneration_passes(pipe, scenes[: args.regenerate], configs, args.steps, args.guidance))
+        return
     rows: dict[str, dict] = {}
     baseline = None
     for text in args.configs.split(","):
