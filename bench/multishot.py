@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="card's dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("--speed", action="store_true", help="attention backends, compile, fp8 and step caches")
     parser.add_argument("--shots", type=int, default=2, help="shots of the --speed scene")
-    parser.add_argument("--scene-steps", type=int, default=50, help="steps of the --speed step-cache scene")
+    parser.add_argument("--scene-steps", type=int, default=50, help="steps of the --speed cache scene (0: none)")
     args = parser.parse_args()
     if args.preset and not args.random_weights:
         parser.error("--preset needs --random-weights (real weights are not part of the benchmark)")
@@ -398,6 +398,8 @@ def speed_tables(args, pipe, config, run_pipe, layout_of) -> None:
     for backend in usable:
         row(backend, "blocks" if device == "cuda" else "no", "fp8 e4m3 storage")
 
+    if not args.scene_steps:
+        return
     print(f"\n### Step caches, one {args.scene_steps}-step scene of {k} shots (attention {usable[-1]})\n")
     print("| step cache | full block passes | s/scene | x faster |")
     print("|---|---|---|---|")

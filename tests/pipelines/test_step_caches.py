@@ -269,3 +269,24 @@ def test_fp8_storage_keeps_transformer_weights_in_float8_and_still_generates():
         assert 0 < error < 0.1  # float8 rounding of the weights, not a different model
     with pytest.raises(ValueError, match="on CPU use 'none'"):
         load_pipeline("tiny", device="cpu", offload="group")
+
+
+@pytest.mark.slow
+def test_regionally_compiled_blocks_run_the_multishot_attention_and_a_cache():
+    """torch.compile of each transformer block (inductor on the CPU here; the studio offers it on CUDA) traces the
+    multi-shot processors and diffusers' cache hooks and gives the uncompiled result."""
+    from pipelines import MultiShotPipeline
+    from pipelines.acceleration import compile_blocks
+    from pipelines.tiny import build_tiny_components
+
+    pipe = MultiShotPipeline(**build_tiny_components())
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(cross_attention="mmrope", global_caption="a lighthouse at night", output_type="latent")
+    reference, _ = run(pipe, SCENE[:2], generator=gens(1, 2), **kwargs)
+    compile_blocks(pipe)
+    compiled, _ = run(pipe, SCENE[:2], generator=gens(1, 2), **kwargs)
+    for a, b in zip(compiled.latents, reference.latents, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+    apply_runtime(pipe, Acceleration(step_cache="first-block", cache_threshold=0.5), STEPS, "tiny")
+    _, passes = run(pipe, SCENE[:2], generator=gens(1, 2), **kwargs)
+    assert passes < 2 * STEPS
