@@ -102,7 +102,19 @@ class PipelineCache:
         `acceleration` (`pipelines.acceleration.Acceleration`): its VRAM profile and compile need a fresh load when
         they change; step cache and attention backend are set per run (`apply_runtime`) on the loaded pipeline.
         """
-        adapters = tuple(adapters)
+        pipe = self._get(preset, tuple(adapters), context, acceleration)
+        if acceleration is None and (
+            getattr(pipe, "_step_cache_key", None) is not None
+            or getattr(pipe, "_attention_backend_name", "native") != "native"
+        ):
+            # A caller without speed settings (adapter training) gets the plain model: cache hooks expect a
+            # denoising loop's cache context, and training runs on the default attention.
+            from pipelines.acceleration import Acceleration, apply_runtime
+
+            apply_runtime(pipe, Acceleration(), 1, preset)
+        return pipe
+
+    def _get(self, preset: str, adapters: AdapterKey, context: Any, acceleration):
         key = (preset, dtype_name(self.dtype), adapters)
         load_key = acceleration.load_key(self.offload) if acceleration is not None else (self.offload, False, False)
         if self._load_key != load_key:

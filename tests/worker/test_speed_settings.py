@@ -104,3 +104,24 @@ def test_vram_profile_and_compile_reload_while_cache_and_backend_do_not():
     assert fp8 is not first
     assert loads == [("none", {}), ("none", {"fp8_storage": True})]
     assert cache.get("tiny") is not fp8  # back to the worker's own profile: loaded again
+
+
+def test_a_caller_without_speed_settings_gets_the_model_without_cache_hooks():
+    """Adapter training reuses the warm pipeline: a step cache a generation left on it must not follow it there
+    (diffusers' cache hooks need a denoising loop's cache context)."""
+    from pipelines.acceleration import apply_runtime
+    from pipelines.loading import load_pipeline
+
+    def loader(preset, device, dtype, offload, vae_tiling, model_root, **extra):
+        return load_pipeline(preset, device="cpu", dtype="fp32", **extra)
+
+    cache = PipelineCache(torch.device("cpu"), torch.float32, loader=loader, adapter_loader=lambda *a: None)
+    setting = Acceleration(step_cache="first-block", cache_threshold=0.2)
+    pipe = cache.get("tiny", acceleration=setting)
+    apply_runtime(pipe, setting, 4, "tiny")
+    assert pipe.transformer.is_cache_enabled
+    assert cache.get("tiny") is pipe  # same model, no reload
+    assert not pipe.transformer.is_cache_enabled
+    transformer = pipe.transformer
+    hidden = torch.randn(1, 16, 1, 4, 4)
+    transformer(hidden, torch.tensor([500.0]), torch.randn(1, 3, 32), return_dict=False)  # no cache context needed
