@@ -463,6 +463,8 @@ def load_accelerator(pipe, lora, weight: float = 1.0, adapter_name: str = ACCELE
         pipe.load_lora_weights(state, adapter_name=adapter_name, load_into_transformer_2=True)
     names = [n for n in active if n != adapter_name] + [adapter_name]
     pipe.set_adapters(names, adapter_weights=[weights.get(n, 1.0) for n in names[:-1]] + [float(weight)])
+    # Kept active for every scene by whoever swaps the character LoRAs (adapters.loading.apply_adapters).
+    pipe.persistent_loras = {**(getattr(pipe, "persistent_loras", None) or {}), adapter_name: float(weight)}
     modules = sorted({k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in state})
     return AcceleratorLoad(adapter_name=adapter_name, modules=modules, norm_differences_skipped=skipped)
 

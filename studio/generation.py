@@ -344,9 +344,12 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
     preset = get_preset(project.preset)
     steps = int(ctx.job.payload.get("steps") or project.steps)
     acceleration = project_acceleration(project, ctx.pipelines)
+    accelerator = accelerator_file(services, project)
     ctx.report_progress(0.0, f"loading model {preset.name}", step=0, total=steps)
     started = time.perf_counter()
-    pipe = ctx.pipelines.get(preset.name, plan.adapters, context=services, acceleration=acceleration)
+    pipe = ctx.pipelines.get(
+        preset.name, plan.adapters, context=services, acceleration=acceleration, accelerator=accelerator
+    )
     from pipelines.acceleration import apply_runtime
 
     apply_runtime(pipe, acceleration, steps, preset.name)
@@ -380,6 +383,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         "max_sequence_length": preset.max_sequence_length,
         "adapter_shots": plan.lora_shots,  # each character LoRA acted on these shots' tokens only
         "acceleration": acceleration.record(),  # step cache, attention backend, compile, VRAM profile as run
+        "accelerator": _accelerator_record(pipe, project),  # the step-distillation LoRA on every shot, if any
     }
     step_callback = _StepCallback(ctx, steps, ctx.settings.preview_every, preview_shot=plan.targets[0])
     call_kwargs = dict(
@@ -479,6 +483,39 @@ def project_acceleration(project, pipelines):
     device_type = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
     check_available(acceleration, device_type, project.preset, getattr(pipelines, "offload", "none"))
     return acceleration
+
+
+def accelerator_file(services, project):
+    """Path of the project's accelerator LoRA (`<models>/accelerators/<name>.safetensors`), or None; a name whose
+    file is not there fails the job before loading, naming the folder."""
+    from pathlib import Path
+
+    from pipelines.acceleration import AccelerationUnavailable
+
+    name = (getattr(project, "acceleration", None) or {}).get("accelerator")
+    if not name:
+        return None
+    folder = Path(services.settings.resolved_model_dir) / "accelerators"
+    path = folder / f"{name}.safetensors"
+    if not path.is_file():
+        raise AccelerationUnavailable(
+            f"accelerator LoRA {name!r} is not on this machine: put {name}.safetensors in {folder}, or clear the "
+            "project's accelerator"
+        )
+    return path
+
+
+def _accelerator_record(pipe, project) -> dict | None:
+    name = (getattr(project, "acceleration", None) or {}).get("accelerator")
+    loaded = getattr(pipe, "accelerator_load", None)
+    if not name or loaded is None:
+        return None
+    return {
+        "name": name,
+        "layers": len(loaded.modules),
+        "norm_differences_not_applied": len(loaded.norm_differences_skipped),
+        "flow_shift": float(getattr(pipe.scheduler.config, "shift", 0.0) or 0.0),
+    }
 
 
 def _score_identity(services, take_id) -> None:

@@ -162,7 +162,15 @@ TOP_FIELDS = (
     "characters",
     "scenes",
 )
-SPEED_FIELDS = ("step_cache", "cache_threshold", "cache_interval", "attention_backend", "compile", "vram_profile")
+SPEED_FIELDS = (
+    "step_cache",
+    "cache_threshold",
+    "cache_interval",
+    "attention_backend",
+    "compile",
+    "vram_profile",
+    "accelerator",
+)
 CHARACTER_FIELDS = ("name", "references", "description", "trigger", "adapter")
 REFERENCE_FIELDS = ("path", "caption")
 SCENE_FIELDS = ("id", "caption", "shots")
@@ -687,8 +695,7 @@ def _sync_project(services, doc: StoryboardDoc, project_view, report: ImportRepo
         "steps": doc.steps,
         "guidance": doc.guidance,
         "negative_prompt": doc.negative_prompt,
-        # the accelerator LoRA is chosen in the studio (the file names no adapter files): kept as it is
-        "acceleration": {**_accelerator_only(project_view.acceleration), **doc.speed},
+        "acceleration": doc.speed,
     }
     changes = {key: value for key, value in wanted.items() if getattr(project_view, key) != value}
     if changes:
@@ -698,10 +705,6 @@ def _sync_project(services, doc: StoryboardDoc, project_view, report: ImportRepo
     if project_view.in_bin:
         services.projects.restore(project_view.id)
         report.project_updated = True
-
-
-def _accelerator_only(acceleration: dict) -> dict:
-    return {k: v for k, v in (acceleration or {}).items() if k == "accelerator"}
 
 
 def _sync_characters(services, doc, project_id: int, references, report: ImportReport) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from pipelines.registry import ModelPreset, get_preset, is_valid_frame_count
 from studio.services.errors import ValidationError
@@ -106,8 +107,9 @@ def seed(value: object) -> int | None:
 
 
 def acceleration(value: object) -> dict:
-    """A project's speed settings (`pipelines.acceleration.Acceleration` fields, any subset, plus `accelerator`: an
-    adapter id or None), checked and without the keys left at their defaults. What this machine can run is checked
+    """A project's speed settings (`pipelines.acceleration.Acceleration` fields, any subset, plus `accelerator`: the
+    name of a step-distillation LoRA in `<models>/accelerators/`, or None), checked and without the keys left at
+    their defaults. What this machine can run is checked
     when a job runs, by the worker that runs it."""
     from pipelines.acceleration import Acceleration
 
@@ -117,8 +119,15 @@ def acceleration(value: object) -> dict:
         raise ValidationError(f"speed settings must be a mapping, got {type(value).__name__}")
     values = dict(value)
     accelerator = values.pop("accelerator", None)
-    if accelerator is not None and (isinstance(accelerator, bool) or not isinstance(accelerator, int)):
-        raise ValidationError(f"accelerator must be an adapter id or none, got {accelerator!r}")
+    if accelerator == "":
+        accelerator = None
+    if accelerator is not None and (
+        not isinstance(accelerator, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", accelerator)
+    ):
+        raise ValidationError(
+            f"accelerator must be the name of a LoRA file in the models folder's accelerators/ (without "
+            f".safetensors, letters, digits, '.', '_', '-'), got {accelerator!r}"
+        )
     try:
         settings = Acceleration.from_dict(values)
     except ValueError as error:

@@ -276,6 +276,7 @@ def build_app(services: Any) -> gr.Blocks:
                             label="VRAM profile", choices=speed.VRAM_CHOICES, value="default", elem_id="sl-speed-vram"
                         )
                         speed_compile = gr.Checkbox(label="Compile blocks", elem_id="sl-speed-compile")
+                        speed_accelerator = gr.Textbox(label="Accelerator LoRA", elem_id="sl-speed-accelerator")
                     save_speed_button = gr.Button("Save speed settings", elem_id="sl-save-speed")
                 gr.Markdown("### Storyboard file")
                 with gr.Row():
@@ -598,7 +599,10 @@ def build_app(services: Any) -> gr.Blocks:
             [project_state, set_preset, set_width, set_height, set_fps, set_steps, set_guidance, set_negative],
             [*project_outputs_list, status],
         )
-        speed_fields = [speed_cache, speed_threshold, speed_interval, speed_backend, speed_vram, speed_compile]
+        speed_fields = [
+            *(speed_cache, speed_threshold, speed_interval, speed_backend, speed_vram, speed_compile),
+            speed_accelerator,
+        ]
 
         @guarded
         def on_speed_fields(project_id):
@@ -610,11 +614,12 @@ def build_app(services: Any) -> gr.Blocks:
         def on_save_speed(project_id, *values):
             project_id = _require_project(project_id)
             kept = s.projects.get(project_id).acceleration
-            s.projects.update_settings(project_id, acceleration=speed.settings_from_form(*values, keep=kept))
-            return said("Speed settings saved.")
+            saved = s.projects.update_settings(project_id, acceleration=speed.settings_from_form(*values, keep=kept))
+            # an accelerator set or cleared brings its step count and guidance: show them
+            return said("Speed settings saved."), saved.steps, saved.guidance
 
         project_state.change(on_speed_fields, project_state, speed_fields)
-        save_speed_button.click(on_save_speed, [project_state, *speed_fields], status)
+        save_speed_button.click(on_save_speed, [project_state, *speed_fields], [status, set_steps, set_guidance])
         set_preset.input(_preset_text, set_preset, preset_info)
         new_preset.input(_preset_text, new_preset, preset_info)
 

@@ -96,13 +96,15 @@ class PipelineCache:
         """(preset, dtype name, adapters) of the loaded pipeline, or None."""
         return self._key
 
-    def get(self, preset: str, adapters: AdapterKey = (), context: Any = None, acceleration=None):
+    def get(self, preset: str, adapters: AdapterKey = (), context: Any = None, acceleration=None, accelerator=None):
         """The pipeline for `preset` with `adapters` applied, loading or swapping only what differs.
 
         `acceleration` (`pipelines.acceleration.Acceleration`): its VRAM profile and compile need a fresh load when
         they change; step cache and attention backend are set per run (`apply_runtime`) on the loaded pipeline.
+        `accelerator`: path of a step-distillation LoRA loaded for every shot, with its few-step scheduler (a
+        different one, or none, loads the model again: the LoRA and scheduler are part of the loaded model).
         """
-        pipe = self._get(preset, tuple(adapters), context, acceleration)
+        pipe = self._get(preset, tuple(adapters), context, acceleration, accelerator)
         if acceleration is None and (
             getattr(pipe, "_step_cache_key", None) is not None
             or getattr(pipe, "_attention_backend_name", "native") != "native"
@@ -114,9 +116,10 @@ class PipelineCache:
             apply_runtime(pipe, Acceleration(), 1, preset)
         return pipe
 
-    def _get(self, preset: str, adapters: AdapterKey, context: Any, acceleration):
+    def _get(self, preset: str, adapters: AdapterKey, context: Any, acceleration, accelerator):
         key = (preset, dtype_name(self.dtype), adapters)
         load_key = acceleration.load_key(self.offload) if acceleration is not None else (self.offload, False, False)
+        load_key = (*load_key, str(accelerator) if accelerator is not None else None)
         if self._load_key != load_key:
             self.clear()
         if self._key == key:
@@ -131,9 +134,14 @@ class PipelineCache:
         self.clear()
         started = time.perf_counter()
         logger.info("loading pipeline %s (%s) on %s, offload=%s", preset, key[1], self.device, self.offload)
-        offload, fp8_storage, compile_blocks = load_key
+        offload, fp8_storage, compile_blocks, accelerator_path = load_key
         extra = {"fp8_storage": True} if fp8_storage else {}
         pipe = self.loader(preset, self.device, self.dtype, offload, self.vae_tiling, self.model_root, **extra)
+        if accelerator_path is not None:
+            from pipelines.acceleration import few_step_scheduler, load_accelerator
+
+            pipe.accelerator_load = load_accelerator(pipe, accelerator_path)
+            few_step_scheduler(pipe)
         if compile_blocks:
             from pipelines.acceleration import compile_blocks as compile_repeated_blocks
 

@@ -12,6 +12,7 @@ speed:
   step_cache: first-block
   cache_threshold: 0.1
   attention_backend: native
+  accelerator: lightx2v
 scenes:
   - caption: coast
     shots:
@@ -22,10 +23,11 @@ scenes:
 
 def test_speed_settings_parse_import_and_export_round_trip(services, tmp_path):
     doc = parse_storyboard(FILM)
-    assert doc.speed == {"step_cache": "first-block", "cache_threshold": 0.1}  # defaults dropped
+    assert doc.speed == {"step_cache": "first-block", "cache_threshold": 0.1, "accelerator": "lightx2v"}
     report = import_storyboard(services, doc, tmp_path)
     project = services.projects.get(report.project_id)
-    assert project.acceleration == {"step_cache": "first-block", "cache_threshold": 0.1}
+    assert project.acceleration == doc.speed  # defaults dropped
+    assert project.steps == 20  # the file's steps (the preset's when it names none) win over few-step defaults
     text = export_storyboard(services, report.project_id)
     assert "speed:" in text and parse_storyboard(text) == doc
     assert not import_storyboard(services, parse_storyboard(text), tmp_path).changed

@@ -51,3 +51,10 @@ def test_speed_settings_are_shown_saved_and_refused_with_a_message(page, studio)
     page.locator("#sl-save-speed").click()
     page.get_by_text("cache_threshold must be between", exact=False).last.wait_for()
     assert services.projects.get(project.id).acceleration["cache_threshold"] == 0.1
+    # An accelerator LoRA brings 4 steps at guidance 1, shown in the settings at once.
+    page.locator("#sl-speed-threshold input").fill("0.1")
+    page.locator("#sl-speed-accelerator textarea, #sl-speed-accelerator input").first.fill("lightx2v")
+    page.locator("#sl-save-speed").click()
+    page.wait_for_function("document.querySelector('#sl-set-steps input').value === '4'")
+    saved = services.projects.get(project.id)
+    assert (saved.acceleration["accelerator"], saved.steps, saved.guidance) == ("lightx2v", 4, 1.0)

@@ -38,7 +38,7 @@ def test_speed_settings_are_stored_without_their_defaults(sqlite_services):
         ({"attention_backend": "sage_hub"}, "hub backends download kernels"),
         ({"cache_threshold": 3}, "cache_threshold must be between"),
         ({"vram_profile": "fp4"}, "vram_profile must be one of"),
-        ({"accelerator": "fast"}, "accelerator must be an adapter id"),
+        ({"accelerator": "../fast"}, "accelerator must be the name of a LoRA file"),
         ("first-block", "speed settings must be a mapping"),
     ],
 )
@@ -125,3 +125,60 @@ def test_a_caller_without_speed_settings_gets_the_model_without_cache_hooks():
     transformer = pipe.transformer
     hidden = torch.randn(1, 16, 1, 4, 4)
     transformer(hidden, torch.tensor([500.0]), torch.randn(1, 3, 32), return_dict=False)  # no cache context needed
+
+
+def _write_accelerator(services, name="lightx2v"):
+    from safetensors.torch import save_file
+
+    from pipelines.tiny import build_tiny_components
+    from tests.pipelines.test_accelerator_lora import lightx2v_style
+
+    folder = services.settings.resolved_model_dir / "accelerators"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(lightx2v_style(build_tiny_components()["transformer"]), str(folder / f"{name}.safetensors"))
+
+
+def test_an_accelerator_lora_brings_few_step_defaults_and_runs_on_every_shot(sqlite_services):
+    services = sqlite_services
+    project, scene_id, shot_ids = tiny_project(services)
+    _write_accelerator(services)
+    updated = services.projects.update_settings(project.id, acceleration={"accelerator": "lightx2v"})
+    assert (updated.steps, updated.guidance) == (4, 1.0)  # what step-distilled LoRAs are made for
+    job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id, "seed": 5}, project.id)
+    run_all(services)
+    assert services.jobs.get(job.id).status == "done", services.jobs.get(job.id).error
+    for shot_id in shot_ids:
+        (take,) = services.takes.list_takes(shot_id)
+        assert (take.params["num_inference_steps"], take.params["guidance_scale"]) == (4, 1.0)
+        assert take.params["accelerator"] == {
+            "name": "lightx2v",
+            "layers": 10,  # 2 blocks x 4 projections, the time embedding and the head
+            "norm_differences_not_applied": 2,
+            "flow_shift": 5.0,
+        }
+    cleared = services.projects.update_settings(project.id, acceleration={})
+    assert (cleared.steps, cleared.guidance) == (2, 5.0)  # the tiny preset's own again
+
+
+def test_a_missing_accelerator_file_fails_the_job_naming_the_folder(sqlite_services):
+    services = sqlite_services
+    project, scene_id, _ = tiny_project(services)
+    services.projects.update_settings(project.id, acceleration={"accelerator": "causvid"})
+    job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id}, project.id)
+    run_all(services)
+    failed = services.jobs.get(job.id)
+    assert failed.status == "failed" and "put causvid.safetensors in" in failed.error
+    assert str(services.settings.resolved_model_dir / "accelerators") in failed.error
+
+
+def test_swapping_character_adapters_keeps_the_accelerator_active():
+    from adapters.loading import apply_adapters, loaded_loras
+    from pipelines import MultiShotPipeline
+    from pipelines.acceleration import load_accelerator
+    from pipelines.tiny import build_tiny_components
+    from tests.pipelines.test_accelerator_lora import lightx2v_style
+
+    pipe = MultiShotPipeline(**build_tiny_components())
+    load_accelerator(pipe, lightx2v_style(pipe.transformer))
+    apply_adapters(pipe, [])  # a scene without character adapters
+    assert loaded_loras(pipe) == ["accelerator"] and pipe.get_active_adapters() == ["accelerator"]
