@@ -100,8 +100,13 @@ def build_components(args) -> dict:
         )
     ).eval()
     vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
-    with torch.device(args.device):
-        transformer = WanTransformer3DModel(**transformer_config).eval()
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(args.dtype)  # built in its dtype: a 14B model in fp32 first would need 56 GB
+    try:
+        with torch.device(args.device):
+            transformer = WanTransformer3DModel(**transformer_config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
     return {
         "tokenizer": tokenizer,
         "text_encoder": text_encoder.to(args.device, args.dtype),
