@@ -34,7 +34,13 @@ from eval.evaluate_demo import (  # noqa: E402
     render_storyboard,
     score,
 )
-from pipelines.acceleration import Acceleration, BlockPassCounter, apply_runtime, calibrate_mag_ratios  # noqa: E402
+from pipelines.acceleration import (  # noqa: E402
+    Acceleration,
+    BlockPassCounter,
+    apply_runtime,
+    calibrate_mag_ratios,
+    regeneration_share,
+)
 from training.detector import read_shot  # noqa: E402
 from training.world import recorded_figure_scale, sample_scene  # noqa: E402
 
@@ -94,10 +100,13 @@ def regeneration_passes(pipe, scenes, configs: list[str], steps: int, guidance: 
     shots' tokens weigh in the decision for the regenerated one."""
     from pipelines import ShotSpec
 
-    lines = ["| cache | scene passes | regenerate-1-shot passes | shots |", "|---|---|---|---|"]
+    lines = [
+        "| cache | scene passes | regenerate-1-shot passes | same, threshold x regenerated share | shots |",
+        "|---|---|---|---|---|",
+    ]
     for text in configs:
-        apply_runtime(pipe, parse_config(text), steps, "demo")
-        scene_passes = regen_passes = shots = 0
+        setting = parse_config(text)
+        scene_passes = regen_passes = scaled_passes = shots = 0
         for scene in scenes:
             kwargs = dict(
                 shots=[ShotSpec(caption=c, num_frames=17) for c in scene.captions],
@@ -109,20 +118,29 @@ def regeneration_passes(pipe, scenes, configs: list[str], steps: int, guidance: 
                 max_sequence_length=None,
                 output_type="latent",
             )
+            apply_runtime(pipe, setting, steps, "demo")
             with BlockPassCounter(pipe.transformer) as counter:
                 out = pipe(generator=torch.Generator().manual_seed(scene.seed), **kwargs)
             scene_passes += counter.passes
-            with BlockPassCounter(pipe.transformer) as counter:
-                pipe(
-                    generator=torch.Generator().manual_seed(scene.seed + 1),
-                    regenerate=[1],
-                    context_latents=out.latents,
-                    **kwargs,
-                )
-            regen_passes += counter.passes
+            share = regeneration_share([5] * len(scene.captions), [1], pipe.config.regenerate_mode)
+            for scale, total in ((1.0, "regen"), (share, "scaled")):
+                apply_runtime(pipe, setting, steps, "demo", scale)
+                with BlockPassCounter(pipe.transformer) as counter:
+                    pipe(
+                        generator=torch.Generator().manual_seed(scene.seed + 1),
+                        regenerate=[1],
+                        context_latents=out.latents,
+                        **kwargs,
+                    )
+                if total == "regen":
+                    regen_passes += counter.passes
+                else:
+                    scaled_passes += counter.passes
             shots += len(scene.captions)
         n = len(scenes)
-        lines.append(f"| {text} | {scene_passes / n:.1f} | {regen_passes / n:.1f} | {shots / n:.1f} |")
+        lines.append(
+            f"| {text} | {scene_passes / n:.1f} | {regen_passes / n:.1f} | {scaled_passes / n:.1f} | {shots / n:.1f} |"
+        )
     return "\n".join(lines)
 
 

@@ -239,15 +239,29 @@ def check_available(acceleration: Acceleration, device_type: str, preset_name: s
 # Applying
 
 
-def cache_config(acceleration: Acceleration, num_inference_steps: int, preset_name: str):
-    """The diffusers cache config for a run of `num_inference_steps`, or None when the cache is off."""
+def regeneration_share(latent_frames: list[int], regenerate: list[int] | None, mode: str | None) -> float:
+    """Share of a run's video tokens that change from step to step: 1 for a scene, the regenerated shots' share when
+    regenerating in `context` mode (the other shots sit clean at timestep 0; in `inpaint` they are re-noised every
+    step and change like the regenerated ones)."""
+    if not regenerate or mode != "context":
+        return 1.0
+    return sum(latent_frames[k] for k in regenerate) / sum(latent_frames)
+
+
+def cache_config(acceleration: Acceleration, num_inference_steps: int, preset_name: str, share: float = 1.0):
+    """The diffusers cache config for a run of `num_inference_steps`, or None when the cache is off.
+
+    `share` (`regeneration_share`): first-block decides on the mean change of the first block's residual over the
+    whole sequence, so tokens that do not change dilute it by their share; its threshold is scaled by `share` so
+    a regenerated shot is skipped about as often as in a scene generation.
+    """
     kind = acceleration.step_cache
     if kind == "off":
         return None
     if kind == "first-block":
         from diffusers import FirstBlockCacheConfig
 
-        return FirstBlockCacheConfig(threshold=acceleration.threshold)
+        return FirstBlockCacheConfig(threshold=acceleration.threshold * share)
     if kind == "magcache":
         from diffusers import MagCacheConfig
 
@@ -275,9 +289,11 @@ def _transformers(pipe) -> list:
     return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
 
 
-def apply_step_cache(pipe, acceleration: Acceleration, num_inference_steps: int, preset_name: str) -> None:
+def apply_step_cache(
+    pipe, acceleration: Acceleration, num_inference_steps: int, preset_name: str, share: float = 1.0
+) -> None:
     """Put the run's cache config on every denoiser (replacing another one), or take the cache off."""
-    config = cache_config(acceleration, num_inference_steps, preset_name)
+    config = cache_config(acceleration, num_inference_steps, preset_name, share)
     key = None if config is None else repr(config)
     if getattr(pipe, "_step_cache_key", None) == key:
         return
@@ -299,10 +315,13 @@ def apply_attention_backend(pipe, backend: str) -> None:
     pipe._attention_backend_name = backend
 
 
-def apply_runtime(pipe, acceleration: Acceleration, num_inference_steps: int, preset_name: str) -> None:
-    """The settings that change on a loaded pipeline without reloading it: step cache and attention backend."""
+def apply_runtime(
+    pipe, acceleration: Acceleration, num_inference_steps: int, preset_name: str, share: float = 1.0
+) -> None:
+    """The settings that change on a loaded pipeline without reloading it: step cache and attention backend.
+    `share`: see `regeneration_share`."""
     apply_attention_backend(pipe, acceleration.attention_backend)
-    apply_step_cache(pipe, acceleration, num_inference_steps, preset_name)
+    apply_step_cache(pipe, acceleration, num_inference_steps, preset_name, share)
 
 
 def store_in_fp8(pipe, compute_dtype) -> None:

@@ -350,9 +350,14 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
     pipe = ctx.pipelines.get(
         preset.name, plan.adapters, context=services, acceleration=acceleration, accelerator=accelerator
     )
-    from pipelines.acceleration import apply_runtime
+    from pipelines.acceleration import apply_runtime, regeneration_share
 
-    apply_runtime(pipe, acceleration, steps, preset.name)
+    partial = len(plan.targets) < len(plan.shots)
+    mode = regenerate_mode or preset.regenerate_mode
+    share = regeneration_share(
+        [expected_latent_frames(shot.num_frames) for shot in plan.shots], plan.targets if partial else None, mode
+    )
+    apply_runtime(pipe, acceleration, steps, preset.name, share)
     timings = {"pipeline_s": round(time.perf_counter() - started, 4)}
     captions = list(plan.captions)
     if plan.adapters:
@@ -361,8 +366,6 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         captions = substitute_captions(pipe, captions)  # "<mara>" -> what Mara's adapter answers to
     ctx.check_cancelled()
 
-    partial = len(plan.targets) < len(plan.shots)
-    mode = regenerate_mode or preset.regenerate_mode
     specs = [
         ShotSpec(caption=caption, num_frames=shot.num_frames)
         for caption, shot in zip(captions, plan.shots, strict=True)

@@ -290,3 +290,25 @@ def test_regionally_compiled_blocks_run_the_multishot_attention_and_a_cache():
     apply_runtime(pipe, Acceleration(step_cache="first-block", cache_threshold=0.5), STEPS, "tiny")
     _, passes = run(pipe, SCENE[:2], generator=gens(1, 2), **kwargs)
     assert passes < 2 * STEPS
+
+
+def test_first_block_threshold_follows_the_share_of_tokens_a_regeneration_changes(cached_pipe):
+    """In `context` regeneration the other shots sit clean and barely change, diluting first-block's mean change;
+    scaling the threshold by the regenerated share keeps the regenerated shot from being skipped more."""
+    from pipelines.acceleration import cache_config, regeneration_share
+
+    assert regeneration_share([3, 2, 3], None, "context") == 1.0
+    assert regeneration_share([3, 2, 3], [1], "inpaint") == 1.0  # re-noised context shots change too
+    assert regeneration_share([3, 2, 3], [1], "context") == 2 / 8
+    setting = Acceleration(step_cache="first-block", cache_threshold=0.4)
+    assert cache_config(setting, STEPS, "tiny", 0.25).threshold == pytest.approx(0.1)
+    assert cache_config(Acceleration(step_cache="taylorseer"), STEPS, "tiny", 0.25).cache_interval == 3
+
+    pipe = cached_pipe
+    first, _ = run(pipe)
+    kwargs = dict(regenerate=[1], context_latents=first.latents, regenerate_mode="context", generator=gens(1, 2, 3))
+    apply_runtime(pipe, setting, STEPS, "tiny")
+    _, diluted = run(pipe, **kwargs)
+    apply_runtime(pipe, setting, STEPS, "tiny", regeneration_share([3, 2, 3], [1], "context"))
+    _, scaled = run(pipe, **kwargs)
+    assert diluted < scaled <= 2 * STEPS
