@@ -88,7 +88,7 @@ class PipelineCache:
         self.adapter_loader = adapter_loader or default_adapter_loader
         self.stats = CacheStats()
         self._key: tuple | None = None
-        self._load_key: tuple | None = None  # (offload, fp8 storage, compile) the pipeline was loaded with
+        self._load_key: tuple | None = None  # (offload, fp8 storage, compile, accelerator) it was loaded with
         self._pipe = None
 
     @property
@@ -133,8 +133,8 @@ class PipelineCache:
             return self._pipe
         self.clear()
         started = time.perf_counter()
-        logger.info("loading pipeline %s (%s) on %s, offload=%s", preset, key[1], self.device, self.offload)
         offload, fp8_storage, compile_blocks, accelerator_path = load_key
+        logger.info("loading pipeline %s (%s) on %s, offload=%s", preset, key[1], self.device, offload)
         extra = {"fp8_storage": True} if fp8_storage else {}
         pipe = self.loader(preset, self.device, self.dtype, offload, self.vae_tiling, self.model_root, **extra)
         if accelerator_path is not None:
