@@ -12,6 +12,9 @@
 - VRAM profile (`vram_profile`): `none` (all on the device), `model` / `sequential` CPU offload, `group` (diffusers'
   block-level group offload, one block per group, prefetched on a CUDA stream), and `fp8` variants that store the
   transformer weights in float8 (`enable_layerwise_casting`) and compute in the pipeline's dtype.
+- Accelerator LoRA (`load_accelerator`): a step-distillation LoRA (lightx2v, CausVid) converted by diffusers'
+  `WanLoraLoaderMixin` and kept active on every shot, with the few-step defaults it is made for
+  (`FEW_STEP_DEFAULTS`, `few_step_scheduler`).
 
 A choice this machine cannot run (no CUDA, a package missing, no calibration for the model) raises
 `AccelerationUnavailable` naming what to install or pick instead; nothing falls back silently.
@@ -24,7 +27,7 @@ import importlib.util
 import io
 import logging
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 STEP_CACHES = ("off", "first-block", "magcache", "taylorseer")
@@ -393,14 +396,6 @@ def calibrate_mag_ratios(pipe, **call_kwargs) -> list[float]:
         raise RuntimeError("MagCache calibration reported no ratios; run the full number of steps")
     numbers = re.findall(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?|[-+]?\d+(?:[eE][-+]?\d+)?", results[0].split(":", 1)[1])
     return [round(float(n), 5) for n in numbers]
-
-
-def with_defaults(acceleration: Acceleration | None) -> Acceleration:
-    return acceleration if acceleration is not None else Acceleration()
-
-
-def without_cache(acceleration: Acceleration) -> Acceleration:
-    return replace(acceleration, step_cache="off", cache_threshold=None, cache_interval=None)
 
 
 class BlockPassCounter:
