@@ -302,7 +302,7 @@ def test_first_block_threshold_follows_the_share_of_tokens_a_regeneration_change
     assert regeneration_share([3, 2, 3], [1], "context") == 2 / 8
     setting = Acceleration(step_cache="first-block", cache_threshold=0.4)
     assert cache_config(setting, STEPS, "tiny", 0.25).threshold == pytest.approx(0.1)
-    assert cache_config(Acceleration(step_cache="taylorseer"), STEPS, "tiny", 0.25).cache_interval == 3
+    assert cache_config(Acceleration(step_cache="taylorseer"), STEPS, "tiny", 0.25).cache_interval == 2
 
     pipe = cached_pipe
     first, _ = run(pipe)
