@@ -470,6 +470,7 @@ def load_accelerator(pipe, lora, weight: float = 1.0, adapter_name: str = ACCELE
         # peft gives every layer of the adapter a bias once one has one: zeros where the file has none.
         for key in [k for k in state if k.endswith(".lora_B.weight")]:
             state.setdefault(key.removesuffix("weight") + "bias", torch.zeros(state[key].shape[0]))
+    _check_fits(state, pipe.transformer)
     active = list(pipe.get_active_adapters()) if hasattr(pipe, "get_active_adapters") else []
     weights = _adapter_weights(pipe, active)
     pipe.load_lora_weights(state, adapter_name=adapter_name)
@@ -481,6 +482,31 @@ def load_accelerator(pipe, lora, weight: float = 1.0, adapter_name: str = ACCELE
     pipe.persistent_loras = {**(getattr(pipe, "persistent_loras", None) or {}), adapter_name: float(weight)}
     modules = sorted({k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in state})
     return AcceleratorLoad(adapter_name=adapter_name, modules=modules, norm_differences_skipped=skipped)
+
+
+def _check_fits(state: dict, transformer) -> None:
+    """Every LoRA layer must name a Linear of this transformer with its widths, else the LoRA is for another model."""
+    import torch
+
+    linears = {}
+    for name, module in transformer.named_modules():
+        base = getattr(module, "base_layer", module)
+        if isinstance(base, torch.nn.Linear):
+            linears[name.replace(".base_layer", "")] = (base.in_features, base.out_features)
+    if not state:
+        raise ValueError("the accelerator file holds no LoRA layers diffusers can convert for a Wan transformer")
+    for key, tensor in sorted(state.items()):
+        module, part = key.removeprefix("transformer.").rsplit(".lora_", 1)
+        if module not in linears:
+            raise ValueError(f"the accelerator LoRA was made for another model: this one has no layer {module}")
+        in_features, out_features = linears[module]
+        expected = in_features if part == "A.weight" else out_features
+        got = tensor.shape[-1] if part == "A.weight" else tensor.shape[0]
+        if got != expected:
+            raise ValueError(
+                f"the accelerator LoRA was made for another model: layer {module} is {in_features} -> "
+                f"{out_features} here, the LoRA's {part} has {tuple(tensor.shape)}; use one made for this preset"
+            )
 
 
 def _adapter_weights(pipe, names: list[str]) -> dict[str, float]:

@@ -81,3 +81,21 @@ def test_an_accelerator_changes_every_shot_and_a_character_lora_only_its_own():
     both, _ = run(pipe, adapter_shots={"mara": [0]})
     assert (both[0] - fast[0]).abs().max() > 1e-3  # the character's LoRA changes its own shot
     assert torch.equal(both[1], fast[1])  # and leaves the other shot exactly as the accelerator alone made it
+
+
+def test_an_accelerator_for_another_model_is_refused_with_the_layer_that_does_not_fit():
+    import pytest
+
+    pipe = MultiShotPipeline(**build_tiny_components())
+    wide = lightx2v_style(pipe.transformer)
+    wide["diffusion_model.blocks.0.self_attn.q.lora_down.weight"] = torch.randn(2, 48)  # a model twice as wide
+    with pytest.raises(ValueError, match="made for another model: layer blocks.0.attn1.to_q is 24 -> 24 here"):
+        load_accelerator(pipe, wide)
+    deeper = {
+        **lightx2v_style(pipe.transformer),
+        "diffusion_model.blocks.7.self_attn.q.lora_down.weight": torch.ones(2, 24),
+    }
+    deeper["diffusion_model.blocks.7.self_attn.q.lora_up.weight"] = torch.ones(24, 2)
+    with pytest.raises(ValueError, match="this one has no layer blocks.7.attn1.to_q"):
+        load_accelerator(pipe, deeper)
+    assert not getattr(pipe, "persistent_loras", None)  # nothing was loaded
