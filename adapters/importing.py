@@ -24,6 +24,10 @@ import torch
 from adapters.common import SHOTLINE_METADATA_KEY
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+# Layers outside the per-token stream: the time embedding acts on the timestep every shot shares, so a character
+# LoRA there would change every shot (pipelines.adapter_scope masks per token). Step-distillation ("accelerator")
+# LoRAs such as lightx2v and CausVid train these on purpose.
+SHARED_LAYER_PREFIXES = ("condition_embedder.time_embedder.", "condition_embedder.time_proj")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 MAX_HEADER_DEPTH = 8  # tensors -> entry -> shape is 3 levels; metadata is 2
 _PICKLE_ADVICE = (
@@ -47,6 +51,13 @@ class ImportedLora:
     modules: list[str]  # transformer module names the LoRA touches
     source_metadata: dict = field(default_factory=dict)  # the file's safetensors header metadata
     peft_metadata: dict | None = None  # `lora_adapter_metadata`, when the file carried it
+    # full-weight differences of norm layers (`blocks.0.norm3.diff`): diffusers' Wan LoRA loader carries none of them
+    norm_differences: list[str] = field(default_factory=list)
+
+    @property
+    def shared_modules(self) -> list[str]:
+        """Modules the LoRA touches that act on what every shot shares (the time embedding)."""
+        return [m for m in self.modules if m.startswith(SHARED_LAYER_PREFIXES)]
 
     @property
     def num_parameters(self) -> int:
@@ -272,8 +283,16 @@ def inspect_lora(data: bytes | str | Path, filename: str | None = None, transfor
             f"{Path(filename).name} holds no LoRA tensors (no 'lora_A'/'lora_down' keys): it may be a full model "
             "checkpoint, not an adapter"
         )
+    norm_differences = sorted(k for k in tensors if k.endswith(".diff") or ("norm" in k and k.endswith(".diff_b")))
     state, layout = _to_diffusers_layout(tensors)
     state = {k: v for k, v in state.items() if "lora" in k}
+    if any(k.endswith(".lora_B.bias") for k in state):
+        # peft gives every layer of an adapter a bias once one has it (`diff_b`); a layer without one gets zeros,
+        # which is what it had, instead of an uninitialised tensor.
+        for key in [k for k in state if k.endswith(".lora_B.weight")]:
+            bias = key.removesuffix("weight") + "bias"
+            if bias not in state:
+                state[bias] = state[key].new_zeros(state[key].shape[0])
     peft_metadata = None
     if "lora_adapter_metadata" in metadata:
         try:
@@ -292,6 +311,7 @@ def inspect_lora(data: bytes | str | Path, filename: str | None = None, transfor
         modules=modules,
         source_metadata=metadata,
         peft_metadata=peft_metadata,
+        norm_differences=norm_differences,
     )
 
 
@@ -305,6 +325,24 @@ def normalised_lora_bytes(imported: ImportedLora, info: dict) -> bytes:
         metadata["lora_adapter_metadata"] = json.dumps(imported.peft_metadata, sort_keys=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in imported.state_dict.items()}
     return save(tensors, metadata=metadata)
+
+
+def refuse_unscoped_layers(imported: ImportedLora, name: str) -> None:
+    """A character's LoRA must act per token, so that it changes only its character's shots: refuse one that
+    changes the time embedding (shared by every shot) or carries norm-weight differences (which diffusers does not
+    load), instead of leaking it into the other shots or dropping part of it silently."""
+    if imported.shared_modules:
+        raise AdapterImportError(
+            f"{name} changes {imported.shared_modules[0]}, the time embedding every shot shares, so it cannot be "
+            "limited to this character's shots; a step-distillation LoRA (lightx2v, CausVid) belongs to the whole "
+            "film, not a character; for a character use a LoRA of the attention and feed-forward layers"
+        )
+    if imported.norm_differences:
+        raise AdapterImportError(
+            f"{name} carries {len(imported.norm_differences)} full-weight norm difference(s) (e.g. "
+            f"{imported.norm_differences[0]}), which diffusers' Wan LoRA loader does not apply; a character LoRA "
+            "must be LoRA matrices (and biases) only"
+        )
 
 
 def import_lora(
@@ -323,6 +361,7 @@ def import_lora(
     from adapters.common import trigger_text as default_trigger_text
 
     imported = inspect_lora(data, filename, transformer_or_config)
+    refuse_unscoped_layers(imported, Path(filename or "adapter.safetensors").name)
     info = {
         "kind": "imported",
         "layout": imported.layout,

@@ -170,8 +170,10 @@ def apply_adapters(
     substitutions = dict(fallback_texts or {})
     lora_specs = [s for s in specs if s.kind in ("lora", "imported")]
     wanted = [s.adapter_name for s in lora_specs]
+    # LoRAs the pipeline keeps for every scene (a project's accelerator, `pipelines.acceleration.load_accelerator`).
+    persistent = dict(getattr(pipe, "persistent_loras", None) or {})
     if not keep_loaded:
-        unload_loras(pipe, [n for n in loaded_loras(pipe) if n not in wanted])
+        unload_loras(pipe, [n for n in loaded_loras(pipe) if n not in wanted and n not in persistent])
     present = set(loaded_loras(pipe))
     per_trigger: dict[str, list[str]] = {}
     words_added: list[str] = []
@@ -197,9 +199,9 @@ def apply_adapters(
     if (words_added or any(spec.kind == "embedding" for spec in specs)) and hasattr(pipe, "clear_text_cache"):
         # Embedding or trigger-word rows were written in place: captions encoded before must be encoded again.
         pipe.clear_text_cache()
-    if lora_specs:
+    if lora_specs or persistent:
         pipe.enable_lora()  # a previous scene without LoRAs may have disabled them
-        _set_adapters(pipe, wanted, [s.weight for s in lora_specs])
+        _set_adapters(pipe, wanted + list(persistent), [s.weight for s in lora_specs] + list(persistent.values()))
     elif loaded_loras(pipe):
         # Kept-loaded LoRAs of other scenes must not leak into this one.
         pipe.disable_lora()

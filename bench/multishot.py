@@ -6,6 +6,13 @@
     .venv/bin/python bench/multishot.py --preset holocine-sparse --random-weights    # GPU: HoloCine conventions
     .venv/bin/python bench/multishot.py --two-experts --max-shots 2 --iters 1 --rounds 1   # CPU smoke, 2 experts
     .venv/bin/python bench/multishot.py --holocine --max-shots 2 --iters 1 --rounds 1      # CPU smoke, HoloCine
+    .venv/bin/python bench/multishot.py --preset wan2.1-t2v-14b --random-weights --speed   # backends, compile, ...
+
+`--speed` measures the speed settings instead (`pipelines.acceleration`): s/step for every attention backend this
+machine has (the others are listed with what they need), the same with regional compile, with fp8 weight storage,
+and a whole 50-step scene with each step cache against none (full block passes counted; random weights move
+differently from trained ones between steps, so the cache rows show the mechanics, the demo model's bench/
+step_cache.py the quality). Each row gives the card's FLOP bound (matmul + attention FLOP / `--peak-tflops`).
 
 What is measured: one denoising step of the real pipeline (conditional + unconditional transformer pass and the
 scheduler step), timed between consecutive `callback_on_step_end` calls: after `--warmup` steps the least of
@@ -62,6 +69,11 @@ WAN_A14B = dict(WAN_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)
 TWO_EXPERTS = ("wan2.2-t2v-a14b", "holocine-sparse")
 
 
+# WanTransformer3DModel config of Wan-AI/Wan2.1-T2V-14B-Diffusers (transformer/config.json).
+WAN_14B = dict(WAN_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)
+PRESET_CONFIGS = {"wan2.1-t2v-1.3b": WAN_1_3B, "wan2.1-t2v-14b": WAN_14B, **dict.fromkeys(TWO_EXPERTS, WAN_A14B)}
+
+
 def build_components(args) -> dict:
     """Random-weight components: a small CPU config, or the real preset's transformer size (text encoder and VAE
     stay small: they are not part of a denoising step)."""
@@ -72,7 +84,7 @@ def build_components(args) -> dict:
 
     torch.manual_seed(0)
     if args.preset:
-        transformer_config = dict(WAN_A14B if args.preset in TWO_EXPERTS else WAN_1_3B)
+        transformer_config = dict(PRESET_CONFIGS[args.preset])
     else:
         transformer_config = dict(
             WAN_1_3B, num_attention_heads=4, attention_head_dim=32, text_dim=64, ffn_dim=512, num_layers=4
@@ -200,9 +212,7 @@ def step_tflop(config: dict, layout: ShotLayout, self_mode: str, cross_mode: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--preset", choices=["wan2.1-t2v-1.3b", *TWO_EXPERTS], help="real model size (needs --random-weights)"
-    )
+    parser.add_argument("--preset", choices=sorted(PRESET_CONFIGS), help="real model size (needs --random-weights)")
     parser.add_argument("--two-experts", action="store_true", help="small config with a second expert (CPU smoke)")
     parser.add_argument("--holocine", action="store_true", help="small config run as HoloCine (CPU smoke)")
     parser.add_argument("--random-weights", action="store_true", help="random weights at the preset's size")
@@ -217,6 +227,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="alternated measurements per row (3 CPU, 1 GPU)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the CPU table uses 1)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="card's dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--speed", action="store_true", help="attention backends, compile, fp8 and step caches")
+    parser.add_argument("--shots", type=int, default=2, help="shots of the --speed scene")
+    parser.add_argument("--scene-steps", type=int, default=50, help="steps of the --speed cache scene (0: none)")
     args = parser.parse_args()
     if args.preset and not args.random_weights:
         parser.error("--preset needs --random-weights (real weights are not part of the benchmark)")
@@ -303,6 +316,10 @@ def main() -> None:
     print(f"captions padded to {args.max_sequence_length}, CFG, {args.dtype}, {device_name}, ")
     print(f"torch {torch.__version__}, {platform.machine()}; best of {args.iters} steps x {args.rounds} rounds\n")
 
+    if args.speed:
+        speed_tables(args, pipe, config, run_pipe, layout_of)
+        return
+
     measure(run_stock, args)  # first calls allocate caches and encode captions: keep them out of the table
     warm_cross = "window" if args.holocine else "full"
     measure(run_pipe(args.max_shots, "full", warm_cross, global_caption="a lighthouse at night"), args)
@@ -373,6 +390,83 @@ def main() -> None:
                 run_pipe(k, self_mode, "window"),
             )
             print(f"| {self_mode} | {mode} | {scene:.3f} | {regen:.3f} | {regen / scene:.2f} | {mem:.0f} |")
+
+
+def speed_tables(args, pipe, config, run_pipe, layout_of) -> None:
+    """s/step per attention backend, with compile and fp8 storage, then a whole scene per step cache."""
+    from pipelines.acceleration import (
+        ATTENTION_BACKENDS,
+        Acceleration,
+        BlockPassCounter,
+        _backend_problem,
+        apply_runtime,
+        compile_blocks,
+        store_in_fp8,
+    )
+
+    k, device = args.shots, args.device.type
+    layout = layout_of(k, "window")
+    tflop = step_tflop(config, layout, "sparse", "window", args.max_sequence_length)
+    bound = tflop / args.peak_tflops
+    run = run_pipe(k, "sparse", "window")
+    print(f"### Speed settings, {k} shots, self-attention `sparse`, cross-attention `window`\n")
+    print(f"FLOP per step {tflop:.3g} TFLOP; at {args.peak_tflops:.0f} TFLOP/s the bound is {bound:.3g} s/step.\n")
+    print("| attention | compile | weights | s/step | x bound | peak MiB |")
+    print("|---|---|---|---|---|---|")
+    usable = []
+    for backend in ATTENTION_BACKENDS:
+        problem = _backend_problem(backend, device)
+        if problem:
+            print(f"| {backend} | - | - | not run: {problem} | | |")
+            continue
+        usable.append(backend)
+
+    def row(backend, compiled, weights):
+        apply_runtime(pipe, Acceleration(attention_backend=backend), 1, "bench")
+        measure(run, args)  # warm: kernels chosen, blocks compiled for this backend
+        seconds, mem = measure(run, args)
+        print(f"| {backend} | {compiled} | {weights} | {seconds:.3f} | {seconds / bound:.2f} | {mem:.0f} |")
+
+    for backend in usable:
+        row(backend, "no", str(args.dtype).removeprefix("torch."))
+    if device == "cuda":
+        compile_blocks(pipe)
+        for backend in usable:
+            row(backend, "blocks", str(args.dtype).removeprefix("torch."))
+    store_in_fp8(pipe, args.dtype)
+    for backend in usable:
+        row(backend, "blocks" if device == "cuda" else "no", "fp8 e4m3 storage")
+
+    if not args.scene_steps:
+        return
+    print(f"\n### Step caches, one {args.scene_steps}-step scene of {k} shots (attention {usable[-1]})\n")
+    print("| step cache | full block passes | s/scene | x faster |")
+    print("|---|---|---|---|")
+    baseline = None
+    for setting in (
+        Acceleration(),
+        Acceleration(step_cache="first-block", cache_threshold=0.1),
+        Acceleration(step_cache="first-block", cache_threshold=0.2),
+        Acceleration(step_cache="taylorseer", cache_interval=3),
+    ):
+        apply_runtime(pipe, replace_backend(setting, usable[-1]), args.scene_steps, "bench")
+        clock = StepClock(args.device)
+        with BlockPassCounter(pipe.transformer) as counter:
+            started = time.perf_counter()
+            run(clock, args.scene_steps)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+        baseline = baseline or seconds
+        strength = setting.threshold or setting.interval
+        name = setting.step_cache + (f" {strength}" if strength else "")
+        print(f"| {name} | {counter.passes} | {seconds:.1f} | {baseline / seconds:.2f} |")
+
+
+def replace_backend(setting, backend):
+    from dataclasses import replace
+
+    return replace(setting, attention_backend=backend)
 
 
 if __name__ == "__main__":

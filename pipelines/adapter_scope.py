@@ -34,13 +34,25 @@ def lora_layers(transformer, adapter_name: str) -> list[torch.nn.Module]:
     return layers
 
 
-def token_mask(layout: ShotLayout, shots: frozenset[int], length: int) -> torch.Tensor | None:
+# Projections whose input is the text sequence (cross-attention keys/values, the text embedder); the others read video.
+TEXT_INPUT_LAYERS = (".attn2.to_k", ".attn2.to_v", "condition_embedder.text_embedder.")
+
+
+def reads_text(module_name: str) -> bool:
+    """Whether the projection `module_name` (a transformer module path) takes the text sequence as input."""
+    return any(part in f".{module_name}" for part in TEXT_INPUT_LAYERS)
+
+
+def token_mask(
+    layout: ShotLayout, shots: frozenset[int], length: int, text: bool | None = None
+) -> torch.Tensor | None:
     """[length] bool: which tokens of a sequence of `length` belong to `shots` (video tokens, or caption tokens), or
-    None when `length` is neither the layout's video nor its text sequence (left unmasked). Video is checked first:
-    a text sequence exactly as long as the video one is read as video."""
-    if length == layout.num_video_tokens:
+    None when `length` is not the sequence it should be (left unmasked). `text` says which sequence the layer
+    reads (a text sequence may be exactly as long as the video one, e.g. a padded negative prompt); None: guessed
+    from the length, video first."""
+    if text is not True and length == layout.num_video_tokens:
         owner = layout.video_shot
-    elif length == layout.num_text_tokens:
+    elif text is not False and length == layout.num_text_tokens:
         owner = layout.text_owner  # -1 (global caption) is never in `shots`
     else:
         return None
@@ -55,12 +67,12 @@ def scoped_loras(
     scene); `current_layout()` gives the layout of the pass being run (conditional or unconditional)."""
     cache: dict[tuple, torch.Tensor | None] = {}
 
-    def hook_for(shots: frozenset[int]):
+    def hook_for(shots: frozenset[int], text: bool):
         def hook(module, inputs, output):
             layout = current_layout()
-            key = (id(layout), shots, output.shape[-2], output.device, output.dtype)
+            key = (id(layout), shots, text, output.shape[-2], output.device, output.dtype)
             if key not in cache:
-                mask = token_mask(layout, shots, output.shape[-2])
+                mask = token_mask(layout, shots, output.shape[-2], text)
                 cache[key] = None if mask is None else mask.to(output.device, output.dtype).unsqueeze(-1)
             mask = cache[key]
             return output if mask is None else output * mask
@@ -70,8 +82,12 @@ def scoped_loras(
     handles = []
     try:
         for name, shots in adapter_shots.items():
-            hook = hook_for(frozenset(int(k) for k in shots))
-            handles += [layer.register_forward_hook(hook) for layer in lora_layers(transformer, name)]
+            scope = frozenset(int(k) for k in shots)
+            hooks = {text: hook_for(scope, text) for text in (False, True)}
+            for module_name, module in transformer.named_modules():
+                lora_b = getattr(module, "lora_B", None)
+                if isinstance(lora_b, torch.nn.ModuleDict) and name in lora_b:
+                    handles.append(lora_b[name].register_forward_hook(hooks[reads_text(module_name)]))
         yield
     finally:
         for handle in handles:

@@ -11,6 +11,8 @@ mask over the scene, whose size grows with the square of the scene length). Cros
 every caption; `window` one call per shot against `[global; caption_k]`; `mmrope` one call in which shot captions
 are scored with the temporally rotated query and the global caption with the unrotated one (see `_mmrope`), with
 the softmax scale of the original head size.
+Every attention call goes through diffusers' dispatcher (`dispatch_attention_fn`) with the backend chosen by
+`transformer.set_attention_backend(...)`, so flash, sage or cuDNN attention applies to multi-shot scenes too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from .layout import ShotLayout
@@ -179,10 +180,16 @@ class MultiShotCrossAttnProcessor:
         key_first = torch.cat([key_rot[..., :t_dim].masked_fill(is_global, 0.0), key_rot[..., t_dim:]], dim=-1)
         query_cat = torch.cat([query_rot, *extra], dim=-1)
         key_cat = torch.cat([key_first, *key_extra], dim=-1)
-        out = F.scaled_dot_product_attention(
-            query_cat.transpose(1, 2), key_cat.transpose(1, 2), value.transpose(1, 2), scale=1.0 / math.sqrt(head_dim)
+        backend = self._attention_backend
+        value_in = value
+        if backend is not None and str(getattr(backend, "value", backend)) != "native":
+            # Fused kernels (flash, sage, cudnn) want one head size for query, key and value: zero value channels
+            # add nothing to the output, which is cut back to the original head size.
+            value_in = torch.cat([value, value.new_zeros(*value.shape[:-1], query_cat.shape[-1] - head_dim)], dim=-1)
+        out = dispatch_attention_fn(
+            query_cat, key_cat, value_in, attn_mask=None, scale=1.0 / math.sqrt(head_dim), backend=backend
         )
-        return out.transpose(1, 2)
+        return out[..., :head_dim]
 
 
 class MultiShotRotaryPosEmbed(torch.nn.Module):

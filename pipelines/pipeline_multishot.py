@@ -596,7 +596,9 @@ class MultiShotPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         latents = torch.cat([noise[k] for k in active], dim=2)
         frame_spans = {k: (a * p_t, b * p_t) for k, (a, b) in run_layout.frame_spans.items()}
 
-        # 4. Denoising.
+        # 4. Denoising. A step cache starts empty: a run that raised never reached the reset at its end.
+        for expert in self.experts:
+            expert._reset_stateful_cache()
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)

@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     auth: str | None = Field(None, description="user:password required by the web UI (needed when host is public)")
     device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="Device of the local worker")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Weights dtype of the local worker")
-    offload: Literal["none", "model", "sequential"] = Field("none", description="CPU offload profile for small GPUs")
+    offload: Literal["none", "model", "sequential", "group"] = Field(
+        "none", description="CPU offload profile for small GPUs (a project's VRAM profile can pick another)"
+    )
     vae_tiling: bool = Field(False, description="Decode video in tiles to save GPU memory")
     preview_every: int = Field(0, ge=0, le=1000, description="Send a preview frame every N steps (0 = off)")
     heartbeat_s: float = Field(5.0, gt=0, le=300, description="Seconds between worker heartbeats")

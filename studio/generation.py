@@ -343,9 +343,21 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
 
     preset = get_preset(project.preset)
     steps = int(ctx.job.payload.get("steps") or project.steps)
+    acceleration = project_acceleration(project, ctx.pipelines)
+    accelerator = accelerator_file(services, project)
     ctx.report_progress(0.0, f"loading model {preset.name}", step=0, total=steps)
     started = time.perf_counter()
-    pipe = ctx.pipelines.get(preset.name, plan.adapters, context=services)
+    pipe = ctx.pipelines.get(
+        preset.name, plan.adapters, context=services, acceleration=acceleration, accelerator=accelerator
+    )
+    from pipelines.acceleration import apply_runtime, regeneration_share
+
+    partial = len(plan.targets) < len(plan.shots)
+    mode = regenerate_mode or preset.regenerate_mode
+    share = regeneration_share(
+        [expected_latent_frames(shot.num_frames) for shot in plan.shots], plan.targets if partial else None, mode
+    )
+    apply_runtime(pipe, acceleration, steps, preset.name, share)
     timings = {"pipeline_s": round(time.perf_counter() - started, 4)}
     captions = list(plan.captions)
     if plan.adapters:
@@ -354,8 +366,6 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         captions = substitute_captions(pipe, captions)  # "<mara>" -> what Mara's adapter answers to
     ctx.check_cancelled()
 
-    partial = len(plan.targets) < len(plan.shots)
-    mode = regenerate_mode or preset.regenerate_mode
     specs = [
         ShotSpec(caption=caption, num_frames=shot.num_frames)
         for caption, shot in zip(captions, plan.shots, strict=True)
@@ -375,6 +385,8 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         "gap": preset.gap,
         "max_sequence_length": preset.max_sequence_length,
         "adapter_shots": plan.lora_shots,  # each character LoRA acted on these shots' tokens only
+        "acceleration": acceleration.record(),  # step cache, attention backend, compile, VRAM profile as run
+        "accelerator": _accelerator_record(pipe, project),  # the step-distillation LoRA on every shot, if any
     }
     step_callback = _StepCallback(ctx, steps, ctx.settings.preview_every, preview_shot=plan.targets[0])
     call_kwargs = dict(
@@ -462,6 +474,53 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
         "shots": [plan.shots[i].id for i in plan.targets],
         "skipped": plan.skipped,
         "timings": timings,
+    }
+
+
+def project_acceleration(project, pipelines):
+    """The project's speed settings over the defaults, refused (`AccelerationUnavailable`, the job fails with its
+    message) before any model is loaded when this worker cannot run them: no CUDA, a package missing, a cache the
+    model has no calibration for. Nothing falls back silently."""
+    from pipelines.acceleration import Acceleration, check_available
+
+    values = {k: v for k, v in (getattr(project, "acceleration", None) or {}).items() if k != "accelerator"}
+    acceleration = Acceleration.from_dict(values)
+    device = getattr(pipelines, "device", None)
+    device_type = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
+    check_available(acceleration, device_type, project.preset, getattr(pipelines, "offload", "none"))
+    return acceleration
+
+
+def accelerator_file(services, project):
+    """Path of the project's accelerator LoRA (`<models>/accelerators/<name>.safetensors`), or None; a name whose
+    file is not there fails the job before loading, naming the folder."""
+    from pathlib import Path
+
+    from pipelines.acceleration import AccelerationUnavailable
+
+    name = (getattr(project, "acceleration", None) or {}).get("accelerator")
+    if not name:
+        return None
+    folder = Path(services.settings.resolved_model_dir) / "accelerators"
+    path = folder / f"{name}.safetensors"
+    if not path.is_file():
+        raise AccelerationUnavailable(
+            f"accelerator LoRA {name!r} is not on this machine: put {name}.safetensors in {folder}, or clear the "
+            "project's accelerator"
+        )
+    return path
+
+
+def _accelerator_record(pipe, project) -> dict | None:
+    name = (getattr(project, "acceleration", None) or {}).get("accelerator")
+    loaded = getattr(pipe, "accelerator_load", None)
+    if not name or loaded is None:
+        return None
+    return {
+        "name": name,
+        "layers": len(loaded.modules),
+        "norm_differences_not_applied": len(loaded.norm_differences_skipped),
+        "flow_shift": float(getattr(pipe.scheduler.config, "shift", 0.0) or 0.0),
     }
 
 

@@ -123,6 +123,7 @@ class StoryboardDoc:
     negative_prompt: str
     characters: tuple[StoryboardCharacter, ...] = ()
     scenes: tuple[StoryboardScene, ...] = ()
+    speed: dict = field(default_factory=dict)  # speed settings over the preset's (step cache, attention, ...)
     source: str = field(default="storyboard", compare=False)
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -212,8 +213,18 @@ TOP_FIELDS = (
     "steps",
     "guidance",
     "negative_prompt",
+    "speed",
     "characters",
     "scenes",
+)
+SPEED_FIELDS = (
+    "step_cache",
+    "cache_threshold",
+    "cache_interval",
+    "attention_backend",
+    "compile",
+    "vram_profile",
+    "accelerator",
 )
 CHARACTER_FIELDS = ("name", "references", "description", "trigger", "adapter")
 REFERENCE_FIELDS = ("path", "caption")
@@ -280,6 +291,15 @@ class _Reader:
             raise self.error(str(error), mapping, key, path) from None
 
 
+def _parse_speed(reader: _Reader, top: dict) -> dict:
+    """`speed:` (optional): the project's speed settings, checked as the project service checks them."""
+    if top.get("speed") is None:
+        return {}
+    mapping = reader.mapping(top["speed"], "speed", top, "speed", SPEED_FIELDS)
+    values = {k: v for k, v in mapping.items() if k not in (_LINES, _LINE)}
+    return reader.check(check.acceleration, mapping, next(iter(values), None), "speed", values)
+
+
 def parse_storyboard(text: str, source: str = "storyboard", limits: StoryboardLimits | None = None) -> StoryboardDoc:
     """Parse and validate a storyboard file's text within `limits` (default: the settings' defaults). Raises
     StoryboardError naming the line and the field."""
@@ -325,6 +345,7 @@ def parse_storyboard(text: str, source: str = "storyboard", limits: StoryboardLi
         "negative prompt",
         True,
     )
+    speed = _parse_speed(reader, top)
 
     characters = []
     names: dict[str, int] = {}
@@ -442,6 +463,7 @@ def parse_storyboard(text: str, source: str = "storyboard", limits: StoryboardLi
         negative_prompt=negative,
         characters=tuple(characters),
         scenes=tuple(scenes),
+        speed=speed,
         source=source,
         lines=dict(top[_LINES]),
     )
@@ -743,6 +765,7 @@ def _find_or_create_project(services, doc: StoryboardDoc, project: str | int | N
             steps=doc.steps,
             guidance=doc.guidance,
             negative_prompt=doc.negative_prompt,
+            acceleration=doc.speed,
         )
     return created, True
 
@@ -756,6 +779,7 @@ def _sync_project(services, doc: StoryboardDoc, project_view, report: ImportRepo
         "steps": doc.steps,
         "guidance": doc.guidance,
         "negative_prompt": doc.negative_prompt,
+        "acceleration": doc.speed,
     }
     changes = {key: value for key, value in wanted.items() if getattr(project_view, key) != value}
     if changes:
@@ -958,6 +982,9 @@ def export_storyboard(services, project_id: int, base_dir: str | Path | None = N
     }
     if project.negative_prompt:
         document["negative_prompt"] = project.negative_prompt
+    speed = {k: v for k, v in project.acceleration.items() if k in SPEED_FIELDS}
+    if speed:
+        document["speed"] = speed
     characters = []
     used_paths: dict[str, str] = {}
     for character in services.characters.list(project_id):

@@ -82,6 +82,9 @@ class Project(Base):
     steps: Mapped[int] = mapped_column(Integer)
     guidance: Mapped[float] = mapped_column(Float)
     negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    # Speed settings over the preset's defaults (pipelines.acceleration.Acceleration fields, plus "accelerator": the
+    # id of an imported LoRA applied to every shot); {} = the preset's defaults.
+    acceleration: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime)

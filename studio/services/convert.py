@@ -28,7 +28,7 @@ def asset_view(row: models.Asset) -> views.AssetView:
 
 
 def project_view(row: models.Project) -> views.ProjectView:
-    return _view(views.ProjectView, row)
+    return _view(views.ProjectView, row, acceleration=dict(row.acceleration or {}))
 
 
 def character_view(row: models.Character) -> views.CharacterView:

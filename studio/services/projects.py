@@ -12,7 +12,7 @@ from studio.services.convert import project_view
 from studio.services.errors import ConflictError, NotFoundError, ValidationError, get_or_not_found
 from studio.services.views import ProjectView
 
-SETTINGS_FIELDS = ("preset", "width", "height", "fps", "steps", "guidance", "negative_prompt")
+SETTINGS_FIELDS = ("preset", "width", "height", "fps", "steps", "guidance", "negative_prompt", "acceleration")
 
 
 def _validated_settings(values: dict, preset_name: str) -> dict:
@@ -30,7 +30,28 @@ def _validated_settings(values: dict, preset_name: str) -> dict:
         out["guidance"] = check.number(values["guidance"], "guidance", 0.0, 50.0)
     if "negative_prompt" in values:
         out["negative_prompt"] = check.caption(values["negative_prompt"], "negative prompt", allow_empty=True)
+    if "acceleration" in values:
+        out["acceleration"] = check.acceleration(values["acceleration"])
     return out
+
+
+def _few_step_defaults(fields: dict, values: dict, before: dict, preset) -> None:
+    """An accelerator LoRA newly set brings the step count and guidance it is made for (4 steps, guidance 1: no
+    unconditional pass); removing it brings the preset's back. Values given in the same call win."""
+    from pipelines.acceleration import FEW_STEP_DEFAULTS
+
+    after = values.get("acceleration", before).get("accelerator")
+    if after == before.get("accelerator"):
+        return
+    steps, guidance = (
+        (FEW_STEP_DEFAULTS.num_inference_steps, FEW_STEP_DEFAULTS.guidance_scale)
+        if after
+        else (preset.num_inference_steps, preset.guidance_scale)
+    )
+    if "steps" not in fields:
+        values["steps"] = steps
+    if "guidance" not in fields:
+        values["guidance"] = guidance
 
 
 class ProjectService:
@@ -55,6 +76,7 @@ class ProjectService:
             **{k: v for k, v in settings_fields.items() if v is not None},
         }
         fields = _validated_settings(values, model.name)
+        _few_step_defaults({k: v for k, v in settings_fields.items() if v is not None}, fields, {}, model)
         with self.db.unit_of_work() as session:
             self._check_name_free(session, project_name)
             project = models.Project(name=project_name, **fields)
@@ -111,6 +133,7 @@ class ProjectService:
             preset_name = fields.get("preset") or project.preset
             merged = {"width": project.width, "height": project.height, **{k: v for k, v in fields.items()}}
             values = _validated_settings(merged, preset_name)
+            _few_step_defaults(fields, values, dict(project.acceleration or {}), check.preset_of(preset_name))
             if values["preset"] != project.preset:
                 self._check_shots_fit(session, project, preset_name)
             for key, value in values.items():

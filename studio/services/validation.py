@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from pipelines.registry import ModelPreset, get_preset, is_valid_frame_count
 from studio.services.errors import ValidationError
@@ -103,3 +104,36 @@ def seed(value: object) -> int | None:
     if value is None:
         return None
     return integer(value, "seed", 0, MAX_SEED)
+
+
+def acceleration(value: object) -> dict:
+    """A project's speed settings (`pipelines.acceleration.Acceleration` fields, any subset, plus `accelerator`: the
+    name of a step-distillation LoRA in `<models>/accelerators/`, or None), checked and without the keys left at
+    their defaults. What this machine can run is checked
+    when a job runs, by the worker that runs it."""
+    from pipelines.acceleration import Acceleration
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(f"speed settings must be a mapping, got {type(value).__name__}")
+    values = dict(value)
+    accelerator = values.pop("accelerator", None)
+    if accelerator == "":
+        accelerator = None
+    if accelerator is not None and (
+        not isinstance(accelerator, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", accelerator)
+    ):
+        raise ValidationError(
+            f"accelerator must be the name of a LoRA file in the models folder's accelerators/ (without "
+            f".safetensors, letters, digits, '.', '_', '-'), got {accelerator!r}"
+        )
+    try:
+        settings = Acceleration.from_dict(values)
+    except ValueError as error:
+        raise ValidationError(str(error)) from None
+    defaults = Acceleration().to_dict()
+    out = {key: v for key, v in settings.to_dict().items() if v != defaults[key]}
+    if accelerator is not None:
+        out["accelerator"] = accelerator
+    return out

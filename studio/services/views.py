@@ -36,6 +36,7 @@ class ProjectView:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    acceleration: dict = field(default_factory=dict)  # speed settings over the preset's (services.projects)
 
     @property
     def in_bin(self) -> bool:

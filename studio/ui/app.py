@@ -23,6 +23,7 @@ from studio.services.errors import ServiceError
 from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
 from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
 from studio.storyboard_file import StoryboardError
+from studio.ui import speed
 from studio.ui import storyboard as edits
 from studio.ui.panels import (
     PANEL_CSS,
@@ -264,6 +265,23 @@ def build_app(services: Any) -> gr.Blocks:
                     set_guidance = gr.Number(label="Guidance", elem_id="sl-set-guidance")
                 set_negative = gr.Textbox(label="Negative prompt", elem_id="sl-set-negative")
                 save_settings_button = gr.Button("Save settings", elem_id="sl-save-settings")
+                with gr.Accordion("Speed and memory", open=False, elem_id="sl-speed"):
+                    gr.Markdown(speed.SPEED_HELP)
+                    with gr.Row():
+                        speed_cache = gr.Dropdown(
+                            label="Step cache", choices=speed.STEP_CACHE_CHOICES, value="off", elem_id="sl-speed-cache"
+                        )
+                        speed_threshold = gr.Number(label="Cache threshold", elem_id="sl-speed-threshold")
+                        speed_interval = gr.Number(label="Taylorseer every N steps", precision=0, elem_id="sl-speed-n")
+                        speed_backend = gr.Dropdown(
+                            label="Attention", choices=speed.ATTENTION_CHOICES, value="native", elem_id="sl-speed-attn"
+                        )
+                        speed_vram = gr.Dropdown(
+                            label="VRAM profile", choices=speed.VRAM_CHOICES, value="default", elem_id="sl-speed-vram"
+                        )
+                        speed_compile = gr.Checkbox(label="Compile blocks", elem_id="sl-speed-compile")
+                        speed_accelerator = gr.Textbox(label="Accelerator LoRA", elem_id="sl-speed-accelerator")
+                    save_speed_button = gr.Button("Save speed settings", elem_id="sl-save-speed")
                 gr.Markdown("### Storyboard file")
                 with gr.Row():
                     import_file = gr.File(
@@ -585,6 +603,27 @@ def build_app(services: Any) -> gr.Blocks:
             [project_state, set_preset, set_width, set_height, set_fps, set_steps, set_guidance, set_negative],
             [*project_outputs_list, status],
         )
+        speed_fields = [
+            *(speed_cache, speed_threshold, speed_interval, speed_backend, speed_vram, speed_compile),
+            speed_accelerator,
+        ]
+
+        @guarded
+        def on_speed_fields(project_id):
+            if project_id is None:
+                return speed.form_values({})
+            return speed.form_values(s.projects.get(int(project_id)).acceleration)
+
+        @guarded
+        def on_save_speed(project_id, *values):
+            project_id = _require_project(project_id)
+            kept = s.projects.get(project_id).acceleration
+            saved = s.projects.update_settings(project_id, acceleration=speed.settings_from_form(*values, keep=kept))
+            # an accelerator set or cleared brings its step count and guidance: show them
+            return said("Speed settings saved."), saved.steps, saved.guidance
+
+        project_state.change(on_speed_fields, project_state, speed_fields)
+        save_speed_button.click(on_save_speed, [project_state, *speed_fields], [status, set_steps, set_guidance])
         set_preset.input(_preset_text, set_preset, preset_info)
         new_preset.input(_preset_text, new_preset, preset_info)
 

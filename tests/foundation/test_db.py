@@ -72,13 +72,20 @@ def test_foreign_keys_are_enforced(db_url):
 
 
 def _populate(db: Database) -> dict[str, int]:
+    with db.engine.begin() as connection:  # SQL of the 0001 schema: the model has speed settings since 0003
+        connection.execute(
+            text(
+                "INSERT INTO projects (name, preset, width, height, fps, steps, guidance, negative_prompt, created_at,"
+                " updated_at) VALUES ('P', 'demo', 64, 64, 8, 2, 3.0, '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+        project_id = connection.execute(text("SELECT id FROM projects WHERE name = 'P'")).scalar_one()
     with db.unit_of_work() as session:
         asset = models.Asset(sha256="a" * 64, kind="video", mime="video/mp4", size_bytes=3)
-        project = models.Project(name="P", preset="demo", width=64, height=64, fps=8, steps=2, guidance=3.0)
-        session.add_all([asset, project])
+        session.add(asset)
         session.flush()
-        character = models.Character(project_id=project.id, name="Mara", trigger="<mara>")
-        scene = models.Scene(project_id=project.id, position=0, caption="coast")
+        character = models.Character(project_id=project_id, name="Mara", trigger="<mara>")
+        scene = models.Scene(project_id=project_id, position=0, caption="coast")
         session.add_all([character, scene])
         session.flush()
         shot = models.Shot(scene_id=scene.id, position=0, caption="wide", num_frames=17, characters=[character])
@@ -127,7 +134,7 @@ def test_each_migration_on_empty_database(db_url, revision):
 # How to fill a database at each revision, for the populated-database test of the migration that follows it.
 # A new migration NNNN needs an entry for the revision before it (written with SQL of that schema, not the models,
 # once the models have moved on). The first revision is tested by populating right after it and upgrading to head.
-POPULATE_AT = {"0001": _populate}
+POPULATE_AT = {"0001": _populate, "0002": _populate}  # 0002 only added a column with a default
 
 
 @pytest.mark.parametrize("revision", REVISIONS)
@@ -152,6 +159,9 @@ def test_each_migration_on_populated_database_keeps_rows(db_url, revision, tmp_p
         assert after["takes"] == 1 and after["shot_characters"] == 1 and after["reference_images"] == 1
         with db.engine.connect() as connection:  # 0002: an existing reference has no caption (trains as before)
             assert connection.execute(text("SELECT caption FROM reference_images")).scalars().all() == [""]
+            # 0003: an existing project has no speed settings (runs on its preset's defaults)
+            settings = connection.execute(text("SELECT acceleration FROM projects")).scalars().all()
+            assert [json.loads(s) if isinstance(s, str) else s for s in settings] == [{}]
         assert current_revision(db.engine) == head_revision()
     finally:
         db.dispose()
