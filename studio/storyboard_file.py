@@ -623,7 +623,11 @@ def _wrap(doc: StoryboardDoc, line: int | None, field_path: str):
 
 
 def import_storyboard(
-    services, doc: StoryboardDoc, base_dir: str | Path, project: str | int | None = None
+    services,
+    doc: StoryboardDoc,
+    base_dir: str | Path,
+    project: str | int | None = None,
+    attach_adapters: bool = True,
 ) -> ImportReport:
     """Bring a project in line with the document (creating it if needed); see the module docstring.
 
