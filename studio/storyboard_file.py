@@ -669,13 +669,19 @@ def _attach_shipped_adapters(services, doc: StoryboardDoc, base: Path, character
         line, field_path = spec.lines.get("adapter_weights", spec.line), f"characters[{index}].adapter_weights"
         relative = PurePosixPath(spec.adapter_weights.replace("\\", "/"))
         file = base / Path(*relative.parts)
-        if relative.is_absolute() or ".." in relative.parts or not file.is_file():
+        if relative.is_absolute() or ".." in relative.parts or (relative.parts and ":" in relative.parts[0]):
             raise StoryboardError(
-                f"{spec.adapter_weights!r}: no such file beside the storyboard (a path relative to it, without '..')",
+                f"{spec.adapter_weights!r}: the LoRA's path must be relative to the storyboard file, without '..'",
                 doc.source,
                 line,
                 field_path,
             )
+        if not file.is_file():  # e.g. a page import, where only the pictures are uploaded: training makes one
+            report.notes.append(
+                f"{spec.name}: the shipped LoRA {spec.adapter_weights} is not beside the storyboard, so it is not "
+                "used: a new one is trained before the first render"
+            )
+            continue
         with _wrap(doc, line, field_path):
             outcome = attach_shipped_lora(services, character_ids[spec.name.lower()], file)
         report.adapters_attached += int(outcome.attached)

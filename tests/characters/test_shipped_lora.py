@@ -113,7 +113,9 @@ def test_a_stale_shipped_lora_is_left_out_with_a_note_and_a_new_one_trains(sqlit
     assert (job.kind, job.payload["character_id"]) == ("train_adapter", mara.id)
 
 
-def test_a_shipped_lora_without_a_recipe_or_without_adapter_lora_is_refused(sqlite_services, tmp_path, trained_lora):
+def test_a_shipped_lora_without_a_recipe_a_bad_path_or_adapter_lora_is_refused(
+    sqlite_services, tmp_path, trained_lora
+):
     from safetensors.torch import load_file, save_file
 
     plain = tmp_path / "plain.safetensors"
@@ -123,8 +125,14 @@ def test_a_shipped_lora_without_a_recipe_or_without_adapter_lora_is_refused(sqli
         import_storyboard(sqlite_services, load_storyboard(story), tmp_path)
     assert sqlite_services.projects.list() == []  # all or nothing: no project was made
 
-    with pytest.raises(StoryboardError, match=r"no such file beside the storyboard"):
-        import_storyboard(sqlite_services, load_storyboard(_story(tmp_path, weights="missing.safetensors")), tmp_path)
+    with pytest.raises(StoryboardError, match=r"line 14, .*must be relative to the storyboard file"):
+        import_storyboard(sqlite_services, load_storyboard(_story(tmp_path, weights="../mara.safetensors")), tmp_path)
+    # A file that is not there (the page uploads only pictures) is a note: the render trains the LoRA instead.
+    missing = import_storyboard(
+        sqlite_services, load_storyboard(_story(tmp_path, weights="gone.safetensors")), tmp_path
+    )
+    assert missing.adapters_attached == 0 and "gone.safetensors is not beside the storyboard" in missing.notes[0]
+    assert len(ensure_adapters(sqlite_services, missing.project_id)) == 1
     text = _story(tmp_path, weights="plain.safetensors").read_text().replace("adapter: lora", "adapter: embedding")
     with pytest.raises(StoryboardError, match=r"adapter_weights.*needs `adapter: lora`"):
         parse_storyboard(text, "keeper.yaml")
