@@ -78,7 +78,8 @@ def _view(**fields):
 
 
 def test_progress_bar_shows_fraction_step_and_the_jobs_eta():
-    assert progress_bar(_view()) == "[#########---------------]  38% step 760/2000, about 3m10s left (job 4 train_adapter)"
+    bar = progress_bar(_view())
+    assert bar == "[#########---------------]  38% step 760/2000, about 3m10s left (job 4 train_adapter)"
     assert progress_bar(_view(progress=1.0, eta_s=4)) == (
         "[########################] 100% step 760/2000, about 4s left (job 4 train_adapter)"
     )

@@ -44,7 +44,8 @@ def test_the_example_notes_its_panning_shots_and_nothing_else(sqlite_services):
     report = import_storyboard(sqlite_services, load_storyboard(EXAMPLE), EXAMPLE.parent)
     notes = project_shot_notes(sqlite_services, report.project_id)
     camera_note = model_limits("demo")["camera_moves"]["note"]
-    assert [(n.scene_number, n.shot_number, n.notes) for n in notes] == [(3, 1, (camera_note,)), (3, 2, (camera_note,))]
+    found = [(n.scene_number, n.shot_number, n.notes) for n in notes]
+    assert found == [(3, 1, (camera_note,)), (3, 2, (camera_note,))]
     assert "camera pans left" in notes[0].caption
     # A card edited to name no one gets the other note; Kai by his trigger is named.
     [_, forest, _] = sqlite_services.storyboard.list_scenes(report.project_id)
