@@ -72,7 +72,10 @@ def attach_shipped_lora(services, character_id: int, path: str | Path) -> Shippe
         )
     references = services.characters.list_references(character.id)
     config = _config("lora", preset, {})
-    wanted = training_recipe(services, character, references, "lora", config)
+    try:
+        wanted = training_recipe(services, character, references, "lora", config)
+    except (OSError, ValueError) as error:  # the base model's weights are not installed: nothing to check against
+        return ShippedLora(attached=False, note=f"{character.name}: the shipped LoRA {path.name} is not used: {error}")
     if shipped != wanted:
         differences = "; ".join(_differences(shipped, wanted))
         return ShippedLora(
