@@ -248,6 +248,7 @@ def train_lora(
     captions: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    record: dict | None = None,
 ) -> TrainingResult:
     """Train a character LoRA on `components["transformer"]` and write it to `output_path`.
 
@@ -256,7 +257,9 @@ def train_lora(
 
     The transformer is left as it was found (the training adapter is deleted afterwards, even on error).
     `progress(step, total, loss)` is called after every step; when `should_stop()` turns true the run ends
-    within one step and nothing is written (`result.stopped`, `result.path is None`).
+    within one step and nothing is written (`result.stopped`, `result.path is None`). `record`: the caller's own
+    account of the run (JSON), written into the file's header as `record` (what the studio checks a shipped LoRA
+    against before using it).
     """
     config = config or (LoraTrainingConfig.for_preset(preset) if preset else LoraTrainingConfig())
     config.validate()
@@ -321,6 +324,7 @@ def train_lora(
             "captions": sorted(set(samples.captions)),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
             "steps_done": len(losses),
+            **({"record": record} if record is not None else {}),
         }
         transformer.eval()
         eval_after = evaluation_loss(flow_loss, draws)

@@ -216,6 +216,8 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
     # Each reference captioned with the shot its still comes from (`still`: every action "stays still"), the trigger
     # in the character's place (the trainers turn it into the LoRA's word or the embedding's tokens), or None: the
     # trigger and description (`studio`).
+    if arm == "lora" and getattr(args, "lora_file", None) is not None:
+        return shipped_lora_arm(pipe, args.lora_file)
     mode = args.lora_captions if arm == "lora" else args.embedding_captions
     shots = {"shot": ref_shots, "still": [replace(s, action="stays") for s in ref_shots], "studio": []}[mode]
     captions = [reference_caption(s, TRIGGER) for s in shots] or None
@@ -259,6 +261,28 @@ def train_arm(arm: str, pipe, references: list[np.ndarray], ref_shots: list[Shot
         "substitution": applied.substitutions.get(TRIGGER),
         "training_captions": sorted(set(result.metadata.get("captions", [result.metadata.get("caption")]))),
         **token_note,
+    }
+    return applied, info
+
+
+def shipped_lora_arm(pipe, path: Path):
+    """Arm `lora` from a trained file (e.g. the example's shipped `assets/examples/refs/kai_lora.safetensors`) instead
+    of a training run: loaded as the studio loads it; its training record comes from the file's header."""
+    from adapters.loading import AdapterSpec, apply_adapters
+    from adapters.lora import read_lora_metadata
+
+    record = read_lora_metadata(path)
+    applied = apply_adapters(pipe, [AdapterSpec(adapter_id="lora", kind="lora", path=Path(path), trigger=TRIGGER)])
+    info = {
+        "train_s": 0.0,
+        "steps": record.get("steps_done"),
+        "loss_first": None,
+        "loss_last": None,
+        "eval_loss_before": record.get("eval_loss_before"),
+        "eval_loss_after": record.get("eval_loss_after"),
+        "substitution": applied.substitutions.get(TRIGGER),
+        "training_captions": record.get("captions"),
+        "source_file": str(path),
     }
     return applied, info
 
@@ -350,6 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the LoRA acts on the new character's shot only (the studio's way) or on the whole scene",
     )
     parser.add_argument("--lora-captions", choices=("shot", "still", "studio"), default="shot")
+    parser.add_argument("--lora-file", type=Path, default=None, help="arm lora from this trained file (no training)")
     parser.add_argument("--embedding-captions", choices=("shot", "still", "studio"), default="shot")
     parser.add_argument("--embedding-steps", type=int, default=None)
     parser.add_argument("--embedding-lr", type=float, default=None)

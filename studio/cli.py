@@ -105,6 +105,10 @@ def cmd_import(args, services) -> int:
     doc = load_storyboard(path, StoryboardLimits.from_settings(services.settings))
     report = import_storyboard(services, doc, path.parent, project=args.project)
     print(report.summary())
+    from studio.services.model_limits import describe_shot_notes
+
+    for line in describe_shot_notes(services, report.project_id):  # what the model cannot draw of what is asked
+        print(line)
     from studio.characters_jobs import analyze_pending_references
 
     analyze_pending_references(services, report.project_id)  # faces of imported references (no-op without models)

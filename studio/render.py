@@ -100,35 +100,70 @@ def _regenerate_job(services, project_id: int, shot_id: int):
     return retry_db(services.jobs.enqueue, "regenerate_shot", {"shot_id": shot_id}, project_id, priority=1)
 
 
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
 def describe_job(view) -> str:
     text = f"job {view.id} ({view.kind}) {view.status} {100 * view.progress:.0f}%"
     if view.step is not None and view.total_steps:
         text += f", step {view.step}/{view.total_steps}"
     if view.status == "running" and view.eta_s is not None:
-        minutes, seconds = divmod(round(view.eta_s), 60)
-        text += f", about {minutes}m{seconds:02d}s left" if minutes else f", about {seconds}s left"
+        text += f", about {_duration(view.eta_s)} left"
     return text
 
 
-class _ProgressPrinter(threading.Thread):
-    """Prints the stage's unfinished jobs every few seconds while they run (in this process or elsewhere)."""
+def progress_bar(view, width: int = 24) -> str:
+    """One job as a bar with its step and ETA (the job's own, as the page shows it):
+    `[#########---------------]  38% step 760/2000, about 3m10s left (job 4 train_adapter)`."""
+    fraction = min(1.0, max(0.0, float(view.progress)))
+    filled = round(width * fraction)
+    text = f"[{'#' * filled}{'-' * (width - filled)}] {100 * fraction:3.0f}%"
+    if view.step is not None and view.total_steps:
+        text += f" step {view.step}/{view.total_steps}"
+    if view.status == "running" and view.eta_s is not None:
+        text += f", about {_duration(view.eta_s)} left"
+    elif view.status == "queued":
+        text += ", queued"
+    return f"{text} (job {view.id} {view.kind})"
 
-    def __init__(self, services, job_ids: set, stage: str, log: Callable[[str], None], every_s: float):
+
+class _ProgressPrinter(threading.Thread):
+    """Shows the stage's unfinished jobs as progress bars while they run (in this process or elsewhere): redrawn in
+    place twice a second on a terminal, else one line every few seconds when something changed (logs stay short)."""
+
+    def __init__(self, services, job_ids: set, stage: str, log: Callable[[str], None], every_s: float, stream=None):
         super().__init__(daemon=True, name="render-progress")
         self.services, self.job_ids, self.stage, self.log, self.every_s = services, job_ids, stage, log, every_s
+        self.stream = stream  # a terminal to redraw on, or None for log lines
         self.done = threading.Event()
+        self.drawn = False
 
     def run(self) -> None:
         last = ""
-        while not self.done.wait(self.every_s):
+        while not self.done.wait(0.5 if self.stream is not None else self.every_s):
             try:
                 views = [self.services.jobs.get(job_id) for job_id in sorted(self.job_ids)]
             except Exception:  # noqa: BLE001 - a progress line is a nicety; the main loop sees real errors
                 continue
-            line = "; ".join(describe_job(v) for v in views if not v.is_finished)
-            if line and line != last:
+            line = "; ".join(progress_bar(v) for v in views if not v.is_finished)
+            if not line or line == last:
+                continue
+            last = line
+            if self.stream is not None:
+                self.stream.write(f"\r\033[K{self.stage}: {line}")
+                self.stream.flush()
+                self.drawn = True
+            else:
                 self.log(f"{self.stage}: {line}")
-                last = line
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join(timeout=5)
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def run_jobs(
@@ -139,8 +174,11 @@ def run_jobs(
     log: Callable[[str], None],
     poll_s: float = 0.5,
     progress_every_s: float = 5.0,
+    stream=None,
 ) -> list:
     """Run (in this process) or wait for (another worker has them) `jobs` until all have finished.
+
+    Progress shows as bars with each job's ETA: redrawn in place on `stream` (a terminal), else as `log` lines.
 
     Raises RenderError naming `stage` when one fails or is cancelled. The in-process worker claims in queue order,
     so it may also run a job someone else queued meanwhile: it is a worker like any other.
@@ -150,7 +188,7 @@ def run_jobs(
     pending = {job.id for job in jobs}
     finished = []
     last_recover = time.monotonic()
-    printer = _ProgressPrinter(services, set(pending), stage, log, progress_every_s)
+    printer = _ProgressPrinter(services, set(pending), stage, log, progress_every_s, stream)
     printer.start()
     try:
         while pending:
@@ -178,8 +216,7 @@ def run_jobs(
                     last_recover = time.monotonic()
                 time.sleep(poll_s)
     finally:
-        printer.done.set()
-        printer.join(timeout=5)
+        printer.finish()
     return finished
 
 
@@ -202,7 +239,10 @@ def render_storyboard(
     from studio.storyboard_file import StoryboardLimits, import_storyboard
     from studio.worker.process import Worker, default_worker_id
 
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    stream = None
+    if log is None:
+        log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        stream = sys.stderr if sys.stderr.isatty() else None
     path, out = Path(path), Path(out).resolve()
     if out.suffix.lower() != ".mp4":
         raise RenderError(f"--out must name an .mp4 file, got {out}")
@@ -221,11 +261,16 @@ def render_storyboard(
     worker.recover()  # a killed render's running job goes back to the queue (or fails after too many tries)
 
     from studio.characters_jobs import ensure_adapters
+    from studio.faces.service import training_estimate
+    from studio.services.model_limits import describe_shot_notes
 
+    for line in describe_shot_notes(services, project_id):
+        log(line)
     training = ensure_adapters(services, project_id)
     if training:
-        log(f"training {len(training)} adapter(s)")
-        run_jobs(services, worker, training, "training adapters", log)
+        for job in training:  # how long the wait is, before it starts
+            log(training_estimate(services, job).sentence())
+        run_jobs(services, worker, training, "training adapters", log, stream=stream)
 
     scenes = services.storyboard.list_scenes(project_id)
     generation = []
@@ -234,14 +279,16 @@ def render_storyboard(
             generation.append(_scene_job(services, project_id, scene.id))
     if generation:
         log(f"generating {len(generation)} scene(s)")
-        run_jobs(services, worker, generation, "generating", log)
+        run_jobs(services, worker, generation, "generating", log, stream=stream)
 
     if shot_ref is not None:
         shot_id = scenes[shot_ref.scene_index].shots[shot_ref.shot_index].id
         log(f"regenerating shot {regenerate}")
-        run_jobs(services, worker, [_regenerate_job(services, project_id, shot_id)], "regenerating", log)
+        run_jobs(
+            services, worker, [_regenerate_job(services, project_id, shot_id)], "regenerating", log, stream=stream
+        )
 
     log("exporting")
     export = retry_db(services.jobs.enqueue, "export_film", {"out_path": str(out)}, project_id, priority=-1)
-    run_jobs(services, worker, [export], "exporting", log)
+    run_jobs(services, worker, [export], "exporting", log, stream=stream)
     return out

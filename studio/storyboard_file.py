@@ -77,6 +77,8 @@ class StoryboardCharacter:
     adapter: str = "none"  # none | lora | embedding
     # One per reference: its caption, or None where the file gives a plain path (the caption is left as it is).
     reference_captions: tuple[str | None, ...] = ()
+    # A LoRA trained by the studio shipped beside the file (relative path): used while its recorded recipe is current.
+    adapter_weights: str | None = None
     line: int | None = field(default=None, compare=False)
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -226,7 +228,7 @@ SPEED_FIELDS = (
     "vram_profile",
     "accelerator",
 )
-CHARACTER_FIELDS = ("name", "references", "description", "trigger", "adapter")
+CHARACTER_FIELDS = ("name", "references", "description", "trigger", "adapter", "adapter_weights")
 REFERENCE_FIELDS = ("path", "caption")
 SCENE_FIELDS = ("id", "caption", "shots")
 SHOT_FIELDS = (
@@ -375,6 +377,11 @@ def parse_storyboard(text: str, source: str = "storyboard", limits: StoryboardLi
         description = reader.check(
             check.caption, item, "description", path, reader.text(item, "description", path), "description", True
         )
+        adapter_weights = reader.text(item, "adapter_weights", path).strip() or None
+        if adapter_weights is not None and adapter != "lora":
+            raise reader.error(
+                "adapter_weights is a LoRA file: it needs `adapter: lora`", item, "adapter_weights", path
+            )
         characters.append(
             StoryboardCharacter(
                 name=name,
@@ -383,6 +390,7 @@ def parse_storyboard(text: str, source: str = "storyboard", limits: StoryboardLi
                 trigger=str(trigger) if trigger is not None else None,
                 adapter=adapter,
                 reference_captions=tuple(captions),
+                adapter_weights=adapter_weights,
                 line=item[_LINE],
                 lines=dict(item[_LINES]),
             )
@@ -640,26 +648,29 @@ class ImportReport:
     shots_moved: int = 0
     shots_binned: int = 0
     reordered: int = 0
+    adapters_attached: int = 0  # shipped LoRAs (adapter_weights) registered as their characters' trained LoRA
     film_shot_ids: list[int] = field(default_factory=list)  # live shots in film order after the import
+    notes: list[str] = field(default_factory=list)  # what the film-maker should know (e.g. a stale shipped LoRA)
 
     @property
     def changed(self) -> bool:
         return any(
             getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("project_id", "project_name", "film_shot_ids")
+            if f.name not in ("project_id", "project_name", "film_shot_ids", "notes")
         )
 
     def summary(self) -> str:
+        notes = "".join(f"\nnote: {note}" for note in self.notes)
         if not self.changed:
-            return f"project {self.project_name!r}: already up to date, nothing changed"
+            return f"project {self.project_name!r}: already up to date, nothing changed" + notes
         parts = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("project_id", "project_name", "film_shot_ids") or not value:
+            if f.name in ("project_id", "project_name", "film_shot_ids", "notes") or not value:
                 continue
             parts.append(f.name.replace("_", " ") if value is True else f"{f.name.replace('_', ' ')}: {value}")
-        return f"project {self.project_name!r}: " + ", ".join(parts)
+        return f"project {self.project_name!r}: " + ", ".join(parts) + notes
 
     def __str__(self) -> str:
         return self.summary()
@@ -729,7 +740,11 @@ def _wrap(doc: StoryboardDoc, line: int | None, field_path: str):
 
 
 def import_storyboard(
-    services, doc: StoryboardDoc, base_dir: str | Path, project: str | int | None = None
+    services,
+    doc: StoryboardDoc,
+    base_dir: str | Path,
+    project: str | int | None = None,
+    attach_adapters: bool = True,
 ) -> ImportReport:
     """Bring a project in line with the document (creating it if needed); see the module docstring.
 
@@ -744,8 +759,40 @@ def import_storyboard(
         if not created:
             _sync_project(services, doc, project_view, report)
         characters = _sync_characters(services, doc, project_view.id, references, report)
+        if attach_adapters:
+            _attach_shipped_adapters(services, doc, base, characters, report)
         _sync_scenes(services, doc, project_view.id, characters, report)
     return report
+
+
+def _attach_shipped_adapters(services, doc: StoryboardDoc, base: Path, character_ids, report: ImportReport) -> None:
+    """Each `adapter_weights:` LoRA becomes its character's trained LoRA while its recipe is current (else a note)."""
+    from studio.faces.shipped import attach_shipped_lora
+
+    for index, spec in enumerate(doc.characters):
+        if spec.adapter_weights is None:
+            continue
+        line, field_path = spec.lines.get("adapter_weights", spec.line), f"characters[{index}].adapter_weights"
+        relative = PurePosixPath(spec.adapter_weights.replace("\\", "/"))
+        file = base / Path(*relative.parts)
+        if relative.is_absolute() or ".." in relative.parts or (relative.parts and ":" in relative.parts[0]):
+            raise StoryboardError(
+                f"{spec.adapter_weights!r}: the LoRA's path must be relative to the storyboard file, without '..'",
+                doc.source,
+                line,
+                field_path,
+            )
+        if not file.is_file():  # e.g. a page import, where only the pictures are uploaded: training makes one
+            report.notes.append(
+                f"{spec.name}: the shipped LoRA {spec.adapter_weights} is not beside the storyboard, so it is not "
+                "used: a new one is trained before the first render"
+            )
+            continue
+        with _wrap(doc, line, field_path):
+            outcome = attach_shipped_lora(services, character_ids[spec.name.lower()], file)
+        report.adapters_attached += int(outcome.attached)
+        if outcome.note:
+            report.notes.append(outcome.note)
 
 
 def _find_or_create_project(services, doc: StoryboardDoc, project: str | int | None):

@@ -9,6 +9,8 @@ killed, cancelled or fails leaves no adapter behind (the run starts over when th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -72,6 +74,65 @@ def reference_captions(references, trigger: str, description: str) -> list[str] 
     return [r.caption or fallback for r in references]
 
 
+def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's size, first and last MiB: tells retrained weights apart without reading gigabytes."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(chunk))
+        if path.stat().st_size > chunk:
+            handle.seek(-min(chunk, path.stat().st_size - chunk), 2)
+            digest.update(handle.read(chunk))
+    return digest.hexdigest()
+
+
+def model_fingerprint(services, preset: str) -> str:
+    """What identifies the base model's weights an adapter is trained on (a LoRA of other weights is stale):
+    the digests of the model folder's component files, or `code:NAME` for a preset built in code."""
+    from pipelines import get_preset
+    from pipelines.loading import DEMO_MODEL_DIR, _resolve_local_folder
+
+    spec = get_preset(preset)
+    if spec.source == "code":
+        return f"code:{spec.name}"
+    if spec.source == "bundled":
+        folder = DEMO_MODEL_DIR
+    else:
+        local = Path(services.settings.resolved_model_dir) / preset
+        folder = _resolve_local_folder(spec, local if local.is_dir() else None)
+    digest = hashlib.sha256()
+    for name in COMPONENT_NAMES:
+        for path in sorted((Path(folder) / name).rglob("*")):
+            if path.is_file():
+                digest.update(f"{path.relative_to(folder).as_posix()}:{_file_digest(path)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def training_recipe(services, character, references, kind: str, config) -> dict:
+    """Everything a training run's result depends on, in content terms (no database ids): the base model, the
+    character's trigger and description, each reference picture (sha256) with the caption it trains on, and the
+    training settings. Two runs with the same recipe train the same adapter; a shipped LoRA is used only when
+    its recorded recipe equals the one the studio would train now."""
+    from dataclasses import asdict
+
+    captions = reference_captions(references, character.trigger, character.description) or [""] * len(references)
+    pictures = sorted(
+        [services.assets.get(r.asset_id).sha256, caption] for r, caption in zip(references, captions, strict=True)
+    )
+    return {
+        "kind": kind,
+        "preset": services.projects.get(character.project_id).preset,
+        "model": model_fingerprint(services, services.projects.get(character.project_id).preset),
+        "trigger": character.trigger,
+        "description": character.description,
+        "references": pictures,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+    }
+
+
+def recipe_fingerprint(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_train_adapter(services, job, report_progress, should_cancel, pipelines=None) -> dict:
     from dataclasses import asdict
 
@@ -98,6 +159,7 @@ def run_train_adapter(services, job, report_progress, should_cancel, pipelines=N
     fingerprint = reference_fingerprint(references)
     images = [services.assets.read_bytes(r.asset_id) for r in references]
     captions = reference_captions(references, character.trigger, character.description)
+    recipe = training_recipe(services, character, references, kind, config)
 
     report_progress(0.0, f"loading {preset} for {character.name}'s {kind}", step=0, total=config.steps)
     components = training_components(services, preset, pipelines)
@@ -120,6 +182,8 @@ def run_train_adapter(services, job, report_progress, should_cancel, pipelines=N
     tmp_dir = Path(services.settings.data_dir) / "tmp"
     output = tmp_dir / f"adapter-job{job.id}-{uuid.uuid4().hex[:8]}.safetensors"
     train = train_lora if kind == "lora" else train_embedding
+    # The LoRA file carries its recipe, so a copy shipped elsewhere can be checked before it is used.
+    extra = {"record": {"recipe": recipe, "recipe_fingerprint": recipe_fingerprint(recipe)}} if kind == "lora" else {}
     try:
         result = train(
             components,
@@ -132,6 +196,7 @@ def run_train_adapter(services, job, report_progress, should_cancel, pipelines=N
             progress=progress,
             should_stop=should_cancel,
             captions=captions,
+            **extra,
         )
         if result.stopped:
             return {"cancelled": True, "steps": result.steps_done}
@@ -146,6 +211,7 @@ def run_train_adapter(services, job, report_progress, should_cancel, pipelines=N
             "trigger_text": result.metadata.get("trigger_text"),
             "references": sorted(int(r.asset_id) for r in references),
             "reference_fingerprint": fingerprint,
+            "recipe_fingerprint": recipe_fingerprint(recipe),
         }
         adapter = services.characters.add_adapter(
             character.id,

@@ -891,8 +891,10 @@ def build_app(services: Any) -> gr.Blocks:
 
             _require_project(project_id)
             job = request_training(s, int(character_id), kind)  # the one already queued or running, if any
+            from studio.faces.service import training_estimate
+
             message = (
-                f"Training queued (job {job.id})."
+                f"Training queued (job {job.id}): {training_estimate(s, job).sentence(first=False)}."
                 if job.status == "queued"
                 else (f"Already training (job {job.id}); a new version can be trained once it ends.")
             )
@@ -1070,7 +1072,7 @@ def build_app(services: Any) -> gr.Blocks:
             project_id = _require_project(project_id)
             jobs = edits.enqueue_generate_selected(s, project_id, selected)
             ids = ", ".join(str(job.id) for job in jobs)
-            message = f"Generation queued (job {ids}){edits.after_training(*jobs)}."
+            message = f"Generation queued (job {ids}){edits.after_training(*jobs, services=s)}."
             return gr.update(active=True), said(message), _jobs_for(project_id, True)
 
         generate_selected_button.click(
@@ -1165,7 +1167,7 @@ def build_app(services: Any) -> gr.Blocks:
             if shot_id is None:
                 raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
             job = edits.enqueue_regenerate(s, project_id, int(shot_id), caption=caption if use_caption else None)
-            message = f"Regeneration queued (job {job.id}){edits.after_training(job)}."
+            message = f"Regeneration queued (job {job.id}){edits.after_training(job, services=s)}."
             return gr.update(active=True), said(message), _jobs_for(project_id, True)
 
         regen_seed_button.click(

@@ -160,10 +160,10 @@ def _apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) 
             return "scene moved to the bin", None
         if op == "generate_scene":
             job = enqueue_generate_scene(services, project_id, _int(payload, "scene_id"))
-            return f"generation queued (job {job.id}){after_training(job)}", None
+            return f"generation queued (job {job.id}){after_training(job, services=services)}", None
         if op == "regenerate":
             job = enqueue_regenerate(services, project_id, _int(payload, "shot_id"))
-            return f"regeneration queued (job {job.id}){after_training(job)}", None
+            return f"regeneration queued (job {job.id}){after_training(job, services=services)}", None
     raise ValidationError(f"unknown timeline action {op!r}; reload the page")
 
 
@@ -180,13 +180,19 @@ def refuse_uncaptioned(scenes: list[Any], shot_ids: set[int]) -> None:
         )
 
 
-def after_training(*jobs: Any) -> str:
-    """What a queued-generation message adds when the jobs wait for adapter trainings."""
+def after_training(*jobs: Any, services: Any = None) -> str:
+    """What a queued-generation message adds when the jobs wait for adapter trainings; with `services`, also how
+    long each training will take (`studio.faces.service.training_estimate`), said before it starts."""
     waiting = sorted({i for job in jobs for i in (job.payload or {}).get("after_jobs") or []})
     if not waiting:
         return ""
     ids = ", ".join(map(str, waiting))
-    return f", after the adapter training it needs (job{'s' if len(waiting) > 1 else ''} {ids})"
+    text = f", after the adapter training it needs (job{'s' if len(waiting) > 1 else ''} {ids})"
+    if services is not None:
+        from studio.faces.service import training_estimate
+
+        text += ": " + "; ".join(training_estimate(services, services.jobs.get(i)).sentence() for i in waiting)
+    return text
 
 
 def queue_wanted_adapters(services: Any, project_id: int, shots: list[Any]) -> list[int]:

@@ -76,7 +76,7 @@ function makeCard(shot) {
                  button('regenerate', 'Regen', 'regenerate this shot with a new seed'),
                  button('delete', 'Del', 'delete (to the bin)'));
   card.append(head, el('div', 'tl-thumb tl-thumb-empty', 'no take yet'), caption, el('div', 'tl-meta'),
-              el('div', 'tl-drift'), actions);
+              el('div', 'tl-drift'), el('div', 'tl-limits'), actions);
   return card;
 }
 function updateCard(card, shot, index) {
@@ -95,6 +95,9 @@ function updateCard(card, shot, index) {
     drift.textContent = driftText;
     drift.title = shot.drift ? 'The film uses the chosen take as it was made: regenerate the shot or choose another take' : '';
   }
+  // What the model cannot draw of what this caption asks (from its folder's record): a note, not a refusal.
+  const limits = card.querySelector('.tl-limits'); const limitsText = shot.limits ? '\u24d8 ' + shot.limits : '';
+  if (limits.textContent !== limitsText) limits.textContent = limitsText;
   const thumb = card.querySelector('.tl-thumb');
   if (shot.thumb) {
     if (thumb.tagName !== 'IMG' || thumb.getAttribute('src') !== shot.thumb) {

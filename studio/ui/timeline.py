@@ -23,6 +23,7 @@ from typing import Any
 
 import gradio as gr
 
+from studio.services.model_limits import shot_notes
 from studio.ui.security import take_thumbnail_url
 
 TIMELINE_HTML = """
@@ -55,6 +56,7 @@ TIMELINE_CSS = """
 .tl-caption { width: 100%; min-height: 52px; resize: vertical; font: inherit; padding: 4px; box-sizing: border-box; }
 .tl-meta { font-size: 12px; color: var(--body-text-color-subdued); }
 .tl-drift { font-size: 12px; color: #b45309; }
+.tl-limits { font-size: 12px; color: var(--body-text-color-subdued); font-style: italic; }
 .tl-actions { display: flex; flex-wrap: wrap; gap: 2px; }
 .tl-actions button, .tl-scene-head button, .tl-bin button { font-size: 12px; padding: 1px 6px; border-radius: 4px;
   border: 1px solid var(--border-color-primary); background: var(--background-fill-primary); cursor: pointer; }
@@ -120,6 +122,7 @@ def timeline_model(
     fps = max(1, int(project.fps))
     bin_view = services.storyboard.list_bin(project_id)
     drift = services.takes.chosen_take_drift(project_id)  # the film would show what the card no longer says
+    limits = shot_notes(services, project_id, scenes)  # what the model cannot draw of what the caption asks
     bin_shots = list(getattr(bin_view, "shots", ()) or ())
     return {
         "project_id": project_id,
@@ -147,6 +150,7 @@ def timeline_model(
                         "take_count": shot.take_count,
                         "thumb": take_thumbnail_url(shot.chosen_take_id),
                         "drift": drift.get(shot.id),
+                        "limits": " ".join(limits.get(shot.id, [])) or None,
                     }
                     for shot in scene.shots
                 ],

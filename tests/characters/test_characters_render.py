@@ -41,7 +41,12 @@ def test_render_trains_missing_and_stale_adapters_first(sqlite_services, tmp_pat
     torch.set_num_threads(1)
     try:
         story.write_text(STORYBOARD.format(refs="mara_1.png"))
-        render_storyboard(services, story, tmp_path / "film.mp4", log=lambda line: None)
+        lines = []
+        render_storyboard(services, story, tmp_path / "film.mp4", log=lines.append)
+        # How long the training takes is said before it starts (no training ran here before: its steps only).
+        first = "training Mara's LoRA first (150 steps; no training has run on this machine yet to time it)"
+        said = lines.index(first)
+        assert not any(line.startswith("training adapters:") for line in lines[:said])
         project = services.projects.get_by_name("Keeper")
         [mara] = services.characters.list(project.id)
         [first] = services.characters.list_adapters(mara.id)
@@ -56,7 +61,13 @@ def test_render_trains_missing_and_stale_adapters_first(sqlite_services, tmp_pat
 
         # A new reference: the LoRA is stale, the next render trains version 2 before regenerating anything.
         story.write_text(STORYBOARD.format(refs="mara_1.png, mara_2.png"))
-        render_storyboard(services, story, tmp_path / "film.mp4", regenerate="1", log=lambda line: None)
+        lines.clear()
+        render_storyboard(services, story, tmp_path / "film.mp4", regenerate="1", log=lines.append)
+        # The first training timed this machine: the second is estimated from it.
+        assert any(
+            line.startswith("training Mara's LoRA first, about ") and line.endswith(" on this machine (150 steps)")
+            for line in lines
+        )
         versions = sorted(a.version for a in services.characters.list_adapters(mara.id))
         assert versions == [1, 2]
         newest = services.takes.chosen_take(shot.id)

@@ -105,3 +105,42 @@ def test_first_scene_renders_as_captioned(demo_pipe):
         reading = read_shot(frames, recorded_figure_scale(DEMO_MODEL_DIR))
         seen = (reading.location, reading.colour, reading.shot_size)
         assert seen == (location, character.colour, SIZE_BY_PHRASE[size]), shot.caption
+
+
+def test_kais_shipped_lora_is_current_so_the_first_render_trains_nothing(sqlite_services):
+    """The example ships Kai's LoRA as `python -m training.example_lora` trains it: its recorded recipe is the one
+    the studio would train now (same stills, captions, settings and base model), so the import attaches it."""
+    from adapters.common import default_hyperparameters
+    from adapters.lora import read_lora_metadata
+    from studio.characters_jobs import ensure_adapters
+    from training.example_lora import DEFAULT_OUT
+
+    kai = next(c for c in _doc().characters if c.name == "Kai")
+    assert (EXAMPLE.parent / kai.adapter_weights).resolve() == DEFAULT_OUT.resolve()
+    record = read_lora_metadata(DEFAULT_OUT)
+    assert record["steps_done"] == default_hyperparameters("demo", "lora")["steps"] == 2000
+    assert record["trigger"] == KAI_TRIGGER and record["trigger_words_added"] == ["kai"]
+    assert 0.5e6 < DEFAULT_OUT.stat().st_size < 2e6  # rank 8 on the demo transformer's attention: about 1 MB
+
+    report = import_storyboard(sqlite_services, _doc(), EXAMPLE.parent)
+    assert (report.adapters_attached, report.notes) == (1, [])
+    assert ensure_adapters(sqlite_services, report.project_id) == []
+    kai_id = next(c.id for c in sqlite_services.characters.list(report.project_id) if c.name == "Kai")
+    [adapter] = sqlite_services.characters.list_adapters(kai_id)
+    assert (adapter.kind, adapter.status, adapter.hyperparameters["steps"]) == ("lora", "ready", 2000)
+
+
+@pytest.mark.slow
+def test_the_documented_command_trains_the_shipped_lora(tmp_path):
+    """`python -m training.example_lora` (2,000 steps: 5-40 minutes on a CPU) writes a LoRA of the shipped one's
+    recipe and layout."""
+    from safetensors import safe_open
+
+    from adapters.lora import read_lora_metadata
+    from training.example_lora import DEFAULT_OUT, train_example_lora
+
+    fresh = train_example_lora(tmp_path / "kai_lora.safetensors", log=lambda line: None)
+    assert read_lora_metadata(fresh)["record"] == read_lora_metadata(DEFAULT_OUT)["record"]
+    with safe_open(str(fresh), "pt") as new, safe_open(str(DEFAULT_OUT), "pt") as shipped:
+        assert sorted(new.keys()) == sorted(shipped.keys())
+        assert all(new.get_slice(k).get_shape() == shipped.get_slice(k).get_shape() for k in new.keys())

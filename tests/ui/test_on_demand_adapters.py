@@ -24,7 +24,9 @@ def test_generating_a_shot_of_a_character_that_wants_a_lora_queues_its_training_
     assert training.payload["character_id"] == mara.id and training.payload["kind"] == "lora"
     assert training.priority > generation.priority  # a worker claims the training first
     assert generation.payload["after_jobs"] == [training.id]
-    waits = f"after the adapter training it needs (job {training.id})"
+    # how long the wait will be, said before it starts (no training has run here yet to time it)
+    estimate = "training Mara's LoRA first (150 steps; no training has run on this machine yet to time it)"
+    waits = f"after the adapter training it needs (job {training.id}): {estimate}"
     assert message == f"generation queued (job {generation.id}), {waits}"
     # a regeneration meanwhile waits for the same training, not a second one
     message, _ = apply_edit(services, project.id, {"op": "regenerate", "shot_id": shot.id})
