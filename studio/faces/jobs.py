@@ -102,7 +102,9 @@ def model_fingerprint(services, preset: str) -> str:
     digest = hashlib.sha256()
     for name in COMPONENT_NAMES:
         for path in sorted((Path(folder) / name).rglob("*")):
-            if path.is_file():
+            # training.json is the folder's provenance record (how it was trained, in words and numbers), not
+            # weights or configuration: editing its text must not make every adapter of the model stale.
+            if path.is_file() and path.name != "training.json":
                 digest.update(f"{path.relative_to(folder).as_posix()}:{_file_digest(path)};".encode())
     return digest.hexdigest()[:16]
 

@@ -130,6 +130,24 @@ def test_kais_shipped_lora_is_current_so_the_first_render_trains_nothing(sqlite_
     assert (adapter.kind, adapter.status, adapter.hyperparameters["steps"]) == ("lora", "ready", 2000)
 
 
+def test_model_fingerprint_reads_weights_and_configs_not_the_provenance_record(tmp_path, monkeypatch):
+    import shutil
+
+    import pipelines.loading
+    from studio.faces.jobs import model_fingerprint
+
+    folder = tmp_path / "demo"
+    shutil.copytree(DEMO_MODEL_DIR, folder)
+    monkeypatch.setattr(pipelines.loading, "DEMO_MODEL_DIR", folder)
+    before = model_fingerprint(None, "demo")
+    record = folder / "vae" / "training.json"
+    record.write_text(record.read_text().replace('"what": "', '"what": "edited: ', 1))
+    assert model_fingerprint(None, "demo") == before  # Kai's shipped LoRA stays current
+    config = folder / "vae" / "config.json"
+    config.write_text(config.read_text() + "\n")
+    assert model_fingerprint(None, "demo") != before  # a changed configuration is another model
+
+
 @pytest.mark.slow
 def test_the_documented_command_trains_the_shipped_lora(tmp_path):
     """`python -m training.example_lora` (2,000 steps: 5-40 minutes on a CPU) writes a LoRA of the shipped one's
