@@ -176,6 +176,27 @@ def same_field(a: Any, b: Any) -> bool:
     return a == b
 
 
+def regenerate_caption(stored: str, loaded: str, typed: str | None) -> str | None:
+    """The caption "Regenerate with this caption" saves before queueing, or None to keep the shot's own.
+
+    The panel's box was filled when the panel opened: a caption edited on the card since then is the newer one and
+    must not be put back by a box the film-maker did not touch. Typed in the panel while the card changed too: refused,
+    as Save refuses it, rather than one of the two edits silently lost."""
+    typed = typed or ""
+    if typed == loaded or typed == stored:
+        return None
+    if stored != loaded:
+        raise gr.Error(
+            esc(
+                "Not queued: the shot's caption changed elsewhere (on its card or in another tab) since this panel "
+                "showed it. Your caption is still in the box: copy it, click “Takes” on the card to reload the "
+                "shot, then regenerate again."
+            ),
+            print_exception=False,
+        )
+    return typed
+
+
 def _preset_text(name: str) -> str:
     try:
         preset = get_preset(name)
@@ -1020,9 +1041,8 @@ def build_app(services: Any) -> gr.Blocks:
         @guarded
         def on_generate_selected(project_id, selected):
             project_id = _require_project(project_id)
-            jobs = edits.enqueue_generate_selected(s, project_id, selected)
-            ids = ", ".join(str(job.id) for job in jobs)
-            message = f"Generation queued (job {ids}){edits.after_training(*jobs)}."
+            message = edits.queued_message("Generation", edits.enqueue_generate_selected(s, project_id, selected))
+            message = message[:1].upper() + message[1:] + "."
             return gr.update(active=True), said(message), _jobs_for(project_id, True)
 
         generate_selected_button.click(
@@ -1112,23 +1132,40 @@ def build_app(services: Any) -> gr.Blocks:
         )
 
         @guarded
-        def on_regenerate(project_id, shot_id, caption, use_caption: bool):
+        def on_regenerate(project_id, shot_id, loaded, caption, use_caption: bool):
             project_id = _require_project(project_id)
             if shot_id is None:
                 raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
-            job = edits.enqueue_regenerate(s, project_id, int(shot_id), caption=caption if use_caption else None)
-            message = f"Regeneration queued (job {job.id}){edits.after_training(job)}."
-            return gr.update(active=True), said(message), _jobs_for(project_id, True)
+            with edits.project_lock(project_id):
+                stored = s.storyboard.get_shot(int(shot_id)).caption
+                sent = (
+                    regenerate_caption(stored, (loaded or {}).get("caption", stored), caption) if use_caption else None
+                )
+                queued = edits.enqueue_regenerate(s, project_id, int(shot_id), caption=sent)
+            message = edits.queued_message("Regeneration", [queued])
+            message = message[:1].upper() + message[1:] + "."
+            if not use_caption:  # whatever is typed in the box stays there, unsaved
+                return gr.update(active=True), said(message), _jobs_for(project_id, True), gr.update(), gr.update()
+            shown = s.storyboard.get_shot(int(shot_id)).caption
+            return (
+                gr.update(active=True),
+                said(message),
+                _jobs_for(project_id, True),
+                shown,  # the caption the take is made from
+                {**(loaded or {}), "caption": shown},
+            )
 
         regen_seed_button.click(
             functools.partial(on_regenerate, use_caption=False),
-            [project_state, open_shot_state, shot_caption],
-            [timer, status, jobs_panel],
+            [project_state, open_shot_state, shot_loaded_state, shot_caption],
+            [timer, status, jobs_panel, shot_caption, shot_loaded_state],
+            concurrency_id="storyboard-edits",
         )
         regen_caption_button.click(
             functools.partial(on_regenerate, use_caption=True),
-            [project_state, open_shot_state, shot_caption],
-            [timer, status, jobs_panel],
+            [project_state, open_shot_state, shot_loaded_state, shot_caption],
+            [timer, status, jobs_panel, shot_caption, shot_loaded_state],
+            concurrency_id="storyboard-edits",
         )
 
         @guarded

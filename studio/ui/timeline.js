@@ -41,6 +41,7 @@ function send(op, extra) {
     try {
       const answer = await server.timeline_edit(request);
       if (answer && answer.model !== undefined) render(answer.model);
+      if (op === 'caption') keepRefusedCaption(details, answer);
       showStatus(answer ? answer.message : '', answer ? answer.ok : false);
       // The open shot's panel (its number, takes, scene) follows the edit; its fields are left as typed.
       if (answer && answer.ok && model && model.open_shot_id != null) {
@@ -50,6 +51,16 @@ function send(op, extra) {
       showStatus('The studio did not answer (' + error + '); reload the page.', false);
     }
   });
+}
+// A refused caption (changed in another tab meanwhile, too long, ...) stays in its box, marked, until it is saved or
+// Escape puts the stored one back: the film-maker reads why and decides, nothing typed is thrown away.
+function keepRefusedCaption(details, answer) {
+  const card = cards.get(details.shot_id);
+  if (!card) return;
+  const box = card.querySelector('.tl-caption');
+  const refused = !(answer && answer.ok);
+  box.classList.toggle('tl-unsaved', refused);
+  if (refused && document.activeElement !== box) box.value = details.caption;
 }
 function sendGenerate(op, extra) { trigger('generate', payload(op, extra)); }
 function metaText(shot) {
@@ -86,7 +97,7 @@ function updateCard(card, shot, index) {
   card.querySelector('.tl-index').textContent = '#' + index;
   const caption = card.querySelector('.tl-caption');
   // Never replace what the user is typing: a focused field keeps its text until it is committed.
-  if (document.activeElement !== caption && caption.value !== shot.caption) caption.value = shot.caption;
+  if (document.activeElement !== caption && !caption.classList.contains('tl-unsaved') && caption.value !== shot.caption) caption.value = shot.caption;
   const meta = card.querySelector('.tl-meta'); const text = metaText(shot);
   if (meta.textContent !== text) meta.textContent = text;
   // The chosen take was made before the card changed (or is an older take): the film shows the take.
@@ -232,7 +243,8 @@ root.addEventListener('focusout', (event) => {
   if (target.classList.contains('tl-caption')) {
     const card = cardOf(target);
     if (target.value !== card.dataset.savedCaption) {
-      send('caption', {shot_id: Number(card.dataset.shotId), caption: target.value});
+      // `was`: the caption this card showed, so an edit made meanwhile in another tab is not overwritten unseen
+      send('caption', {shot_id: Number(card.dataset.shotId), caption: target.value, was: card.dataset.savedCaption});
     }
   } else if (target.classList.contains('tl-scene-caption')) {
     const scene = sceneOf(target);
@@ -247,7 +259,7 @@ root.addEventListener('keydown', (event) => {
     event.preventDefault();
     target.blur();  // focusout saves once
   } else if (event.key === 'Escape' && target.classList.contains('tl-caption')) {
-    target.value = cardOf(target).dataset.savedCaption; target.blur();
+    target.classList.remove('tl-unsaved'); target.value = cardOf(target).dataset.savedCaption; target.blur();
   }
 });
 root.addEventListener('pointerdown', (event) => {

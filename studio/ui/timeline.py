@@ -53,6 +53,7 @@ TIMELINE_CSS = """
   object-fit: contain; border-radius: 4px; background: #222; }
 .tl-thumb-empty { display: flex; align-items: center; justify-content: center; color: #aaa; font-size: 12px; }
 .tl-caption { width: 100%; min-height: 52px; resize: vertical; font: inherit; padding: 4px; box-sizing: border-box; }
+.tl-caption.tl-unsaved { outline: 2px solid #c0392b; }
 .tl-meta { font-size: 12px; color: var(--body-text-color-subdued); }
 .tl-drift { font-size: 12px; color: #b45309; }
 .tl-actions { display: flex; flex-wrap: wrap; gap: 2px; }

@@ -26,7 +26,9 @@ def test_generating_a_shot_of_a_character_that_wants_a_lora_queues_its_training_
     assert generation.payload["after_jobs"] == [training.id]
     waits = f"after the adapter training it needs (job {training.id})"
     assert message == f"generation queued (job {generation.id}), {waits}"
-    # a regeneration meanwhile waits for the same training, not a second one
+    # a regeneration of that shot waits for the same training, not a second one (once the scene's generation is
+    # called off: while it is pending, a second take of the shot is refused)
+    services.jobs.request_cancel(generation.id)
     message, _ = apply_edit(services, project.id, {"op": "regenerate", "shot_id": shot.id})
     assert message.endswith(waits)
     assert [j.kind for j in services.jobs.list_jobs(project_id=project.id)].count("train_adapter") == 1

@@ -1,0 +1,141 @@
+"""The page as a film-maker finds it in a first hour: edits made in two places, double clicks, reloads, cancelled
+trainings and refused files. No worker runs here: jobs are read from the queue as the page enqueued them (a test that
+needs a job to end claims and finishes it itself)."""
+
+from __future__ import annotations
+
+import pytest
+
+from studio.config import load_settings
+from studio.services import build_services
+from studio.ui.app import build_app
+from tests.ui.conftest import free_port
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    settings = load_settings(data_dir=tmp_path_factory.mktemp("first-hour") / "data", port=free_port())
+    services = build_services(settings)
+    app = build_app(services)
+    app.launch(prevent_thread_lock=True, quiet=True)
+    yield services, app.local_url.rstrip("/")
+    app.close()
+    services.close()
+
+
+def project_with_shots(services, name: str, count: int):
+    project = services.projects.create(name, preset="tiny")
+    scene = services.storyboard.add_scene(project.id, caption="the harbour")
+    shots = [services.storyboard.add_shot(scene.id, f"shot {i + 1}").id for i in range(count)]
+    return project, scene, shots
+
+
+def open_board(page, base: str, project_id: int) -> None:
+    page.goto(f"{base}/?project={project_id}")
+    page.get_by_role("tab", name="Storyboard").click()
+    page.wait_for_selector(".tl-card")
+
+
+def status_says(page, text: str) -> None:
+    page.wait_for_function("(t) => document.querySelector('#sl-status').innerText.includes(t)", arg=text)
+
+
+def card_caption(page, shot_id: int):
+    return page.locator(f".tl-card[data-shot-id='{shot_id}'] .tl-caption")
+
+
+def commit_card_caption(page, shot_id: int, text: str) -> None:
+    field = card_caption(page, shot_id)
+    field.fill(text)
+    field.press("Enter")
+
+
+def test_regenerate_with_this_caption_keeps_a_card_edit_made_after_the_panel_opened(page, studio):
+    services, base = studio
+    project, _, shots = project_with_shots(services, "regenerate stale", 2)
+    open_board(page, base, project.id)
+    page.locator(f".tl-card[data-shot-id='{shots[0]}'] button[data-action=open]").click()
+    page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot #1')")
+    panel_box = page.locator("#sl-shot-caption textarea, #sl-shot-caption input").first
+    assert panel_box.input_value() == "shot 1"
+    # the caption is rewritten on the card while the panel still shows the old one
+    commit_card_caption(page, shots[0], "close-up, the keeper lights the lamp")
+    page.wait_for_function(
+        "(id) => document.querySelector(`.tl-card[data-shot-id='${id}']`).dataset.savedCaption.includes('keeper')",
+        arg=shots[0],
+    )
+    page.locator("#sl-regen-caption").click()
+    status_says(page, "Regeneration queued")
+    assert services.storyboard.get_shot(shots[0]).caption == "close-up, the keeper lights the lamp"
+    page.wait_for_function("document.querySelector('#sl-shot-caption textarea').value.includes('keeper')")
+    # A caption typed in the panel while the card changed too is refused, both edits kept.
+    commit_card_caption(page, shots[0], "wide shot, the lamp turns")
+    page.wait_for_function(
+        "(id) => document.querySelector(`.tl-card[data-shot-id='${id}']`).dataset.savedCaption.includes('turns')",
+        arg=shots[0],
+    )
+    panel_box.fill("medium shot, a ship passes")
+    page.locator("#sl-regen-caption").click()
+    page.get_by_text("changed elsewhere", exact=False).first.wait_for()
+    assert services.storyboard.get_shot(shots[0]).caption == "wide shot, the lamp turns"
+    assert panel_box.input_value() == "medium shot, a ship passes"
+
+
+def test_a_double_click_on_generate_scene_queues_it_once(page, studio):
+    services, base = studio
+    project, scene, shots = project_with_shots(services, "double click", 2)
+    open_board(page, base, project.id)
+    page.locator(f".tl-scene[data-scene-id='{scene.id}'] button[data-action=generate_scene]").dblclick()
+    status_says(page, "not queued twice")
+    jobs = [job for job in services.jobs.list_jobs(project_id=project.id) if job.kind == "generate_scene"]
+    assert len(jobs) == 1 and jobs[0].payload["target_shot_ids"] == sorted(shots)
+    # a regeneration of one of those shots would make it a second take from the same storyboard: refused
+    page.locator(f".tl-card[data-shot-id='{shots[1]}'] button[data-action=regenerate]").click()
+    page.wait_for_function("document.querySelector('#sl-status').innerText.includes('already being generated')")
+    assert [job.kind for job in services.jobs.list_jobs(project_id=project.id)] == ["generate_scene"]
+    # once it is over, the scene can be generated again
+    services.jobs.request_cancel(jobs[0].id)
+    page.locator(f".tl-scene[data-scene-id='{scene.id}'] button[data-action=generate_scene]").click()
+    status_says(page, "generation queued")
+    assert len(services.jobs.list_jobs(project_id=project.id)) == 2
+
+
+def test_two_tabs_editing_one_card_caption_the_later_one_is_told(browser, studio):
+    services, base = studio
+    project, _, shots = project_with_shots(services, "two tabs", 1)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        first, second = context.new_page(), context.new_page()
+        open_board(first, base, project.id)
+        open_board(second, base, project.id)
+        first.bring_to_front()  # a page in the background gets no focus events: its card would never commit
+        commit_card_caption(first, shots[0], "wide shot, fog on the water")
+        first.wait_for_function("document.querySelector('.tl-status').innerText.includes('caption saved')")
+        # the second tab still shows "shot 1": its edit is refused, quoting the other one, and its text stays
+        second.bring_to_front()
+        commit_card_caption(second, shots[0], "close-up, a gull lands")
+        second.wait_for_function("document.querySelector('.tl-status').innerText.includes('changed elsewhere')")
+        assert "fog on the water" in second.locator(".tl-status").inner_text()
+        assert services.storyboard.get_shot(shots[0]).caption == "wide shot, fog on the water"
+        second.wait_for_timeout(1500)  # a timer redraw or two
+        assert card_caption(second, shots[0]).input_value() == "close-up, a gull lands"
+        # committing it again, having read the message, saves it over the other
+        card_caption(second, shots[0]).press("Enter")
+        second.wait_for_function("document.querySelector('.tl-status').innerText.includes('caption saved')")
+        assert services.storyboard.get_shot(shots[0]).caption == "close-up, a gull lands"
+    finally:
+        context.close()
+
+
+def test_a_refused_long_caption_stays_in_its_card(page, studio):
+    services, base = studio
+    project, _, shots = project_with_shots(services, "long caption", 1)
+    open_board(page, base, project.id)
+    long_text = "a very long caption " * 250  # 5,000 characters
+    commit_card_caption(page, shots[0], long_text)
+    page.wait_for_function("document.querySelector('.tl-status').classList.contains('tl-refused')")
+    page.wait_for_timeout(1500)
+    assert card_caption(page, shots[0]).input_value() == long_text
+    assert services.storyboard.get_shot(shots[0]).caption == "shot 1"
