@@ -197,6 +197,24 @@ def regenerate_caption(stored: str, loaded: str, typed: str | None) -> str | Non
     return typed
 
 
+# The open project goes into the address (`?project=<id>`, what `on_load` reads), so a reload, a bookmark or a
+# restored tab reopens it with its jobs instead of "No project open"; no project open: the address loses it.
+REMEMBER_PROJECT_JS = """(projectId) => {
+    const url = new URL(window.location.href);
+    if (projectId) url.searchParams.set('project', projectId); else url.searchParams.delete('project');
+    if (url.href !== window.location.href) window.history.replaceState(window.history.state, '', url.href);
+    return [];
+}"""
+
+
+def remember_project(project_state: gr.State) -> None:
+    """Keep the page's address naming the open project (`REMEMBER_PROJECT_JS`), through a hidden box: a state's
+    value never reaches the browser."""
+    relay = gr.Textbox(visible="hidden", elem_id="sl-project-address")
+    project_state.change(lambda project_id: "" if project_id is None else str(project_id), project_state, relay)
+    relay.change(None, relay, None, js=REMEMBER_PROJECT_JS)
+
+
 def _preset_text(name: str) -> str:
     try:
         preset = get_preset(name)
@@ -590,6 +608,7 @@ def build_app(services: Any) -> gr.Blocks:
             return (*project_outputs(project_id)[:-1], gr.update(), said("Settings saved."))
 
         app.load(on_load, None, [*project_outputs_list, status])
+        remember_project(project_state)
         open_button.click(on_open, project_pick, [*project_outputs_list, status])
         project_pick.input(on_open, project_pick, [*project_outputs_list, status])
         # a name field empties once its project exists, as a film-maker expects of a "new ..." box

@@ -139,3 +139,26 @@ def test_a_refused_long_caption_stays_in_its_card(page, studio):
     page.wait_for_timeout(1500)
     assert card_caption(page, shots[0]).input_value() == long_text
     assert services.storyboard.get_shot(shots[0]).caption == "shot 1"
+
+
+def test_a_reload_during_a_generation_reopens_the_project_and_its_jobs(page, studio):
+    services, base = studio
+    project, scene, _ = project_with_shots(services, "reload one", 1)
+    project_with_shots(services, "reload other", 1)  # two projects: the page cannot guess which
+    page.goto(base)
+    page.get_by_role("tab", name="Projects").click()
+    page.locator("#sl-project-pick input").click()
+    page.get_by_role("option", name="reload one", exact=True).click()
+    page.wait_for_function("(document.querySelector('#sl-project-title')?.innerText || '').includes('reload one')")
+    page.get_by_role("tab", name="Storyboard").click()
+    page.locator(f".tl-scene[data-scene-id='{scene.id}'] button[data-action=generate_scene]").click()
+    status_says(page, "generation queued")
+    job = services.jobs.list_jobs(project_id=project.id)[0]
+    services.jobs.claim_next_job("test-worker")
+    services.jobs.report_progress(job.id, 0.3, "denoising step 3/10", step=3, total=10)
+    page.reload()
+    page.wait_for_function("(document.querySelector('#sl-project-title')?.innerText || '').includes('reload one')")
+    row = page.locator(f"#sl-jobs .sl-job[data-job-id='{job.id}'][data-status='running']")
+    row.wait_for()
+    assert "30%" in row.inner_text()
+    services.jobs.finish(job.id, {})
