@@ -24,6 +24,11 @@ class WorkerStopping(Exception):
     """Raised inside a running job when its worker was asked to stop; the job goes back to the queue."""
 
 
+class PrerequisiteFailed(Exception):
+    """Raised inside a job whose prerequisite (a job it waited for, `after_jobs`) failed or was cancelled: the job
+    fails with this message as the film-maker reads it, instead of running without what it waited for."""
+
+
 class JobLost(Exception):
     """Raised inside a running job that is no longer this worker's (recovered by another after missed beats)."""
 

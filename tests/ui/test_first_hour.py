@@ -162,3 +162,27 @@ def test_a_reload_during_a_generation_reopens_the_project_and_its_jobs(page, stu
     row.wait_for()
     assert "30%" in row.inner_text()
     services.jobs.finish(job.id, {})
+
+
+def test_cancelling_the_training_a_generation_waits_for_fails_it_with_that_reason(page, studio):
+    from studio.worker.process import Worker
+    from tests.foundation.helpers import png_bytes
+
+    services, base = studio
+    project = services.projects.create("called off", preset="tiny", width=32, height=32, steps=2)
+    kai = services.characters.create(project.id, "Kai", adapter_kind="lora")
+    services.characters.add_reference(kai.id, "kai.png", png_bytes(64, 64))
+    scene = services.storyboard.add_scene(project.id, "snow")
+    shot = services.storyboard.add_shot(scene.id, "Kai waves", characters=[kai.id], num_frames=5)
+    open_board(page, base, project.id)
+    page.locator(f".tl-scene[data-scene-id='{scene.id}'] button[data-action=generate_scene]").click()
+    status_says(page, "after the adapter training it needs")
+    jobs = {job.kind: job for job in services.jobs.list_jobs(project_id=project.id)}
+    page.locator(f"#sl-jobs .sl-job[data-job-id='{jobs['train_adapter'].id}'] button[data-action=cancel_job]").click()
+    page.wait_for_selector(f"#sl-jobs .sl-job[data-job-id='{jobs['train_adapter'].id}'][data-status='cancelled']")
+    Worker(services, worker_id="page-worker", kinds=("generate_scene",), poll_interval_s=0.01).run_once()
+    row = f"#sl-jobs .sl-job[data-job-id='{jobs['generate_scene'].id}']"
+    page.wait_for_selector(f"{row}[data-status='failed']")
+    text = page.locator(row).inner_text()
+    assert "the training of Kai's LoRA it waited for" in text and "was cancelled" in text
+    assert services.takes.list_takes(shot.id) == []
