@@ -1227,6 +1227,7 @@ def build_app(services: Any) -> gr.Blocks:
             }
             if music is not None:
                 path = _file_path(music)
+                check_music_upload(path)
                 asset = s.assets.put_bytes(path.read_bytes(), "music", _audio_mime(path.name), filename=path.name)
                 payload["music_asset_id"] = asset.id
             job = s.jobs.enqueue("export_film", payload, project_id=project_id)
@@ -1336,6 +1337,18 @@ def build_app(services: Any) -> gr.Blocks:
             show_progress="hidden",
         )
     return app
+
+
+def check_music_upload(path: Path) -> None:
+    """A music file ffmpeg cannot read is refused here, by the name it was chosen under, rather than by the export
+    job a moment later in the Jobs panel."""
+    from studio.export.film import ExportError
+    from studio.export.jobs import check_music_file
+
+    try:
+        check_music_file(path, path.name)
+    except ExportError as error:
+        raise gr.Error(esc(f"Not exported: {error}."), print_exception=False) from None
 
 
 def _audio_mime(name: str) -> str:

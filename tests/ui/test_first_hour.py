@@ -186,3 +186,22 @@ def test_cancelling_the_training_a_generation_waits_for_fails_it_with_that_reaso
     text = page.locator(row).inner_text()
     assert "the training of Kai's LoRA it waited for" in text and "was cancelled" in text
     assert services.takes.list_takes(shot.id) == []
+
+
+def test_a_music_file_without_audio_is_refused_at_once_by_its_name(page, studio, tmp_path):
+    from tests.foundation.helpers import add_take
+
+    services, base = studio
+    project, _, shots = project_with_shots(services, "bad music", 1)
+    add_take(services, shots[0])
+    notes = tmp_path / "notes.mp3"
+    notes.write_text("la la la, the words of the song\n", encoding="utf-8")
+    page.goto(f"{base}/?project={project.id}")
+    page.get_by_role("tab", name="Export").click()
+    page.locator("#sl-export-music input[type=file]").set_input_files(str(notes))
+    page.locator("#sl-export-music").get_by_text("notes.mp3").wait_for()
+    page.locator("#sl-export").click()
+    page.get_by_text("notes.mp3 has no audio ffmpeg can read", exact=False).first.wait_for()
+    page.wait_for_timeout(500)
+    assert "Export queued" not in page.locator("#sl-status").inner_text()
+    assert [job.kind for job in services.jobs.list_jobs(project_id=project.id)] == []
