@@ -126,6 +126,13 @@ def _require_project(project_id: int | None) -> int:
     return int(project_id)
 
 
+# What the takes panel's buttons do, as the status line then says it.
+TAKE_ACTIONS = {
+    "choose_take": "Take {number} chosen.",
+    "delete_take": "Take {number} moved to the shot's take bin (Restore puts it back).",
+    "restore_take": "Take {number} restored.",
+}
+
 # The shot panel's fields as `update_shot` takes them, and how a refusal names them.
 FORM_FIELD_NAMES = {
     "caption": "caption",
@@ -957,7 +964,7 @@ def build_app(services: Any) -> gr.Blocks:
                 shot.transition_seconds,
                 shot.seed,
                 gr.update(choices=_scene_choices(project_id), value=shot.scene_id),
-                takes_html(shot, takes, number),
+                takes_html(shot, takes, number, s.takes.list_takes(shot_id, in_bin=True)),
                 shot_form_of(shot),
             )
 
@@ -1191,13 +1198,22 @@ def build_app(services: Any) -> gr.Blocks:
         def on_take_action(project_id, shot_id, selected, evt: gr.EventData):
             data = evt._data or {}
             project_id = _require_project(project_id)
-            if data.get("action") != "choose_take" or shot_id is None:
+            action = data.get("action")
+            if action not in TAKE_ACTIONS or shot_id is None:
                 raise gr.Error("Unknown action; reload the page.", print_exception=False)
-            s.takes.choose_take(int(shot_id), int(data["id"]))
+            take = s.takes.get(int(data["id"]))
+            if take.shot_id != int(shot_id):
+                raise gr.Error("That take is not the open shot's; reload the page.", print_exception=False)
+            if action == "choose_take":
+                s.takes.choose_take(int(shot_id), take.id)
+            elif action == "delete_take":
+                s.takes.delete_take(take.id)
+            else:
+                s.takes.restore_take(take.id)
             return (
                 timeline_model(s, project_id, selected, shot_id),
                 *shot_outputs(project_id, shot_id),
-                said("Take chosen."),
+                said(TAKE_ACTIONS[action].format(number=take.number)),
             )
 
         takes_panel.action(

@@ -81,14 +81,16 @@ def format_scores(scores: dict[str, Any] | None) -> str:
     return "identity: " + ", ".join(parts)
 
 
-def takes_html(shot: Any | None, takes: list[Any], number: int | None = None) -> str:
-    """The takes of one shot side by side, each with its player, seed, identity scores and a Choose button.
+def takes_html(shot: Any | None, takes: list[Any], number: int | None = None, binned: list[Any] | None = None) -> str:
+    """The takes of one shot side by side, each with its player, seed, identity scores, Choose and Delete buttons,
+    then the shot's take bin (`binned`) with a Restore button each.
     `number`: the shot's place in the film, as its card shows it (#7); not its database id."""
     if shot is None:
         return '<p class="sl-small">Click “Takes” on a shot card to see its takes here.</p>'
     head = f"<p><b>Shot #{number}</b>: {esc(shot.caption)}</p>" if number else f"<p>{esc(shot.caption)}</p>"
+    bin_html = _take_bin_html(binned or [])
     if not takes:
-        return head + '<p class="sl-small">No takes yet: generate the scene or regenerate this shot.</p>'
+        return head + '<p class="sl-small">No takes yet: generate the scene or regenerate this shot.</p>' + bin_html
     items = []
     for take in takes:
         video = asset_url(take.video_asset_id)
@@ -102,9 +104,21 @@ def takes_html(shot: Any | None, takes: list[Any], number: int | None = None) ->
             + (f'<div class="sl-small">caption: {esc(caption)}</div>' if isinstance(caption, str) else "")
             + (f'<div class="sl-flag">{esc(drift)}</div>' if drift else "")
             + ("" if take.is_chosen else _button("choose_take", "Choose this take", take.id))
+            + _button("delete_take", "Delete (to bin)", take.id)
             + "</div>"
         )
-    return head + '<div class="sl-row">' + "".join(items) + "</div>"
+    return head + '<div class="sl-row">' + "".join(items) + "</div>" + bin_html
+
+
+def _take_bin_html(binned: list[Any]) -> str:
+    if not binned:
+        return ""
+    entries = "".join(
+        f'<span class="sl-bin-take" data-take-id="{take.id}">Take {take.number} (seed {take.seed}) '
+        f"{_button('restore_take', 'Restore', take.id)}</span> "
+        for take in binned
+    )
+    return f'<div class="sl-small sl-take-bin">Take bin: {entries}</div>'
 
 
 def _eta(seconds: float | None) -> str:

@@ -205,3 +205,26 @@ def test_a_music_file_without_audio_is_refused_at_once_by_its_name(page, studio,
     page.wait_for_timeout(500)
     assert "Export queued" not in page.locator("#sl-status").inner_text()
     assert [job.kind for job in services.jobs.list_jobs(project_id=project.id)] == []
+
+
+def test_a_take_is_deleted_to_the_shot_bin_and_restored_on_the_page(page, studio):
+    from tests.foundation.helpers import add_take
+
+    services, base = studio
+    project, _, shots = project_with_shots(services, "take bin page", 1)
+    first, second = add_take(services, shots[0], seed=1), add_take(services, shots[0], seed=2)
+    open_board(page, base, project.id)
+    page.locator(f".tl-card[data-shot-id='{shots[0]}'] button[data-action=open]").click()
+    page.wait_for_selector(f"#sl-takes .sl-take[data-take-id='{second.id}']")
+    page.locator(f"#sl-takes .sl-take[data-take-id='{first.id}'] button[data-action=delete_take]").click()
+    status_says(page, "Take 1 moved to the shot's take bin")
+    page.wait_for_selector(f"#sl-takes .sl-bin-take[data-take-id='{first.id}']")
+    assert page.locator(f"#sl-takes .sl-take[data-take-id='{first.id}']").count() == 0
+    assert [t.id for t in services.takes.list_takes(shots[0])] == [second.id]
+    page.wait_for_function(
+        "(id) => document.querySelector(`.tl-card[data-shot-id='${id}'] .tl-meta`).innerText.includes('1 take')",
+        arg=shots[0],
+    )
+    page.locator(f"#sl-takes .sl-bin-take[data-take-id='{first.id}'] button[data-action=restore_take]").click()
+    page.wait_for_selector(f"#sl-takes .sl-take[data-take-id='{first.id}']")
+    assert [t.id for t in services.takes.list_takes(shots[0])] == [first.id, second.id]
