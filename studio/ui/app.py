@@ -814,7 +814,7 @@ def build_app(services: Any) -> gr.Blocks:
 
         def _identity_rows(project_id: int, character: Any) -> list[list[Any]]:
             rows = []
-            for shot in s.storyboard.film_shots(project_id):
+            for number, shot in enumerate(s.storyboard.film_shots(project_id), 1):  # numbered as the cards are
                 if character.id not in shot.character_ids:
                     continue
                 for take in s.takes.list_takes(shot.id)[-3:]:
@@ -824,7 +824,7 @@ def build_app(services: Any) -> gr.Blocks:
                     if isinstance(score, dict):
                         score = score.get("mean")
                     shown = round(float(score), 3) if isinstance(score, int | float) else (score or "not scored")
-                    rows.append([shot.id, take.number, str(shown)])
+                    rows.append([f"#{number}", take.number, str(shown)])
             return rows[-12:]
 
         @guarded

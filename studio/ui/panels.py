@@ -98,7 +98,9 @@ def takes_html(shot: Any | None, takes: list[Any], number: int | None = None, bi
         drift = take_drift(shot.caption, shot.num_frames, take.params)
         items.append(
             f'<div class="sl-take{" sl-chosen" if take.is_chosen else ""}" data-take-id="{take.id}">'
-            f'<video controls preload="metadata" src="{esc(video)}"></video>'
+            # the thumbnail as poster: a take reads at a glance before it is played, not as a black box
+            f'<video controls preload="metadata" poster="{esc(asset_url(take.thumbnail_asset_id))}" '
+            f'src="{esc(video)}"></video>'
             f"<div><b>Take {take.number}</b>{' (chosen)' if take.is_chosen else ''}</div>"
             f'<div class="sl-small">seed {take.seed} · {esc(format_scores(take.identity_scores))}</div>'
             + (f'<div class="sl-small">caption: {esc(caption)}</div>' if isinstance(caption, str) else "")
@@ -280,23 +282,27 @@ def exports_html(
 ) -> str:
     """Exported films, newest first: the film plays in the page; MP4, OpenTimelineIO and bundle download links,
     saved under the project's name and the export's number (`The-Lighthouse-3.mp4`), so several films and several
-    exports of one film do not arrive in the downloads folder as indistinguishable `film-3.mp4`s."""
+    exports of one film do not arrive in the downloads folder as indistinguishable `film-3.mp4`s.
+
+    `exports` are all of one project's: an export is numbered 1, 2, ... within its project (the third export of this
+    film is Export 3, whatever other projects exported meanwhile)."""
     if not exports:
         return '<p class="sl-small">No exports yet.</p>'
     stem = file_stem(project_name, "film")
     items = []
-    for export in exports:
-        links = [f'<a href="{asset_url(export.video_asset_id, f"{stem}-{export.id}.mp4")}" download>MP4</a>']
+    for index, export in enumerate(exports):
+        number = len(exports) - index
+        links = [f'<a href="{asset_url(export.video_asset_id, f"{stem}-{number}.mp4")}" download>MP4</a>']
         if export.timeline_asset_id:
-            otio_url = asset_url(export.timeline_asset_id, f"{stem}-{export.id}.otio")
+            otio_url = asset_url(export.timeline_asset_id, f"{stem}-{number}.otio")
             links.append(f'<a href="{otio_url}" download>OpenTimelineIO</a>')
         bundle_id = (bundle_asset_ids or {}).get(export.id) or (export.settings or {}).get("bundle_asset_id")
         if bundle_id:
-            bundle_url = asset_url(int(bundle_id), f"{stem}-{export.id}-project.zip")
+            bundle_url = asset_url(int(bundle_id), f"{stem}-{number}-project.zip")
             links.append(f'<a href="{bundle_url}" download>Project bundle</a>')
         items.append(
             f'<div class="sl-take" data-export-id="{export.id}"><video controls preload="metadata" '
-            f'src="{asset_url(export.video_asset_id)}"></video><div><b>Export {export.id}</b> '
+            f'src="{asset_url(export.video_asset_id)}"></video><div><b>Export {number}</b> '
             f'<span class="sl-small">{esc(export.created_at.strftime("%Y-%m-%d %H:%M"))}</span></div>'
             f'<div class="sl-small">{esc(_export_details(export.settings or {}))}</div>'
             f"<div>{' · '.join(links)}</div></div>"

@@ -228,3 +228,40 @@ def test_a_take_is_deleted_to_the_shot_bin_and_restored_on_the_page(page, studio
     page.locator(f"#sl-takes .sl-bin-take[data-take-id='{first.id}'] button[data-action=restore_take]").click()
     page.wait_for_selector(f"#sl-takes .sl-take[data-take-id='{first.id}']")
     assert [t.id for t in services.takes.list_takes(shots[0])] == [first.id, second.id]
+
+
+def test_numbers_read_as_the_page_shows_them_and_takes_show_their_thumbnail(page, studio):
+    from tests.foundation.helpers import add_take
+
+    services, base = studio
+    other, _, _ = project_with_shots(services, "numbers elsewhere", 1)
+    services.exports.create(other.id, None, {}, b"another project's film")
+    project, _, shots = project_with_shots(services, "numbers", 2)
+    mara = services.characters.create(project.id, "Mara")
+    services.storyboard.update_shot(shots[1], characters=[mara.id])
+    take = add_take(services, shots[1])
+    services.takes.set_identity_scores(take.id, {"Mara": 0.61})
+    for film in (b"first film", b"second film"):
+        services.exports.create(project.id, None, {}, film)
+    page.goto(f"{base}/?project={project.id}")
+    # exports numbered within the project: 1 and 2, whatever the other project exported
+    page.get_by_role("tab", name="Export").click()
+    exports = page.locator("#sl-exports")
+    exports.get_by_text("Export 2").wait_for()
+    assert [e.inner_text() for e in exports.locator("b").all()] == ["Export 2", "Export 1"]
+    assert exports.locator("a[href$='download=numbers-1.mp4']").count() == 1
+    # the identity table names the shot as its card does (#2), not by its database id
+    page.get_by_role("tab", name="Characters").click()
+    page.locator(f"#sl-characters [data-character-id='{mara.id}'] button[data-action=open_character]").click()
+    page.wait_for_function("(document.querySelector('#sl-identity')?.innerText || '').includes('0.61')")
+    assert "#2" in page.locator("#sl-identity").inner_text()
+    # a take reads at a glance: its thumbnail is the player's poster
+    page.get_by_role("tab", name="Storyboard").click()
+    page.locator(f".tl-card[data-shot-id='{shots[1]}'] button[data-action=open]").click()
+    video = page.locator(f"#sl-takes .sl-take[data-take-id='{take.id}'] video")
+    video.wait_for()
+    assert video.get_attribute("poster") == f"/studio/asset/{take.thumbnail_asset_id}"
+    assert (
+        page.evaluate("(url) => fetch(url).then(r => r.headers.get('content-type'))", video.get_attribute("poster"))
+        == "image/png"
+    )
