@@ -119,6 +119,29 @@ function updateCard(card, shot, index) {
   if (model.frame_aspect && frame.style.aspectRatio !== model.frame_aspect) frame.style.aspectRatio = model.frame_aspect;
   card.querySelector('.tl-pick').checked = selected.has(shot.id);
   card.classList.toggle('tl-selected', model.open_shot_id === shot.id);
+  showBusy(card, shot);
+}
+// A card whose shot a queued or running job is generating says so (and which job), until the job ends.
+function showBusy(card, shot) {
+  let note = card.querySelector('.tl-busy-note');
+  card.classList.toggle('tl-busy', !!shot.busy);
+  if (!shot.busy) { if (note) note.remove(); return; }
+  if (!note) { note = el('div', 'tl-busy-note'); card.querySelector('.tl-card-head').after(note); }
+  const text = (shot.busy.status === 'running' ? 'generating…' : 'queued') + ' (job ' + shot.busy.job + ')';
+  if (note.textContent !== text) note.textContent = text;
+}
+// Running time as the export will cut it: "4.2 s", or "1:05" from a minute on.
+function runningTime(seconds) {
+  if (seconds < 60) return seconds.toFixed(1) + ' s';
+  const whole = Math.round(seconds);
+  return Math.floor(whole / 60) + ':' + String(whole % 60).padStart(2, '0');
+}
+function showFilmTime() {
+  let line = root.querySelector('.tl-film');
+  if (!line) { line = el('div', 'tl-film'); scenesBox.before(line); }
+  const shots = model.scenes.reduce((n, scene) => n + scene.shots.length, 0);
+  line.textContent = 'Film: ' + runningTime(model.running_s || 0) + ' · ' + model.scenes.length +
+    (model.scenes.length === 1 ? ' scene' : ' scenes') + ' · ' + shots + (shots === 1 ? ' shot' : ' shots');
 }
 function makeScene(scene) {
   const box = el('div', 'tl-scene');
@@ -146,7 +169,7 @@ function render(value) {
     let box = sceneEls.get(scene.id);
     if (!box) { box = makeScene(scene); sceneEls.set(scene.id, box); }
     box.dataset.sceneId = scene.id;
-    box.querySelector('.tl-scene-label').textContent = 'Scene ' + (sceneIndex + 1);
+    box.querySelector('.tl-scene-label').textContent = 'Scene ' + (sceneIndex + 1) + ' \u00b7 ' + runningTime(scene.running_s || 0);
     const caption = box.querySelector('.tl-scene-caption');
     box.dataset.savedCaption = scene.caption;
     if (document.activeElement !== caption && caption.value !== scene.caption) caption.value = scene.caption;
@@ -179,6 +202,7 @@ function render(value) {
     }
     binBox.append(button('empty_bin', 'Empty bin', 'delete the bin\u2019s shots and their takes for good'));
   }
+  showFilmTime();
   root.dataset.version = model.version;
   root.dataset.renderedAt = String(performance.now());
   root.dataset.renderMs = (performance.now() - renderStart).toFixed(2);
@@ -314,3 +338,10 @@ function renderPushed(value) {
 }
 renderPushed(props.value);
 watch('value', () => renderPushed(props.value));
+// One answer at a time: when the page's status line says something newer (a generation queued, a shot saved), an
+// older message here (a red refusal most of all) goes, instead of standing above the timeline through later successes.
+(function followPageStatus(tries) {
+  const pageStatus = document.querySelector('#sl-status');
+  if (!pageStatus) { if (tries > 0) setTimeout(() => followPageStatus(tries - 1), 250); return; }
+  new MutationObserver(() => showStatus('', true)).observe(pageStatus, {childList: true, subtree: true, characterData: true});
+})(40);

@@ -265,3 +265,49 @@ def test_numbers_read_as_the_page_shows_them_and_takes_show_their_thumbnail(page
         page.evaluate("(url) => fetch(url).then(r => r.headers.get('content-type'))", video.get_attribute("poster"))
         == "image/png"
     )
+
+
+def test_cards_show_running_times_and_which_are_being_generated(page, studio):
+    services, base = studio
+    project = services.projects.create("running time", preset="tiny", fps=8)
+    first = services.storyboard.add_scene(project.id, caption="dawn")
+    second = services.storyboard.add_scene(project.id, caption="dusk")
+    a = services.storyboard.add_shot(first.id, "wide, the bay", num_frames=17).id
+    b = services.storyboard.add_shot(first.id, "close-up, a rope", num_frames=9).id
+    c = services.storyboard.add_shot(
+        second.id, "the boat leaves", num_frames=17, transition="dissolve", transition_seconds=0.5
+    ).id
+    open_board(page, base, project.id)
+    labels = page.locator(".tl-scene-label")
+    # 17 + 9 frames at 8 fps; then 17 frames less the 4 the dissolve overlaps with the shot before
+    assert [labels.nth(i).inner_text() for i in range(2)] == ["Scene 1 · 3.3 s", "Scene 2 · 1.6 s"]
+    assert page.locator(".tl-film").inner_text() == "Film: 4.9 s · 2 scenes · 3 shots"
+    page.locator(f".tl-scene[data-scene-id='{first.id}'] button[data-action=generate_scene]").click()
+    status_says(page, "generation queued")
+    (job,) = services.jobs.list_jobs(project_id=project.id)
+    for shot_id in (a, b):
+        note = page.locator(f".tl-card[data-shot-id='{shot_id}'] .tl-busy-note")
+        assert note.inner_text() == f"queued (job {job.id})"
+    assert page.locator(f".tl-card[data-shot-id='{c}'] .tl-busy-note").count() == 0
+    services.jobs.claim_next_job("test-worker")
+    services.jobs.report_progress(job.id, 0.2, "denoising step 2/10")
+    page.wait_for_function(
+        "(id) => (document.querySelector(`.tl-card[data-shot-id='${id}'] .tl-busy-note`)?.innerText || '')"
+        ".startsWith('generating')",
+        arg=a,
+    )
+    services.jobs.finish(job.id, {})
+    page.wait_for_function("document.querySelectorAll('.tl-busy-note').length === 0")
+
+
+def test_a_red_refusal_above_the_timeline_goes_once_the_page_says_something_newer(page, studio):
+    services, base = studio
+    project, scene, shots = project_with_shots(services, "stale status", 2)
+    open_board(page, base, project.id)
+    commit_card_caption(page, shots[0], "x" * 5000)  # refused: too long
+    page.wait_for_function("document.querySelector('.tl-status').classList.contains('tl-refused')")
+    page.locator(f".tl-card[data-shot-id='{shots[1]}'] .tl-pick").check()
+    page.wait_for_timeout(300)
+    page.locator("#sl-generate-selected").click()
+    status_says(page, "Generation queued")
+    page.wait_for_function("document.querySelector('.tl-status').innerText === ''")
