@@ -214,6 +214,38 @@ REMEMBER_PROJECT_JS = """(projectId) => {
 }"""
 
 
+# "Delete character" asks first: its references and trained adapters go for good (the services keep no bin of them).
+CONFIRM_DELETE_CHARACTER_JS = """(projectId, characterId, answer) => {
+    const box = document.querySelector('#sl-char-name textarea, #sl-char-name input');
+    const name = (box && box.value) || 'this character';
+    const sure = confirm(`Delete ${name} for good, with its reference pictures and trained adapters?`);
+    return [projectId, characterId, sure ? 'yes' : 'no'];
+}"""
+
+
+def preview_frames_info(settings: Any) -> str:
+    """What "Show preview frames" will show: a worker sends a preview only every `preview_every` steps, and none at
+    all when that is 0 (the default), which must be said where the box is."""
+    every = int(getattr(settings, "preview_every", 0) or 0)
+    if every <= 0:
+        return (
+            "The worker sends no preview frames (STUDIO_PREVIEW_EVERY / --preview-every is 0): set it to N to see "
+            "the shot every N denoising steps."
+        )
+    return f"A preview of the shot every {every} denoising steps while a generation runs."
+
+
+def face_models_note(services: Any, references: list[Any]) -> str:
+    """Why a character's references have no face analysis, for as long as that holds: the face models are missing."""
+    if not any(ref.analyzed_at is None for ref in references):
+        return ""
+    from studio.faces.analysis import missing_pack_message
+    from studio.faces.service import face_analyzer_for
+
+    analyzer = face_analyzer_for(services.settings)
+    return "" if analyzer.is_available() else missing_pack_message(analyzer.pack_dir)
+
+
 def remember_project(project_state: gr.State) -> None:
     """Keep the page's address naming the open project (`REMEMBER_PROJECT_JS`), through a hidden box: a state's
     value never reaches the browser."""
@@ -455,7 +487,12 @@ def build_app(services: Any) -> gr.Blocks:
                     bundle_import_button = gr.Button("Import bundle", elem_id="sl-bundle-import")
 
         with gr.Accordion("Jobs", open=True):
-            show_preview = gr.Checkbox(label="Show preview frames", value=True, elem_id="sl-show-preview")
+            show_preview = gr.Checkbox(
+                label="Show preview frames",
+                value=True,
+                info=preview_frames_info(s.settings),
+                elem_id="sl-show-preview",
+            )
             jobs_panel = ActionPanel(jobs_html([]), elem_id="sl-jobs")
 
         # ==================================================================== handlers
@@ -728,7 +765,7 @@ def build_app(services: Any) -> gr.Blocks:
                 character.name,
                 character.trigger,
                 character.description,
-                references_html(refs),
+                references_html(refs, face_models_note(s, refs)),
                 _adapter_text(adapter, character_id),
                 gr.update(value="Retrain" if adapter else "Train"),
                 _loss_frame(adapter, _training_job(character)),
@@ -847,7 +884,9 @@ def build_app(services: Any) -> gr.Blocks:
             return character_outputs(project_id, character_id)
 
         @guarded
-        def on_delete_character(project_id, character_id):
+        def on_delete_character(project_id, character_id, answer: str = "yes"):
+            if answer == "no":  # the browser asked first (`CONFIRM_DELETE_CHARACTER_JS`) and was told no
+                return gr.skip()
             character = s.characters.get(int(character_id))
             s.characters.delete(character.id)
             return (*character_outputs(project_id, None), said(f"{esc(character.name)} deleted."))
@@ -903,13 +942,33 @@ def build_app(services: Any) -> gr.Blocks:
             [*character_outputs_list, status, char_new_name, char_new_description],  # the "new" fields empty
         )
         characters_panel.action(on_character_action, project_state, character_outputs_list)
+
+        @guarded
+        def on_reference_action(project_id, character_id, evt: gr.EventData):
+            data = evt._data or {}
+            if data.get("action") != "remove_reference":
+                raise gr.Error("Unknown action; reload the page.", print_exception=False)
+            picked = _picked_reference(s, character_id, data.get("id"))
+            s.characters.delete_reference(picked.id)
+            name = picked.original_name or "the reference"
+            return (*character_outputs(project_id, character_id), said(esc(f"{name} removed.")))
+
+        references_panel.action(
+            on_reference_action, [project_state, character_state], [*character_outputs_list, status]
+        )
         char_save_button.click(
             on_save_character,
             [project_state, character_state, char_name, char_trigger, char_description],
             character_outputs_list,
         )
+        delete_answer = gr.Textbox(
+            visible="hidden", elem_id="sl-char-delete-answer"
+        )  # "yes" or "no", from the browser
         char_delete_button.click(
-            on_delete_character, [project_state, character_state], [*character_outputs_list, status]
+            on_delete_character,
+            [project_state, character_state, delete_answer],
+            [*character_outputs_list, status],
+            js=CONFIRM_DELETE_CHARACTER_JS,
         )
         ref_upload.upload(
             on_upload_references,

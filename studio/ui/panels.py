@@ -193,8 +193,10 @@ FLAG_TEXT = {
 }
 
 
-def references_html(references: list[Any]) -> str:
-    """Each reference with the face crop the studio found (or the image), its caption, and why it was flagged.
+def references_html(references: list[Any], note: str = "") -> str:
+    """Each reference with the face crop the studio found (or the image), its caption, why it was flagged and a
+    Remove button (asking first: a removed picture is gone); `note` (why none is analysed, e.g. the face models are
+    missing) stays above them for as long as it holds, not only in the status line after an upload.
 
     `data-caption` is what the caption box loads when the reference is picked (`PICKED_REFERENCE_CAPTION_JS`):
     in the page, at once, so nothing typed meanwhile is overwritten by a late answer from the server."""
@@ -216,12 +218,16 @@ def references_html(references: list[Any]) -> str:
             if ref.caption
             else '<div class="sl-small">no caption: trained on the trigger and description</div>'
         )
+        remove = _button(
+            "remove_reference", "Remove", ref.id, confirm=f"Remove {ref.original_name or 'this reference'} for good?"
+        )
         items.append(
             f'<div class="sl-ref" data-reference-id="{ref.id}" data-caption="{esc(ref.caption or "")}">'
             f'<img alt="{label}" src="{esc(src)}">'
-            f'<div class="sl-small">{esc(ref.original_name)}</div>{caption_html}{state}</div>'
+            f'<div class="sl-small">{esc(ref.original_name)}</div>{caption_html}{state}{remove}</div>'
         )
-    return '<div class="sl-row">' + "".join(items) + "</div>"
+    head = f'<p class="sl-flag sl-ref-note">{esc(note[:1].upper() + note[1:])}</p>' if note else ""
+    return head + '<div class="sl-row">' + "".join(items) + "</div>"
 
 
 # The caption box's value when a reference is picked in the dropdown: read from the references panel the server drew

@@ -311,3 +311,53 @@ def test_a_red_refusal_above_the_timeline_goes_once_the_page_says_something_newe
     page.locator("#sl-generate-selected").click()
     status_says(page, "Generation queued")
     page.wait_for_function("document.querySelector('.tl-status').innerText === ''")
+
+
+def test_a_reference_is_removed_and_a_character_deleted_only_when_confirmed(browser, studio):
+    from tests.foundation.helpers import png_bytes
+
+    services, base = studio
+    project = services.projects.create("cast", preset="tiny")
+    kai = services.characters.create(project.id, "Kai")
+    one = services.characters.add_reference(kai.id, "kai-front.png", png_bytes(64, 64))
+    services.characters.add_reference(kai.id, "kai-side.png", png_bytes(64, 64, color=(20, 90, 200)))
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    answers, asked = [False], []  # the next confirm() answer; what was asked
+
+    def on_dialog(dialog):
+        asked.append(dialog.message)
+        dialog.accept() if answers[0] else dialog.dismiss()
+
+    try:
+        page = context.new_page()
+        page.on("dialog", on_dialog)
+        page.goto(f"{base}/?project={project.id}")
+        page.get_by_role("tab", name="Characters").click()
+        page.locator(f"#sl-characters [data-character-id='{kai.id}'] button[data-action=open_character]").click()
+        page.wait_for_selector(f"#sl-references [data-reference-id='{one.id}']")
+        # the face models are not installed here: the panel says so for as long as it holds, not once
+        assert "face models not found" in page.locator("#sl-references .sl-ref-note").inner_text().lower()
+        remove = page.locator(f"#sl-references [data-reference-id='{one.id}'] button[data-action=remove_reference]")
+        remove.click()  # asked, and told no: kept
+        page.wait_for_timeout(500)
+        assert asked == ["Remove kai-front.png for good?"] and len(services.characters.list_references(kai.id)) == 2
+        answers[0] = True
+        remove.click()
+        page.wait_for_function(
+            "(id) => !document.querySelector(`#sl-references [data-reference-id='${id}']`)", arg=one.id
+        )
+        assert [r.original_name for r in services.characters.list_references(kai.id)] == ["kai-side.png"]
+        assert "face models not found" in page.locator("#sl-references .sl-ref-note").inner_text().lower()
+        # deleting the character asks first, naming it
+        answers[0] = False
+        page.locator("#sl-char-delete").click()
+        page.wait_for_timeout(800)
+        assert asked[-1].startswith("Delete Kai for good") and services.characters.list(project.id) != []
+        answers[0] = True
+        page.locator("#sl-char-delete").click()
+        page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Kai deleted')")
+        assert services.characters.list(project.id) == []
+        # and the preview box says why no preview will come from this worker
+        assert "sends no preview frames" in page.locator("#sl-show-preview").inner_text()
+    finally:
+        context.close()
