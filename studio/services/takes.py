@@ -182,6 +182,22 @@ class TakeService:
         drift = {shot_id: take_drift(caption, frames, params) for shot_id, caption, frames, params in rows}
         return {shot_id: text for shot_id, text in drift.items() if text}
 
+    def chosen_take_videos(self, project_id: int) -> dict[int, int]:
+        """Live shot id -> the video asset of its chosen take, for the shots that have one; one query for the whole
+        project (the storyboard's player plays them in film order)."""
+        with self.db.unit_of_work(read_only=True) as session:
+            rows = session.execute(
+                select(models.Shot.id, models.Take.video_asset_id)
+                .join(models.Take, models.Take.id == models.Shot.chosen_take_id)
+                .join(models.Scene, models.Scene.id == models.Shot.scene_id)
+                .where(
+                    models.Scene.project_id == project_id,
+                    models.Shot.deleted_at.is_(None),
+                    models.Scene.deleted_at.is_(None),
+                )
+            ).all()
+        return {shot_id: asset_id for shot_id, asset_id in rows}
+
     def set_identity_scores(self, take_id: int, scores: dict) -> TakeView:
         _json(scores, "identity scores")
         with self.db.unit_of_work() as session:

@@ -138,9 +138,9 @@ function runningTime(seconds) {
 }
 function showFilmTime() {
   let line = root.querySelector('.tl-film');
-  if (!line) { line = el('div', 'tl-film'); scenesBox.before(line); }
+  if (!line) { line = el('div', 'tl-film'); line.append(el('span', 'tl-film-text')); scenesBox.before(line); }
   const shots = model.scenes.reduce((n, scene) => n + scene.shots.length, 0);
-  line.textContent = 'Film: ' + runningTime(model.running_s || 0) + ' · ' + model.scenes.length +
+  line.querySelector('.tl-film-text').textContent = 'Film: ' + runningTime(model.running_s || 0) + ' · ' + model.scenes.length +
     (model.scenes.length === 1 ? ' scene' : ' scenes') + ' · ' + shots + (shots === 1 ? ' shot' : ' shots');
 }
 function makeScene(scene) {
@@ -203,6 +203,7 @@ function render(value) {
     binBox.append(button('empty_bin', 'Empty bin', 'delete the bin\u2019s shots and their takes for good'));
   }
   showFilmTime();
+  addPlayButtons();
   root.dataset.version = model.version;
   root.dataset.renderedAt = String(performance.now());
   root.dataset.renderMs = (performance.now() - renderStart).toFixed(2);
@@ -345,3 +346,81 @@ watch('value', () => renderPushed(props.value));
   if (!pageStatus) { if (tries > 0) setTimeout(() => followPageStatus(tries - 1), 250); return; }
   new MutationObserver(() => showStatus('', true)).observe(pageStatus, {childList: true, subtree: true, characterData: true});
 })(40);
+// The player: "Play scene" / "Play film" play the chosen takes in film order, each from its trims for as long as the
+// export keeps it, with the cards' transitions (a dissolve blends the next take in over the last seconds of this one,
+// a fade goes through black, a cut switches); a shot without a take shows a grey card for its length, as the
+// export's grey card does.
+const player = root.querySelector('.tl-player');
+const screens = Array.from(player.querySelectorAll('.tl-video'));
+const gap = player.querySelector('.tl-card-gap');
+let playlist = [], playing = -1, playTimer = null, layer = 0;
+function playItems(scenes) {
+  let index = 0; const items = [];
+  model.scenes.forEach(scene => scene.shots.forEach(shot => {
+    index += 1;
+    if (scenes.includes(scene.id)) items.push({number: index, shot_id: shot.id, video: shot.video, start: shot.trim_in_s,
+      seconds: shot.used_s, transition: items.length ? shot.transition : 'cut', transition_s: shot.transition_seconds});
+  }));
+  return items;
+}
+function showOnly(node, seconds) {
+  for (const other of [...screens, gap]) {
+    if (other === node) continue;
+    other.style.transition = 'opacity ' + seconds + 's'; other.style.opacity = '0';
+    if (other.tagName === 'VIDEO' && seconds === 0) other.pause();
+  }
+  node.style.transition = 'opacity ' + seconds + 's'; node.style.opacity = '1';
+}
+function playShot(i) {
+  clearTimeout(playTimer);
+  if (i >= playlist.length) { stopPlaying(); return; }
+  playing = i; const item = playlist[i]; const next = playlist[i + 1];
+  player.dataset.playing = String(item.shot_id);
+  player.querySelector('.tl-now').textContent = 'Shot #' + item.number + ' (' + (i + 1) + ' of ' + playlist.length + ')' + (item.video ? '' : ': no take yet');
+  let node = gap;
+  if (item.video) {
+    layer = 1 - layer; node = screens[layer];
+    if (node.getAttribute('src') !== item.video) node.src = item.video;
+    try { node.currentTime = item.start || 0; } catch (e) { /* set once loaded */ }
+    const started = node.play(); if (started && started.catch) started.catch(() => {});
+  }
+  const blend = item.transition === 'dissolve' ? item.transition_s : 0;
+  if (item.transition === 'fade') { showOnly(gap, 0); gap.style.background = '#000'; setTimeout(() => showOnly(node, item.transition_s / 2), 0); }
+  else { gap.style.background = ''; showOnly(node, blend); }
+  // the next shot starts when this one ends, less the part a dissolve into it overlaps
+  const overlap = next && next.transition === 'dissolve' ? next.transition_s : 0;
+  playTimer = setTimeout(() => playShot(i + 1), Math.max(0.05, item.seconds - overlap) * 1000);
+}
+function startPlaying(sceneIds) {
+  playlist = playItems(sceneIds);
+  player.dataset.playlist = JSON.stringify(playlist.map(item => [item.shot_id, item.transition]));
+  player.hidden = false;
+  playShot(0);
+}
+function stopPlaying() {
+  clearTimeout(playTimer); playing = -1; player.hidden = true; player.dataset.playing = '';
+  screens.forEach(v => { v.pause(); v.style.opacity = '0'; }); gap.style.opacity = '0';
+}
+player.addEventListener('click', (event) => {
+  const action = event.target.dataset.player;
+  if (action === 'next') playShot(playing + 1);
+  if (action === 'close') stopPlaying();
+});
+function addPlayButtons() {
+  const film = root.querySelector('.tl-film');
+  if (film && !film.querySelector('[data-play]')) {
+    const b = el('button', 'tl-btn', '\u25b6 Play film'); b.type = 'button'; b.dataset.play = 'film'; film.append(' ', b);
+  }
+  for (const [id, box] of sceneEls) {
+    const head = box.querySelector('.tl-scene-head');
+    if (!head.querySelector('[data-play]')) {
+      const b = el('button', 'tl-btn', '\u25b6 Play'); b.type = 'button'; b.dataset.play = 'scene'; b.title = 'play this scene\u2019s takes with their transitions';
+      head.querySelector('.tl-scene-label').after(b);
+    }
+  }
+}
+root.addEventListener('click', (event) => {
+  const b = event.target.closest('[data-play]');
+  if (!b || !model) return;
+  startPlaying(b.dataset.play === 'film' ? model.scenes.map(s => s.id) : [sceneIdOf(b)]);
+});

@@ -23,11 +23,18 @@ from typing import Any
 
 import gradio as gr
 
-from studio.ui.security import take_thumbnail_url
+from studio.ui.security import asset_url, take_thumbnail_url
 
 TIMELINE_HTML = """
 <div class="tl-root" data-version="">
   <div class="tl-status" aria-live="polite"></div>
+  <div class="tl-player" hidden>
+    <div class="tl-screen"><video class="tl-video" playsinline></video><video class="tl-video" playsinline></video>
+      <div class="tl-card-gap">no take yet</div></div>
+    <div class="tl-player-bar"><span class="tl-now"></span>
+      <button type="button" class="tl-btn" data-player="next">Next shot</button>
+      <button type="button" class="tl-btn" data-player="close">Close</button></div>
+  </div>
   <div class="tl-scenes"></div>
   <div class="tl-bin"></div>
   <div class="tl-empty">Open or create a project to see its storyboard.</div>
@@ -57,6 +64,10 @@ TIMELINE_CSS = """
 .tl-card.tl-busy { border-color: var(--color-accent); box-shadow: 0 0 0 1px var(--color-accent); }
 .tl-busy-note { font-size: 12px; color: var(--color-accent); }
 .tl-film { font-size: 13px; font-weight: 600; }
+.tl-player { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
+.tl-screen { position: relative; width: 100%; max-width: 640px; aspect-ratio: 16 / 9; background: #000; }
+.tl-screen video, .tl-card-gap { position: absolute; inset: 0; width: 100%; height: 100%; opacity: 0; }
+.tl-card-gap { display: flex; align-items: center; justify-content: center; background: #777; color: #eee; }
 .tl-meta { font-size: 12px; color: var(--body-text-color-subdued); }
 .tl-drift { font-size: 12px; color: #b45309; }
 .tl-actions { display: flex; flex-wrap: wrap; gap: 2px; }
@@ -164,6 +175,7 @@ def timeline_model(
     drift = services.takes.chosen_take_drift(project_id)  # the film would show what the card no longer says
     bin_shots = list(getattr(bin_view, "shots", ()) or ())
     busy = busy_shots(services, project_id, scenes)
+    videos = services.takes.chosen_take_videos(project_id)  # what "Play" plays
     scene_times, film_time = running_times(scenes, fps)
     return {
         "running_s": film_time,
@@ -194,6 +206,9 @@ def timeline_model(
                         "thumb": take_thumbnail_url(shot.chosen_take_id),
                         "drift": drift.get(shot.id),
                         "busy": busy.get(shot.id),
+                        "video": asset_url(videos.get(shot.id)),
+                        "trim_in_s": round((shot.trim_in or 0) / fps, 3),
+                        "used_s": round(max(1, shot.num_frames - (shot.trim_in or 0) - (shot.trim_out or 0)) / fps, 3),
                     }
                     for shot in scene.shots
                 ],

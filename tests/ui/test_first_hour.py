@@ -281,7 +281,7 @@ def test_cards_show_running_times_and_which_are_being_generated(page, studio):
     labels = page.locator(".tl-scene-label")
     # 17 + 9 frames at 8 fps; then 17 frames less the 4 the dissolve overlaps with the shot before
     assert [labels.nth(i).inner_text() for i in range(2)] == ["Scene 1 · 3.3 s", "Scene 2 · 1.6 s"]
-    assert page.locator(".tl-film").inner_text() == "Film: 4.9 s · 2 scenes · 3 shots"
+    assert page.locator(".tl-film-text").inner_text() == "Film: 4.9 s · 2 scenes · 3 shots"
     page.locator(f".tl-scene[data-scene-id='{first.id}'] button[data-action=generate_scene]").click()
     status_says(page, "generation queued")
     (job,) = services.jobs.list_jobs(project_id=project.id)
@@ -361,3 +361,40 @@ def test_a_reference_is_removed_and_a_character_deleted_only_when_confirmed(brow
         assert "sends no preview frames" in page.locator("#sl-show-preview").inner_text()
     finally:
         context.close()
+
+
+def test_a_scene_and_the_film_play_from_the_storyboard_in_order_with_their_transitions(page, studio):
+    from tests.foundation.helpers import add_take
+
+    services, base = studio
+    project = services.projects.create("player", preset="tiny", fps=8)
+    first = services.storyboard.add_scene(project.id, caption="dawn")
+    second = services.storyboard.add_scene(project.id, caption="dusk")
+    a = services.storyboard.add_shot(first.id, "wide, the bay", num_frames=9).id
+    b = services.storyboard.add_shot(
+        first.id, "a rope", num_frames=9, transition="dissolve", transition_seconds=0.5
+    ).id
+    c = services.storyboard.add_shot(second.id, "the boat leaves", num_frames=9).id  # no take yet: a grey card
+    take_a, take_b = add_take(services, a), add_take(services, b)
+    open_board(page, base, project.id)
+    page.locator(f".tl-scene[data-scene-id='{first.id}'] button[data-play=scene]").click()
+    player = page.locator(".tl-player")
+    player.wait_for()
+    assert player.get_attribute("data-playlist") == f'[[{a},"cut"],[{b},"dissolve"]]'
+    assert player.get_attribute("data-playing") == str(a)
+    sources = [v.get_attribute("src") for v in player.locator("video").all()]
+    assert f"/studio/asset/{take_a.video_asset_id}" in sources
+    assert "Shot #1 (1 of 2)" in player.inner_text()
+    # it goes on by itself to the next take, then closes at the scene's end
+    page.wait_for_function("(id) => document.querySelector('.tl-player').dataset.playing === String(id)", arg=b)
+    assert f"/studio/asset/{take_b.video_asset_id}" in [v.get_attribute("src") for v in player.locator("video").all()]
+    player.wait_for(state="hidden")
+    # the film: every scene, the shot without a take as a grey card in its place
+    page.locator(".tl-film button[data-play=film]").click()
+    player.wait_for()
+    assert player.get_attribute("data-playlist") == f'[[{a},"cut"],[{b},"dissolve"],[{c},"cut"]]'
+    page.locator(".tl-player button[data-player=next]").click()
+    page.locator(".tl-player button[data-player=next]").click()
+    assert "Shot #3 (3 of 3): no take yet" in player.inner_text()
+    page.locator(".tl-player button[data-player=close]").click()
+    player.wait_for(state="hidden")
