@@ -246,6 +246,51 @@ def face_models_note(services: Any, references: list[Any]) -> str:
     return "" if analyzer.is_available() else missing_pack_message(analyzer.pack_dir)
 
 
+def ended_jobs_message(jobs: list[Any], watched: list[int]) -> tuple[str, list[str]]:
+    """What the status line says of the jobs in `watched` (unfinished at the last look) that have ended since, and the
+    failures to show as toasts too; ("", []) when none has."""
+    from studio.ui.panels import JOB_LABELS
+
+    ended = [job for job in jobs if job.id in watched and job.is_finished]
+    parts, failures = [], []
+    for job in sorted(ended, key=lambda j: j.id):
+        label = f"{JOB_LABELS.get(job.kind, job.kind)} (job {job.id})"
+        if job.status == "failed":
+            failures.append(f"{label} failed: {job.error or job.message}")
+            parts.append(failures[-1])
+        else:
+            parts.append(f"{label} {'done' if job.status == 'done' else job.status}")
+    return ("; ".join(parts) + "." if parts else ""), failures
+
+
+def watch_jobs(services: Any, timer: gr.Timer, project_state: gr.State, status: gr.Markdown) -> None:
+    """The status line follows the jobs it announced: "Export queued (job 12)" is replaced when the job ends by
+    what became of it, and a failure is a toast too, so a failed job never leaves "queued" standing on the page."""
+    watched_state = gr.State(None)  # ids of the open project's unfinished jobs at the last tick
+
+    def on_jobs_ended(project_id, watched):
+        if project_id is None:
+            return gr.skip(), None
+        jobs = services.jobs.list_jobs(project_id=int(project_id))[:50]
+        pending = sorted(job.id for job in jobs if not job.is_finished)
+        message, failures = ended_jobs_message(jobs, watched or [])
+        for failure in failures:
+            gr.Warning(esc(failure), title="Job failed")
+        if not message:
+            return gr.skip(), (pending if pending != watched else gr.skip())
+        return said(esc(message)), pending
+
+    timer.tick(
+        on_jobs_ended,
+        [project_state, watched_state],
+        [status, watched_state],
+        concurrency_id="job-endings",
+        concurrency_limit=1,
+        trigger_mode="once",
+        show_progress="hidden",
+    )
+
+
 def remember_project(project_state: gr.State) -> None:
     """Keep the page's address naming the open project (`REMEMBER_PROJECT_JS`), through a hidden box: a state's
     value never reaches the browser."""
@@ -1390,6 +1435,8 @@ def build_app(services: Any) -> gr.Blocks:
             except Exception:
                 logger.exception("timer refresh failed")
                 return nothing
+
+        watch_jobs(s, timer, project_state, status)
 
         timer.tick(
             on_tick,

@@ -344,7 +344,12 @@ watch('value', () => renderPushed(props.value));
 (function followPageStatus(tries) {
   const pageStatus = document.querySelector('#sl-status');
   if (!pageStatus) { if (tries > 0) setTimeout(() => followPageStatus(tries - 1), 250); return; }
-  new MutationObserver(() => showStatus('', true)).observe(pageStatus, {childList: true, subtree: true, characterData: true});
+  let said = pageStatus.textContent;  // a redraw of the same line is not news
+  new MutationObserver(() => {
+    const now = pageStatus.textContent;
+    if (now !== said && now.trim()) showStatus('', true);
+    said = now;
+  }).observe(pageStatus, {childList: true, subtree: true, characterData: true});
 })(40);
 // The player: "Play scene" / "Play film" play the chosen takes in film order, each from its trims for as long as the
 // export keeps it, with the cards' transitions (a dissolve blends the next take in over the last seconds of this one,

@@ -25,6 +25,18 @@ def studio(tmp_path_factory):
     services.close()
 
 
+@pytest.fixture(autouse=True)
+def no_jobs_left_over(studio):
+    """Each test claims the jobs it queued: what one leaves queued must not be the next one's first claim."""
+    yield
+    services, _ = studio
+    for job in services.jobs.list_jobs():
+        if not job.is_finished:
+            services.jobs.request_cancel(job.id)
+            if job.status == "running":
+                services.jobs.mark_cancelled(job.id)
+
+
 def project_with_shots(services, name: str, count: int):
     project = services.projects.create(name, preset="tiny")
     scene = services.storyboard.add_scene(project.id, caption="the harbour")
@@ -398,3 +410,20 @@ def test_a_scene_and_the_film_play_from_the_storyboard_in_order_with_their_trans
     assert "Shot #3 (3 of 3): no take yet" in player.inner_text()
     page.locator(".tl-player button[data-player=close]").click()
     player.wait_for(state="hidden")
+
+
+def test_a_job_that_fails_after_it_was_queued_is_a_toast_and_replaces_queued_in_the_status(page, studio):
+    services, base = studio
+    project, _, _ = project_with_shots(services, "late failure", 1)
+    page.goto(f"{base}/?project={project.id}")
+    page.get_by_role("tab", name="Export").click()
+    page.locator("#sl-export-placeholder input").check()
+    page.locator("#sl-export").click()
+    status_says(page, "Export queued")
+    (job,) = services.jobs.list_jobs(project_id=project.id)
+    page.wait_for_timeout(1500)  # the page has seen it queued
+    services.jobs.claim_next_job("test-worker", kinds=("export_film",))
+    services.jobs.fail(job.id, "ExportError: the disk is full")
+    page.get_by_text(f"Export film (job {job.id}) failed: ExportError: the disk is full").first.wait_for()
+    status_says(page, f"Export film (job {job.id}) failed")
+    assert "Export queued" not in page.locator("#sl-status").inner_text()
