@@ -200,7 +200,8 @@ def refuse_uncaptioned(scenes: list[Any], shot_ids: set[int]) -> None:
 
 
 def queued_message(what: str, queued: list[tuple[Any, bool]]) -> str:
-    """ "generation queued (job 7)", or "already queued: job 7" for a request that joined a pending job."""
+    """ "generation queued (job 7)", or "already queued for those shots (job 7): not queued twice" for a request
+    that joined a pending job."""
     new = [job for job, joined in queued if not joined]
     old = [job for job, joined in queued if joined]
     parts = []
