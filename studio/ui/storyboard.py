@@ -278,6 +278,8 @@ def enqueue_regenerate(
     job and whether it was already queued or running for this shot (joined)."""
     _shot_in_project(services, project_id, shot_id)
     if caption is not None:
+        # a regeneration refused (its shot is being generated) must not have changed the caption meanwhile
+        services.jobs.pending_generation("regenerate_shot", [shot_id], project_id)
         services.storyboard.update_shot(shot_id, caption=caption)
     scenes = services.storyboard.list_scenes(project_id)
     refuse_uncaptioned(scenes, {shot_id})

@@ -107,6 +107,17 @@ def test_a_double_click_on_generate_scene_queues_it_once(page, studio):
     page.locator(f".tl-card[data-shot-id='{shots[1]}'] button[data-action=regenerate]").click()
     page.wait_for_function("document.querySelector('#sl-status').innerText.includes('already being generated')")
     assert [job.kind for job in services.jobs.list_jobs(project_id=project.id)] == ["generate_scene"]
+    # ... and from the panel with a new caption: refused before the caption is changed
+    page.locator(f".tl-card[data-shot-id='{shots[1]}'] button[data-action=open]").click()
+    page.wait_for_function("document.querySelector('#sl-shot-title').innerText.includes('Shot #2')")
+    page.locator("#sl-shot-caption textarea, #sl-shot-caption input").first.fill("close-up, a new idea")
+    page.locator("#sl-regen-caption").click()
+    page.wait_for_function(  # the toast (the status line said it already, of the card's click)
+        "Array.from(document.querySelectorAll('body *')).some(n => !n.children.length && !n.closest('#sl-status')"
+        " && !n.closest('#sl-timeline') && n.textContent.includes('already being generated'))"
+    )
+    assert services.storyboard.get_shot(shots[1]).caption == "shot 2"
+    assert len(services.jobs.list_jobs(project_id=project.id)) == 1
     # once it is over, the scene can be generated again
     services.jobs.request_cancel(jobs[0].id)
     page.locator(f".tl-scene[data-scene-id='{scene.id}'] button[data-action=generate_scene]").click()
