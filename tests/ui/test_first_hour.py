@@ -128,16 +128,15 @@ def test_a_double_click_on_generate_scene_queues_it_once(page, studio):
 def test_two_tabs_editing_one_card_caption_the_later_one_is_told(browser, studio):
     services, base = studio
     project, _, shots = project_with_shots(services, "two tabs", 1)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    # a window each: two pages of one window share its focus, and the one in the background gets no focus events
+    contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(2)]
     try:
-        first, second = context.new_page(), context.new_page()
+        first, second = (context.new_page() for context in contexts)
         open_board(first, base, project.id)
         open_board(second, base, project.id)
-        first.bring_to_front()  # a page in the background gets no focus events: its card would never commit
         commit_card_caption(first, shots[0], "wide shot, fog on the water")
         first.wait_for_function("document.querySelector('.tl-status').innerText.includes('caption saved')")
         # the second tab still shows "shot 1": its edit is refused, quoting the other one, and its text stays
-        second.bring_to_front()
         commit_card_caption(second, shots[0], "close-up, a gull lands")
         second.wait_for_function("document.querySelector('.tl-status').innerText.includes('changed elsewhere')")
         assert "fog on the water" in second.locator(".tl-status").inner_text()
@@ -146,10 +145,19 @@ def test_two_tabs_editing_one_card_caption_the_later_one_is_told(browser, studio
         assert card_caption(second, shots[0]).input_value() == "close-up, a gull lands"
         # committing it again, having read the message, saves it over the other
         card_caption(second, shots[0]).press("Enter")
-        second.wait_for_function("document.querySelector('.tl-status').innerText.includes('caption saved')")
-        assert services.storyboard.get_shot(shots[0]).caption == "close-up, a gull lands"
+        for _ in range(120):
+            if services.storyboard.get_shot(shots[0]).caption == "close-up, a gull lands":
+                break
+            second.wait_for_timeout(250)
+        state = second.evaluate(
+            "[document.querySelector('.tl-status').innerText, document.querySelector('.tl-caption').value,"
+            " document.querySelector('.tl-card').dataset.savedCaption, document.activeElement.className]"
+        )
+        assert services.storyboard.get_shot(shots[0]).caption == "close-up, a gull lands", state
+        assert not card_caption(second, shots[0]).evaluate("box => box.classList.contains('tl-unsaved')")
     finally:
-        context.close()
+        for context in contexts:
+            context.close()
 
 
 def test_a_refused_long_caption_stays_in_its_card(page, studio):
