@@ -14,7 +14,8 @@ Payloads (the job's project_id, or "project_id" in the payload, names the projec
 - regenerate_shot: {"shot_id": int, "seed": int | None, "mode": "inpaint" | "context" | None, "steps": int | None}
   A new take of one shot; its neighbours' chosen takes are the context and get no new take. Without a seed a new
   one is drawn.
-Both take "after_jobs": [int] (job ids to wait for: adapter trainings queued with them). Every take a job writes
+Both take "after_jobs": [int] (job ids to wait for: adapter trainings queued with them; one that failed or was
+cancelled fails the generation, naming it). Every take a job writes
 becomes its shot's chosen take (the film-maker asked for it); earlier takes stay listed.
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.registry import get_preset
-from studio.worker.context import JobCancelled, JobContext
+from studio.worker.context import JobCancelled, JobContext, PrerequisiteFailed
 from studio.worker.retry import retry_db
 
 logger = logging.getLogger(__name__)
@@ -559,15 +560,44 @@ def _with_earlier_takes(result: dict, written: dict[int, list[int]]) -> dict:
 
 def wait_for_training(ctx: JobContext, payload: dict, poll_s: float = 1.0, sleep=time.sleep) -> None:
     """A generation queued behind adapter trainings (`after_jobs`: the UI queues a wanted adapter's training when it
-    queues the shots that need it) starts once they have finished, whatever their outcome, so that with several
-    workers it does not render without the adapter; a single worker claims the training first anyway (priority)."""
+    queues the shots that need it) starts once they have all finished, so that with several workers it does not
+    render without the adapter; a single worker claims the training first anyway (priority).
+
+    A training that failed or was cancelled fails the generation with that reason (`PrerequisiteFailed`): run
+    anyway, its shots would show the character by plain name, without the adapter asked for, and nothing would say
+    so."""
     waiting = [int(i) for i in payload.get("after_jobs") or []]
+    ended = {}
     while waiting:
-        waiting = [i for i in waiting if not retry_db(ctx.services.jobs.get, i).is_finished]
+        for job_id in waiting:
+            job = retry_db(ctx.services.jobs.get, job_id)
+            if job.is_finished:
+                ended[job_id] = job
+        waiting = [i for i in waiting if i not in ended]
         if waiting:
             ctx.report_progress(0.0, f"waiting for adapter training (job {', '.join(map(str, waiting))})")
             ctx.check_cancelled()
             sleep(poll_s)
+    unfinished = [job for job in ended.values() if getattr(job, "status", "done") != "done"]
+    if unfinished:
+        raise PrerequisiteFailed(" ".join(_prerequisite_text(ctx.services, job) for job in unfinished))
+
+
+def _prerequisite_text(services, job) -> str:
+    """Why a job this generation waited for did not give it what it needed, and what to do, naming the character."""
+    payload = getattr(job, "payload", None) or {}
+    who = "the adapter"
+    try:
+        character = services.characters.get(int(payload["character_id"]))
+        kind = {"lora": "LoRA", "embedding": "embedding"}.get(payload.get("kind"), "adapter")
+        who = f"{character.name}'s {kind}"
+    except Exception:  # noqa: BLE001 - the name is a courtesy; the job id says which training it was
+        pass
+    outcome = "was cancelled" if job.status == "cancelled" else f"failed ({job.error or job.message})"
+    return (
+        f"Not generated: the training of {who} it waited for (job {job.id}) {outcome}. Train it again (Characters "
+        "tab) and generate again, or take the character out of the shot."
+    )
 
 
 def run_generate_scene(ctx: JobContext) -> dict:

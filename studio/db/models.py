@@ -235,6 +235,7 @@ class Take(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # everything sent to the pipeline
     identity_scores: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # character name -> score
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime)  # in the shot's take bin: restorable
 
     shot: Mapped[Shot] = relationship(back_populates="takes", foreign_keys=[shot_id])
 

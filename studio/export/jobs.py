@@ -97,6 +97,15 @@ def project_export_settings(
     )
 
 
+def check_music_file(path: Path, name: str) -> None:
+    """Refuse a music track ffmpeg reads no audio from, naming it as the film-maker chose it (`name`), not by the
+    asset store's path it was kept under."""
+    from studio.export.probe import has_audio_stream
+
+    if not has_audio_stream(path):
+        raise ExportError(f"{name} has no audio ffmpeg can read; choose a music file (wav, mp3, m4a, ...)")
+
+
 def _settings_record(settings: ExportSettings, result: FilmResult, music_asset_id: int | None) -> dict[str, Any]:
     """What the Export row keeps about how the film was made."""
     return {
@@ -174,6 +183,7 @@ def run_export_job(
     music_asset_id = payload.get("music_asset_id")
     if music_asset_id is not None:
         music = services.assets.path_of(int(music_asset_id))
+        check_music_file(music, services.assets.get(int(music_asset_id)).original_name or "the music file")
     elif payload.get("music_path"):
         music = Path(payload["music_path"])
     project = services.projects.get(project_id)

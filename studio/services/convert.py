@@ -61,7 +61,7 @@ def shot_view(row: models.Shot, project_id: int | None = None) -> views.ShotView
         project_id=project_id if project_id is not None else row.scene.project_id,
         character_ids=tuple(c.id for c in row.characters),
         character_names=tuple(c.name for c in row.characters),
-        take_count=len(row.takes),
+        take_count=sum(1 for take in row.takes if take.deleted_at is None),  # the bin's takes are not counted
     )
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from studio.db import models
 from studio.db.engine import Database
+from studio.db.models import utcnow
 from studio.services import validation as check
 from studio.services.assets import AssetStore
 from studio.services.convert import take_view
@@ -109,11 +110,35 @@ class TakeService:
                 session.flush()
             return take_view(take, shot.chosen_take_id)
 
-    def list_takes(self, shot_id: int) -> list[TakeView]:
-        """Oldest first (take 1, 2, ...)."""
+    def list_takes(self, shot_id: int, in_bin: bool = False) -> list[TakeView]:
+        """Oldest first (take 1, 2, ...): the shot's takes, or with `in_bin` those in its take bin."""
         with self.db.unit_of_work(read_only=True) as session:
             shot = get_or_not_found(session, models.Shot, shot_id, "shot")
-            return [take_view(t, shot.chosen_take_id) for t in shot.takes]
+            return [take_view(t, shot.chosen_take_id) for t in shot.takes if (t.deleted_at is not None) == in_bin]
+
+    def delete_take(self, take_id: int) -> TakeView:
+        """Put a take in its shot's bin (files kept: `restore_take` brings it back). A chosen take hands the choice to
+        the newest take left, or the shot has none, as before its first take."""
+        with self.db.unit_of_work() as session:
+            take = self._take(session, take_id)
+            if take.deleted_at is None:
+                take.deleted_at = utcnow()
+                shot = take.shot
+                if shot.chosen_take_id == take.id:
+                    left = [t for t in shot.takes if t.deleted_at is None and t.id != take.id]
+                    shot.chosen_take_id = max(left, key=lambda t: t.number).id if left else None
+                session.flush()
+            return take_view(take, take.shot.chosen_take_id)
+
+    def restore_take(self, take_id: int) -> TakeView:
+        """Take a take out of the bin; it becomes the chosen take of a shot that has none."""
+        with self.db.unit_of_work() as session:
+            take = self._take(session, take_id)
+            take.deleted_at = None
+            if take.shot.chosen_take_id is None:
+                take.shot.chosen_take_id = take.id
+            session.flush()
+            return take_view(take, take.shot.chosen_take_id)
 
     def get(self, take_id: int) -> TakeView:
         with self.db.unit_of_work(read_only=True) as session:
@@ -125,6 +150,8 @@ class TakeService:
             take = self._take(session, take_id)
             if take.shot_id != shot_id:
                 raise ValidationError(f"take {take_id} belongs to shot {take.shot_id}, not shot {shot_id}")
+            if take.deleted_at is not None:
+                raise ValidationError(f"take {take.number} is in the bin; restore it before choosing it")
             if take.shot.chosen_take_id != take.id:
                 take.shot.chosen_take_id = take.id
             session.flush()
@@ -154,6 +181,22 @@ class TakeService:
             ).all()
         drift = {shot_id: take_drift(caption, frames, params) for shot_id, caption, frames, params in rows}
         return {shot_id: text for shot_id, text in drift.items() if text}
+
+    def chosen_take_videos(self, project_id: int) -> dict[int, int]:
+        """Live shot id -> the video asset of its chosen take, for the shots that have one; one query for the whole
+        project (the storyboard's player plays them in film order)."""
+        with self.db.unit_of_work(read_only=True) as session:
+            rows = session.execute(
+                select(models.Shot.id, models.Take.video_asset_id)
+                .join(models.Take, models.Take.id == models.Shot.chosen_take_id)
+                .join(models.Scene, models.Scene.id == models.Shot.scene_id)
+                .where(
+                    models.Scene.project_id == project_id,
+                    models.Shot.deleted_at.is_(None),
+                    models.Scene.deleted_at.is_(None),
+                )
+            ).all()
+        return {shot_id: asset_id for shot_id, asset_id in rows}
 
     def set_identity_scores(self, take_id: int, scores: dict) -> TakeView:
         _json(scores, "identity scores")

@@ -156,6 +156,7 @@ class TakeView:
     identity_scores: dict[str, Any] | None
     is_chosen: bool
     created_at: datetime
+    deleted_at: datetime | None = None  # in the shot's take bin (restorable) since then
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,13 @@ def _require_project(project_id: int | None) -> int:
     return int(project_id)
 
 
+# What the takes panel's buttons do, as the status line then says it.
+TAKE_ACTIONS = {
+    "choose_take": "Take {number} chosen.",
+    "delete_take": "Take {number} moved to the shot's take bin (Restore puts it back).",
+    "restore_take": "Take {number} restored.",
+}
+
 # The shot panel's fields as `update_shot` takes them, and how a refusal names them.
 FORM_FIELD_NAMES = {
     "caption": "caption",
@@ -178,6 +185,122 @@ def same_field(a: Any, b: Any) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return sorted(a) == sorted(b)
     return a == b
+
+
+def regenerate_caption(stored: str, loaded: str, typed: str | None) -> str | None:
+    """The caption "Regenerate with this caption" saves before queueing, or None to keep the shot's own.
+
+    The panel's box was filled when the panel opened: a caption edited on the card since then is the newer one and
+    must not be put back by a box the film-maker did not touch. Typed in the panel while the card changed too: refused,
+    as Save refuses it, rather than one of the two edits silently lost."""
+    typed = typed or ""
+    if typed == loaded or typed == stored:
+        return None
+    if stored != loaded:
+        raise gr.Error(
+            esc(
+                "Not queued: the shot's caption changed elsewhere (on its card or in another tab) since this panel "
+                "showed it. Your caption is still in the box: copy it, click “Takes” on the card to reload the "
+                "shot, then regenerate again."
+            ),
+            print_exception=False,
+        )
+    return typed
+
+
+# The open project goes into the address (`?project=<id>`, what `on_load` reads), so a reload, a bookmark or a
+# restored tab reopens it with its jobs instead of "No project open"; no project open: the address loses it.
+REMEMBER_PROJECT_JS = """(projectId) => {
+    const url = new URL(window.location.href);
+    if (projectId) url.searchParams.set('project', projectId); else url.searchParams.delete('project');
+    if (url.href !== window.location.href) window.history.replaceState(window.history.state, '', url.href);
+    return [];
+}"""
+
+
+# "Delete character" asks first: its references and trained adapters go for good (the services keep no bin of them).
+CONFIRM_DELETE_CHARACTER_JS = """(projectId, characterId, answer) => {
+    const box = document.querySelector('#sl-char-name textarea, #sl-char-name input');
+    const name = (box && box.value) || 'this character';
+    const sure = confirm(`Delete ${name} for good, with its reference pictures and trained adapters?`);
+    return [projectId, characterId, sure ? 'yes' : 'no'];
+}"""
+
+
+def preview_frames_info(settings: Any) -> str:
+    """What "Show preview frames" will show: a worker sends a preview only every `preview_every` steps, and none at
+    all when that is 0 (the default), which must be said where the box is."""
+    every = int(getattr(settings, "preview_every", 0) or 0)
+    if every <= 0:
+        return (
+            "The worker sends no preview frames (STUDIO_PREVIEW_EVERY / --preview-every is 0): set it to N to see "
+            "the shot every N denoising steps."
+        )
+    return f"A preview of the shot every {every} denoising steps while a generation runs."
+
+
+def face_models_note(services: Any, references: list[Any]) -> str:
+    """Why a character's references have no face analysis, for as long as that holds: the face models are missing."""
+    if not any(ref.analyzed_at is None for ref in references):
+        return ""
+    from studio.faces.analysis import missing_pack_message
+    from studio.faces.service import face_analyzer_for
+
+    analyzer = face_analyzer_for(services.settings)
+    return "" if analyzer.is_available() else missing_pack_message(analyzer.pack_dir)
+
+
+def ended_jobs_message(jobs: list[Any], watched: list[int]) -> tuple[str, list[str]]:
+    """What the status line says of the jobs in `watched` (unfinished at the last look) that have ended since, and the
+    failures to show as toasts too; ("", []) when none has."""
+    from studio.ui.panels import JOB_LABELS
+
+    ended = [job for job in jobs if job.id in watched and job.is_finished]
+    parts, failures = [], []
+    for job in sorted(ended, key=lambda j: j.id):
+        label = f"{JOB_LABELS.get(job.kind, job.kind)} (job {job.id})"
+        if job.status == "failed":
+            failures.append(f"{label} failed: {job.error or job.message}")
+            parts.append(failures[-1])
+        else:
+            parts.append(f"{label} {'done' if job.status == 'done' else job.status}")
+    return ("; ".join(parts) + "." if parts else ""), failures
+
+
+def watch_jobs(services: Any, timer: gr.Timer, project_state: gr.State, status: gr.Markdown) -> None:
+    """The status line follows the jobs it announced: "Export queued (job 12)" is replaced when the job ends by
+    what became of it, and a failure is a toast too, so a failed job never leaves "queued" standing on the page."""
+    watched_state = gr.State(None)  # ids of the open project's unfinished jobs at the last tick
+
+    def on_jobs_ended(project_id, watched):
+        if project_id is None:
+            return gr.skip(), None
+        jobs = services.jobs.list_jobs(project_id=int(project_id))[:50]
+        pending = sorted(job.id for job in jobs if not job.is_finished)
+        message, failures = ended_jobs_message(jobs, watched or [])
+        for failure in failures:
+            gr.Warning(esc(failure), title="Job failed")
+        if not message:
+            return gr.skip(), (pending if pending != watched else gr.skip())
+        return said(esc(message)), pending
+
+    timer.tick(
+        on_jobs_ended,
+        [project_state, watched_state],
+        [status, watched_state],
+        concurrency_id="job-endings",
+        concurrency_limit=1,
+        trigger_mode="once",
+        show_progress="hidden",
+    )
+
+
+def remember_project(project_state: gr.State) -> None:
+    """Keep the page's address naming the open project (`REMEMBER_PROJECT_JS`), through a hidden box: a state's
+    value never reaches the browser."""
+    relay = gr.Textbox(visible="hidden", elem_id="sl-project-address")
+    project_state.change(lambda project_id: "" if project_id is None else str(project_id), project_state, relay)
+    relay.change(None, relay, None, js=REMEMBER_PROJECT_JS)
 
 
 def _preset_text(name: str) -> str:
@@ -431,7 +554,12 @@ def build_app(services: Any) -> gr.Blocks:
                     bundle_import_button = gr.Button("Import bundle", elem_id="sl-bundle-import")
 
         with gr.Accordion("Jobs", open=True):
-            show_preview = gr.Checkbox(label="Show preview frames", value=True, elem_id="sl-show-preview")
+            show_preview = gr.Checkbox(
+                label="Show preview frames",
+                value=True,
+                info=preview_frames_info(s.settings),
+                elem_id="sl-show-preview",
+            )
             jobs_panel = ActionPanel(jobs_html([]), elem_id="sl-jobs")
 
         # ==================================================================== handlers
@@ -591,6 +719,7 @@ def build_app(services: Any) -> gr.Blocks:
             return (*project_outputs(project_id)[:-1], gr.update(), said("Settings saved."))
 
         app.load(on_load, None, [*project_outputs_list, status])
+        remember_project(project_state)
         open_button.click(on_open, project_pick, [*project_outputs_list, status])
         project_pick.input(on_open, project_pick, [*project_outputs_list, status])
         # a name field empties once its project exists, as a film-maker expects of a "new ..." box
@@ -729,7 +858,7 @@ def build_app(services: Any) -> gr.Blocks:
                 character.name,
                 character.trigger,
                 character.description,
-                references_html(refs),
+                references_html(refs, face_models_note(s, refs)),
                 _adapter_text(adapter, character_id),
                 gr.update(value="Retrain" if adapter else "Train"),
                 _loss_frame(adapter, _training_job(character)),
@@ -815,7 +944,7 @@ def build_app(services: Any) -> gr.Blocks:
 
         def _identity_rows(project_id: int, character: Any) -> list[list[Any]]:
             rows = []
-            for shot in s.storyboard.film_shots(project_id):
+            for number, shot in enumerate(s.storyboard.film_shots(project_id), 1):  # numbered as the cards are
                 if character.id not in shot.character_ids:
                     continue
                 for take in s.takes.list_takes(shot.id)[-3:]:
@@ -825,7 +954,7 @@ def build_app(services: Any) -> gr.Blocks:
                     if isinstance(score, dict):
                         score = score.get("mean")
                     shown = round(float(score), 3) if isinstance(score, int | float) else (score or "not scored")
-                    rows.append([shot.id, take.number, str(shown)])
+                    rows.append([f"#{number}", take.number, str(shown)])
             return rows[-12:]
 
         @guarded
@@ -848,7 +977,9 @@ def build_app(services: Any) -> gr.Blocks:
             return character_outputs(project_id, character_id)
 
         @guarded
-        def on_delete_character(project_id, character_id):
+        def on_delete_character(project_id, character_id, answer: str = "yes"):
+            if answer == "no":  # the browser asked first (`CONFIRM_DELETE_CHARACTER_JS`) and was told no
+                return gr.skip()
             character = s.characters.get(int(character_id))
             s.characters.delete(character.id)
             return (*character_outputs(project_id, None), said(f"{esc(character.name)} deleted."))
@@ -906,13 +1037,33 @@ def build_app(services: Any) -> gr.Blocks:
             [*character_outputs_list, status, char_new_name, char_new_description],  # the "new" fields empty
         )
         characters_panel.action(on_character_action, project_state, character_outputs_list)
+
+        @guarded
+        def on_reference_action(project_id, character_id, evt: gr.EventData):
+            data = evt._data or {}
+            if data.get("action") != "remove_reference":
+                raise gr.Error("Unknown action; reload the page.", print_exception=False)
+            picked = _picked_reference(s, character_id, data.get("id"))
+            s.characters.delete_reference(picked.id)
+            name = picked.original_name or "the reference"
+            return (*character_outputs(project_id, character_id), said(esc(f"{name} removed.")))
+
+        references_panel.action(
+            on_reference_action, [project_state, character_state], [*character_outputs_list, status]
+        )
         char_save_button.click(
             on_save_character,
             [project_state, character_state, char_name, char_trigger, char_description],
             character_outputs_list,
         )
+        delete_answer = gr.Textbox(
+            visible="hidden", elem_id="sl-char-delete-answer"
+        )  # "yes" or "no", from the browser
         char_delete_button.click(
-            on_delete_character, [project_state, character_state], [*character_outputs_list, status]
+            on_delete_character,
+            [project_state, character_state, delete_answer],
+            [*character_outputs_list, status],
+            js=CONFIRM_DELETE_CHARACTER_JS,
         )
         ref_upload.upload(
             on_upload_references,
@@ -967,7 +1118,7 @@ def build_app(services: Any) -> gr.Blocks:
                 shot.transition_seconds,
                 shot.seed,
                 gr.update(choices=_scene_choices(project_id), value=shot.scene_id),
-                takes_html(shot, takes, number),
+                takes_html(shot, takes, number, s.takes.list_takes(shot_id, in_bin=True)),
                 shot_form_of(shot),
             )
 
@@ -1070,9 +1221,10 @@ def build_app(services: Any) -> gr.Blocks:
         @guarded
         def on_generate_selected(project_id, selected):
             project_id = _require_project(project_id)
-            jobs = edits.enqueue_generate_selected(s, project_id, selected)
-            ids = ", ".join(str(job.id) for job in jobs)
-            message = f"Generation queued (job {ids}){edits.after_training(*jobs, services=s)}."
+            message = edits.queued_message(
+                "Generation", edits.enqueue_generate_selected(s, project_id, selected), services=s
+            )
+            message = message[:1].upper() + message[1:] + "."
             return gr.update(active=True), said(message), _jobs_for(project_id, True)
 
         generate_selected_button.click(
@@ -1162,36 +1314,62 @@ def build_app(services: Any) -> gr.Blocks:
         )
 
         @guarded
-        def on_regenerate(project_id, shot_id, caption, use_caption: bool):
+        def on_regenerate(project_id, shot_id, loaded, caption, use_caption: bool):
             project_id = _require_project(project_id)
             if shot_id is None:
                 raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
-            job = edits.enqueue_regenerate(s, project_id, int(shot_id), caption=caption if use_caption else None)
-            message = f"Regeneration queued (job {job.id}){edits.after_training(job, services=s)}."
-            return gr.update(active=True), said(message), _jobs_for(project_id, True)
+            with edits.project_lock(project_id):
+                stored = s.storyboard.get_shot(int(shot_id)).caption
+                sent = (
+                    regenerate_caption(stored, (loaded or {}).get("caption", stored), caption) if use_caption else None
+                )
+                queued = edits.enqueue_regenerate(s, project_id, int(shot_id), caption=sent)
+            message = edits.queued_message("Regeneration", [queued], services=s)
+            message = message[:1].upper() + message[1:] + "."
+            if not use_caption:  # whatever is typed in the box stays there, unsaved
+                return gr.update(active=True), said(message), _jobs_for(project_id, True), gr.update(), gr.update()
+            shown = s.storyboard.get_shot(int(shot_id)).caption
+            return (
+                gr.update(active=True),
+                said(message),
+                _jobs_for(project_id, True),
+                shown,  # the caption the take is made from
+                {**(loaded or {}), "caption": shown},
+            )
 
         regen_seed_button.click(
             functools.partial(on_regenerate, use_caption=False),
-            [project_state, open_shot_state, shot_caption],
-            [timer, status, jobs_panel],
+            [project_state, open_shot_state, shot_loaded_state, shot_caption],
+            [timer, status, jobs_panel, shot_caption, shot_loaded_state],
+            concurrency_id="storyboard-edits",
         )
         regen_caption_button.click(
             functools.partial(on_regenerate, use_caption=True),
-            [project_state, open_shot_state, shot_caption],
-            [timer, status, jobs_panel],
+            [project_state, open_shot_state, shot_loaded_state, shot_caption],
+            [timer, status, jobs_panel, shot_caption, shot_loaded_state],
+            concurrency_id="storyboard-edits",
         )
 
         @guarded
         def on_take_action(project_id, shot_id, selected, evt: gr.EventData):
             data = evt._data or {}
             project_id = _require_project(project_id)
-            if data.get("action") != "choose_take" or shot_id is None:
+            action = data.get("action")
+            if action not in TAKE_ACTIONS or shot_id is None:
                 raise gr.Error("Unknown action; reload the page.", print_exception=False)
-            s.takes.choose_take(int(shot_id), int(data["id"]))
+            take = s.takes.get(int(data["id"]))
+            if take.shot_id != int(shot_id):
+                raise gr.Error("That take is not the open shot's; reload the page.", print_exception=False)
+            if action == "choose_take":
+                s.takes.choose_take(int(shot_id), take.id)
+            elif action == "delete_take":
+                s.takes.delete_take(take.id)
+            else:
+                s.takes.restore_take(take.id)
             return (
                 timeline_model(s, project_id, selected, shot_id),
                 *shot_outputs(project_id, shot_id),
-                said("Take chosen."),
+                said(TAKE_ACTIONS[action].format(number=take.number)),
             )
 
         takes_panel.action(
@@ -1221,6 +1399,7 @@ def build_app(services: Any) -> gr.Blocks:
             }
             if music is not None:
                 path = _file_path(music)
+                check_music_upload(path)
                 asset = s.assets.put_bytes(path.read_bytes(), "music", _audio_mime(path.name), filename=path.name)
                 payload["music_asset_id"] = asset.id
             job = s.jobs.enqueue("export_film", payload, project_id=project_id)
@@ -1309,6 +1488,8 @@ def build_app(services: Any) -> gr.Blocks:
                 logger.exception("timer refresh failed")
                 return nothing
 
+        watch_jobs(s, timer, project_state, status)
+
         timer.tick(
             on_tick,
             [project_state, selected_state, open_shot_state, character_state, show_preview, jobs_seen_state],
@@ -1330,6 +1511,18 @@ def build_app(services: Any) -> gr.Blocks:
             show_progress="hidden",
         )
     return app
+
+
+def check_music_upload(path: Path) -> None:
+    """A music file ffmpeg cannot read is refused here, by the name it was chosen under, rather than by the export
+    job a moment later in the Jobs panel."""
+    from studio.export.film import ExportError
+    from studio.export.jobs import check_music_file
+
+    try:
+        check_music_file(path, path.name)
+    except ExportError as error:
+        raise gr.Error(esc(f"Not exported: {error}."), print_exception=False) from None
 
 
 def _audio_mime(name: str) -> str:

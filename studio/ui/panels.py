@@ -81,14 +81,16 @@ def format_scores(scores: dict[str, Any] | None) -> str:
     return "identity: " + ", ".join(parts)
 
 
-def takes_html(shot: Any | None, takes: list[Any], number: int | None = None) -> str:
-    """The takes of one shot side by side, each with its player, seed, identity scores and a Choose button.
+def takes_html(shot: Any | None, takes: list[Any], number: int | None = None, binned: list[Any] | None = None) -> str:
+    """The takes of one shot side by side, each with its player, seed, identity scores, Choose and Delete buttons,
+    then the shot's take bin (`binned`) with a Restore button each.
     `number`: the shot's place in the film, as its card shows it (#7); not its database id."""
     if shot is None:
         return '<p class="sl-small">Click “Takes” on a shot card to see its takes here.</p>'
     head = f"<p><b>Shot #{number}</b>: {esc(shot.caption)}</p>" if number else f"<p>{esc(shot.caption)}</p>"
+    bin_html = _take_bin_html(binned or [])
     if not takes:
-        return head + '<p class="sl-small">No takes yet: generate the scene or regenerate this shot.</p>'
+        return head + '<p class="sl-small">No takes yet: generate the scene or regenerate this shot.</p>' + bin_html
     items = []
     for take in takes:
         video = asset_url(take.video_asset_id)
@@ -96,15 +98,29 @@ def takes_html(shot: Any | None, takes: list[Any], number: int | None = None) ->
         drift = take_drift(shot.caption, shot.num_frames, take.params)
         items.append(
             f'<div class="sl-take{" sl-chosen" if take.is_chosen else ""}" data-take-id="{take.id}">'
-            f'<video controls preload="metadata" src="{esc(video)}"></video>'
+            # the thumbnail as poster: a take reads at a glance before it is played, not as a black box
+            f'<video controls preload="metadata" poster="{esc(asset_url(take.thumbnail_asset_id))}" '
+            f'src="{esc(video)}"></video>'
             f"<div><b>Take {take.number}</b>{' (chosen)' if take.is_chosen else ''}</div>"
             f'<div class="sl-small">seed {take.seed} · {esc(format_scores(take.identity_scores))}</div>'
             + (f'<div class="sl-small">caption: {esc(caption)}</div>' if isinstance(caption, str) else "")
             + (f'<div class="sl-flag">{esc(drift)}</div>' if drift else "")
             + ("" if take.is_chosen else _button("choose_take", "Choose this take", take.id))
+            + _button("delete_take", "Delete (to bin)", take.id)
             + "</div>"
         )
-    return head + '<div class="sl-row">' + "".join(items) + "</div>"
+    return head + '<div class="sl-row">' + "".join(items) + "</div>" + bin_html
+
+
+def _take_bin_html(binned: list[Any]) -> str:
+    if not binned:
+        return ""
+    entries = "".join(
+        f'<span class="sl-bin-take" data-take-id="{take.id}">Take {take.number} (seed {take.seed}) '
+        f"{_button('restore_take', 'Restore', take.id)}</span> "
+        for take in binned
+    )
+    return f'<div class="sl-small sl-take-bin">Take bin: {entries}</div>'
 
 
 def _eta(seconds: float | None) -> str:
@@ -177,8 +193,10 @@ FLAG_TEXT = {
 }
 
 
-def references_html(references: list[Any]) -> str:
-    """Each reference with the face crop the studio found (or the image), its caption, and why it was flagged.
+def references_html(references: list[Any], note: str = "") -> str:
+    """Each reference with the face crop the studio found (or the image), its caption, why it was flagged and a
+    Remove button (asking first: a removed picture is gone); `note` (why none is analysed, e.g. the face models are
+    missing) stays above them for as long as it holds, not only in the status line after an upload.
 
     `data-caption` is what the caption box loads when the reference is picked (`PICKED_REFERENCE_CAPTION_JS`):
     in the page, at once, so nothing typed meanwhile is overwritten by a late answer from the server."""
@@ -200,12 +218,16 @@ def references_html(references: list[Any]) -> str:
             if ref.caption
             else '<div class="sl-small">no caption: trained on the trigger and description</div>'
         )
+        remove = _button(
+            "remove_reference", "Remove", ref.id, confirm=f"Remove {ref.original_name or 'this reference'} for good?"
+        )
         items.append(
             f'<div class="sl-ref" data-reference-id="{ref.id}" data-caption="{esc(ref.caption or "")}">'
             f'<img alt="{label}" src="{esc(src)}">'
-            f'<div class="sl-small">{esc(ref.original_name)}</div>{caption_html}{state}</div>'
+            f'<div class="sl-small">{esc(ref.original_name)}</div>{caption_html}{state}{remove}</div>'
         )
-    return '<div class="sl-row">' + "".join(items) + "</div>"
+    head = f'<p class="sl-flag sl-ref-note">{esc(note[:1].upper() + note[1:])}</p>' if note else ""
+    return head + '<div class="sl-row">' + "".join(items) + "</div>"
 
 
 # The caption box's value when a reference is picked in the dropdown: read from the references panel the server drew
@@ -266,23 +288,27 @@ def exports_html(
 ) -> str:
     """Exported films, newest first: the film plays in the page; MP4, OpenTimelineIO and bundle download links,
     saved under the project's name and the export's number (`The-Lighthouse-3.mp4`), so several films and several
-    exports of one film do not arrive in the downloads folder as indistinguishable `film-3.mp4`s."""
+    exports of one film do not arrive in the downloads folder as indistinguishable `film-3.mp4`s.
+
+    `exports` are all of one project's: an export is numbered 1, 2, ... within its project (the third export of this
+    film is Export 3, whatever other projects exported meanwhile)."""
     if not exports:
         return '<p class="sl-small">No exports yet.</p>'
     stem = file_stem(project_name, "film")
     items = []
-    for export in exports:
-        links = [f'<a href="{asset_url(export.video_asset_id, f"{stem}-{export.id}.mp4")}" download>MP4</a>']
+    for index, export in enumerate(exports):
+        number = len(exports) - index
+        links = [f'<a href="{asset_url(export.video_asset_id, f"{stem}-{number}.mp4")}" download>MP4</a>']
         if export.timeline_asset_id:
-            otio_url = asset_url(export.timeline_asset_id, f"{stem}-{export.id}.otio")
+            otio_url = asset_url(export.timeline_asset_id, f"{stem}-{number}.otio")
             links.append(f'<a href="{otio_url}" download>OpenTimelineIO</a>')
         bundle_id = (bundle_asset_ids or {}).get(export.id) or (export.settings or {}).get("bundle_asset_id")
         if bundle_id:
-            bundle_url = asset_url(int(bundle_id), f"{stem}-{export.id}-project.zip")
+            bundle_url = asset_url(int(bundle_id), f"{stem}-{number}-project.zip")
             links.append(f'<a href="{bundle_url}" download>Project bundle</a>')
         items.append(
             f'<div class="sl-take" data-export-id="{export.id}"><video controls preload="metadata" '
-            f'src="{asset_url(export.video_asset_id)}"></video><div><b>Export {export.id}</b> '
+            f'src="{asset_url(export.video_asset_id)}"></video><div><b>Export {number}</b> '
             f'<span class="sl-small">{esc(export.created_at.strftime("%Y-%m-%d %H:%M"))}</span></div>'
             f'<div class="sl-small">{esc(_export_details(export.settings or {}))}</div>'
             f"<div>{' · '.join(links)}</div></div>"

@@ -109,7 +109,9 @@ def _apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) 
     op = payload.get("op")
     with project_lock(project_id):
         if op == "caption":
-            services.storyboard.update_shot(_int(payload, "shot_id"), caption=str(payload.get("caption", "")))
+            shot_id, caption = _int(payload, "shot_id"), str(payload.get("caption", ""))
+            refuse_caption_clash(services, shot_id, caption, payload.get("was"))
+            services.storyboard.update_shot(shot_id, caption=caption)
             return "caption saved", None
         if op == "scene_caption":
             services.storyboard.update_scene(_int(payload, "scene_id"), caption=str(payload.get("caption", "")))
@@ -159,12 +161,29 @@ def _apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) 
             services.storyboard.delete_scene(_int(payload, "scene_id"))
             return "scene moved to the bin", None
         if op == "generate_scene":
-            job = enqueue_generate_scene(services, project_id, _int(payload, "scene_id"))
-            return f"generation queued (job {job.id}){after_training(job, services=services)}", None
+            return queued_message(
+                "generation", [enqueue_generate_scene(services, project_id, _int(payload, "scene_id"))], services
+            ), None
         if op == "regenerate":
-            job = enqueue_regenerate(services, project_id, _int(payload, "shot_id"))
-            return f"regeneration queued (job {job.id}){after_training(job, services=services)}", None
+            return queued_message(
+                "regeneration", [enqueue_regenerate(services, project_id, _int(payload, "shot_id"))], services
+            ), None
     raise ValidationError(f"unknown timeline action {op!r}; reload the page")
+
+
+def refuse_caption_clash(services: Any, shot_id: int, caption: str, was: Any) -> None:
+    """A card's caption edit made against a caption another tab (or the shot panel) has changed since the card showed
+    it is refused, quoting the caption as it now is; the card keeps the text typed there, and committing it again
+    (its `was` now the current caption) saves it over the other."""
+    if not isinstance(was, str):
+        return
+    current = services.storyboard.get_shot(shot_id).caption
+    if current not in (was, caption):
+        raise ConflictError(
+            f"not saved: the caption changed elsewhere (another tab or the shot panel) since this card showed it; it "
+            f"now reads “{current}”. Your text is still on the card: press Enter to save it over that one, or "
+            "Escape to keep that one"
+        )
 
 
 def refuse_uncaptioned(scenes: list[Any], shot_ids: set[int]) -> None:
@@ -178,6 +197,22 @@ def refuse_uncaptioned(scenes: list[Any], shot_ids: set[int]) -> None:
             f"{'have' if len(blank) > 1 else 'has'} the caption “{NEW_SHOT_CAPTION}” a new card starts with; "
             "write what the camera sees first"
         )
+
+
+def queued_message(what: str, queued: list[tuple[Any, bool]], services: Any = None) -> str:
+    """ "generation queued (job 7)", or "already queued for those shots (job 7): not queued twice" for a request
+    that joined a pending job; with `services`, how long the trainings they wait for will take."""
+    new = [job for job, joined in queued if not joined]
+    old = [job for job, joined in queued if joined]
+    parts = []
+    if new:
+        parts.append(
+            f"{what} queued (job {', '.join(str(job.id) for job in new)}){after_training(*new, services=services)}"
+        )
+    if old:
+        ids = ", ".join(str(job.id) for job in old)
+        parts.append(f"already queued for those shots (job {ids}): not queued twice")
+    return "; ".join(parts)
 
 
 def after_training(*jobs: Any, services: Any = None) -> str:
@@ -205,7 +240,11 @@ def queue_wanted_adapters(services: Any, project_id: int, shots: list[Any]) -> l
     return [job.id for job in ensure_adapters(services, project_id, character_ids)] if character_ids else []
 
 
-def enqueue_generate_scene(services: Any, project_id: int, scene_id: int, shot_ids: list[int] | None = None) -> Any:
+def enqueue_generate_scene(
+    services: Any, project_id: int, scene_id: int, shot_ids: list[int] | None = None
+) -> tuple[Any, bool]:
+    """The generation job of a scene (of `shot_ids` only, when given) and whether it was already queued or running
+    for those shots (joined, not queued twice: `JobService.enqueue_generation`)."""
     scenes = services.storyboard.list_scenes(project_id)
     scene = next((s for s in scenes if s.id == scene_id), None)
     if scene is None:
@@ -221,11 +260,12 @@ def enqueue_generate_scene(services: Any, project_id: int, scene_id: int, shot_i
     training = queue_wanted_adapters(services, project_id, [shot for shot in scene.shots if shot.id in targets])
     if training:
         payload["after_jobs"] = training
-    return services.jobs.enqueue("generate_scene", payload, project_id=project_id)
+    return services.jobs.enqueue_generation("generate_scene", payload, sorted(targets), project_id)
 
 
-def enqueue_generate_selected(services: Any, project_id: int, shot_ids: list[int]) -> list[Any]:
-    """One job per scene that holds selected shots; shots of one scene are generated together."""
+def enqueue_generate_selected(services: Any, project_id: int, shot_ids: list[int]) -> list[tuple[Any, bool]]:
+    """One job per scene that holds selected shots; shots of one scene are generated together (each with whether it
+    joined a pending one)."""
     if not shot_ids:
         raise ValidationError("select shots first (the checkbox on each card)")
     wanted = set(int(i) for i in shot_ids)
@@ -241,10 +281,13 @@ def enqueue_generate_selected(services: Any, project_id: int, shot_ids: list[int
 
 def enqueue_regenerate(
     services: Any, project_id: int, shot_id: int, seed: int | None = None, caption: str | None = None
-) -> Any:
-    """A new take of one shot; its neighbours keep their takes. A new caption is saved on the shot first."""
+) -> tuple[Any, bool]:
+    """A new take of one shot; its neighbours keep their takes. A new caption is saved on the shot first. Returns the
+    job and whether it was already queued or running for this shot (joined)."""
     _shot_in_project(services, project_id, shot_id)
     if caption is not None:
+        # a regeneration refused (its shot is being generated) must not have changed the caption meanwhile
+        services.jobs.pending_generation("regenerate_shot", [shot_id], project_id)
         services.storyboard.update_shot(shot_id, caption=caption)
     scenes = services.storyboard.list_scenes(project_id)
     refuse_uncaptioned(scenes, {shot_id})
@@ -253,4 +296,4 @@ def enqueue_regenerate(
     training = queue_wanted_adapters(services, project_id, shot)
     if training:
         payload["after_jobs"] = training
-    return services.jobs.enqueue("regenerate_shot", payload, project_id=project_id)
+    return services.jobs.enqueue_generation("regenerate_shot", payload, [shot_id], project_id)

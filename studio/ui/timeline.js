@@ -41,6 +41,7 @@ function send(op, extra) {
     try {
       const answer = await server.timeline_edit(request);
       if (answer && answer.model !== undefined) render(answer.model);
+      if (op === 'caption') keepRefusedCaption(details, answer);
       showStatus(answer ? answer.message : '', answer ? answer.ok : false);
       // The open shot's panel (its number, takes, scene) follows the edit; its fields are left as typed.
       if (answer && answer.ok && model && model.open_shot_id != null) {
@@ -50,6 +51,16 @@ function send(op, extra) {
       showStatus('The studio did not answer (' + error + '); reload the page.', false);
     }
   });
+}
+// A refused caption (changed in another tab meanwhile, too long, ...) stays in its box, marked, until it is saved or
+// Escape puts the stored one back: the film-maker reads why and decides, nothing typed is thrown away.
+function keepRefusedCaption(details, answer) {
+  const card = cards.get(details.shot_id);
+  if (!card) return;
+  const box = card.querySelector('.tl-caption');
+  const refused = !(answer && answer.ok);
+  box.classList.toggle('tl-unsaved', refused);
+  if (refused && document.activeElement !== box) box.value = details.caption;
 }
 function sendGenerate(op, extra) { trigger('generate', payload(op, extra)); }
 function metaText(shot) {
@@ -86,7 +97,7 @@ function updateCard(card, shot, index) {
   card.querySelector('.tl-index').textContent = '#' + index;
   const caption = card.querySelector('.tl-caption');
   // Never replace what the user is typing: a focused field keeps its text until it is committed.
-  if (document.activeElement !== caption && caption.value !== shot.caption) caption.value = shot.caption;
+  if (document.activeElement !== caption && !caption.classList.contains('tl-unsaved') && caption.value !== shot.caption) caption.value = shot.caption;
   const meta = card.querySelector('.tl-meta'); const text = metaText(shot);
   if (meta.textContent !== text) meta.textContent = text;
   // The chosen take was made before the card changed (or is an older take): the film shows the take.
@@ -111,6 +122,29 @@ function updateCard(card, shot, index) {
   if (model.frame_aspect && frame.style.aspectRatio !== model.frame_aspect) frame.style.aspectRatio = model.frame_aspect;
   card.querySelector('.tl-pick').checked = selected.has(shot.id);
   card.classList.toggle('tl-selected', model.open_shot_id === shot.id);
+  showBusy(card, shot);
+}
+// A card whose shot a queued or running job is generating says so (and which job), until the job ends.
+function showBusy(card, shot) {
+  let note = card.querySelector('.tl-busy-note');
+  card.classList.toggle('tl-busy', !!shot.busy);
+  if (!shot.busy) { if (note) note.remove(); return; }
+  if (!note) { note = el('div', 'tl-busy-note'); card.querySelector('.tl-card-head').after(note); }
+  const text = (shot.busy.status === 'running' ? 'generating…' : 'queued') + ' (job ' + shot.busy.job + ')';
+  if (note.textContent !== text) note.textContent = text;
+}
+// Running time as the export will cut it: "4.2 s", or "1:05" from a minute on.
+function runningTime(seconds) {
+  if (seconds < 60) return seconds.toFixed(1) + ' s';
+  const whole = Math.round(seconds);
+  return Math.floor(whole / 60) + ':' + String(whole % 60).padStart(2, '0');
+}
+function showFilmTime() {
+  let line = root.querySelector('.tl-film');
+  if (!line) { line = el('div', 'tl-film'); line.append(el('span', 'tl-film-text')); scenesBox.before(line); }
+  const shots = model.scenes.reduce((n, scene) => n + scene.shots.length, 0);
+  line.querySelector('.tl-film-text').textContent = 'Film: ' + runningTime(model.running_s || 0) + ' · ' + model.scenes.length +
+    (model.scenes.length === 1 ? ' scene' : ' scenes') + ' · ' + shots + (shots === 1 ? ' shot' : ' shots');
 }
 function makeScene(scene) {
   const box = el('div', 'tl-scene');
@@ -138,7 +172,7 @@ function render(value) {
     let box = sceneEls.get(scene.id);
     if (!box) { box = makeScene(scene); sceneEls.set(scene.id, box); }
     box.dataset.sceneId = scene.id;
-    box.querySelector('.tl-scene-label').textContent = 'Scene ' + (sceneIndex + 1);
+    box.querySelector('.tl-scene-label').textContent = 'Scene ' + (sceneIndex + 1) + ' \u00b7 ' + runningTime(scene.running_s || 0);
     const caption = box.querySelector('.tl-scene-caption');
     box.dataset.savedCaption = scene.caption;
     if (document.activeElement !== caption && caption.value !== scene.caption) caption.value = scene.caption;
@@ -171,6 +205,8 @@ function render(value) {
     }
     binBox.append(button('empty_bin', 'Empty bin', 'delete the bin\u2019s shots and their takes for good'));
   }
+  showFilmTime();
+  addPlayButtons();
   root.dataset.version = model.version;
   root.dataset.renderedAt = String(performance.now());
   root.dataset.renderMs = (performance.now() - renderStart).toFixed(2);
@@ -235,7 +271,8 @@ root.addEventListener('focusout', (event) => {
   if (target.classList.contains('tl-caption')) {
     const card = cardOf(target);
     if (target.value !== card.dataset.savedCaption) {
-      send('caption', {shot_id: Number(card.dataset.shotId), caption: target.value});
+      // `was`: the caption this card showed, so an edit made meanwhile in another tab is not overwritten unseen
+      send('caption', {shot_id: Number(card.dataset.shotId), caption: target.value, was: card.dataset.savedCaption});
     }
   } else if (target.classList.contains('tl-scene-caption')) {
     const scene = sceneOf(target);
@@ -250,7 +287,7 @@ root.addEventListener('keydown', (event) => {
     event.preventDefault();
     target.blur();  // focusout saves once
   } else if (event.key === 'Escape' && target.classList.contains('tl-caption')) {
-    target.value = cardOf(target).dataset.savedCaption; target.blur();
+    target.classList.remove('tl-unsaved'); target.value = cardOf(target).dataset.savedCaption; target.blur();
   }
 });
 root.addEventListener('pointerdown', (event) => {
@@ -305,3 +342,93 @@ function renderPushed(value) {
 }
 renderPushed(props.value);
 watch('value', () => renderPushed(props.value));
+// One answer at a time: when the page's status line says something newer (a generation queued, a shot saved), an
+// older message here (a red refusal most of all) goes, instead of standing above the timeline through later successes.
+(function followPageStatus(tries) {
+  const pageStatus = document.querySelector('#sl-status');
+  if (!pageStatus) { if (tries > 0) setTimeout(() => followPageStatus(tries - 1), 250); return; }
+  let said = pageStatus.textContent;  // a redraw of the same line is not news
+  new MutationObserver(() => {
+    const now = pageStatus.textContent;
+    if (now !== said && now.trim()) showStatus('', true);
+    said = now;
+  }).observe(pageStatus, {childList: true, subtree: true, characterData: true});
+})(40);
+// The player: "Play scene" / "Play film" play the chosen takes in film order, each from its trims for as long as the
+// export keeps it, with the cards' transitions (a dissolve blends the next take in over the last seconds of this one,
+// a fade goes through black, a cut switches); a shot without a take shows a grey card for its length, as the
+// export's grey card does.
+const player = root.querySelector('.tl-player');
+const screens = Array.from(player.querySelectorAll('.tl-video'));
+const gap = player.querySelector('.tl-card-gap');
+let playlist = [], playing = -1, playTimer = null, layer = 0;
+function playItems(scenes) {
+  let index = 0; const items = [];
+  model.scenes.forEach(scene => scene.shots.forEach(shot => {
+    index += 1;
+    if (scenes.includes(scene.id)) items.push({number: index, shot_id: shot.id, video: shot.video, start: shot.trim_in_s,
+      seconds: shot.used_s, transition: items.length ? shot.transition : 'cut', transition_s: shot.transition_seconds});
+  }));
+  return items;
+}
+function showOnly(node, seconds) {
+  for (const other of [...screens, gap]) {
+    if (other === node) continue;
+    other.style.transition = 'opacity ' + seconds + 's'; other.style.opacity = '0';
+    if (other.tagName === 'VIDEO' && seconds === 0) other.pause();
+  }
+  node.style.transition = 'opacity ' + seconds + 's'; node.style.opacity = '1';
+}
+function playShot(i) {
+  clearTimeout(playTimer);
+  if (i >= playlist.length) { stopPlaying(); return; }
+  playing = i; const item = playlist[i]; const next = playlist[i + 1];
+  player.dataset.playing = String(item.shot_id);
+  player.querySelector('.tl-now').textContent = 'Shot #' + item.number + ' (' + (i + 1) + ' of ' + playlist.length + ')' + (item.video ? '' : ': no take yet');
+  let node = gap;
+  if (item.video) {
+    layer = 1 - layer; node = screens[layer];
+    if (node.getAttribute('src') !== item.video) node.src = item.video;
+    try { node.currentTime = item.start || 0; } catch (e) { /* set once loaded */ }
+    const started = node.play(); if (started && started.catch) started.catch(() => {});
+  }
+  const blend = item.transition === 'dissolve' ? item.transition_s : 0;
+  if (item.transition === 'fade') { showOnly(gap, 0); gap.style.background = '#000'; setTimeout(() => showOnly(node, item.transition_s / 2), 0); }
+  else { gap.style.background = ''; showOnly(node, blend); }
+  // the next shot starts when this one ends, less the part a dissolve into it overlaps
+  const overlap = next && next.transition === 'dissolve' ? next.transition_s : 0;
+  playTimer = setTimeout(() => playShot(i + 1), Math.max(0.05, item.seconds - overlap) * 1000);
+}
+function startPlaying(sceneIds) {
+  playlist = playItems(sceneIds);
+  player.dataset.playlist = JSON.stringify(playlist.map(item => [item.shot_id, item.transition]));
+  player.hidden = false;
+  playShot(0);
+}
+function stopPlaying() {
+  clearTimeout(playTimer); playing = -1; player.hidden = true; player.dataset.playing = '';
+  screens.forEach(v => { v.pause(); v.style.opacity = '0'; }); gap.style.opacity = '0';
+}
+player.addEventListener('click', (event) => {
+  const action = event.target.dataset.player;
+  if (action === 'next') playShot(playing + 1);
+  if (action === 'close') stopPlaying();
+});
+function addPlayButtons() {
+  const film = root.querySelector('.tl-film');
+  if (film && !film.querySelector('[data-play]')) {
+    const b = el('button', 'tl-btn', '\u25b6 Play film'); b.type = 'button'; b.dataset.play = 'film'; film.append(' ', b);
+  }
+  for (const [id, box] of sceneEls) {
+    const head = box.querySelector('.tl-scene-head');
+    if (!head.querySelector('[data-play]')) {
+      const b = el('button', 'tl-btn', '\u25b6 Play'); b.type = 'button'; b.dataset.play = 'scene'; b.title = 'play this scene\u2019s takes with their transitions';
+      head.querySelector('.tl-scene-label').after(b);
+    }
+  }
+}
+root.addEventListener('click', (event) => {
+  const b = event.target.closest('[data-play]');
+  if (!b || !model) return;
+  startPlaying(b.dataset.play === 'film' ? model.scenes.map(s => s.id) : [sceneIdOf(b)]);
+});

@@ -24,11 +24,18 @@ from typing import Any
 import gradio as gr
 
 from studio.services.model_limits import shot_notes
-from studio.ui.security import take_thumbnail_url
+from studio.ui.security import asset_url, take_thumbnail_url
 
 TIMELINE_HTML = """
 <div class="tl-root" data-version="">
   <div class="tl-status" aria-live="polite"></div>
+  <div class="tl-player" hidden>
+    <div class="tl-screen"><video class="tl-video" playsinline></video><video class="tl-video" playsinline></video>
+      <div class="tl-card-gap">no take yet</div></div>
+    <div class="tl-player-bar"><span class="tl-now"></span>
+      <button type="button" class="tl-btn" data-player="next">Next shot</button>
+      <button type="button" class="tl-btn" data-player="close">Close</button></div>
+  </div>
   <div class="tl-scenes"></div>
   <div class="tl-bin"></div>
   <div class="tl-empty">Open or create a project to see its storyboard.</div>
@@ -54,6 +61,14 @@ TIMELINE_CSS = """
   object-fit: contain; border-radius: 4px; background: #222; }
 .tl-thumb-empty { display: flex; align-items: center; justify-content: center; color: #aaa; font-size: 12px; }
 .tl-caption { width: 100%; min-height: 52px; resize: vertical; font: inherit; padding: 4px; box-sizing: border-box; }
+.tl-caption.tl-unsaved { outline: 2px solid #c0392b; }
+.tl-card.tl-busy { border-color: var(--color-accent); box-shadow: 0 0 0 1px var(--color-accent); }
+.tl-busy-note { font-size: 12px; color: var(--color-accent); }
+.tl-film { font-size: 13px; font-weight: 600; }
+.tl-player { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
+.tl-screen { position: relative; width: 100%; max-width: 640px; aspect-ratio: 16 / 9; background: #000; }
+.tl-screen video, .tl-card-gap { position: absolute; inset: 0; width: 100%; height: 100%; opacity: 0; }
+.tl-card-gap { display: flex; align-items: center; justify-content: center; background: #777; color: #eee; }
 .tl-meta { font-size: 12px; color: var(--body-text-color-subdued); }
 .tl-drift { font-size: 12px; color: #b45309; }
 .tl-limits { font-size: 12px; color: var(--body-text-color-subdued); font-style: italic; }
@@ -102,6 +117,44 @@ def structure_version(scenes: list[Any]) -> str:
     return hashlib.sha1(json.dumps(layout).encode()).hexdigest()[:12]
 
 
+def running_times(scenes: list[Any], fps: int) -> tuple[dict[int, float], float]:
+    """Seconds each scene and the whole film run, as the export cuts them: each shot's frames less its trims, less
+    the frames a dissolve into a shot overlaps with the shot before (the film's first shot has none before it)."""
+    from studio.export.film import transition_frames
+
+    per_scene, total, first = {}, 0, True
+    for scene in scenes:
+        frames = 0
+        for shot in scene.shots:
+            frames += max(1, shot.num_frames - (shot.trim_in or 0) - (shot.trim_out or 0))
+            if not first and shot.transition_type == "dissolve":
+                frames -= transition_frames(shot.transition_seconds, fps)
+            first = False
+        per_scene[scene.id] = round(frames / fps, 2)
+        total += frames
+    return per_scene, round(total / fps, 2)
+
+
+def busy_shots(services: Any, project_id: int, scenes: list[Any]) -> dict[int, dict[str, Any]]:
+    """Shot id -> the queued or running generation making its take ({"job": id, "status": ...}): the card shows it."""
+    from studio.services.jobs import GENERATION_KINDS
+
+    shots_of = {scene.id: [shot.id for shot in scene.shots] for scene in scenes}
+    busy: dict[int, dict[str, Any]] = {}
+    pending = services.jobs.list_jobs(status="running", project_id=project_id)
+    pending += services.jobs.list_jobs(status="queued", project_id=project_id)
+    for job in pending:
+        if job.kind not in GENERATION_KINDS:
+            continue
+        payload = job.payload or {}
+        named = payload.get("target_shot_ids") or payload.get("shot_ids")
+        if not named and payload.get("shot_id") is not None:
+            named = [payload["shot_id"]]
+        for shot_id in named or shots_of.get(payload.get("scene_id"), []):
+            busy.setdefault(int(shot_id), {"job": job.id, "status": job.status})
+    return busy
+
+
 def timeline_model(
     services: Any,
     project_id: int | None,
@@ -124,7 +177,11 @@ def timeline_model(
     drift = services.takes.chosen_take_drift(project_id)  # the film would show what the card no longer says
     limits = shot_notes(services, project_id, scenes)  # what the model cannot draw of what the caption asks
     bin_shots = list(getattr(bin_view, "shots", ()) or ())
+    busy = busy_shots(services, project_id, scenes)
+    videos = services.takes.chosen_take_videos(project_id)  # what "Play" plays
+    scene_times, film_time = running_times(scenes, fps)
     return {
+        "running_s": film_time,
         "project_id": project_id,
         "stamp": time.monotonic_ns(),
         "version": structure_version(scenes),
@@ -135,6 +192,7 @@ def timeline_model(
             {
                 "id": scene.id,
                 "caption": scene.caption,
+                "running_s": scene_times[scene.id],
                 "shots": [
                     {
                         "id": shot.id,
@@ -151,6 +209,10 @@ def timeline_model(
                         "thumb": take_thumbnail_url(shot.chosen_take_id),
                         "drift": drift.get(shot.id),
                         "limits": " ".join(limits.get(shot.id, [])) or None,
+                        "busy": busy.get(shot.id),
+                        "video": asset_url(videos.get(shot.id)),
+                        "trim_in_s": round((shot.trim_in or 0) / fps, 3),
+                        "used_s": round(max(1, shot.num_frames - (shot.trim_in or 0) - (shot.trim_out or 0)) / fps, 3),
                     }
                     for shot in scene.shots
                 ],

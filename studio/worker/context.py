@@ -24,6 +24,11 @@ class WorkerStopping(Exception):
     """Raised inside a running job when its worker was asked to stop; the job goes back to the queue."""
 
 
+class PrerequisiteFailed(Exception):
+    """Raised inside a job whose prerequisite (a job it waited for, `after_jobs`) failed or was cancelled: the job
+    fails with this message as the film-maker reads it, instead of running without what it waited for."""
+
+
 class JobLost(Exception):
     """Raised inside a running job that is no longer this worker's (recovered by another after missed beats)."""
 
@@ -63,7 +68,8 @@ class JobContext:
     started_at: float | None = None
     _last_write_at: float | None = None
     _cancelled: bool = False
-    _rate_origin: tuple[float, float] | None = None  # (time, fraction) of the first progress above 0
+    _rate_origin: tuple[float, float] | None = None  # (time, fraction) the ETA's rate is measured from
+    _rate_settled: bool = False  # the origin moved past the first step (its warm-up): the rate is the loop's
     writes: int = 0  # progress rows written, for the benchmark and tests
 
     def __post_init__(self) -> None:
@@ -89,12 +95,15 @@ class JobContext:
         reached_end = fraction >= 1.0 and self.state.fraction < 1.0
         fraction = min(1.0, max(self.state.fraction, float(fraction)))
         now = self.clock()
-        # ETA from the average rate since the first progress was made (a model load before it would skew it);
-        # per-step rates of a diffusion or training loop are nearly constant.
-        if self._rate_origin is None and fraction > 0:
+        # ETA from the average rate since the second progress point: a model load before the first would skew it,
+        # and so would the first step, which carries the loop's warm-up (a training's first step also encodes its
+        # references: 12 s against 0.1 s a step, read as hours left). Later per-step rates are nearly constant.
+        if fraction > 0 and self._rate_origin is None:
             self._rate_origin = (now, fraction)
+        elif fraction > 0 and not self._rate_settled and fraction > self._rate_origin[1]:
+            self._rate_origin, self._rate_settled = (now, fraction), True
         eta_s = None
-        if self._rate_origin is not None and fraction > self._rate_origin[1]:
+        if self._rate_settled and fraction > self._rate_origin[1]:
             origin_time, origin_fraction = self._rate_origin
             eta_s = (now - origin_time) * (1.0 - fraction) / (fraction - origin_fraction)
         preview_asset_id = None

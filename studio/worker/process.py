@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studio.worker.context import JobCancelled, JobContext, JobLost, WorkerStopping
+from studio.worker.context import JobCancelled, JobContext, JobLost, PrerequisiteFailed, WorkerStopping
 from studio.worker.retry import is_transient, retry_db
 
 logger = logging.getLogger("studio.worker")
@@ -281,6 +281,8 @@ class Worker:
                     self._pipelines.clear()
                 free_device_memory()
                 message = out_of_memory_message(error, self.settings.offload, self.settings.vae_tiling)
+            elif isinstance(error, PrerequisiteFailed):  # says what to do; no trace to read
+                message = str(error)
             else:
                 message = f"{type(error).__name__}: {error}"
                 traceback.print_exc()

@@ -120,6 +120,17 @@ def test_shot_without_take_is_named_or_becomes_a_card(project):
     assert result["frames"] == 22 + 5
 
 
+def test_music_without_audio_is_refused_by_the_name_it_was_chosen_under(project):
+    services, project_view, _ = project
+    music = services.assets.put_bytes(b"these are lyrics, not a song", "music", "audio/mpeg", filename="lyrics.mp3")
+    job = services.jobs.enqueue("export_film", {"music_asset_id": music.id}, project_id=project_view.id)
+    with pytest.raises(ExportError) as refused:
+        run_export_job(services, job, Recorder().report, lambda: False)
+    assert str(refused.value).startswith("lyrics.mp3 has no audio ffmpeg can read; choose a music file")
+    assert str(services.assets.path_of(music.id)) not in str(refused.value)
+    assert services.exports.list(project_view.id) == []
+
+
 def test_cancel_stops_the_render_and_stores_nothing(project):
     services, project_view, _ = project
     job = services.jobs.enqueue("export_film", {}, project_id=project_view.id)

@@ -92,13 +92,18 @@ def _populate(db: Database) -> dict[str, int]:
         job = models.Job(kind="generate_scene", payload={"scene_id": scene.id})
         session.add_all([shot, job])
         session.flush()
-        take = models.Take(
-            shot_id=shot.id, number=1, job_id=job.id, video_asset_id=asset.id, thumbnail_asset_id=asset.id, seed=7
+        character_id, asset_id, shot_id, job_id = character.id, asset.id, shot.id, job.id
+    with db.engine.begin() as connection:  # SQL of the 0001 schema: the model has a take bin since 0004
+        take_id = connection.execute(
+            text(
+                "INSERT INTO takes (shot_id, number, job_id, video_asset_id, thumbnail_asset_id, seed, params,"
+                " created_at) VALUES (:shot, 1, :job, :asset, :asset, 7, '{}', CURRENT_TIMESTAMP) RETURNING id"
+            ),
+            {"shot": shot_id, "job": job_id, "asset": asset_id},
+        ).scalar_one()
+        connection.execute(
+            text("UPDATE shots SET chosen_take_id = :take WHERE id = :shot"), {"take": take_id, "shot": shot_id}
         )
-        session.add(take)
-        session.flush()
-        shot.chosen_take_id = take.id
-        character_id, asset_id = character.id, asset.id
     with db.engine.begin() as connection:  # SQL of the 0001 schema: the model has a caption column since 0002
         connection.execute(
             text(
@@ -134,7 +139,7 @@ def test_each_migration_on_empty_database(db_url, revision):
 # How to fill a database at each revision, for the populated-database test of the migration that follows it.
 # A new migration NNNN needs an entry for the revision before it (written with SQL of that schema, not the models,
 # once the models have moved on). The first revision is tested by populating right after it and upgrading to head.
-POPULATE_AT = {"0001": _populate, "0002": _populate}  # 0002 only added a column with a default
+POPULATE_AT = {"0001": _populate, "0002": _populate, "0003": _populate}  # later columns are left unset there
 
 
 @pytest.mark.parametrize("revision", REVISIONS)
@@ -162,6 +167,8 @@ def test_each_migration_on_populated_database_keeps_rows(db_url, revision, tmp_p
             # 0003: an existing project has no speed settings (runs on its preset's defaults)
             settings = connection.execute(text("SELECT acceleration FROM projects")).scalars().all()
             assert [json.loads(s) if isinstance(s, str) else s for s in settings] == [{}]
+            # 0004: an existing take is shown with its shot, not in the bin
+            assert connection.execute(text("SELECT deleted_at FROM takes")).scalars().all() == [None]
         assert current_revision(db.engine) == head_revision()
     finally:
         db.dispose()

@@ -71,3 +71,24 @@ def test_exports_store_video_from_bytes_or_path(services, shot, tmp_path):
     assert services.exports.get(first.id).settings == {"fps": 8, "music": None}
     with pytest.raises(NotFoundError, match="project 999"):
         services.exports.create(999, None, {}, b"x")
+
+
+def test_a_deleted_take_goes_to_the_bin_hands_on_the_choice_and_comes_back(services):
+    project = services.projects.create("take bin", preset="tiny")
+    scene = services.storyboard.add_scene(project.id, caption="")
+    shot = services.storyboard.add_shot(scene.id, "wide").id
+    first, second, third = (add_take(services, shot, seed=seed) for seed in (1, 2, 3))
+    services.takes.choose_take(shot, second.id)
+    services.takes.delete_take(second.id)  # the chosen one: the newest left is chosen instead
+    assert [t.number for t in services.takes.list_takes(shot)] == [1, 3]
+    assert [t.number for t in services.takes.list_takes(shot, in_bin=True)] == [2]
+    assert services.takes.chosen_take(shot).id == third.id
+    assert services.storyboard.get_shot(shot).take_count == 2
+    with pytest.raises(ValidationError, match="take 2 is in the bin"):
+        services.takes.choose_take(shot, second.id)
+    services.takes.delete_take(first.id)
+    services.takes.delete_take(third.id)
+    assert services.takes.list_takes(shot) == [] and services.takes.chosen_take(shot) is None
+    restored = services.takes.restore_take(first.id)
+    assert restored.is_chosen and restored.deleted_at is None  # a shot without a take gets the restored one
+    assert add_take(services, shot, seed=4).number == 4  # a binned take's number is never reused

@@ -28,7 +28,9 @@ def test_generating_a_shot_of_a_character_that_wants_a_lora_queues_its_training_
     estimate = "training Mara's LoRA first (150 steps; no training has run on this machine yet to time it)"
     waits = f"after the adapter training it needs (job {training.id}): {estimate}"
     assert message == f"generation queued (job {generation.id}), {waits}"
-    # a regeneration meanwhile waits for the same training, not a second one
+    # a regeneration of that shot waits for the same training, not a second one (once the scene's generation is
+    # called off: while it is pending, a second take of the shot is refused)
+    services.jobs.request_cancel(generation.id)
     message, _ = apply_edit(services, project.id, {"op": "regenerate", "shot_id": shot.id})
     assert message.endswith(waits)
     assert [j.kind for j in services.jobs.list_jobs(project_id=project.id)].count("train_adapter") == 1
@@ -77,3 +79,39 @@ def test_train_while_training_says_so_instead_of_queueing_again(services):
     second = on_train(project.id, mara.id, "lora")[-1]
     assert second.startswith(f"Already training (job {job.id}); a new version can be trained once it ends.")
     assert [j.kind for j in services.jobs.list_jobs(project_id=project.id)] == ["train_adapter"]
+
+
+def test_a_generation_whose_training_was_cancelled_or_failed_fails_with_that_reason(sqlite_services):
+    from studio.worker.process import Worker
+
+    services = sqlite_services
+    project = services.projects.create("Called off", preset="tiny", width=32, height=32, steps=2)
+    mara = services.characters.create(project.id, "Mara", adapter_kind="lora")
+    services.characters.add_reference(mara.id, "mara.png", png_bytes(64, 64))
+    scene = services.storyboard.add_scene(project.id, "a beach")
+    shot = services.storyboard.add_shot(scene.id, "Mara runs", characters=[mara.id], num_frames=5)
+    apply_edit(services, project.id, {"op": "generate_scene", "scene_id": scene.id})
+    jobs = {job.kind: job for job in services.jobs.list_jobs(project_id=project.id)}
+    services.jobs.request_cancel(jobs["train_adapter"].id)
+    worker = Worker(
+        services, worker_id="test-worker", kinds=("generate_scene", "regenerate_shot"), poll_interval_s=0.01
+    )
+    worker.run_once()
+    generation = services.jobs.get(jobs["generate_scene"].id)
+    assert generation.status == "failed"
+    assert generation.error == (
+        f"Not generated: the training of Mara's LoRA it waited for (job {jobs['train_adapter'].id}) was cancelled. "
+        "Train it again (Characters tab) and generate again, or take the character out of the shot."
+    )
+    assert services.takes.list_takes(shot.id) == []  # no take made without the adapter
+    # a failed training says how it failed
+    apply_edit(services, project.id, {"op": "regenerate", "shot_id": shot.id})
+    training = next(
+        j for j in services.jobs.list_jobs(project_id=project.id) if j.status == "queued" and j.kind == "train_adapter"
+    )
+    services.jobs.claim_next_job("trainer", kinds=("train_adapter",))
+    services.jobs.fail(training.id, "no references left")
+    worker.run_once()
+    regeneration = next(j for j in services.jobs.list_jobs(project_id=project.id) if j.kind == "regenerate_shot")
+    assert regeneration.status == "failed" and f"(job {training.id}) failed (no references left)" in regeneration.error
+    assert services.takes.list_takes(shot.id) == []

@@ -36,6 +36,7 @@ def test_takes_side_by_side_with_seed_scores_and_choose():
             id=1,
             number=1,
             video_asset_id=7,
+            thumbnail_asset_id=17,
             seed=42,
             identity_scores={"Mara": 0.61234},
             is_chosen=True,
@@ -45,6 +46,7 @@ def test_takes_side_by_side_with_seed_scores_and_choose():
             id=2,
             number=2,
             video_asset_id=8,
+            thumbnail_asset_id=18,
             seed=43,
             identity_scores={"Mara": "no face found"},
             is_chosen=False,
@@ -57,6 +59,7 @@ def test_takes_side_by_side_with_seed_scores_and_choose():
     assert html.count('class="sl-flag"') == 1
     assert "take is 13 frames, the shot 17; take made from another caption" in html
     assert html.count("<video") == 2 and 'src="/studio/asset/8"' in html
+    assert 'poster="/studio/asset/18"' in html  # the thumbnail, not a black box until played
     assert "seed 42" in html and "Mara 0.61" in html and "Mara no face found" in html
     assert html.count('data-action="choose_take"') == 1 and 'data-id="2"' in html
     assert "<img src=x" not in html and "${" not in html
@@ -103,7 +106,14 @@ def test_exports_play_in_the_page_with_download_links():
     export.settings = {"duration": 14.375, "width": 64, "height": 64, "music_asset_id": 3, "music_fade_seconds": 1.0}
     assert "14.4 s · 64×64 · music, fade-out 1 s" in exports_html([export])
     assert '<video controls preload="metadata" src="/studio/asset/12">' in html
-    # saved under the film's name and the export's number, not as one more film-4.mp4
-    assert "/studio/asset/12?download=The-Lighthouse-4.mp4" in html
-    assert "/studio/asset/13?download=The-Lighthouse-4.otio" in html
-    assert "download=film-4.mp4" in exports_html([export], project_name="///")  # nothing usable left in the name
+    # saved under the film's name and the export's number in its project (its first: whatever its id), not as one
+    # more film-4.mp4
+    assert "/studio/asset/12?download=The-Lighthouse-1.mp4" in html and "<b>Export 1</b>" in html
+    assert "/studio/asset/13?download=The-Lighthouse-1.otio" in html
+    assert "download=film-1.mp4" in exports_html([export], project_name="///")  # nothing usable left in the name
+    later = SimpleNamespace(
+        id=9, video_asset_id=14, timeline_asset_id=None, settings={}, created_at=datetime(2026, 1, 2)
+    )
+    assert "<b>Export 2</b>" in exports_html([later, export]) and "download=film-2.mp4" in exports_html(
+        [later, export]
+    )

@@ -209,7 +209,7 @@ def test_scene_moves_later_and_earlier_with_its_shots(page, studio):
     page.wait_for_function(f"document.querySelector('.tl-scene').dataset.sceneId === '{second.id}'")
     assert [s.id for s in services.storyboard.list_scenes(project.id)] == [second.id, first.id]
     assert card_order(page) == [other, shots[0]] == [s.id for s in services.storyboard.film_shots(project.id)]
-    assert page.locator(".tl-scene-label").first.inner_text() == "Scene 1"
+    assert page.locator(".tl-scene-label").first.inner_text().startswith("Scene 1 · ")  # and its running time
     page.locator(f".tl-scene[data-scene-id='{first.id}'] button[data-action=scene_left]").click()
     page.wait_for_function(f"document.querySelector('.tl-scene').dataset.sceneId === '{first.id}'")
     assert [s.id for s in services.storyboard.list_scenes(project.id)] == [first.id, second.id]

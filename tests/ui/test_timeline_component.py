@@ -135,6 +135,7 @@ def test_caption_saved_once_on_enter_not_per_keystroke(page, timeline_app):
             "op": "caption",
             "shot_id": 2,
             "caption": "ABCDEFGHIJ",
+            "was": NASTY[1],  # the caption the card showed: an edit made meanwhile elsewhere is not overwritten
             "version": "v1",
             "project_id": 7,
             "selected": [],

@@ -67,19 +67,38 @@ def test_progress_is_throttled_monotone_and_reaches_one():
     assert ctx.state.fraction == 1.0
 
 
-def test_eta_follows_the_rate_since_the_first_step_and_fraction_is_clamped():
+def test_eta_follows_the_rate_after_the_first_step_and_fraction_is_clamped():
     ctx, jobs, clock = make_context(interval=0.0)
     clock.now += 60.0  # loading the model: no progress yet, and it must not count in the rate
     ctx.report_progress(0.0, "loading model")
     clock.now += 5.0
-    ctx.report_progress(0.25, step=1, total=4)
+    ctx.report_progress(0.2, step=1, total=5)
     assert jobs.rows[-1][4] is None  # one point gives no rate
+    clock.now += 30.0  # the first step carries the warm-up: it must not count either
+    ctx.report_progress(0.4, step=2, total=5)
+    assert jobs.rows[-1][4] is None
     clock.now += 10.0
-    ctx.report_progress(0.5, step=2, total=4)
-    assert jobs.rows[-1][4] == pytest.approx(20.0)  # a quarter per 10 s: half to go
+    ctx.report_progress(0.6, step=3, total=5)
+    assert jobs.rows[-1][4] == pytest.approx(20.0)  # a fifth per 10 s: two fifths to go
     clock.now += 10.0
     ctx.report_progress(2.0)
     assert jobs.rows[-1][0] == 1.0 and jobs.rows[-1][4] == pytest.approx(0.0)
+
+
+def test_a_training_s_first_eta_is_not_thrown_by_its_slow_first_step():
+    """2,000 steps of 0.1 s after a first step of 12 s (references encoded, caches warmed): the first ETA shown
+    is the time the steps left take, not 2,000 times the first step."""
+    ctx, jobs, clock = make_context(interval=0.0)
+    ctx.report_progress(0.05, "training Kai's lora", step=0, total=2000)
+    clock.now += 12.0
+    ctx.report_progress(0.05 + 0.9 / 2000, step=1, total=2000)
+    assert jobs.rows[-1][4] is None
+    for step in range(2, 6):
+        clock.now += 0.1
+        fraction = 0.05 + 0.9 * step / 2000
+        ctx.report_progress(fraction, step=step, total=2000)
+        # what is left at 0.1 s a step (the saving share at the same rate): about 3:31, not 3½ hours
+        assert jobs.rows[-1][4] == pytest.approx(0.1 * (1 - fraction) / (0.9 / 2000))
 
 
 def test_preview_is_stored_as_an_asset_and_always_written():
