@@ -19,11 +19,11 @@ from typing import Any
 import gradio as gr
 
 from pipelines.registry import PRESETS, get_preset, requirements
+from studio.services import speed_form as speed
 from studio.services.errors import ServiceError
 from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
 from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
 from studio.storyboard_file import StoryboardError
-from studio.ui import speed
 from studio.ui import storyboard as edits
 from studio.ui.panels import (
     PANEL_CSS,

@@ -347,11 +347,14 @@ watch('value', () => renderPushed(props.value));
 (function followPageStatus(tries) {
   const pageStatus = document.querySelector('#sl-status');
   if (!pageStatus) { if (tries > 0) setTimeout(() => followPageStatus(tries - 1), 250); return; }
-  let said = pageStatus.textContent;  // a redraw of the same line is not news
+  // Only a new stamped line ("Shot saved. · 14:02:31", as the server's `said` writes them) is news: Gradio's own
+  // progress text comes and goes in the same element while a request runs, and must not clear this one.
+  const stamped = text => { const m = (text || '').match(/[^\n]*·\s*\d\d:\d\d:\d\d/); return m ? m[0].trim() : ''; };
+  let said = stamped(pageStatus.textContent);
   new MutationObserver(() => {
-    const now = pageStatus.textContent;
-    if (now !== said && now.trim()) showStatus('', true);
-    said = now;
+    const now = stamped(pageStatus.textContent);
+    if (now && now !== said) showStatus('', true);
+    if (now) said = now;
   }).observe(pageStatus, {childList: true, subtree: true, characterData: true});
 })(40);
 // The player: "Play scene" / "Play film" play the chosen takes in film order, each from its trims for as long as the

@@ -1,4 +1,4 @@
-"""The project's speed settings as the settings panel shows them, and back (no gradio here: plain values)."""
+"""The project's speed settings as the settings panel shows them, and back (plain values, for the UI; no gradio)."""
 
 from __future__ import annotations
 
