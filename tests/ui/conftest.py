@@ -46,6 +46,23 @@ def browser():
         browser.close()
 
 
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """The studio page (UI only, no worker) on a fresh data folder and a free port: `(services, base URL)`. A test
+    module that needs another set-up defines its own `studio`."""
+    from studio.config import load_settings
+    from studio.services import build_services
+    from studio.ui.app import build_app
+
+    settings = load_settings(data_dir=tmp_path_factory.mktemp("studio") / "data", port=free_port())
+    services = build_services(settings)
+    app = build_app(services)
+    app.launch(prevent_thread_lock=True, quiet=True)
+    yield services, app.local_url.rstrip("/")
+    app.close()
+    services.close()
+
+
 class PageWatch:
     """What the page did that a test must know about: dialogs opened (an XSS would open one), page errors."""
 

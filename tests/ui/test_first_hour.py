@@ -6,23 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from studio.config import load_settings
-from studio.services import build_services
-from studio.ui.app import build_app
-from tests.ui.conftest import free_port
-
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    settings = load_settings(data_dir=tmp_path_factory.mktemp("first-hour") / "data", port=free_port())
-    services = build_services(settings)
-    app = build_app(services)
-    app.launch(prevent_thread_lock=True, quiet=True)
-    yield services, app.local_url.rstrip("/")
-    app.close()
-    services.close()
 
 
 @pytest.fixture(autouse=True)

@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from studio.config import load_settings
-from studio.services import build_services
-from studio.ui.app import build_app
 from studio.ui.latency import card_order
-from tests.ui.conftest import free_port, screenshot
+from tests.ui.conftest import screenshot
 
 pytestmark = pytest.mark.browser
 
 NASTY = ["${document.title}", "<img src=x onerror=alert(1)>", "{{value}}"]
-
-
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    settings = load_settings(data_dir=tmp_path_factory.mktemp("page") / "data", port=free_port())
-    services = build_services(settings)
-    app = build_app(services)
-    app.launch(prevent_thread_lock=True, quiet=True)
-    yield services, app.local_url.rstrip("/")
-    app.close()
-    services.close()
 
 
 def make_project(services, name: str, shots: list[str]) -> tuple[int, int, list[int]]:
