@@ -168,26 +168,23 @@ class TakeService:
     def chosen_take_drift(self, project_id: int) -> dict[int, str]:
         """Live shot id -> how its chosen take differs from it (`take_drift`), for the shots where it does; one
         query for the whole project."""
-        with self.db.unit_of_work(read_only=True) as session:
-            rows = session.execute(
-                select(models.Shot.id, models.Shot.caption, models.Shot.num_frames, models.Take.params)
-                .join(models.Take, models.Take.id == models.Shot.chosen_take_id)
-                .join(models.Scene, models.Scene.id == models.Shot.scene_id)
-                .where(
-                    models.Scene.project_id == project_id,
-                    models.Shot.deleted_at.is_(None),
-                    models.Scene.deleted_at.is_(None),
-                )
-            ).all()
+        rows = self._live_chosen_takes(
+            project_id, models.Shot.id, models.Shot.caption, models.Shot.num_frames, models.Take.params
+        )
         drift = {shot_id: take_drift(caption, frames, params) for shot_id, caption, frames, params in rows}
         return {shot_id: text for shot_id, text in drift.items() if text}
 
     def chosen_take_videos(self, project_id: int) -> dict[int, int]:
         """Live shot id -> the video asset of its chosen take, for the shots that have one; one query for the whole
         project (the storyboard's player plays them in film order)."""
+        rows = self._live_chosen_takes(project_id, models.Shot.id, models.Take.video_asset_id)
+        return {shot_id: asset_id for shot_id, asset_id in rows}
+
+    def _live_chosen_takes(self, project_id: int, *columns) -> list:
+        """`columns` of every live shot of the project that has a chosen take, joined with that take (one query)."""
         with self.db.unit_of_work(read_only=True) as session:
-            rows = session.execute(
-                select(models.Shot.id, models.Take.video_asset_id)
+            return session.execute(
+                select(*columns)
                 .join(models.Take, models.Take.id == models.Shot.chosen_take_id)
                 .join(models.Scene, models.Scene.id == models.Shot.scene_id)
                 .where(
@@ -196,7 +193,6 @@ class TakeService:
                     models.Scene.deleted_at.is_(None),
                 )
             ).all()
-        return {shot_id: asset_id for shot_id, asset_id in rows}
 
     def set_identity_scores(self, take_id: int, scores: dict) -> TakeView:
         _json(scores, "identity scores")

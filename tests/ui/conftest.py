@@ -63,6 +63,21 @@ def studio(tmp_path_factory):
     services.close()
 
 
+def project_with_shots(services, name: str, count: int):
+    """A tiny-preset project with one scene of `count` shots: (project, scene, shot ids)."""
+    project = services.projects.create(name, preset="tiny")
+    scene = services.storyboard.add_scene(project.id, caption="the harbour")
+    shots = [services.storyboard.add_shot(scene.id, f"shot {i + 1}").id for i in range(count)]
+    return project, scene, shots
+
+
+def open_board(page, base: str, project_id: int) -> None:
+    """Open a project's Storyboard tab and wait for its cards."""
+    page.goto(f"{base}/?project={project_id}")
+    page.get_by_role("tab", name="Storyboard").click()
+    page.wait_for_selector(".tl-card")
+
+
 class PageWatch:
     """What the page did that a test must know about: dialogs opened (an XSS would open one), page errors."""
 

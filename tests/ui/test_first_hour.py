@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ui.conftest import open_board, project_with_shots
+
 pytestmark = pytest.mark.browser
 
 
@@ -19,19 +21,6 @@ def no_jobs_left_over(studio):
             services.jobs.request_cancel(job.id)
             if job.status == "running":
                 services.jobs.mark_cancelled(job.id)
-
-
-def project_with_shots(services, name: str, count: int):
-    project = services.projects.create(name, preset="tiny")
-    scene = services.storyboard.add_scene(project.id, caption="the harbour")
-    shots = [services.storyboard.add_shot(scene.id, f"shot {i + 1}").id for i in range(count)]
-    return project, scene, shots
-
-
-def open_board(page, base: str, project_id: int) -> None:
-    page.goto(f"{base}/?project={project_id}")
-    page.get_by_role("tab", name="Storyboard").click()
-    page.wait_for_selector(".tl-card")
 
 
 def status_says(page, text: str) -> None:

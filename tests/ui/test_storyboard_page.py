@@ -11,21 +11,9 @@ from PIL import Image
 
 from studio.ui.latency import card_order
 from tests.foundation.helpers import add_take
+from tests.ui.conftest import open_board, project_with_shots
 
 pytestmark = pytest.mark.browser
-
-
-def project_with_shots(services, name: str, count: int):
-    project = services.projects.create(name, preset="tiny")
-    scene = services.storyboard.add_scene(project.id, caption="the harbour")
-    shots = [services.storyboard.add_shot(scene.id, f"shot {i + 1}").id for i in range(count)]
-    return project, scene, shots
-
-
-def open_board(page, base: str, project_id: int) -> None:
-    page.goto(f"{base}/?project={project_id}")
-    page.get_by_role("tab", name="Storyboard").click()
-    page.wait_for_selector(".tl-card")
 
 
 def pick(page, elem_id: str, option: str) -> None:
