@@ -17,7 +17,7 @@ from studio.export.bundle import export_bundle, import_bundle
 from studio.export.commands import import_bundle_command
 from studio.services import build_services
 from studio.services.errors import ValidationError
-from tests.foundation.helpers import png_bytes, png_header_only
+from tests.core_services.helpers import png_bytes, png_header_only
 
 HTML = b"<html><body><script>fetch('/gradio_api/upload', {method: 'POST'})</script></body></html>"
 

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from studio.db import models
 from studio.ui.security import asset_routes
-from tests.foundation.helpers import png_bytes, safetensors_bytes
+from tests.core_services.helpers import png_bytes, safetensors_bytes
 
 MP4_HEAD = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 64
 OGG_HEAD = b"OggS\x00\x02" + b"\x00" * 64

@@ -170,7 +170,7 @@ def test_a_reload_during_a_generation_reopens_the_project_and_its_jobs(page, stu
 
 def test_cancelling_the_training_a_generation_waits_for_fails_it_with_that_reason(page, studio):
     from studio.worker.process import Worker
-    from tests.foundation.helpers import png_bytes
+    from tests.core_services.helpers import png_bytes
 
     services, base = studio
     project = services.projects.create("called off", preset="tiny", width=32, height=32, steps=2)
@@ -193,7 +193,7 @@ def test_cancelling_the_training_a_generation_waits_for_fails_it_with_that_reaso
 
 
 def test_a_music_file_without_audio_is_refused_at_once_by_its_name(page, studio, tmp_path):
-    from tests.foundation.helpers import add_take
+    from tests.core_services.helpers import add_take
 
     services, base = studio
     project, _, shots = project_with_shots(services, "bad music", 1)
@@ -212,7 +212,7 @@ def test_a_music_file_without_audio_is_refused_at_once_by_its_name(page, studio,
 
 
 def test_a_take_is_deleted_to_the_shot_bin_and_restored_on_the_page(page, studio):
-    from tests.foundation.helpers import add_take
+    from tests.core_services.helpers import add_take
 
     services, base = studio
     project, _, shots = project_with_shots(services, "take bin page", 1)
@@ -235,7 +235,7 @@ def test_a_take_is_deleted_to_the_shot_bin_and_restored_on_the_page(page, studio
 
 
 def test_numbers_read_as_the_page_shows_them_and_takes_show_their_thumbnail(page, studio):
-    from tests.foundation.helpers import add_take
+    from tests.core_services.helpers import add_take
 
     services, base = studio
     other, _, _ = project_with_shots(services, "numbers elsewhere", 1)
@@ -318,7 +318,7 @@ def test_a_red_refusal_above_the_timeline_goes_once_the_page_says_something_newe
 
 
 def test_a_reference_is_removed_and_a_character_deleted_only_when_confirmed(browser, studio):
-    from tests.foundation.helpers import png_bytes
+    from tests.core_services.helpers import png_bytes
 
     services, base = studio
     project = services.projects.create("cast", preset="tiny")
@@ -368,7 +368,7 @@ def test_a_reference_is_removed_and_a_character_deleted_only_when_confirmed(brow
 
 
 def test_a_scene_and_the_film_play_from_the_storyboard_in_order_with_their_transitions(page, studio):
-    from tests.foundation.helpers import add_take
+    from tests.core_services.helpers import add_take
 
     services, base = studio
     project = services.projects.create("player", preset="tiny", fps=8)

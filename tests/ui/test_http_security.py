@@ -9,7 +9,7 @@ import pytest
 from studio.config import load_settings
 from studio.services import build_services
 from studio.ui.app import build_app
-from tests.foundation.helpers import png_bytes
+from tests.core_services.helpers import png_bytes
 from tests.ui.conftest import free_port
 
 CAP = 64 * 1024

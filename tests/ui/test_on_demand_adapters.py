@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from studio.generation import wait_for_training
 from studio.ui.storyboard import apply_edit
-from tests.foundation.helpers import png_bytes
+from tests.core_services.helpers import png_bytes
 
 
 def test_generating_a_shot_of_a_character_that_wants_a_lora_queues_its_training_first(services):

@@ -10,7 +10,7 @@ import pytest
 
 from studio.services.errors import ConflictError, ServiceError
 from studio.ui.app import build_app, guarded
-from tests.foundation.helpers import add_take, png_bytes
+from tests.core_services.helpers import add_take, png_bytes
 
 
 def _handler(app, name: str):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from studio.ui.latency import card_order
-from tests.foundation.helpers import add_take
+from tests.core_services.helpers import add_take
 from tests.ui.conftest import open_board, project_with_shots
 
 pytestmark = pytest.mark.browser

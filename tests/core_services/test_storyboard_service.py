@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from studio.services.errors import ConflictError, ValidationError
-from tests.foundation.helpers import add_take
+from tests.core_services.helpers import add_take
 
 
 def _board(services):

@@ -17,7 +17,7 @@ from studio.storyboard_file import (
     load_storyboard,
     parse_storyboard,
 )
-from tests.foundation.helpers import add_take
+from tests.core_services.helpers import add_take
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
 EXAMPLE = EXAMPLES / "lighthouse.yaml"

@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.registry import get_preset
 from studio.services.errors import ConflictError, NotFoundError, ValidationError
-from tests.foundation.helpers import png_bytes, safetensors_bytes
+from tests.core_services.helpers import png_bytes, safetensors_bytes
 
 
 def test_project_defaults_come_from_the_preset(services):
@@ -159,7 +159,7 @@ def test_adapters_version_and_status(services):
 
 
 def test_purge_removes_a_binned_project_and_only_its_files(services):
-    from tests.foundation.helpers import add_take
+    from tests.core_services.helpers import add_take
 
     keep = services.projects.create("Keep")
     gone = services.projects.create("Gone")

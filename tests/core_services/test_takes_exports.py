@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from studio.db import models
 from studio.services.errors import NotFoundError, ValidationError
-from tests.foundation.helpers import add_take, png_bytes
+from tests.core_services.helpers import add_take, png_bytes
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from studio.db import models
 from studio.services import build_services
 from studio.services.assets import sanitize_filename, validate_image
 from studio.services.errors import ValidationError
-from tests.foundation.helpers import png_header_only
+from tests.core_services.helpers import png_header_only
 
 
 def png_bytes(width: int = 8, height: int = 8, color=(200, 30, 30)) -> bytes:

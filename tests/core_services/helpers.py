@@ -1,4 +1,4 @@
-"""Small builders shared by the foundation tests."""
+"""Small builders shared by the studio core tests (projects, shots, takes, PNG bytes)."""
 
 from __future__ import annotations
 
