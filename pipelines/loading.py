@@ -349,11 +349,6 @@ def _hf_cache_location(preset: ModelPreset, extra_dirs: tuple[Path, ...] = ()) -
     return location, problem
 
 
-def _resolve_local_folder(preset: ModelPreset, model_dir: str | os.PathLike | None) -> Path:
-    """The diffusers folder of a local preset (see `find_model`)."""
-    return find_model(preset, model_dir=model_dir).folder
-
-
 def load_components_from_folder(
     folder: str | os.PathLike, dtype: torch.dtype = torch.float32, checkpoints: dict[str, Path] | None = None
 ) -> dict:

@@ -89,16 +89,17 @@ def model_fingerprint(services, preset: str) -> str:
     """What identifies the base model's weights an adapter is trained on (a LoRA of other weights is stale):
     the digests of the model folder's component files, or `code:NAME` for a preset built in code."""
     from pipelines import get_preset
-    from pipelines.loading import DEMO_MODEL_DIR, _resolve_local_folder
+    from pipelines.loading import DEMO_MODEL_DIR, find_model
 
     spec = get_preset(preset)
     if spec.source == "code":
         return f"code:{spec.name}"
+    checkpoints: list[Path] = []
     if spec.source == "bundled":
         folder = DEMO_MODEL_DIR
-    else:
-        local = Path(services.settings.resolved_model_dir) / preset
-        folder = _resolve_local_folder(spec, local if local.is_dir() else None)
+    else:  # found as the worker finds it: MODEL_DIR/<preset>/, a repo-named folder, the HF cache, single files
+        location = find_model(spec, model_root=services.settings.resolved_model_dir)
+        folder, checkpoints = location.folder, sorted(Path(p) for p in (location.checkpoints or {}).values())
     digest = hashlib.sha256()
     for name in COMPONENT_NAMES:
         for path in sorted((Path(folder) / name).rglob("*")):
@@ -106,6 +107,8 @@ def model_fingerprint(services, preset: str) -> str:
             # weights or configuration: editing its text must not make every adapter of the model stale.
             if path.is_file() and path.name != "training.json":
                 digest.update(f"{path.relative_to(folder).as_posix()}:{_file_digest(path)};".encode())
+    for path in checkpoints:  # single-file experts replace the folder's transformer weights
+        digest.update(f"{path.name}:{_file_digest(path)};".encode())
     return digest.hexdigest()[:16]
 
 
