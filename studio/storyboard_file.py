@@ -43,7 +43,16 @@ from studio.services import validation as check
 from studio.services.assets import read_capped, sanitize_filename
 from studio.services.characters import WANTED_ADAPTER_KINDS, _check_trigger, default_trigger
 from studio.services.errors import NotFoundError, ServiceError
-from studio.services.storyboard import CAMERA_MOVES, SHOT_SIZES, PlanError, ScenePlan, ShotPlan, _choice, _transition
+from studio.services.storyboard import (
+    CAMERA_MOVES,
+    SHOT_SIZES,
+    PlanError,
+    PlanResult,
+    ScenePlan,
+    ShotPlan,
+    _choice,
+    _transition,
+)
 
 _LINES = "__lines__"
 _LINE = "__line__"
@@ -955,17 +964,9 @@ def _sync_scenes(services, doc: StoryboardDoc, project_id: int, character_ids: d
         raise StoryboardError(
             str(error), doc.source, shot.line, f"scenes[{error.scene_index}].shots[{error.shot_index}]"
         ) from error
-    for name in (
-        "scenes_created",
-        "scenes_updated",
-        "scenes_binned",
-        "shots_created",
-        "shots_updated",
-        "shots_moved",
-        "shots_binned",
-        "reordered",
-    ):
-        setattr(report, name, getattr(report, name) + getattr(result, name))
+    for counter in fields(PlanResult):  # the plan's counters add to the report's of the same name
+        if counter.name != "film_shot_ids":
+            setattr(report, counter.name, getattr(report, counter.name) + getattr(result, counter.name))
     report.film_shot_ids = result.film_shot_ids
 
 
