@@ -194,7 +194,7 @@ def import_rows() -> list[str]:
 def face_rows() -> list[str]:
     from face_models import build_face_pack, face_picture
 
-    from studio.faces.analysis import FaceAnalyzer
+    from studio.characters.faces import FaceAnalyzer
 
     with tempfile.TemporaryDirectory() as folder:
         analyzer = FaceAnalyzer(build_face_pack(Path(folder)))

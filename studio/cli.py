@@ -13,10 +13,10 @@ import logging
 import sys
 from pathlib import Path
 
+from studio.characters import commands as character_commands
 from studio.config import SettingsError, add_settings_arguments, describe_settings, load_settings
 from studio.config import settings_overrides_from_args as _overrides
 from studio.export import commands as export_commands
-from studio.faces import commands as character_commands
 from studio.worker import commands as job_commands
 
 # Flags every command accepts before its name; the rest of the settings are for app.py and the worker.
@@ -109,7 +109,7 @@ def cmd_import(args, services) -> int:
 
     for line in describe_shot_notes(services, report.project_id):  # what the model cannot draw of what is asked
         print(line)
-    from studio.characters_jobs import analyze_pending_references
+    from studio.characters.references import analyze_pending_references
 
     analyze_pending_references(services, report.project_id)  # faces of imported references (no-op without models)
     return 0

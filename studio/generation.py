@@ -187,7 +187,7 @@ def plan_scene(
     adapters, adapter_names, with_adapter, lora_shots = [], {}, set(), {}
     if characters:
         from adapters.loading import lora_adapter_name
-        from studio.characters_jobs import scene_adapters
+        from studio.characters.runtime import scene_adapters
 
         for adapter in scene_adapters(services, project.id, list(characters)):
             character = characters[adapter.character_id]
@@ -362,7 +362,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
     timings = {"pipeline_s": round(time.perf_counter() - started, 4)}
     captions = list(plan.captions)
     if plan.adapters:
-        from studio.characters_jobs import substitute_captions
+        from studio.characters.runtime import substitute_captions
 
         captions = substitute_captions(pipe, captions)  # "<mara>" -> what Mara's adapter answers to
     ctx.check_cancelled()
@@ -528,7 +528,7 @@ def _accelerator_record(pipe, project) -> dict | None:
 def _score_identity(services, take_id) -> None:
     """Identity scores of the take's characters (skipped without the face models); never fails the job."""
     try:
-        from studio.characters_jobs import score_take
+        from studio.characters.references import score_take
 
         score_take(services, take_id)
     except Exception:  # noqa: BLE001 - a score is advice for the film-maker; the take itself is complete

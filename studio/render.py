@@ -253,15 +253,14 @@ def render_storyboard(
     log(report.summary())
     # References that arrived with the file are stored unanalysed; find their faces now so identity scores of the
     # takes below have something to compare with (no-op without the face models).
-    from studio.characters_jobs import analyze_pending_references
+    from studio.characters.references import analyze_pending_references
 
     analyze_pending_references(services, project_id)
 
     worker = Worker(services, worker_id=default_worker_id(f"{RENDER_SLOT}-{os.getpid()}"), poll_interval_s=0.2)
     worker.recover()  # a killed render's running job goes back to the queue (or fails after too many tries)
 
-    from studio.characters_jobs import ensure_adapters
-    from studio.faces.service import training_estimate
+    from studio.characters.adapters import ensure_adapters, training_estimate
     from studio.services.model_limits import describe_shot_notes
 
     for line in describe_shot_notes(services, project_id):

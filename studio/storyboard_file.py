@@ -39,9 +39,9 @@ from yaml.cyaml import CParser as _CParser
 from yaml.resolver import Resolver as _Resolver
 
 from pipelines.registry import PRESETS, ModelPreset
+from studio.characters.records import WANTED_ADAPTER_KINDS, check_trigger, default_trigger
 from studio.services import validation as check
 from studio.services.assets import read_capped, sanitize_filename
-from studio.services.characters import WANTED_ADAPTER_KINDS, _check_trigger, default_trigger
 from studio.services.errors import NotFoundError, ServiceError
 from studio.services.storyboard import (
     CAMERA_MOVES,
@@ -373,7 +373,7 @@ def parse_storyboard(text: str, source: str = "storyboard", limits: StoryboardLi
         names[name.lower()] = item[_LINES]["name"]
         trigger = item.get("trigger")
         if trigger is not None:
-            reader.check(_check_trigger, item, "trigger", path, str(trigger))
+            reader.check(check_trigger, item, "trigger", path, str(trigger))
         token = str(trigger) if trigger is not None else default_trigger(name)
         references, captions = [], []
         for ref_index, ref in enumerate(reader.list(item, "references", path)):
@@ -776,7 +776,7 @@ def import_storyboard(
 
 def _attach_shipped_adapters(services, doc: StoryboardDoc, base: Path, character_ids, report: ImportReport) -> None:
     """Each `adapter_weights:` LoRA becomes its character's trained LoRA while its recipe is current (else a note)."""
-    from studio.faces.shipped import attach_shipped_lora
+    from studio.characters.shipped import attach_shipped_lora
 
     for index, spec in enumerate(doc.characters):
         if spec.adapter_weights is None:

@@ -26,9 +26,8 @@ DEFAULT_OUT = REFS_DIR / "kai_lora.safetensors"
 
 def train_example_lora(out: Path, device: str = "cpu", log=None) -> Path:
     """Train Kai's LoRA through the studio's job and write it to `out` (atomically); returns `out`."""
-    from studio.characters_jobs import request_training
+    from studio.characters.adapters import current_adapter, request_training
     from studio.config import load_settings
-    from studio.faces.service import current_adapter
     from studio.render import run_jobs
     from studio.services import build_services
     from studio.storyboard_file import import_storyboard, load_storyboard

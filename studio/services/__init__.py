@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from studio.config import Settings
 from studio.db.engine import Database
 from studio.db.migrate import upgrade
 from studio.services.assets import AssetStore
-from studio.services.characters import CharacterService
 from studio.services.exports import ExportService
 from studio.services.jobs import JobService
 from studio.services.projects import ProjectService
 from studio.services.storyboard import StoryboardService
 from studio.services.takes import TakeService
 from studio.startup import ensure_data_dir, ensure_sqlite_folder
+
+if TYPE_CHECKING:
+    from studio.characters.records import CharacterService
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,10 @@ class Services:
 
 def build_services(settings: Settings, migrate: bool = True, sweep: bool = True) -> Services:
     """Open the studio's database and asset store; `migrate`/`sweep` are the start-up duties (on by default)."""
+    # The character records live with the rest of the character area and import this package's modules (views,
+    # validation, errors): imported here, not at the top, so that either package can be imported first.
+    from studio.characters.records import CharacterService
+
     ensure_data_dir(settings.data_dir)
     url = settings.resolved_database_url
     ensure_sqlite_folder(url, settings.data_dir)

@@ -243,8 +243,8 @@ def face_models_note(services: Any, references: list[Any]) -> str:
     """Why a character's references have no face analysis, for as long as that holds: the face models are missing."""
     if not any(ref.analyzed_at is None for ref in references):
         return ""
-    from studio.faces.analysis import missing_pack_message
-    from studio.faces.service import face_analyzer_for
+    from studio.characters.faces import missing_pack_message
+    from studio.characters.references import face_analyzer_for
 
     analyzer = face_analyzer_for(services.settings)
     return "" if analyzer.is_available() else missing_pack_message(analyzer.pack_dir)
@@ -988,7 +988,7 @@ def build_app(services: Any) -> gr.Blocks:
         def on_upload_references(project_id, character_id, files):
             if character_id is None:
                 raise gr.Error("Open a character first.", print_exception=False)
-            from studio.faces.service import add_reference
+            from studio.characters.references import add_reference
 
             added, refused, notes = 0, [], set()
             for item in files or []:
@@ -1018,11 +1018,11 @@ def build_app(services: Any) -> gr.Blocks:
         def on_train(project_id, character_id, kind):
             if character_id is None:
                 raise gr.Error("Open a character first.", print_exception=False)
-            from studio.faces.service import request_training
+            from studio.characters.adapters import request_training
 
             _require_project(project_id)
             job = request_training(s, int(character_id), kind)  # the one already queued or running, if any
-            from studio.faces.service import training_estimate
+            from studio.characters.adapters import training_estimate
 
             message = (
                 f"Training queued (job {job.id}): {training_estimate(s, job).sentence(first=False)}."

@@ -224,7 +224,7 @@ def after_training(*jobs: Any, services: Any = None) -> str:
     ids = ", ".join(map(str, waiting))
     text = f", after the adapter training it needs (job{'s' if len(waiting) > 1 else ''} {ids})"
     if services is not None:
-        from studio.faces.service import training_estimate
+        from studio.characters.adapters import training_estimate
 
         text += ": " + "; ".join(training_estimate(services, services.jobs.get(i)).sentence() for i in waiting)
     return text
@@ -234,7 +234,7 @@ def queue_wanted_adapters(services: Any, project_id: int, shots: list[Any]) -> l
     """On-demand adapters, as `python -m studio render` trains them: the characters of `shots` whose wanted adapter
     (LoRA or embedding) is missing or stale get its training queued, ahead of the generation (higher priority); the
     ids of those jobs, for the generation's `after_jobs`."""
-    from studio.faces.service import ensure_adapters
+    from studio.characters.adapters import ensure_adapters
 
     character_ids = {c for shot in shots for c in shot.character_ids}
     return [job.id for job in ensure_adapters(services, project_id, character_ids)] if character_ids else []

@@ -61,7 +61,7 @@ def default_adapter_loader(pipe, adapters: AdapterKey, context: Any) -> None:
     """Put exactly `adapters` on `pipe` (removing others); `context` (the services) gives the adapter weights."""
     if not adapters and not getattr(pipe, "_studio_adapters", ()):
         return
-    from studio.characters_jobs import apply_adapters  # character area; imported only when adapters are used
+    from studio.characters.runtime import apply_adapters  # character area; imported only when adapters are used
 
     apply_adapters(pipe, adapters, context)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from studio.characters_jobs import run_train_adapter
+from studio.characters.training import run_train_adapter
 from studio.export.jobs import run_export_job
 from studio.generation import run_generate_scene, run_regenerate_shot
 from studio.worker.context import JobContext

@@ -14,9 +14,10 @@ from face_models import face_picture
 from safetensors.torch import save
 
 from pipelines.tiny import TinyWanConfig, build_tiny_components
-from studio.faces.analysis import FaceAnalyzer
-from studio.faces.runtime import apply_adapters, substitute_captions
-from studio.faces.service import adapters_to_train, add_reference, import_adapter, score_take
+from studio.characters.adapters import adapters_to_train, import_adapter
+from studio.characters.faces import FaceAnalyzer
+from studio.characters.references import add_reference, score_take
+from studio.characters.runtime import apply_adapters, substitute_captions
 from studio.services.errors import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters"))
@@ -101,7 +102,7 @@ def test_identity_scores_of_a_take(services, face_model_dir):
 
 
 def test_scene_adapters_follow_the_project_preset(sqlite_services, tiny_transformer):
-    from studio.characters_jobs import scene_adapters
+    from studio.characters.runtime import scene_adapters
 
     services = sqlite_services
     project = tiny_project(services)
@@ -167,8 +168,8 @@ def test_import_checks_a_real_model_config_without_its_weights(sqlite_services, 
 
 def test_embedding_adapter_through_the_job_and_runtime(sqlite_services):
     from pipelines import MultiShotPipeline, ShotSpec
-    from studio.faces.jobs import run_train_adapter
-    from studio.faces.service import request_training
+    from studio.characters.adapters import request_training
+    from studio.characters.training import run_train_adapter
 
     services = sqlite_services
     project = tiny_project(services)

@@ -14,7 +14,7 @@ from face_models import face_picture
 from safetensors.torch import save
 
 from pipelines.tiny import build_tiny_components
-from studio.faces import commands
+from studio.characters import commands
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters"))
 from adapter_helpers import random_lora_state  # noqa: E402

@@ -8,7 +8,9 @@ import sys
 
 def test_studio_modules_do_not_import_torch():
     code = (
-        "import sys, studio.characters_jobs, studio.faces.commands, studio.faces.service; "
+        "import sys, studio.characters.records, studio.characters.references, studio.characters.adapters, "
+        "studio.characters.training, studio.characters.runtime, studio.characters.shipped, "
+        "studio.characters.commands; "
         "print(sorted(m for m in ('torch', 'diffusers', 'peft', 'insightface') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

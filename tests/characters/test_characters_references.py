@@ -7,8 +7,8 @@ import pytest
 from character_helpers import BLUE, GREEN, RED, png_bytes, tiny_project
 from face_models import face_picture
 
-from studio.faces.analysis import FaceAnalyzer
-from studio.faces.service import add_reference, reanalyze_character
+from studio.characters.faces import FaceAnalyzer
+from studio.characters.references import add_reference, reanalyze_character
 from studio.services.errors import ValidationError
 
 
@@ -74,7 +74,7 @@ def test_invalid_pictures_are_refused(sqlite_services, analyzer):
 
 
 def test_pending_references_are_analysed_once_the_models_exist(sqlite_services, face_model_dir):
-    from studio.characters_jobs import analyze_pending_references
+    from studio.characters.references import analyze_pending_references
 
     services = sqlite_services
     project = tiny_project(services)

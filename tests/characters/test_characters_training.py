@@ -7,8 +7,8 @@ import torch
 from character_helpers import BLUE, RED, png_bytes, tiny_project
 from face_models import face_picture
 
-from studio.faces.jobs import run_train_adapter
-from studio.faces.service import adapters_to_train, ensure_adapters, request_training
+from studio.characters.adapters import adapters_to_train, ensure_adapters, request_training
+from studio.characters.training import run_train_adapter
 from studio.services.errors import ValidationError
 
 

@@ -7,7 +7,8 @@ import torch
 from character_helpers import RED, png_bytes, tiny_project
 from face_models import face_picture
 
-from studio.characters_jobs import apply_adapters, ensure_adapters, scene_adapters, substitute_captions
+from studio.characters.adapters import ensure_adapters
+from studio.characters.runtime import apply_adapters, scene_adapters, substitute_captions
 from studio.worker.cache import PipelineCache
 from studio.worker.process import Worker
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from face_models import face_picture
 
-from studio.faces.analysis import (
+from studio.characters.faces import (
     FLAG_LOW_QUALITY,
     FLAG_NO_FACE,
     FLAG_SEVERAL_FACES,

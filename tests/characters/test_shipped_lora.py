@@ -11,8 +11,7 @@ import torch
 from character_helpers import BLUE, RED, png_bytes
 from face_models import face_picture
 
-from studio.characters_jobs import ensure_adapters, request_training
-from studio.faces.service import current_adapter, training_need
+from studio.characters.adapters import current_adapter, ensure_adapters, request_training, training_need
 from studio.storyboard_file import StoryboardError, import_storyboard, load_storyboard, parse_storyboard
 from studio.worker.process import Worker
 

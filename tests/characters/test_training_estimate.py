@@ -12,9 +12,8 @@ from character_helpers import RED, png_bytes
 from face_models import face_picture
 
 from pipelines.loading import DEMO_MODEL_DIR
-from studio.characters_jobs import request_training
+from studio.characters.adapters import request_training, training_estimate
 from studio.config import load_settings
-from studio.faces.service import training_estimate
 from studio.render import _ProgressPrinter, progress_bar
 from studio.services import build_services
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pipelines.loading import DEMO_MODEL_DIR
-from studio.services.characters import default_trigger
+from studio.characters.records import default_trigger
 from studio.storyboard_file import import_storyboard, load_storyboard
 from training.demo_example import CHARACTER, EXAMPLE, reference_images, reference_paths
 from training.world import (
@@ -112,7 +112,7 @@ def test_kais_shipped_lora_is_current_so_the_first_render_trains_nothing(sqlite_
     the studio would train now (same stills, captions, settings and base model), so the import attaches it."""
     from adapters.common import default_hyperparameters
     from adapters.lora import read_lora_metadata
-    from studio.characters_jobs import ensure_adapters
+    from studio.characters.adapters import ensure_adapters
     from training.example_lora import DEFAULT_OUT
 
     kai = next(c for c in _doc().characters if c.name == "Kai")
@@ -134,7 +134,7 @@ def test_model_fingerprint_reads_weights_and_configs_not_the_provenance_record(t
     import shutil
 
     import pipelines.loading
-    from studio.faces.jobs import model_fingerprint
+    from studio.characters.training import model_fingerprint
 
     folder = tmp_path / "demo"
     shutil.copytree(DEMO_MODEL_DIR, folder)

@@ -266,7 +266,7 @@ def test_worker_cache_finds_the_repo_named_folder(a14b_folder):
 
 def test_imported_loras_are_checked_against_the_folder_the_preset_loads(a14b_folder, tmp_path):
     from adapters.importing import AdapterImportError, inspect_lora
-    from studio.faces.service import transformer_config_for
+    from studio.characters.adapters import transformer_config_for
 
     config = transformer_config_for("wan2.2-t2v-a14b", a14b_folder.parent)  # found in the repo-named folder
     assert config["num_layers"] == 2 and config["attention_head_dim"] == 12

@@ -41,7 +41,7 @@ def test_area_handlers_get_the_context_and_the_warm_pipelines(monkeypatch):
     assert calls == [("train", "S", "J", "P", "C", "cache"), ("export", "S", "J", "P", "C")]
 
 
-@pytest.mark.parametrize("missing", ["studio.export.jobs", "studio.characters_jobs", "studio.generation"])
+@pytest.mark.parametrize("missing", ["studio.export.jobs", "studio.characters.training", "studio.generation"])
 def test_a_missing_area_module_stops_the_import(monkeypatch, missing):
     monkeypatch.delitem(sys.modules, "studio.worker.handlers")
     monkeypatch.setitem(sys.modules, missing, None)  # as if the module could not be imported

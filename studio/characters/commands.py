@@ -108,7 +108,7 @@ def character_add_command(args, services) -> int:
     """All or nothing, like a storyboard import: every picture is read and checked first, then the character and all
     its references are stored in one unit of work (a refusal or a full disk on any picture keeps none of them);
     faces are found after, on what was stored."""
-    from studio.faces.service import analyze_reference
+    from studio.characters.references import analyze_reference
     from studio.services.errors import ServiceError
 
     try:
@@ -155,7 +155,7 @@ def character_add_command(args, services) -> int:
 
 
 def character_refs_command(args, services) -> int:
-    from studio.faces.service import FLAG_REASONS
+    from studio.characters.references import FLAG_REASONS
 
     try:
         project = services.projects.find(args.project)
@@ -198,7 +198,7 @@ def character_caption_command(args, services) -> int:
 
 
 def character_analyze_command(args, services) -> int:
-    from studio.faces.service import reanalyze_character
+    from studio.characters.references import reanalyze_character
 
     try:
         project = services.projects.find(args.project)
@@ -216,7 +216,7 @@ def character_analyze_command(args, services) -> int:
 
 
 def adapter_train_command(args, services) -> int:
-    from studio.faces.service import request_training
+    from studio.characters.adapters import request_training
 
     overrides = {
         key: value
@@ -265,7 +265,7 @@ def _run_now(services, job) -> int:
 
 
 def _run_claimed(services, claimed, announce: bool) -> int:
-    from studio.faces.jobs import run_train_adapter
+    from studio.characters.training import run_train_adapter
 
     last = {"step": 0}
 
@@ -296,7 +296,7 @@ def _run_claimed(services, claimed, announce: bool) -> int:
 
 
 def adapter_import_command(args, services) -> int:
-    from studio.faces.service import import_adapter
+    from studio.characters.adapters import import_adapter
 
     try:
         project = services.projects.find(args.project)

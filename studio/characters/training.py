@@ -15,7 +15,7 @@ import logging
 import uuid
 from pathlib import Path
 
-from studio.faces.service import TRAINABLE_KINDS, reference_fingerprint
+from studio.characters.adapters import TRAINABLE_KINDS, reference_fingerprint
 from studio.services.errors import ValidationError
 
 logger = logging.getLogger(__name__)

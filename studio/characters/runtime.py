@@ -1,5 +1,7 @@
-"""Character adapters on the worker's pipeline: what `studio.worker.cache` calls to swap a scene's adapters.
+"""Character adapters on the worker's pipeline: which adapters a scene uses, and what `studio.worker.cache` calls
+to swap them.
 
+chosen = scene_adapters(services, project_id, character_ids)   # adapter rows, ready, for the project's preset
 applied = apply_adapters(pipe, ((adapter_id, version), ...), services)
 captions = substitute_captions(pipe, captions)   # "<mara> climbs" -> "mara climbs" / "<mara> <mara_1> climbs"
 """
@@ -8,9 +10,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# adapters (torch, diffusers, peft) is imported inside the functions: importing this module, e.g. through
-# studio.characters_jobs in the render command or the UI process, must stay cheap.
+from studio.characters.adapters import current_adapter
+
+# adapters (torch, diffusers, peft) is imported inside the functions: importing this module, e.g. in the render
+# command or the UI process, must stay cheap.
 SUBSTITUTIONS_ATTRIBUTE = "_studio_trigger_substitutions"
+
+
+def scene_adapters(services, project_id: int, character_ids) -> list:
+    """The adapters a scene with these characters uses: per character, its current LoRA (trained or imported)
+    and its current embedding, both only if made for the project's model preset. Stale ones are still used (a
+    retraining may be queued by `ensure_adapters`); adapters of another preset never are (they would not load)."""
+    preset = services.projects.get(project_id).preset
+    chosen = []
+    for character_id in dict.fromkeys(character_ids):
+        for kind in ("lora", "embedding"):
+            adapter = current_adapter(services, character_id, kind, preset)
+            if adapter is not None:
+                chosen.append(adapter)
+    return chosen
 
 
 def adapter_specs(services, adapters) -> list:

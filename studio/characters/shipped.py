@@ -3,10 +3,10 @@ while it is what the studio would train now.
 
     outcome = attach_shipped_lora(services, character_id, path)   # .attached, .note (for the import report)
 
-A LoRA trained by the studio records its recipe in its header (`studio.faces.jobs.training_recipe`: base model,
-each reference picture with its caption, settings). The shipped file is registered as the character's trained LoRA
-when that recipe equals the one the character would train with today; otherwise it is left out and the note says
-what differs, so the render trains a fresh one (a stale adapter never stands in for a current one).
+A LoRA trained by the studio records its recipe in its header (`studio.characters.training.training_recipe`: base
+model, each reference picture with its caption, settings). The shipped file is registered as the character's trained
+LoRA when that recipe equals the one the character would train with today; otherwise it is left out and the note
+says what differs, so the render trains a fresh one (a stale adapter never stands in for a current one).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def attach_shipped_lora(services, character_id: int, path: str | Path) -> Shippe
     Nothing happens when the character already has a current LoRA (this file's, attached by an earlier import, or
     one trained since). Raises ValidationError for a file that is not a LoRA the studio trained."""
     from adapters.lora import read_lora_metadata
-    from studio.faces.jobs import _config, recipe_fingerprint, training_recipe
-    from studio.faces.service import reference_fingerprint, training_need
+    from studio.characters.adapters import reference_fingerprint, training_need
+    from studio.characters.training import _config, recipe_fingerprint, training_recipe
 
     path = Path(path)
     character = services.characters.get(character_id)
