@@ -149,8 +149,10 @@ class CharacterService:
     # References --------------------------------------------------------------------------------------------------
 
     def add_reference(self, character_id: int, filename: str, data: bytes, caption: str = "") -> ReferenceView:
-        """Validate the image by content (PNG/JPEG/WEBP, size and pixel caps) and store it with its row.
-        `caption`: what the picture shows, naming the character by its trigger ("" = none)."""
+        """Validate the image by content (PNG/JPEG/WEBP, size and pixel caps) and store it with its row: the one place
+        a reference is added (page upload, `character add`, storyboard import). `caption`: what the picture shows,
+        naming the character by its trigger ("" = none). Its face is found after, by
+        `studio.characters.references.analyze_reference` (storyboard imports: `analyze_pending_references`)."""
         info = self.assets.validate_image(data, filename)
         with self.db.unit_of_work() as session:
             character = self._character(session, character_id)

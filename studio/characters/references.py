@@ -50,22 +50,10 @@ class ReferenceResult:
     message: str  # what to tell the user: the flags' reasons, or where to put the face models; "" when all is well
 
 
-def add_reference(
-    services,
-    character_id: int,
-    filename: str,
-    data: bytes,
-    analyzer: FaceAnalyzer | None = None,
-    caption: str = "",
-) -> ReferenceResult:
-    """Store a validated reference image (with its optional caption), then find its face. Flagged references are
-    kept (the user decides); without the face models the reference is kept unanalysed and the message says where
-    the models go."""
-    reference = services.characters.add_reference(character_id, filename, data, caption=caption)
-    return analyze_reference(services, reference.id, analyzer)
-
-
 def analyze_reference(services, reference_id: int, analyzer: FaceAnalyzer | None = None) -> ReferenceResult:
+    """Find the face of a stored reference (`services.characters.add_reference` stores it) and record it with its
+    crop. Flagged references are kept (the user decides); without the face models the reference stays unanalysed
+    and the message says where the models go."""
     analyzer = analyzer or face_analyzer_for(services.settings)
     reference = services.characters.get_reference(reference_id)
     data = services.assets.read_bytes(reference.asset_id)
@@ -149,7 +137,6 @@ def score_take(services, take_id: int, analyzer: FaceAnalyzer | None = None, fra
 __all__ = [
     "FLAG_REASONS",
     "ReferenceResult",
-    "add_reference",
     "analyze_pending_references",
     "analyze_reference",
     "face_analyzer_for",

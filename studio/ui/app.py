@@ -988,7 +988,7 @@ def build_app(services: Any) -> gr.Blocks:
         def on_upload_references(project_id, character_id, files):
             if character_id is None:
                 raise gr.Error("Open a character first.", print_exception=False)
-            from studio.characters.references import add_reference
+            from studio.characters.references import analyze_reference
 
             added, refused, notes = 0, [], set()
             for item in files or []:
@@ -996,7 +996,8 @@ def build_app(services: Any) -> gr.Blocks:
                 try:
                     # Stores the validated image, then finds its face; without the face models the reference is
                     # kept unanalysed and the message says where the models go.
-                    result = add_reference(s, int(character_id), path.name, path.read_bytes())
+                    reference = s.characters.add_reference(int(character_id), path.name, path.read_bytes())
+                    result = analyze_reference(s, reference.id)
                     added += 1
                     if result.analysis is None and result.message:
                         notes.add(result.message)

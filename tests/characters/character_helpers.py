@@ -1,4 +1,4 @@
-"""Helpers of the character tests: PNG/MP4 bytes of synthetic face pictures, a tiny project."""
+"""Helpers of the character tests: PNG/MP4 bytes of synthetic face pictures, a tiny project, an uploaded reference."""
 
 from __future__ import annotations
 
@@ -37,3 +37,10 @@ def mp4_bytes(frames: np.ndarray, fps: int = 8) -> bytes:
 
 def tiny_project(services, name: str = "Lighthouse"):
     return services.projects.create(name, preset="tiny")
+
+
+def add_analysed(services, character_id: int, filename: str, data: bytes, analyzer=None):
+    """A reference as the page's upload adds it: stored, then its face found (`ReferenceResult`)."""
+    from studio.characters.references import analyze_reference
+
+    return analyze_reference(services, services.characters.add_reference(character_id, filename, data).id, analyzer)

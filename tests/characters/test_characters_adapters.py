@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from character_helpers import BLUE, RED, mp4_bytes, png_bytes, tiny_project
+from character_helpers import BLUE, RED, add_analysed, mp4_bytes, png_bytes, tiny_project
 from face_models import face_picture
 from safetensors.torch import save
 
 from pipelines.tiny import TinyWanConfig, build_tiny_components
 from studio.characters.adapters import adapters_to_train, import_adapter
 from studio.characters.faces import FaceAnalyzer
-from studio.characters.references import add_reference, score_take
+from studio.characters.references import score_take
 from studio.characters.runtime import apply_adapters, substitute_captions
 from studio.services.errors import ValidationError
 
@@ -77,8 +77,8 @@ def test_identity_scores_of_a_take(services, face_model_dir):
     project = tiny_project(services)
     mara = services.characters.create(project.id, "Mara")
     tom = services.characters.create(project.id, "Tom")
-    add_reference(services, mara.id, "mara.png", png_bytes(face_picture([(10, 10, 64, RED)])), analyzer)
-    add_reference(services, tom.id, "tom.png", png_bytes(face_picture([(10, 10, 64, BLUE)])), analyzer)
+    add_analysed(services, mara.id, "mara.png", png_bytes(face_picture([(10, 10, 64, RED)])), analyzer)
+    add_analysed(services, tom.id, "tom.png", png_bytes(face_picture([(10, 10, 64, BLUE)])), analyzer)
     scene = services.storyboard.add_scene(project.id, "a lighthouse")
     both = services.storyboard.add_shot(scene.id, "Mara and Tom", num_frames=9, characters=[mara.id, tom.id])
     empty = services.storyboard.add_shot(scene.id, "the sea", num_frames=9, characters=[mara.id])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from character_helpers import BLUE, GREEN, RED, png_bytes, tiny_project
+from character_helpers import BLUE, GREEN, RED, add_analysed, png_bytes, tiny_project
 from face_models import face_picture
 
 from studio.characters.faces import FaceAnalyzer
-from studio.characters.references import add_reference, reanalyze_character
+from studio.characters.references import reanalyze_character
 from studio.services.errors import ValidationError
 
 
@@ -20,7 +20,7 @@ def analyzer(face_model_dir):
 def test_reference_face_is_found_cropped_and_stored(services, analyzer):
     project = tiny_project(services)
     mara = services.characters.create(project.id, "Mara")
-    result = add_reference(services, mara.id, "mara.png", png_bytes(face_picture([(20, 30, 64, RED)])), analyzer)
+    result = add_analysed(services, mara.id, "mara.png", png_bytes(face_picture([(20, 30, 64, RED)])), analyzer)
     reference = result.reference
     assert result.message == "" and reference.flags == ()
     assert reference.face_box == pytest.approx((20, 30, 84, 94), abs=0.5)
@@ -37,12 +37,12 @@ def test_flagged_references_are_kept_with_reasons(sqlite_services, analyzer):
     services = sqlite_services
     project = tiny_project(services)
     mara = services.characters.create(project.id, "Mara")
-    two = add_reference(
+    two = add_analysed(
         services, mara.id, "two.png", png_bytes(face_picture([(2, 2, 36, GREEN), (60, 56, 64, BLUE)])), analyzer
     )
     assert two.reference.flags == ("several_faces",) and "2 faces" in two.message
     assert two.reference.face_box == pytest.approx((60, 56, 124, 120), abs=0.5)
-    none = add_reference(services, mara.id, "lamp.png", png_bytes(face_picture([])), analyzer)
+    none = add_analysed(services, mara.id, "lamp.png", png_bytes(face_picture([])), analyzer)
     assert none.reference.flags == ("no_face",) and none.reference.face_embedding is None
     assert "no face found" in none.message
     assert len(services.characters.list_references(mara.id)) == 2
@@ -52,7 +52,7 @@ def test_without_face_models_references_are_stored_and_the_message_says_where(sq
     services = sqlite_services
     project = tiny_project(services)
     mara = services.characters.create(project.id, "Mara")
-    result = add_reference(services, mara.id, "mara.png", png_bytes(face_picture([(20, 30, 64, RED)])))
+    result = add_analysed(services, mara.id, "mara.png", png_bytes(face_picture([(20, 30, 64, RED)])))
     folder = services.settings.resolved_face_model_dir / "buffalo_l"
     assert str(folder) in result.message and "det_10g.onnx" in result.message
     assert result.analysis is None and result.reference.analyzed_at is None
@@ -69,7 +69,7 @@ def test_invalid_pictures_are_refused(sqlite_services, analyzer):
     services = sqlite_services
     mara = services.characters.create(tiny_project(services).id, "Mara")
     with pytest.raises(ValidationError):
-        add_reference(services, mara.id, "notes.png", b"this is not a picture", analyzer)
+        add_analysed(services, mara.id, "notes.png", b"this is not a picture", analyzer)
     assert services.characters.list_references(mara.id) == []
 
 
