@@ -2,8 +2,8 @@
 function, read with `ast`, relative imports resolved) points the way the dependencies flow.
 
 - `pipelines/` and `adapters/` never import `studio` (nor gradio or the database): they run without the studio.
-- Nothing in `studio/` outside `studio/ui/` imports gradio or `studio.ui`: services, the worker, export and the
-  CLI work headless.
+- Nothing in `studio/` outside `studio/ui/` imports gradio or `studio.ui`: services, the character area (its
+  records included), the worker, export and the CLI work headless.
 - `studio/ui/` never touches the database (`studio.db`, sqlalchemy) or a model (torch, diffusers, transformers,
   peft, `pipelines`, `adapters`) itself: it goes through the services.
 """
@@ -146,6 +146,7 @@ def test_pipelines_registry_loads_no_model():
         ("adapters/sub/bad.py", "def f():\n    import gradio\n", "adapters/sub/bad.py:2 imports gradio"),
         ("studio/services/bad.py", "from ..ui import app\n", "studio/services/bad.py:1 imports studio.ui"),
         ("studio/worker/bad.py", "import gradio as gr\n", "studio/worker/bad.py:1 imports gradio"),
+        ("studio/characters/bad.py", "from studio.ui import panels\n", "studio/characters/bad.py:1 imports studio.ui"),
         ("studio/ui/bad.py", "from studio.db.models import Shot\n", "studio/ui/bad.py:1 imports studio.db.models"),
         ("studio/ui/bad.py", "from sqlalchemy import select\n", "studio/ui/bad.py:1 imports sqlalchemy"),
         ("studio/ui/bad.py", "import torch\n", "studio/ui/bad.py:1 imports torch"),
