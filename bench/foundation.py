@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from studio.config import load_settings  # noqa: E402
 from studio.services import build_services  # noqa: E402
+from studio.services.job_specs import ExportFilm  # noqa: E402
 from studio.storyboard_file import export_storyboard, import_storyboard, parse_storyboard  # noqa: E402
 
 
@@ -60,8 +61,8 @@ def _claimer(url: str, worker_id: str, start, results) -> None:
 
 
 def claim_rate(services, processes: int, jobs: int) -> float:
-    for n in range(jobs):
-        services.jobs.enqueue("generate_scene", {"n": n})
+    for _ in range(jobs):
+        services.jobs.enqueue(ExportFilm())
     context = multiprocessing.get_context("spawn")
     start, results = context.Event(), context.Queue()
     workers = [
@@ -90,13 +91,13 @@ def bench(url: str | None, label: str, shots: int) -> list[tuple[str, str]]:
         )
         try:
             count = 200
-            elapsed = timed(lambda: [services.jobs.enqueue("export_film", {"n": 1}) for _ in range(count)], 1)
+            elapsed = timed(lambda: [services.jobs.enqueue(ExportFilm()) for _ in range(count)], 1)
             rows.append(("enqueue a job", f"{elapsed / count * 1e3:.2f} ms"))
             for job in services.jobs.list_jobs(status="queued"):
                 services.jobs.request_cancel(job.id)
             rows.append(("claim, 1 process (jobs/s)", f"{claim_rate(services, 1, 300):.0f}"))
             rows.append(("claim, 2 processes at once (jobs/s, total)", f"{claim_rate(services, 2, 300):.0f}"))
-            job = services.jobs.enqueue("generate_scene", {})
+            job = services.jobs.enqueue(ExportFilm())
             services.jobs.claim_next_job("bench")
             elapsed = timed(lambda: [services.jobs.report_progress(job.id, 0.5, "step") for _ in range(100)], 1)
             rows.append(("report_progress", f"{elapsed / 100 * 1e3:.2f} ms"))
@@ -151,7 +152,7 @@ class WriterProbe:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.perf_counter()
-            job = self.services.jobs.enqueue("export_film", {"probe": 1})
+            job = self.services.jobs.enqueue(ExportFilm())
             self.waits.append(time.perf_counter() - started)
             self.services.jobs.request_cancel(job.id)
             self._stop.wait(0.02)

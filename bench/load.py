@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from studio.config import load_settings  # noqa: E402
 from studio.services import build_services  # noqa: E402
+from studio.services.job_specs import GenerateScene  # noqa: E402
 
 HOST = "127.0.0.1"  # loopback only: this load never leaves the machine
 MAX_CLIENTS, MAX_SECONDS, MAX_REQUESTS_PER_CLIENT = 200, 600, 2000
@@ -120,7 +121,7 @@ def keep_a_job_running(
         if view is None or view.is_finished:
             if view is not None and view.status == "done":
                 finished.append(view.id)
-            job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id}, project_id=project_id)
+            job = services.jobs.enqueue(GenerateScene(scene_id=scene_id), project_id=project_id)
         time.sleep(0.2)
 
 
@@ -161,7 +162,7 @@ def main() -> None:
             }
             samples, finished, states = Samples(), [], []
             # The worker starts (imports, preloads the preset) and takes a first job before the clients start.
-            first = services.jobs.enqueue("generate_scene", {"scene_id": scene.id}, project_id=project.id)
+            first = services.jobs.enqueue(GenerateScene(scene_id=scene.id), project_id=project.id)
             deadline = time.monotonic() + 300
             while services.jobs.get(first.id).status == "queued" and time.monotonic() < deadline:
                 time.sleep(0.5)

@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from studio.services.job_specs import job_spec  # noqa: E402
 from studio.worker.retry import retry_db  # noqa: E402
 from tests.worker.helpers import spawn_worker, stop_worker, tiny_project, wait_for_log  # noqa: E402
 
@@ -42,7 +43,7 @@ def fill_takes(services, shot_ids) -> None:
     import numpy as np
     import torch
 
-    from studio.generation import encode_latents, encode_mp4, encode_png
+    from studio.worker.generation import encode_latents, encode_mp4, encode_png
 
     frames = np.zeros((5, 32, 32, 3), dtype=np.uint8)
     for shot_id in shot_ids:
@@ -55,7 +56,7 @@ def fill_takes(services, shot_ids) -> None:
 
 def run_job(services, payload, project_id, ui_poll_s):
     """Enqueue, poll like the UI, return (job view, seen_done_at)."""
-    job = retry_db(services.jobs.enqueue, "generate_scene", payload, project_id)
+    job = retry_db(services.jobs.enqueue, job_spec("generate_scene", payload), project_id)
     while True:
         view = services.jobs.get(job.id)
         if view.is_finished:

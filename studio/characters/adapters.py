@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.services.errors import ValidationError
+from studio.services.job_specs import TRAINABLE_KINDS, TrainAdapter, spec_of
 
 logger = logging.getLogger(__name__)
 
-TRAINABLE_KINDS = ("lora", "embedding")
 TRAIN_JOB = "train_adapter"
 
 
@@ -122,8 +122,8 @@ def request_training(
     pending = _pending_job_for(services, character_id, kind, character.project_id)
     if pending is not None:
         return pending
-    payload = {"character_id": character_id, "kind": kind, "hyperparameters": dict(hyperparameters or {})}
-    return services.jobs.enqueue(TRAIN_JOB, payload, project_id=character.project_id, priority=priority)
+    spec = TrainAdapter(character_id=character_id, kind=kind, hyperparameters=dict(hyperparameters or {}))
+    return services.jobs.enqueue(spec, project_id=character.project_id, priority=priority)
 
 
 def ensure_adapters(services, project_id: int, character_ids=None, priority: int = 1) -> list:
@@ -212,11 +212,11 @@ def training_estimate(services, job) -> TrainingEstimate:
     (latest trainings here), else the time the model's folder records for this device."""
     from studio.characters.training import _config
 
-    payload = job.payload or {}
-    kind = payload.get("kind", "lora")
-    character = services.characters.get(int(payload["character_id"]))
+    spec = spec_of(job)
+    kind = spec.kind
+    character = services.characters.get(spec.character_id)
     preset = services.projects.get(character.project_id).preset
-    steps = _config(kind, preset, dict(payload.get("hyperparameters") or {})).steps
+    steps = _config(kind, preset, dict(spec.hyperparameters)).steps
     measured = _measured_step_seconds(services, kind, preset)
     if measured is not None:
         return TrainingEstimate(character.name, kind, steps, measured * steps, "on this machine")

@@ -15,8 +15,9 @@ import logging
 import uuid
 from pathlib import Path
 
-from studio.characters.adapters import TRAINABLE_KINDS, reference_fingerprint
+from studio.characters.adapters import reference_fingerprint
 from studio.services.errors import ValidationError
+from studio.services.job_specs import spec_of
 
 logger = logging.getLogger(__name__)
 
@@ -144,14 +145,12 @@ def run_train_adapter(services, job, report_progress, should_cancel, pipelines=N
     from adapters.embedding import train_embedding
     from adapters.lora import train_lora
 
-    payload = job.payload or {}
-    kind = payload.get("kind", "lora")
-    if kind not in TRAINABLE_KINDS:
-        raise ValidationError(f"train_adapter: kind must be one of {', '.join(TRAINABLE_KINDS)}, got {kind!r}")
-    character = services.characters.get(int(payload["character_id"]))
+    spec = spec_of(job)
+    kind = spec.kind
+    character = services.characters.get(spec.character_id)
     project = services.projects.get(character.project_id)
     preset = project.preset
-    config = _config(kind, preset, dict(payload.get("hyperparameters") or {}))
+    config = _config(kind, preset, dict(spec.hyperparameters))
     references = services.characters.list_references(character.id)
     if not references:
         raise ValidationError(f"{character.name} has no reference pictures: add at least one before training")

@@ -4,16 +4,10 @@
 export PROJECT --out film.mp4`) and the headless `render` command call. Both read the project through the services
 only, and both go through `studio.export.film.render_film` and `studio.export.timeline.write_timeline`.
 
-Job payload of `export_film` (every key optional):
-
-    project_id           the project (default: the job's project_id)
-    music_asset_id       an uploaded music file in the asset store, or
-    music_path           a music file on the worker's disk
-    music_fade_seconds   fade-out of the music (default 1.0)
-    placeholder          true: a shot with no take becomes a grey card naming it; false (default): refused
-    allow_fast_path      false forces a re-encode even when the takes could be joined as they are
-    out_path             also write the film there (.mp4) and the .otio beside it, on the worker's disk (what
-                         `python -m studio render STORYBOARD --out film.mp4` asks for)
+An `export_film` job carries an `ExportFilm` spec (`studio.services.job_specs`): music (an uploaded asset or a file
+on the worker's disk) and its fade-out, grey cards for shots without a take, whether the takes may be joined without
+a re-encode, and an optional `out_path` the film and its .otio are also written to (what `python -m studio render
+STORYBOARD --out film.mp4` asks for).
 """
 
 from __future__ import annotations
@@ -38,6 +32,7 @@ from studio.export.film import (
     render_film,
 )
 from studio.export.timeline import write_timeline
+from studio.services.job_specs import spec_of
 
 # Share of the job's progress bar given to the frames; the rest is the timeline and storing the assets.
 RENDER_SHARE = 0.95
@@ -167,32 +162,25 @@ def run_export_job(
     report_progress: Callable[..., None],
     should_cancel: Callable[[], bool],
 ) -> dict[str, Any]:
-    """Handler of `export_film` jobs (see the module docstring for the payload).
+    """Handler of `export_film` jobs (`studio.services.job_specs.ExportFilm`).
 
     Progress is reported per frame written; a cancel request stops the render within one frame, removes the partial
     file and stores nothing (the worker then marks the job cancelled).
     """
-    payload = dict(job.payload or {})
-    project_id = payload.get("project_id") or job.project_id
+    spec = spec_of(job)
+    project_id = job.project_id
     if project_id is None:
         raise ExportError("the export job names no project; enqueue it with project_id")
-    out_path = Path(payload["out_path"]) if payload.get("out_path") else None
-    if out_path is not None and out_path.suffix.lower() != ".mp4":
-        raise ExportError(f"out_path must end in .mp4, got {out_path}")
+    out_path = Path(spec.out_path) if spec.out_path else None
     music = None
-    music_asset_id = payload.get("music_asset_id")
-    if music_asset_id is not None:
-        music = services.assets.path_of(int(music_asset_id))
-        check_music_file(music, services.assets.get(int(music_asset_id)).original_name or "the music file")
-    elif payload.get("music_path"):
-        music = Path(payload["music_path"])
+    if spec.music_asset_id is not None:
+        music = services.assets.path_of(spec.music_asset_id)
+        check_music_file(music, services.assets.get(spec.music_asset_id).original_name or "the music file")
+    elif spec.music_path:
+        music = Path(spec.music_path)
     project = services.projects.get(project_id)
     settings = project_export_settings(
-        project,
-        music,
-        float(payload.get("music_fade_seconds", 1.0)),
-        bool(payload.get("placeholder", False)),
-        bool(payload.get("allow_fast_path", True)),
+        project, music, float(spec.music_fade_seconds), spec.placeholder, spec.allow_fast_path
     )
     report_progress(0.0, "preparing the edit")
     clips = project_clips(services, project_id)
@@ -215,7 +203,7 @@ def run_export_job(
         if should_cancel():
             return {"cancelled": True}
         report_progress(0.98, "storing the film")
-        record = _settings_record(settings, result, int(music_asset_id) if music_asset_id is not None else None)
+        record = _settings_record(settings, result, spec.music_asset_id)
         export = services.exports.create(project_id, job.id, record, film_path, timeline_path.read_bytes())
         if out_path is not None:
             _publish(film_path, out_path)

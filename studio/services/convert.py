@@ -82,12 +82,13 @@ def take_view(row: models.Take, chosen_take_id: int | None) -> views.TakeView:
     )
 
 
-def job_view(row: models.Job) -> views.JobView:
+def job_view(row: models.Job, joined: bool = False) -> views.JobView:
     return _view(
         views.JobView,
         row,
         payload=copy.deepcopy(row.payload or {}),
         result=copy.deepcopy(row.result),
+        joined=joined,
     )
 
 

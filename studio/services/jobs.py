@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -21,9 +22,10 @@ from sqlalchemy import select
 
 from studio.db import models
 from studio.db.engine import Database
-from studio.db.models import JOB_KINDS, JOB_STATUSES, utcnow
+from studio.db.models import JOB_STATUSES, utcnow
 from studio.services.convert import job_view
 from studio.services.errors import ConflictError, NotFoundError, ValidationError, get_or_not_found
+from studio.services.job_specs import GENERATION_SPECS, SPECS, GenerateScene, JobSpec, RegenerateShot
 from studio.services.views import JobView
 
 MAX_ATTEMPTS = 3
@@ -42,50 +44,75 @@ class JobService:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def enqueue(self, kind: str, payload: dict, project_id: int | None = None, priority: int = 0) -> JobView:
-        if kind not in JOB_KINDS:
-            raise ValidationError(f"unknown job kind {kind!r}; use one of: {', '.join(JOB_KINDS)}")
-        if not isinstance(payload, dict):
-            raise ValidationError("a job payload must be a dict")
-        _check_json(payload, "the job payload")
+    def enqueue(self, spec: JobSpec, project_id: int | None = None, priority: int = 0) -> JobView:
+        """Queue the job `spec` describes (`studio.services.job_specs`); its payload is `spec.to_payload()`.
+
+        A generation needs its project and records the shots it makes takes of (`target_shot_ids`). The same request
+        for the same shots (a double click, a second tab, the CLI) joins the pending job: the answer is that job,
+        with `joined` set. A generation whose shots overlap a pending generation of other shots is refused
+        (ConflictError naming the job): it would make a second take of those shots from the same storyboard. The
+        check and the insert are one write-locked unit of work, so two requests at once cannot both pass it."""
+        if not isinstance(spec, JobSpec):
+            raise ValidationError(
+                f"enqueue takes a job spec (studio.services.job_specs: {', '.join(SPECS)}), got {type(spec).__name__}"
+            )
         if not isinstance(priority, int) or not -1000 <= priority <= 1000:
             raise ValidationError("priority must be an integer between -1000 and 1000")
-        with self.db.unit_of_work() as session:
+        generation = isinstance(spec, GENERATION_SPECS)
+        if generation and project_id is None:
+            raise ValidationError(f"a {spec.job_kind} job needs its project_id")
+        with self.db.unit_of_work(write_lock=generation) as session:
             if project_id is not None and session.get(models.Project, project_id) is None:
                 raise NotFoundError(f"project {project_id} does not exist")
-            job = models.Job(kind=kind, payload=payload, project_id=project_id, priority=priority, status="queued")
+            if generation:
+                spec = replace(spec, target_shot_ids=self._requested_targets(session, spec, project_id))
+                joined = self._pending_generation(session, spec, project_id)
+                if joined is not None:
+                    return job_view(joined, joined=True)
+            payload = spec.to_payload()
+            _check_json(payload, "the job payload")
+            job = models.Job(
+                kind=spec.job_kind, payload=payload, project_id=project_id, priority=priority, status="queued"
+            )
             session.add(job)
             session.flush()
             return job_view(job)
 
-    def enqueue_generation(
-        self, kind: str, payload: dict, shot_ids: list[int], project_id: int, priority: int = 0
-    ) -> tuple[JobView, bool]:
-        """Queue a generation of `shot_ids` (its targets), unless one is already queued or running for them.
-
-        The same request for the same shots (a double click, a second tab, the CLI) joins the pending job: the
-        answer is that job and True. A request whose shots overlap a pending generation of other shots is refused
-        (ConflictError naming the job): it would make a second take of those shots from the same storyboard. The
-        check and the insert are one write-locked unit of work, so two requests at once cannot both pass it."""
-        if kind not in GENERATION_KINDS:
-            raise ValidationError(f"{kind!r} is not a generation; use one of: {', '.join(GENERATION_KINDS)}")
-        targets = sorted({int(i) for i in shot_ids})
-        if not targets:
-            raise ValidationError("a generation needs the shots it makes takes of")
-        with self.db.unit_of_work(write_lock=True) as session:
-            joined = self._pending_generation(session, kind, targets, project_id)
-            if joined is not None:
-                return job_view(joined), True
-            return self.enqueue(kind, {**payload, "target_shot_ids": targets}, project_id, priority), False
-
-    def pending_generation(self, kind: str, shot_ids: list[int], project_id: int) -> JobView | None:
-        """What `enqueue_generation` would do, without queueing: the pending job it would join (or None), or its
-        ConflictError. A caller that changes the storyboard before queueing (a new caption) asks first."""
+    def pending_generation(self, spec: GenerateScene | RegenerateShot, project_id: int) -> JobView | None:
+        """What `enqueue` would do with this generation, without queueing: the pending job it would join (or
+        None), or its ConflictError. A caller that changes the storyboard before queueing (a new caption) asks
+        first."""
         with self.db.unit_of_work(read_only=True) as session:
-            joined = self._pending_generation(session, kind, sorted({int(i) for i in shot_ids}), project_id)
-            return None if joined is None else job_view(joined)
+            spec = replace(spec, target_shot_ids=self._requested_targets(session, spec, project_id))
+            joined = self._pending_generation(session, spec, project_id)
+            return None if joined is None else job_view(joined, joined=True)
 
-    def _pending_generation(self, session, kind: str, targets: list[int], project_id: int) -> models.Job | None:
+    @staticmethod
+    def _requested_targets(session, spec: GenerateScene | RegenerateShot, project_id: int) -> list[int]:
+        """The shots a generation request makes takes of: its shot, its shot_ids, else every live shot of its scene;
+        each must be a live shot of the project (a NotFoundError says which is not)."""
+        if isinstance(spec, RegenerateShot):
+            wanted = [spec.shot_id]
+        elif spec.shot_ids is not None:
+            wanted = list(spec.shot_ids)
+        else:
+            scene = session.get(models.Scene, spec.scene_id)
+            if scene is None or scene.project_id != project_id or scene.deleted_at is not None:
+                raise NotFoundError(f"scene {spec.scene_id} is not a live scene of project {project_id}")
+            query = select(models.Shot.id).where(models.Shot.scene_id == scene.id, models.Shot.deleted_at.is_(None))
+            wanted = list(session.scalars(query))
+            if not wanted:
+                raise ValidationError("the scene has no shots; add a shot before generating")
+        for shot_id in wanted:
+            shot = session.get(models.Shot, shot_id)
+            live = shot is not None and shot.deleted_at is None and shot.scene.deleted_at is None
+            if not live or shot.scene.project_id != project_id:
+                raise NotFoundError(f"shot {shot_id} is not a live shot of project {project_id}")
+        return sorted(set(wanted))
+
+    def _pending_generation(self, session, spec: GenerateScene | RegenerateShot, project_id: int) -> models.Job | None:
+        targets = set(spec.target_shot_ids or ())
+        only_missing = getattr(spec, "only_missing", False)
         pending = session.scalars(
             select(models.Job)
             .where(
@@ -97,9 +124,10 @@ class JobService:
         ).all()
         for job in pending:
             theirs = self._generation_targets(session, job)
-            if job.kind == kind and theirs == set(targets) and not job.cancel_requested:
+            same_request = job.kind == spec.job_kind and bool((job.payload or {}).get("only_missing")) == only_missing
+            if same_request and theirs == targets and not job.cancel_requested:
                 return job
-            if theirs & set(targets):
+            if theirs & targets:
                 raise ConflictError(
                     f"{'that shot is' if len(targets) == 1 else 'some of those shots are'} already being "
                     f"generated by job {job.id} ({job.status}); wait for it to finish, or cancel it in the Jobs "

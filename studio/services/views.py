@@ -182,6 +182,7 @@ class JobView:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    joined: bool = False  # an enqueue answered with this pending job instead of queueing the same request twice
 
     @property
     def is_finished(self) -> bool:

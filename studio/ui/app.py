@@ -19,8 +19,10 @@ from typing import Any
 import gradio as gr
 
 from pipelines.registry import PRESETS, get_preset, requirements
+from studio.services import generations
 from studio.services import speed_form as speed
 from studio.services.errors import ServiceError
+from studio.services.job_specs import ExportFilm
 from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
 from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
 from studio.storyboard_file import StoryboardError
@@ -1209,7 +1211,7 @@ def build_app(services: Any) -> gr.Blocks:
             project_id = _require_project(project_id)
             with edits.project_lock(project_id):
                 scene = s.storyboard.add_scene(project_id, caption=caption or "")
-                s.storyboard.add_shot(scene.id, edits.NEW_SHOT_CAPTION)
+                s.storyboard.add_shot(scene.id, generations.NEW_SHOT_CAPTION)
             return timeline_model(s, project_id, selected), "", gr.update(choices=_scene_choices(project_id))
 
         add_scene_button.click(
@@ -1223,7 +1225,7 @@ def build_app(services: Any) -> gr.Blocks:
         def on_generate_selected(project_id, selected):
             project_id = _require_project(project_id)
             message = edits.queued_message(
-                "Generation", edits.enqueue_generate_selected(s, project_id, selected), services=s
+                "Generation", generations.generate_selected(s, project_id, selected), services=s
             )
             message = message[:1].upper() + message[1:] + "."
             return gr.update(active=True), said(message), _jobs_for(project_id, True)
@@ -1324,7 +1326,7 @@ def build_app(services: Any) -> gr.Blocks:
                 sent = (
                     regenerate_caption(stored, (loaded or {}).get("caption", stored), caption) if use_caption else None
                 )
-                queued = edits.enqueue_regenerate(s, project_id, int(shot_id), caption=sent)
+                queued = generations.regenerate_shot(s, project_id, int(shot_id), caption=sent)
             message = edits.queued_message("Regeneration", [queued], services=s)
             message = message[:1].upper() + message[1:] + "."
             if not use_caption:  # whatever is typed in the box stays there, unsaved
@@ -1393,17 +1395,16 @@ def build_app(services: Any) -> gr.Blocks:
                     f"{'them' if len(missing) > 1 else 'it'}, or tick “Grey card for shots without a take”.",
                     print_exception=False,
                 )
-            payload: dict[str, Any] = {
-                "project_id": project_id,
-                "music_fade_seconds": float(fade or 0.0),
-                "placeholder": bool(placeholder),
-            }
+            music_asset_id = None
             if music is not None:
                 path = _file_path(music)
                 check_music_upload(path)
                 asset = s.assets.put_bytes(path.read_bytes(), "music", _audio_mime(path.name), filename=path.name)
-                payload["music_asset_id"] = asset.id
-            job = s.jobs.enqueue("export_film", payload, project_id=project_id)
+                music_asset_id = asset.id
+            spec = ExportFilm(
+                music_asset_id=music_asset_id, music_fade_seconds=float(fade or 0.0), placeholder=bool(placeholder)
+            )
+            job = s.jobs.enqueue(spec, project_id=project_id)
             message = f"Export queued (job {job.id})."
             drift = s.takes.chosen_take_drift(project_id)  # queued all the same: an older take may be the one wanted
             if drift:

@@ -7,26 +7,20 @@ Edits of one project run one at a time (a lock per project), so two quick action
 
 from __future__ import annotations
 
-import random
 import threading
 from collections import defaultdict
 from typing import Any
 
+from studio.services import generations
 from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services.generations import NEW_SHOT_CAPTION
 from studio.ui.timeline import structure_version
-
-NEW_SHOT_CAPTION = "new shot"
-MAX_SEED = 2**31 - 1
 
 _project_locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
 
 
 def project_lock(project_id: int) -> threading.Lock:
     return _project_locks[int(project_id)]
-
-
-def new_seed() -> int:
-    return random.SystemRandom().randrange(0, MAX_SEED)
 
 
 def _int(payload: dict[str, Any], key: str) -> int:
@@ -162,11 +156,11 @@ def _apply_edit(services: Any, project_id: int | None, payload: dict[str, Any]) 
             return "scene moved to the bin", None
         if op == "generate_scene":
             return queued_message(
-                "generation", [enqueue_generate_scene(services, project_id, _int(payload, "scene_id"))], services
+                "generation", [generations.generate_scene(services, project_id, _int(payload, "scene_id"))], services
             ), None
         if op == "regenerate":
             return queued_message(
-                "regeneration", [enqueue_regenerate(services, project_id, _int(payload, "shot_id"))], services
+                "regeneration", [generations.regenerate_shot(services, project_id, _int(payload, "shot_id"))], services
             ), None
     raise ValidationError(f"unknown timeline action {op!r}; reload the page")
 
@@ -186,24 +180,12 @@ def refuse_caption_clash(services: Any, shot_id: int, caption: str, was: Any) ->
         )
 
 
-def refuse_uncaptioned(scenes: list[Any], shot_ids: set[int]) -> None:
-    """A shot still captioned `NEW_SHOT_CAPTION` (what a card starts with) would be generated from those two words;
-    refuse, naming the shots as the cards number them."""
-    film = [shot for scene in scenes for shot in scene.shots]
-    blank = [f"#{n}" for n, shot in enumerate(film, 1) if shot.id in shot_ids and shot.caption == NEW_SHOT_CAPTION]
-    if blank:
-        raise ValidationError(
-            f"shot{'s' if len(blank) > 1 else ''} {', '.join(blank)} still "
-            f"{'have' if len(blank) > 1 else 'has'} the caption “{NEW_SHOT_CAPTION}” a new card starts with; "
-            "write what the camera sees first"
-        )
-
-
-def queued_message(what: str, queued: list[tuple[Any, bool]], services: Any = None) -> str:
+def queued_message(what: str, queued: list[Any], services: Any = None) -> str:
     """ "generation queued (job 7)", or "already queued for those shots (job 7): not queued twice" for a request
-    that joined a pending job; with `services`, how long the trainings they wait for will take."""
-    new = [job for job, joined in queued if not joined]
-    old = [job for job, joined in queued if joined]
+    that joined a pending job (`JobView.joined`); with `services`, how long the trainings they wait for will
+    take."""
+    new = [job for job in queued if not job.joined]
+    old = [job for job in queued if job.joined]
     parts = []
     if new:
         parts.append(
@@ -217,7 +199,7 @@ def queued_message(what: str, queued: list[tuple[Any, bool]], services: Any = No
 
 def after_training(*jobs: Any, services: Any = None) -> str:
     """What a queued-generation message adds when the jobs wait for adapter trainings; with `services`, also how
-    long each training will take (`studio.faces.service.training_estimate`), said before it starts."""
+    long each training will take (`studio.characters.adapters.training_estimate`), said before it starts."""
     waiting = sorted({i for job in jobs for i in (job.payload or {}).get("after_jobs") or []})
     if not waiting:
         return ""
@@ -228,72 +210,3 @@ def after_training(*jobs: Any, services: Any = None) -> str:
 
         text += ": " + "; ".join(training_estimate(services, services.jobs.get(i)).sentence() for i in waiting)
     return text
-
-
-def queue_wanted_adapters(services: Any, project_id: int, shots: list[Any]) -> list[int]:
-    """On-demand adapters, as `python -m studio render` trains them: the characters of `shots` whose wanted adapter
-    (LoRA or embedding) is missing or stale get its training queued, ahead of the generation (higher priority); the
-    ids of those jobs, for the generation's `after_jobs`."""
-    from studio.characters.adapters import ensure_adapters
-
-    character_ids = {c for shot in shots for c in shot.character_ids}
-    return [job.id for job in ensure_adapters(services, project_id, character_ids)] if character_ids else []
-
-
-def enqueue_generate_scene(
-    services: Any, project_id: int, scene_id: int, shot_ids: list[int] | None = None
-) -> tuple[Any, bool]:
-    """The generation job of a scene (of `shot_ids` only, when given) and whether it was already queued or running
-    for those shots (joined, not queued twice: `JobService.enqueue_generation`)."""
-    scenes = services.storyboard.list_scenes(project_id)
-    scene = next((s for s in scenes if s.id == scene_id), None)
-    if scene is None:
-        raise NotFoundError("that scene is not in the open project")
-    if not scene.shots:
-        raise ValidationError("the scene has no shots; add a shot before generating")
-    # the shots generated; the others join as context with their takes, whatever their captions say
-    targets = set(shot_ids) if shot_ids else {shot.id for shot in scene.shots}
-    refuse_uncaptioned(scenes, targets)
-    payload: dict[str, Any] = {"project_id": project_id, "scene_id": scene_id}
-    if shot_ids:
-        payload["shot_ids"] = [int(i) for i in shot_ids]
-    training = queue_wanted_adapters(services, project_id, [shot for shot in scene.shots if shot.id in targets])
-    if training:
-        payload["after_jobs"] = training
-    return services.jobs.enqueue_generation("generate_scene", payload, sorted(targets), project_id)
-
-
-def enqueue_generate_selected(services: Any, project_id: int, shot_ids: list[int]) -> list[tuple[Any, bool]]:
-    """One job per scene that holds selected shots; shots of one scene are generated together (each with whether it
-    joined a pending one)."""
-    if not shot_ids:
-        raise ValidationError("select shots first (the checkbox on each card)")
-    wanted = set(int(i) for i in shot_ids)
-    jobs = []
-    for scene in services.storyboard.list_scenes(project_id):
-        chosen = [shot.id for shot in scene.shots if shot.id in wanted]
-        if chosen:
-            jobs.append(enqueue_generate_scene(services, project_id, scene.id, chosen))
-    if not jobs:
-        raise NotFoundError("the selected shots are gone; select again")
-    return jobs
-
-
-def enqueue_regenerate(
-    services: Any, project_id: int, shot_id: int, seed: int | None = None, caption: str | None = None
-) -> tuple[Any, bool]:
-    """A new take of one shot; its neighbours keep their takes. A new caption is saved on the shot first. Returns the
-    job and whether it was already queued or running for this shot (joined)."""
-    _shot_in_project(services, project_id, shot_id)
-    if caption is not None:
-        # a regeneration refused (its shot is being generated) must not have changed the caption meanwhile
-        services.jobs.pending_generation("regenerate_shot", [shot_id], project_id)
-        services.storyboard.update_shot(shot_id, caption=caption)
-    scenes = services.storyboard.list_scenes(project_id)
-    refuse_uncaptioned(scenes, {shot_id})
-    payload = {"project_id": project_id, "shot_id": shot_id, "seed": new_seed() if seed is None else int(seed)}
-    shot = [x for scene in scenes for x in scene.shots if x.id == shot_id]
-    training = queue_wanted_adapters(services, project_id, shot)
-    if training:
-        payload["after_jobs"] = training
-    return services.jobs.enqueue_generation("regenerate_shot", payload, [shot_id], project_id)

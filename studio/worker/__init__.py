@@ -5,8 +5,9 @@
     Worker(services).run()                    # what `python -m studio.worker --db URL --data-dir DIR` does
 
 Modules: `process` (Worker loop, heartbeats, recovery, the app's restarted child process), `context` (what a job
-handler sees: progress, cancel), `handlers` (job kind -> handler), `cache` (warm pipelines), `device`, `retry`,
-`commands` (`python -m studio jobs`). Generation handlers live in `studio.generation`, render in `studio.render`.
+handler sees: its job's spec, progress, cancel), `handlers` (job kind -> handler), `generation` (the generation
+handlers: storyboard shots -> takes), `cache` (warm pipelines), `device`, `retry`, `commands` (`python -m studio
+jobs`). The headless render command is `studio.render`.
 """
 
 from __future__ import annotations

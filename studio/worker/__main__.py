@@ -100,7 +100,7 @@ def _run(args, settings) -> int:
         parent_pid=args.parent_pid,
     )
     install_signal_handlers(worker)
-    import studio.generation  # noqa: F401 - light (no torch): the first job should not pay for its imports
+    import studio.worker.generation  # noqa: F401 - light (no torch): the first job should not pay for its imports
 
     if args.preload:
         worker.preload(args.preload)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.services.job_specs import spec_of
+
 
 class JobCancelled(Exception):
     """Raised inside a handler (typically from a pipeline step callback) when the job's cancel was requested."""
@@ -75,6 +77,12 @@ class JobContext:
     def __post_init__(self) -> None:
         if self.started_at is None:
             self.started_at = self.clock()
+
+    @property
+    def spec(self) -> Any:
+        """What the job asks for: its `studio.services.job_specs` spec, read from the payload (a payload that no spec
+        reads fails the job with the spec's message)."""
+        return spec_of(self.job)
 
     @property
     def job_id(self):

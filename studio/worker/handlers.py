@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from studio.characters.training import run_train_adapter
 from studio.export.jobs import run_export_job
-from studio.generation import run_generate_scene, run_regenerate_shot
 from studio.worker.context import JobContext
+from studio.worker.generation import run_generate_scene, run_regenerate_shot
 
 Handler = Callable[[JobContext], dict]
 

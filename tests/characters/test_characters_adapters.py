@@ -206,7 +206,7 @@ def test_a_scene_plan_scopes_each_character_lora_to_the_shots_that_show_the_char
     sqlite_services, tiny_transformer
 ):
     from pipelines import MultiShotPipeline
-    from studio.generation import plan_scene
+    from studio.worker.generation import plan_scene
 
     services = sqlite_services
     project = tiny_project(services)

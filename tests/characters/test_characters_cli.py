@@ -19,6 +19,8 @@ from studio.characters import commands
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters"))
 from adapter_helpers import random_lora_state  # noqa: E402
 
+from studio.services.job_specs import TrainAdapter, spec_of
+
 
 def run(services, *argv: str) -> int:
     parser = argparse.ArgumentParser(prog="studio")
@@ -89,13 +91,12 @@ def test_adapter_train_queue_and_now(sqlite_services, tmp_path, capsys):
     assert run(services, "adapter", "train", "Lighthouse", "Mara", "--steps", "5") == 0
     assert "queued job" in capsys.readouterr().out
     [job] = services.jobs.list_jobs(project_id=project.id)
-    assert job.payload == {"character_id": mara.id, "kind": "lora", "hyperparameters": {"steps": 5}}
+    assert spec_of(job) == TrainAdapter(character_id=mara.id, kind="lora", hyperparameters={"steps": 5})
     # A Tom job queued first: `--now` runs the queue in order, so Tom's job is done too, not left claimed.
     tom = services.characters.create(project.id, "Tom")
     services.characters.add_reference(tom.id, "t.png", png_bytes(face_picture([(20, 30, 50, GREEN)])))
     tom_job = services.jobs.enqueue(
-        "train_adapter",
-        {"character_id": tom.id, "kind": "embedding", "hyperparameters": {"steps": 3}},
+        TrainAdapter(character_id=tom.id, kind="embedding", hyperparameters={"steps": 3}),
         project_id=project.id,
     )
     services.jobs.request_cancel(job.id)

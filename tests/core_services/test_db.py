@@ -15,6 +15,7 @@ from sqlalchemy import func, inspect, select, text
 from studio.db import models
 from studio.db.engine import Database
 from studio.db.migrate import alembic_config, current_revision, downgrade, head_revision, upgrade
+from studio.services.job_specs import ExportFilm
 
 ALL_TABLES = {
     "assets",
@@ -252,7 +253,7 @@ def test_sqlite_read_then_write_waits_instead_of_failing(sqlite_services):
     import threading
 
     services = sqlite_services
-    job = services.jobs.enqueue("generate_scene", {})
+    job = services.jobs.enqueue(ExportFilm())
     services.jobs.claim_next_job("w")
     other_done = threading.Event()
     errors: list[BaseException] = []
@@ -282,7 +283,7 @@ def test_read_only_units_do_not_block_writers(sqlite_services):
         session.execute(select(func.count()).select_from(models.Job)).scalar()
         # Another connection writes meanwhile (its own thread: a writing unit nested in this one would be an error).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            job = pool.submit(services.jobs.enqueue, "generate_scene", {}).result(timeout=10)
+            job = pool.submit(services.jobs.enqueue, ExportFilm()).result(timeout=10)
     assert services.jobs.get(job.id).status == "queued"
 
 

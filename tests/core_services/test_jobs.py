@@ -10,11 +10,20 @@ import pytest
 from studio.db import models
 from studio.db.models import utcnow
 from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services.job_specs import ExportFilm, GenerateScene, RegenerateShot, TrainAdapter, job_spec
 from studio.services.jobs import MAX_ATTEMPTS
 
 
+def _scene_of_two_shots(services, name: str = "jobs") -> tuple[int, int, list[int]]:
+    project = services.projects.create(name, preset="tiny")
+    scene = services.storyboard.add_scene(project.id, caption="")
+    return project.id, scene.id, [services.storyboard.add_shot(scene.id, f"shot {i}").id for i in range(2)]
+
+
 def test_lifecycle_enqueue_claim_progress_finish(services):
-    job = services.jobs.enqueue("generate_scene", {"scene_id": 1, "shots": [1, 2]})
+    project_id, scene_id, shots = _scene_of_two_shots(services)
+    job = services.jobs.enqueue(GenerateScene(scene_id=scene_id, shot_ids=shots), project_id)
+    assert job.payload == {**GenerateScene(scene_id=scene_id, shot_ids=shots, target_shot_ids=shots).to_payload()}
     assert (job.status, job.progress, job.attempts, job.worker_id) == ("queued", 0.0, 0, None)
     claimed = services.jobs.claim_next_job("worker-a")
     assert claimed.id == job.id
@@ -35,10 +44,11 @@ def test_lifecycle_enqueue_claim_progress_finish(services):
 
 
 def test_claim_order_is_priority_then_fifo_and_filters_kinds(services):
-    low = services.jobs.enqueue("export_film", {}, priority=0)
-    high = services.jobs.enqueue("regenerate_shot", {}, priority=5)
-    low2 = services.jobs.enqueue("generate_scene", {}, priority=0)
-    train = services.jobs.enqueue("train_adapter", {}, priority=9)
+    project_id, scene_id, (a, b) = _scene_of_two_shots(services)
+    low = services.jobs.enqueue(ExportFilm(), priority=0)
+    high = services.jobs.enqueue(RegenerateShot(shot_id=a), project_id, priority=5)
+    low2 = services.jobs.enqueue(GenerateScene(scene_id=scene_id, shot_ids=[b]), project_id, priority=0)
+    train = services.jobs.enqueue(TrainAdapter(character_id=1), priority=9)
     assert services.jobs.claim_next_job("w", kinds=["generate_scene", "regenerate_shot", "export_film"]).id == high.id
     assert services.jobs.claim_next_job("w").id == train.id
     assert services.jobs.claim_next_job("w").id == low.id
@@ -47,12 +57,12 @@ def test_claim_order_is_priority_then_fifo_and_filters_kinds(services):
 
 
 def test_cancel_queued_is_immediate_and_running_is_cooperative(services):
-    queued = services.jobs.enqueue("generate_scene", {})
+    queued = services.jobs.enqueue(ExportFilm())
     cancelled = services.jobs.request_cancel(queued.id)
     assert cancelled.status == "cancelled" and cancelled.cancel_requested
     assert services.jobs.claim_next_job("w") is None
 
-    running = services.jobs.enqueue("generate_scene", {})
+    running = services.jobs.enqueue(ExportFilm())
     services.jobs.claim_next_job("w")
     assert not services.jobs.is_cancel_requested(running.id)
     assert services.jobs.request_cancel(running.id).status == "running"
@@ -65,7 +75,7 @@ def test_cancel_queued_is_immediate_and_running_is_cooperative(services):
 
 
 def test_fail_records_the_message(services):
-    job = services.jobs.enqueue("train_adapter", {"character_id": 1})
+    job = services.jobs.enqueue(TrainAdapter(character_id=1))
     services.jobs.claim_next_job("w")
     failed = services.jobs.fail(job.id, "out of memory: lower the resolution")
     assert (failed.status, failed.error) == ("failed", "out of memory: lower the resolution")
@@ -74,7 +84,7 @@ def test_fail_records_the_message(services):
 
 
 def test_heartbeat_refused_for_another_worker(services):
-    job = services.jobs.enqueue("generate_scene", {})
+    job = services.jobs.enqueue(ExportFilm())
     services.jobs.claim_next_job("w1")
     assert services.jobs.heartbeat(job.id, "w1").heartbeat_at is not None
     with pytest.raises(ConflictError, match="belongs to worker 'w1'"):
@@ -83,14 +93,25 @@ def test_heartbeat_refused_for_another_worker(services):
 
 def test_bad_requests_are_refused(services):
     with pytest.raises(ValidationError, match="unknown job kind 'paint'"):
-        services.jobs.enqueue("paint", {})
+        services.jobs.enqueue(job_spec("paint", {}))
+    with pytest.raises(ValidationError, match="enqueue takes a job spec"):
+        services.jobs.enqueue("export_film", {})
     with pytest.raises(ValidationError, match="JSON"):
-        services.jobs.enqueue("generate_scene", {"x": object()})
+        services.jobs.enqueue(TrainAdapter(character_id=1, hyperparameters={"x": object()}))
     with pytest.raises(NotFoundError, match="project 999"):
-        services.jobs.enqueue("generate_scene", {}, project_id=999)
+        services.jobs.enqueue(ExportFilm(), project_id=999)
+    with pytest.raises(ValidationError, match="needs its project_id"):
+        services.jobs.enqueue(GenerateScene(scene_id=1))
+    project_id, scene_id, (a, _) = _scene_of_two_shots(services)
+    with pytest.raises(NotFoundError, match="shot 999 is not a live shot"):
+        services.jobs.enqueue(RegenerateShot(shot_id=999), project_id)
+    services.storyboard.delete_shot(a)  # in the bin: not generated
+    with pytest.raises(NotFoundError, match=f"shot {a} is not a live shot"):
+        services.jobs.enqueue(GenerateScene(scene_id=scene_id, shot_ids=[a]), project_id)
+    assert services.jobs.list_jobs() == []
     with pytest.raises(NotFoundError, match="job 42"):
         services.jobs.get(42)
-    job = services.jobs.enqueue("generate_scene", {})
+    job = services.jobs.enqueue(ExportFilm())
     services.jobs.claim_next_job("w")
     with pytest.raises(ValidationError, match="between 0 and 1"):
         services.jobs.report_progress(job.id, 1.5)
@@ -104,7 +125,7 @@ def _age_heartbeat(services, job_id: int, seconds: float) -> None:
 
 
 def test_stale_jobs_are_requeued_then_failed_after_max_attempts(services):
-    job = services.jobs.enqueue("generate_scene", {})
+    job = services.jobs.enqueue(ExportFilm())
     for attempt in range(1, MAX_ATTEMPTS + 1):
         claimed = services.jobs.claim_next_job(f"w{attempt}")
         assert claimed.attempts == attempt
@@ -117,8 +138,8 @@ def test_stale_jobs_are_requeued_then_failed_after_max_attempts(services):
 
 
 def test_restarting_worker_recovers_its_own_jobs_at_once(services):
-    mine = services.jobs.enqueue("generate_scene", {})
-    other = services.jobs.enqueue("generate_scene", {})
+    mine = services.jobs.enqueue(ExportFilm())
+    other = services.jobs.enqueue(ExportFilm())
     services.jobs.claim_next_job("local")
     services.jobs.claim_next_job("remote")
     recovered = services.jobs.recover_stale_jobs(60, worker_id="local")
@@ -134,8 +155,8 @@ def test_restarting_worker_recovers_its_own_jobs_at_once(services):
 
 def test_list_jobs_newest_first_with_filters(services):
     project = services.projects.create("Jobs")
-    a = services.jobs.enqueue("generate_scene", {}, project_id=project.id)
-    b = services.jobs.enqueue("export_film", {})
+    a = services.jobs.enqueue(ExportFilm(), project_id=project.id)
+    b = services.jobs.enqueue(ExportFilm())
     services.jobs.request_cancel(b.id)
     assert [j.id for j in services.jobs.list_jobs()] == [b.id, a.id]
     assert [j.id for j in services.jobs.list_jobs(status="queued")] == [a.id]
@@ -158,7 +179,7 @@ def _claim_all(url: str, worker_id: str, start, results) -> None:
 
 def test_two_processes_never_claim_the_same_job(services):
     total = 60
-    ids = {services.jobs.enqueue("generate_scene", {"n": n}).id for n in range(total)}
+    ids = {services.jobs.enqueue(ExportFilm()).id for _ in range(total)}
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     results = context.Queue()
@@ -177,7 +198,7 @@ def test_two_processes_never_claim_the_same_job(services):
 
 
 def test_partial_result_is_readable_while_running_and_replaced_when_done(services):
-    job = services.jobs.enqueue("train_adapter", {"character_id": 1}, project_id=None)
+    job = services.jobs.enqueue(TrainAdapter(character_id=1), project_id=None)
     with pytest.raises(ConflictError, match="not running"):
         services.jobs.report_partial_result(job.id, {"loss_curve": [[1, 0.5]]})
     services.jobs.claim_next_job("w1")
@@ -190,7 +211,7 @@ def test_partial_result_is_readable_while_running_and_replaced_when_done(service
 
 
 def test_a_new_attempt_starts_without_the_last_attempts_partial_result(services):
-    job = services.jobs.enqueue("train_adapter", {"character_id": 1})
+    job = services.jobs.enqueue(TrainAdapter(character_id=1))
     services.jobs.claim_next_job("w1")
     services.jobs.report_partial_result(job.id, {"loss_curve": [[1, 0.5]]})
     with services.db.unit_of_work() as session:
@@ -200,26 +221,26 @@ def test_a_new_attempt_starts_without_the_last_attempts_partial_result(services)
 
 
 def test_a_generation_already_pending_for_the_same_shots_is_joined_and_an_overlap_refused(services):
-    project = services.projects.create("joined", preset="tiny")
-    scene = services.storyboard.add_scene(project.id, caption="")
-    a, b = (services.storyboard.add_shot(scene.id, f"shot {i}").id for i in range(2))
-    payload = {"project_id": project.id, "scene_id": scene.id}
-    first, joined = services.jobs.enqueue_generation("generate_scene", payload, [b, a], project.id)
-    assert not joined and first.payload["target_shot_ids"] == sorted([a, b])
-    again, joined = services.jobs.enqueue_generation("generate_scene", payload, [a, b], project.id)
-    assert joined and again.id == first.id
+    project_id, scene_id, (a, b) = _scene_of_two_shots(services, "joined")
+    first = services.jobs.enqueue(GenerateScene(scene_id=scene_id), project_id)
+    assert not first.joined and first.payload["target_shot_ids"] == sorted([a, b])
+    again = services.jobs.enqueue(GenerateScene(scene_id=scene_id, shot_ids=[b, a], seed=5), project_id)
+    assert again.joined and again.id == first.id
     with pytest.raises(ConflictError, match=f"already being generated by job {first.id} \\(queued\\)"):
-        services.jobs.enqueue_generation("regenerate_shot", {"shot_id": a}, [a], project.id)
+        services.jobs.enqueue(RegenerateShot(shot_id=a), project_id)
     with pytest.raises(ConflictError, match=f"by job {first.id}"):  # asked without queueing: the same answer
-        services.jobs.pending_generation("regenerate_shot", [a], project.id)
-    assert services.jobs.pending_generation("generate_scene", [a, b], project.id).id == first.id
-    # a scene job queued without targets (the CLI's) covers the scene's live shots
+        services.jobs.pending_generation(RegenerateShot(shot_id=a), project_id)
+    assert services.jobs.pending_generation(GenerateScene(scene_id=scene_id), project_id).id == first.id
+    # "only the shots without a take" is another request over the same shots: refused, not joined
+    with pytest.raises(ConflictError, match=f"by job {first.id}"):
+        services.jobs.enqueue(GenerateScene(scene_id=scene_id, only_missing=True), project_id)
     services.jobs.request_cancel(first.id)
-    cli = services.jobs.enqueue("generate_scene", {"scene_id": scene.id, "only_missing": True}, project.id)
+    cli = services.jobs.enqueue(GenerateScene(scene_id=scene_id, only_missing=True), project_id)
+    assert services.jobs.enqueue(GenerateScene(scene_id=scene_id, only_missing=True), project_id).id == cli.id
     services.jobs.claim_next_job("w")
     with pytest.raises(ConflictError, match=f"job {cli.id} \\(running\\)"):
-        services.jobs.enqueue_generation("regenerate_shot", {"shot_id": b}, [b], project.id)
+        services.jobs.enqueue(RegenerateShot(shot_id=b), project_id)
     services.jobs.finish(cli.id, {})
-    later, joined = services.jobs.enqueue_generation("regenerate_shot", {"shot_id": b}, [b], project.id)
-    assert not joined and later.id not in (first.id, cli.id)
-    assert len(services.jobs.list_jobs(project_id=project.id)) == 3
+    later = services.jobs.enqueue(RegenerateShot(shot_id=b), project_id)
+    assert not later.joined and later.id not in (first.id, cli.id)
+    assert len(services.jobs.list_jobs(project_id=project_id)) == 3

@@ -6,6 +6,7 @@ import pytest
 
 from pipelines.registry import get_preset
 from studio.services.errors import ConflictError, NotFoundError, ValidationError
+from studio.services.job_specs import GenerateScene
 from tests.core_services.helpers import png_bytes, safetensors_bytes
 
 
@@ -170,7 +171,7 @@ def test_purge_removes_a_binned_project_and_only_its_files(services):
     scene = services.storyboard.add_scene(gone.id)
     shot = services.storyboard.add_shot(scene.id, "wide")
     take = add_take(services, shot.id)
-    job = services.jobs.enqueue("generate_scene", {}, project_id=gone.id)
+    job = services.jobs.enqueue(GenerateScene(scene_id=scene.id), project_id=gone.id)
     video = services.assets.path_of(take.video_asset_id)
     with pytest.raises(ConflictError, match="not in the bin"):
         services.projects.purge(gone.id)

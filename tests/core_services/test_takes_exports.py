@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from studio.db import models
 from studio.services.errors import NotFoundError, ValidationError
+from studio.services.job_specs import ExportFilm
 from tests.core_services.helpers import add_take, png_bytes
 
 
@@ -18,7 +19,7 @@ def shot(services):
 
 
 def test_takes_are_numbered_and_never_overwritten(services, shot):
-    job = services.jobs.enqueue("generate_scene", {})
+    job = services.jobs.enqueue(ExportFilm())
     first = add_take(services, shot.id, seed=11, job_id=job.id)
     second = add_take(services, shot.id, seed=12)
     assert (first.number, second.number) == (1, 2)
@@ -61,7 +62,7 @@ def test_failed_take_leaves_no_file(services, shot):
 def test_exports_store_video_from_bytes_or_path(services, shot, tmp_path):
     film = tmp_path / "film.mp4"
     film.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"x" * 1000)
-    job = services.jobs.enqueue("export_film", {}, project_id=shot.project_id)
+    job = services.jobs.enqueue(ExportFilm(), project_id=shot.project_id)
     first = services.exports.create(shot.project_id, job.id, {"fps": 8, "music": None}, film, b'{"OTIO_SCHEMA": 1}')
     second = services.exports.create(shot.project_id, None, {"fps": 8}, b"other film")
     assert services.assets.read_bytes(first.video_asset_id) == film.read_bytes()

@@ -16,6 +16,7 @@ from studio.export import commands, run_export_job
 from studio.export.film import ExportError
 from studio.export.jobs import export_project
 from studio.export.probe import probe_video, read_video_frames
+from studio.services.job_specs import ExportFilm
 
 
 def png(grey: int) -> bytes:
@@ -71,7 +72,7 @@ def test_export_job_stores_film_and_timeline(project):
         folder.mkdir(parents=True)
         (folder / "film.mp4").write_bytes(b"partial")
     os.utime(stale, (time.time() - 2 * 86400, time.time() - 2 * 86400))
-    job = services.jobs.enqueue("export_film", {}, project_id=project_view.id)
+    job = services.jobs.enqueue(ExportFilm(), project_id=project_view.id)
     recorder = Recorder()
     result = run_export_job(services, job, recorder.report, recorder.should_cancel)
     # 9 + (9 - 1 - 2) + 9 frames, minus the 2-frame dissolve.
@@ -110,12 +111,12 @@ def test_shot_without_take_is_named_or_becomes_a_card(project):
     services, project_view, shots = project
     scene_id = shots[0].scene_id
     services.storyboard.add_shot(scene_id, "Mara looks out to sea", num_frames=5)
-    job = services.jobs.enqueue("export_film", {}, project_id=project_view.id)
+    job = services.jobs.enqueue(ExportFilm(), project_id=project_view.id)
     recorder = Recorder()
     with pytest.raises(ExportError, match=r"shot 4 \(scene 1, shot 4\): 'Mara looks out to sea' has no take"):
         run_export_job(services, job, recorder.report, recorder.should_cancel)
     assert services.exports.list(project_view.id) == []
-    job = services.jobs.enqueue("export_film", {"placeholder": True}, project_id=project_view.id)
+    job = services.jobs.enqueue(ExportFilm(placeholder=True), project_id=project_view.id)
     result = run_export_job(services, job, recorder.report, recorder.should_cancel)
     assert result["frames"] == 22 + 5
 
@@ -123,7 +124,7 @@ def test_shot_without_take_is_named_or_becomes_a_card(project):
 def test_music_without_audio_is_refused_by_the_name_it_was_chosen_under(project):
     services, project_view, _ = project
     music = services.assets.put_bytes(b"these are lyrics, not a song", "music", "audio/mpeg", filename="lyrics.mp3")
-    job = services.jobs.enqueue("export_film", {"music_asset_id": music.id}, project_id=project_view.id)
+    job = services.jobs.enqueue(ExportFilm(music_asset_id=music.id), project_id=project_view.id)
     with pytest.raises(ExportError) as refused:
         run_export_job(services, job, Recorder().report, lambda: False)
     assert str(refused.value).startswith("lyrics.mp3 has no audio ffmpeg can read; choose a music file")
@@ -133,7 +134,7 @@ def test_music_without_audio_is_refused_by_the_name_it_was_chosen_under(project)
 
 def test_cancel_stops_the_render_and_stores_nothing(project):
     services, project_view, _ = project
-    job = services.jobs.enqueue("export_film", {}, project_id=project_view.id)
+    job = services.jobs.enqueue(ExportFilm(), project_id=project_view.id)
     recorder = Recorder(cancel_after=5)
     assert run_export_job(services, job, recorder.report, recorder.should_cancel) == {"cancelled": True}
     assert max(c[2] or 0 for c in recorder.calls) == 5
@@ -144,7 +145,7 @@ def test_cancel_stops_the_render_and_stores_nothing(project):
 def test_export_job_can_also_write_the_film_where_asked(project, tmp_path):
     services, project_view, _ = project
     out = tmp_path / "render" / "film.mp4"
-    job = services.jobs.enqueue("export_film", {"out_path": str(out)}, project_id=project_view.id)
+    job = services.jobs.enqueue(ExportFilm(out_path=str(out)), project_id=project_view.id)
     recorder = Recorder()
     result = run_export_job(services, job, recorder.report, recorder.should_cancel)
     export = services.exports.get(result["export_id"])
@@ -158,7 +159,7 @@ def test_worker_dispatches_export_jobs_here(project):
     from studio.worker.handlers import default_handlers
 
     services, project_view, _ = project
-    services.jobs.enqueue("export_film", {}, project_id=project_view.id)
+    services.jobs.enqueue(ExportFilm(), project_id=project_view.id)
     job = services.jobs.claim_next_job("test-worker", kinds=["export_film"])
     context = JobContext(services=services, job=job, worker_id="test-worker", progress_interval_s=0.0)
     result = default_handlers()["export_film"](context)

@@ -21,6 +21,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from studio.config import load_settings  # noqa: E402
 from studio.services import build_services  # noqa: E402
+from studio.services.job_specs import GenerateScene  # noqa: E402
 from studio.storyboard_file import import_storyboard, parse_storyboard  # noqa: E402
 from studio.ui.app import build_app  # noqa: E402
 from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402
@@ -42,7 +43,7 @@ def main() -> None:
         report = import_storyboard(services, doc, EXAMPLE.parent)
         project_id = report.project_id
         for scene in services.storyboard.list_scenes(project_id):
-            services.jobs.enqueue("generate_scene", {"project_id": project_id, "scene_id": scene.id}, project_id)
+            services.jobs.enqueue(GenerateScene(scene_id=scene.id), project_id)
         worker = LocalWorkerProcess(settings, output=open(Path(folder) / "worker.log", "wb")).start()  # noqa: SIM115
         app = build_app(services)
         app.launch(prevent_thread_lock=True, quiet=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from studio.generation import wait_for_training
 from studio.ui.storyboard import apply_edit
+from studio.worker.generation import wait_for_training
 from tests.core_services.helpers import png_bytes
 
 
@@ -43,7 +43,7 @@ def test_a_scene_without_wanted_adapters_is_queued_alone(services):
     services.storyboard.add_shot(scene.id, "Tom walks", characters=[tom.id])
     message, _ = apply_edit(services, project.id, {"op": "generate_scene", "scene_id": scene.id})
     (job,) = services.jobs.list_jobs(project_id=project.id)
-    assert message == f"generation queued (job {job.id})" and "after_jobs" not in job.payload
+    assert message == f"generation queued (job {job.id})" and job.payload["after_jobs"] == []
 
 
 def test_the_generation_waits_until_its_trainings_have_finished():
@@ -59,10 +59,10 @@ def test_the_generation_waits_until_its_trainings_have_finished():
         report_progress=lambda fraction, message: progress.append(message),
         check_cancelled=lambda: None,
     )
-    wait_for_training(ctx, {"after_jobs": [7, 8]}, poll_s=0.0)
+    wait_for_training(ctx, [7, 8], poll_s=0.0)
     assert progress == ["waiting for adapter training (job 7, 8)", "waiting for adapter training (job 7)"]
     assert polls == {7: 3, 8: 2}  # a finished job is not asked again
-    wait_for_training(ctx, {}, poll_s=0.0)  # nothing to wait for
+    wait_for_training(ctx, [], poll_s=0.0)  # nothing to wait for
     assert len(progress) == 2
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from studio.services.job_specs import GenerateScene
+
 pytestmark = pytest.mark.browser
 
 
@@ -103,7 +105,7 @@ def test_queue_shows_jobs_and_cancels_them(page, studio):
     project = services.projects.create("Queue", preset="tiny")
     scene = services.storyboard.add_scene(project.id)
     services.storyboard.add_shot(scene.id, "one")
-    job = services.jobs.enqueue("generate_scene", {"project_id": project.id, "scene_id": scene.id}, project.id)
+    job = services.jobs.enqueue(GenerateScene(scene_id=scene.id), project.id)
     page.goto(f"{base}/?project={project.id}")
     row = page.locator(f"#sl-jobs .sl-job[data-job-id='{job.id}']")
     row.wait_for()

@@ -9,6 +9,7 @@ import gradio as gr
 import pytest
 
 from studio.services.errors import ConflictError, ServiceError
+from studio.services.job_specs import ExportFilm
 from studio.ui.app import build_app, guarded
 from tests.core_services.helpers import add_take, png_bytes
 
@@ -82,7 +83,8 @@ def test_force_deletes_a_character_in_use_and_its_shots_lose_it(services):
 
 def test_a_card_still_captioned_new_shot_is_not_generated(services):
     from studio.services.errors import ValidationError
-    from studio.ui.storyboard import NEW_SHOT_CAPTION, apply_edit
+    from studio.services.generations import NEW_SHOT_CAPTION
+    from studio.ui.storyboard import apply_edit
 
     project = services.projects.create("Cards", preset="tiny")
     scene = services.storyboard.add_scene(project.id, "dawn")
@@ -181,7 +183,7 @@ def test_the_timer_refreshes_the_open_shots_take_count_and_the_character_cards(s
     assert first[4] == "**Shot #1** (1 take)"
     add_take(services, shot)  # a regeneration finished meanwhile
     services.characters.create(project.id, "Mara")
-    services.jobs.enqueue("generate_scene", {"project_id": project.id}, project_id=project.id)  # the list changed
+    services.jobs.enqueue(ExportFilm(), project_id=project.id)  # the list changed
     outputs = on_tick(project.id, [], shot, None, True, first[-1])
     assert outputs[4] == "**Shot #1** (2 takes)" and "Take 2" in outputs[15]
     # not written back, as a click may have changed them meanwhile: the open shot id and a scene being picked

@@ -9,6 +9,7 @@ import io
 import pytest
 from PIL import Image
 
+from studio.services.job_specs import job_spec
 from studio.ui.latency import card_order
 from tests.core_services.helpers import add_take
 from tests.ui.conftest import open_board, project_with_shots
@@ -107,7 +108,9 @@ def test_queue_shows_live_progress_and_eta(page, studio):
     services, base = studio
     project, scene, _ = project_with_shots(services, "progress", 1)
     payload = {"project_id": project.id, "scene_id": scene.id}
-    job = services.jobs.enqueue("generate_scene", payload, project.id, priority=10)  # claimed before other tests'
+    job = services.jobs.enqueue(
+        job_spec("generate_scene", payload), project.id, priority=10
+    )  # claimed before other tests'
     page.goto(f"{base}/?project={project.id}")
     page.wait_for_selector(f"#sl-jobs .sl-job[data-job-id='{job.id}'][data-status='queued']")
     claimed = services.jobs.claim_next_job("test-worker")
@@ -195,7 +198,7 @@ def test_a_job_queued_elsewhere_shows_running_and_done(page, studio):
     page.goto(f"{base}/?project={project.id}")
     page.wait_for_function("(document.querySelector('#sl-jobs')?.innerText || '').includes('No jobs yet')")
     payload = {"project_id": project.id, "scene_id": scene.id}
-    job = services.jobs.enqueue("generate_scene", payload, project.id, priority=20)
+    job = services.jobs.enqueue(job_spec("generate_scene", payload), project.id, priority=20)
     row = f"#sl-jobs .sl-job[data-job-id='{job.id}']"
     page.wait_for_selector(f"{row}[data-status='queued']", timeout=15_000)
     assert services.jobs.claim_next_job("cli-worker").id == job.id

@@ -15,8 +15,8 @@ from studio.worker import handlers
 
 def test_every_job_kind_has_its_handler():
     assert set(handlers.HANDLERS) == set(JOB_KINDS)
-    assert handlers.HANDLERS["generate_scene"].__module__ == "studio.generation"
-    assert handlers.HANDLERS["regenerate_shot"].__module__ == "studio.generation"
+    assert handlers.HANDLERS["generate_scene"].__module__ == "studio.worker.generation"
+    assert handlers.HANDLERS["regenerate_shot"].__module__ == "studio.worker.generation"
     table = handlers.default_handlers()
     table["export_film"] = None  # a worker's own table is a copy
     assert handlers.HANDLERS["export_film"] is handlers.export_film
@@ -41,7 +41,7 @@ def test_area_handlers_get_the_context_and_the_warm_pipelines(monkeypatch):
     assert calls == [("train", "S", "J", "P", "C", "cache"), ("export", "S", "J", "P", "C")]
 
 
-@pytest.mark.parametrize("missing", ["studio.export.jobs", "studio.characters.training", "studio.generation"])
+@pytest.mark.parametrize("missing", ["studio.export.jobs", "studio.characters.training", "studio.worker.generation"])
 def test_a_missing_area_module_stops_the_import(monkeypatch, missing):
     monkeypatch.delitem(sys.modules, "studio.worker.handlers")
     monkeypatch.setitem(sys.modules, missing, None)  # as if the module could not be imported

@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from studio.services.job_specs import ExportFilm, TrainAdapter
 from studio.worker.cache import PipelineCache
 from studio.worker.context import JobCancelled
 from studio.worker.process import Worker
@@ -21,17 +22,18 @@ def test_jobs_run_by_priority_then_fifo_and_a_failure_does_not_stop_the_next(sql
     order = []
 
     def handler(ctx):
-        order.append(ctx.job.payload["name"])
-        if ctx.job.payload["name"] == "boom":
+        name = ctx.spec.out_path.removesuffix(".mp4")
+        order.append(name)
+        if name == "boom":
             raise RuntimeError("the handler broke")
         for step in range(1, 4):
             ctx.report_progress(step / 3, f"step {step}", step=step, total=3)
-        return {"name": ctx.job.payload["name"]}
+        return {"name": name}
 
-    first = jobs.enqueue("export_film", {"name": "first"})
-    boom = jobs.enqueue("export_film", {"name": "boom"})
-    urgent = jobs.enqueue("export_film", {"name": "urgent"}, priority=5)
-    last = jobs.enqueue("export_film", {"name": "last"})
+    first = jobs.enqueue(ExportFilm(out_path="first.mp4"))
+    boom = jobs.enqueue(ExportFilm(out_path="boom.mp4"))
+    urgent = jobs.enqueue(ExportFilm(out_path="urgent.mp4"), priority=5)
+    last = jobs.enqueue(ExportFilm(out_path="last.mp4"))
 
     stats = make_worker(sqlite_services, {"export_film": handler}).run(exit_when_idle=True)
 
@@ -41,7 +43,7 @@ def test_jobs_run_by_priority_then_fifo_and_a_failure_does_not_stop_the_next(sql
     assert jobs.get(boom.id).error == "RuntimeError: the handler broke"
     for job in (first, urgent, last):
         view = jobs.get(job.id)
-        assert (view.status, view.progress, view.result) == ("done", 1.0, {"name": job.payload["name"]})
+        assert (view.status, view.progress, view.result) == ("done", 1.0, {"name": job.payload["out_path"][:-4]})
 
 
 def test_cancel_requested_mid_job_ends_cancelled_and_a_late_result_is_ignored(sqlite_services):
@@ -61,8 +63,8 @@ def test_cancel_requested_mid_job_ends_cancelled_and_a_late_result_is_ignored(sq
         jobs.request_cancel(ctx.job_id)
         return {"late": True}  # the handler did not look at the flag: the result must not win
 
-    cancelled = jobs.enqueue("export_film", {})
-    late = jobs.enqueue("train_adapter", {})
+    cancelled = jobs.enqueue(ExportFilm())
+    late = jobs.enqueue(TrainAdapter(character_id=1))
     make_worker(sqlite_services, {"export_film": handler, "train_adapter": late_result_handler}).run(
         exit_when_idle=True
     )
@@ -87,8 +89,8 @@ def test_out_of_memory_fails_with_the_offload_profile_to_try_and_frees_the_cache
         ctx.pipelines.get("tiny")
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    job = jobs.enqueue("generate_scene", {})
-    make_worker(sqlite_services, {"generate_scene": handler}, pipelines=cache).run(exit_when_idle=True)
+    job = jobs.enqueue(ExportFilm())
+    make_worker(sqlite_services, {"export_film": handler}, pipelines=cache).run(exit_when_idle=True)
 
     view = jobs.get(job.id)
     assert view.status == "failed"
@@ -109,7 +111,7 @@ def test_stopping_the_worker_requeues_the_running_job(sqlite_services):
                 raise JobCancelled("unexpected")
         return {}
 
-    job = jobs.enqueue("export_film", {})
+    job = jobs.enqueue(ExportFilm())
     worker = make_worker(sqlite_services, {"export_film": handler})
     stats = worker.run()
     view = jobs.get(job.id)
@@ -126,7 +128,7 @@ def test_a_job_taken_over_by_another_worker_is_left_alone(sqlite_services):
         assert jobs.claim_next_job("other-worker") is not None
         return {"stale": True}
 
-    job = jobs.enqueue("export_film", {})
+    job = jobs.enqueue(ExportFilm())
     worker = make_worker(sqlite_services, {"export_film": handler})
     worker.run(max_jobs=1)
     view = jobs.get(job.id)
@@ -148,7 +150,7 @@ def test_heartbeats_run_while_a_job_works(sqlite_settings):
             beats.append((first, jobs.get(ctx.job_id).heartbeat_at))
             return {}
 
-        jobs.enqueue("export_film", {})
+        jobs.enqueue(ExportFilm())
         make_worker(services, {"export_film": handler}).run(exit_when_idle=True)
         first, later = beats[0]
         assert later > first
@@ -172,7 +174,7 @@ def test_a_job_of_a_silent_worker_elsewhere_is_taken_over_after_the_heartbeat_ti
     services = build_services(sqlite_settings.model_copy(update={"heartbeat_s": 0.1, "heartbeat_timeout_s": 0.5}))
     try:
         jobs = services.jobs
-        job = jobs.enqueue("export_film", {})
+        job = jobs.enqueue(ExportFilm())
         jobs.claim_next_job("other-machine:4242")  # then that machine loses power: no more beats
         worker = make_worker(services, {"export_film": lambda ctx: {"ran_on": ctx.worker_id}})
         assert worker.recover() == []  # its heartbeat is fresh: it may still be working

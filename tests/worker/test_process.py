@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from studio.generation import encode_latents, encode_mp4, encode_png
+from studio.services.job_specs import ExportFilm, GenerateScene, RegenerateShot, TrainAdapter
+from studio.worker.generation import encode_latents, encode_mp4, encode_png
 from studio.worker.retry import retry_db
 from tests.worker.helpers import (
     claims_in_log,
@@ -45,14 +46,22 @@ def test_two_workers_racing_never_claim_the_same_job(settings, tmp_path):
     workers = []
     try:
         project, scene_id, shot_ids = tiny_project(services)
-        give_every_shot_a_take(services, shot_ids)  # the jobs find nothing missing: they test the queue, not a model
+        # 40 scenes (one generation each: a request for a scene already queued would join that job), every shot with
+        # a take: the jobs find nothing missing, so they test the queue, not a model
+        scene_ids = [scene_id] + [services.storyboard.add_scene(project.id).id for _ in range(39)]
+        shot_ids += [services.storyboard.add_shot(scene, "a gull", num_frames=5).id for scene in scene_ids[1:]]
+        give_every_shot_a_take(services, shot_ids)
         workers = [spawn_worker(settings, f"racer-{i}", log) for i, log in enumerate(logs)]
         for worker, log in zip(workers, logs, strict=True):
             wait_for_log(log, "ready", worker)
         # retry_db: as the UI would, ride out a transient lock while two workers commit (studio/worker/retry.py).
         jobs = [
-            retry_db(services.jobs.enqueue, "generate_scene", {"scene_id": scene_id, "only_missing": True}, project.id)
-            for _ in range(40)
+            retry_db(
+                services.jobs.enqueue,
+                GenerateScene(scene_id=scene, only_missing=True),
+                project.id,
+            )
+            for scene in scene_ids
         ]
         wait_for(lambda: all(services.jobs.get(j.id).is_finished for j in jobs), 120, what="all jobs finished")
 
@@ -81,8 +90,11 @@ def test_worker_process_progress_cancel_failure_and_kill(sqlite_settings, tmp_pa
     worker = None
     try:
         project, scene_id, (first_shot, second_shot) = tiny_project(services)
-        broken = jobs.enqueue("generate_scene", {"scene_id": 999_999}, project.id)
-        scene = jobs.enqueue("generate_scene", {"scene_id": scene_id, "steps": 12}, project.id)
+        gone = services.storyboard.add_scene(project.id)
+        services.storyboard.add_shot(gone.id, "a boat", num_frames=5)
+        broken = jobs.enqueue(GenerateScene(scene_id=gone.id), project.id)
+        services.storyboard.delete_scene(gone.id)  # in the bin before a worker takes the job
+        scene = jobs.enqueue(GenerateScene(scene_id=scene_id, steps=12), project.id)
         worker = spawn_worker(settings, "lifecycle", log, "--progress-interval", "0")
 
         # 1. The broken job fails with its reason and the worker goes on with the next one.
@@ -96,7 +108,7 @@ def test_worker_process_progress_cancel_failure_and_kill(sqlite_settings, tmp_pa
 
         wait_for(scene_done, 180, interval_s=0.02, what="the scene job")
         failed = jobs.get(broken.id)
-        assert failed.status == "failed" and "scene 999999" in failed.error
+        assert failed.status == "failed" and f"scene {gone.id} is not a live scene" in failed.error
         done = jobs.get(scene.id)
         assert done.status == "done" and done.progress == 1.0
 
@@ -107,7 +119,7 @@ def test_worker_process_progress_cancel_failure_and_kill(sqlite_settings, tmp_pa
         assert [len(services.takes.list_takes(s)) for s in (first_shot, second_shot)] == [1, 1]
 
         # 3. Cancel: the job stops within one step of the request and writes no take.
-        long = retry_db(jobs.enqueue, "regenerate_shot", {"shot_id": second_shot, "steps": 5000}, project.id)
+        long = retry_db(jobs.enqueue, RegenerateShot(shot_id=second_shot, steps=1000), project.id)
         wait_for(lambda: (jobs.get(long.id).step or 0) >= 3, 120, interval_s=0.02, what="3 steps of the long job")
         retry_db(jobs.request_cancel, long.id)
         step_at_request = jobs.get(long.id).step
@@ -118,7 +130,7 @@ def test_worker_process_progress_cancel_failure_and_kill(sqlite_settings, tmp_pa
         assert len(services.takes.list_takes(second_shot)) == 1
 
         # 4. kill -9 mid-job: nothing marks the job, nothing half-written stays; the restart recovers it at once.
-        doomed = retry_db(jobs.enqueue, "regenerate_shot", {"shot_id": first_shot, "steps": 5000}, project.id)
+        doomed = retry_db(jobs.enqueue, RegenerateShot(shot_id=first_shot, steps=1000), project.id)
         wait_for(lambda: (jobs.get(doomed.id).step or 0) >= 2, 120, interval_s=0.02, what="the doomed job to run")
         kill_hard(worker)
         assert jobs.get(doomed.id).status == "running"  # the dead worker's job, until someone recovers it
@@ -143,8 +155,8 @@ def test_jobs_command_lists_and_cancels(sqlite_services, capsys, status):
     from studio.worker.commands import cancel_job, list_jobs
 
     jobs = sqlite_services.jobs
-    queued = jobs.enqueue("export_film", {})
-    failed = jobs.enqueue("train_adapter", {})
+    queued = jobs.enqueue(ExportFilm())
+    failed = jobs.enqueue(TrainAdapter(character_id=1))
     jobs.claim_next_job("w", kinds=("train_adapter",))
     jobs.fail(failed.id, "no references")
 

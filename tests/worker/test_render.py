@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from studio.render import render_storyboard
+from studio.services.job_specs import GenerateScene
 from studio.worker.process import Worker
 
 STORYBOARD = """\
@@ -101,10 +102,10 @@ def test_rerun_after_a_killed_render_finishes_without_redoing_takes(sqlite_servi
     services, story, film = sqlite_services, write_storyboard(tmp_path), tmp_path / "film.mp4"
     project_id = import_storyboard(services, load_storyboard(story), tmp_path).project_id
     first_scene, second_scene = services.storyboard.list_scenes(project_id)
-    services.jobs.enqueue("generate_scene", {"scene_id": first_scene.id, "only_missing": True}, project_id)
+    services.jobs.enqueue(GenerateScene(scene_id=first_scene.id, only_missing=True), project_id)
     Worker(services, worker_id="earlier-render").run(max_jobs=1)
     before = takes_by_shot(services, [shot.id for shot in first_scene.shots])
-    killed = services.jobs.enqueue("generate_scene", {"scene_id": second_scene.id, "only_missing": True}, project_id)
+    killed = services.jobs.enqueue(GenerateScene(scene_id=second_scene.id, only_missing=True), project_id)
     dead_owner = f"{socket.gethostname()}:render-{dead_pid()}"
     assert services.jobs.claim_next_job(dead_owner).id == killed.id  # then kill -9: it stays `running`
 

@@ -8,6 +8,7 @@ import torch
 
 from pipelines.acceleration import Acceleration
 from studio.services.errors import ValidationError
+from studio.services.job_specs import GenerateScene
 from studio.worker.cache import PipelineCache
 from studio.worker.process import Worker
 from tests.worker.helpers import tiny_project
@@ -53,7 +54,7 @@ def test_a_step_cache_runs_on_the_worker_and_is_recorded_with_each_take(sqlite_s
     services = sqlite_services
     project, scene_id, shot_ids = tiny_project(services, steps=6)
     services.projects.update_settings(project.id, acceleration={"step_cache": "first-block", "cache_threshold": 0.5})
-    job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id, "seed": 3}, project.id)
+    job = services.jobs.enqueue(GenerateScene(scene_id=scene_id, seed=3), project.id)
     run_all(services)
     assert services.jobs.get(job.id).status == "done", services.jobs.get(job.id).error
     for shot_id in shot_ids:
@@ -81,7 +82,7 @@ def test_a_setting_this_worker_cannot_run_fails_the_job_before_loading(sqlite_se
     services = sqlite_services
     project, scene_id, shot_ids = tiny_project(services)
     services.projects.update_settings(project.id, acceleration=acceleration)
-    job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id}, project.id)
+    job = services.jobs.enqueue(GenerateScene(scene_id=scene_id), project.id)
     run_all(services)
     failed = services.jobs.get(job.id)
     assert failed.status == "failed"
@@ -144,7 +145,7 @@ def test_an_accelerator_lora_brings_few_step_defaults_and_runs_on_every_shot(sql
     _write_accelerator(services)
     updated = services.projects.update_settings(project.id, acceleration={"accelerator": "lightx2v"})
     assert (updated.steps, updated.guidance) == (4, 1.0)  # what step-distilled LoRAs are made for
-    job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id, "seed": 5}, project.id)
+    job = services.jobs.enqueue(GenerateScene(scene_id=scene_id, seed=5), project.id)
     run_all(services)
     assert services.jobs.get(job.id).status == "done", services.jobs.get(job.id).error
     for shot_id in shot_ids:
@@ -164,7 +165,7 @@ def test_a_missing_accelerator_file_fails_the_job_naming_the_folder(sqlite_servi
     services = sqlite_services
     project, scene_id, _ = tiny_project(services)
     services.projects.update_settings(project.id, acceleration={"accelerator": "causvid"})
-    job = services.jobs.enqueue("generate_scene", {"scene_id": scene_id}, project.id)
+    job = services.jobs.enqueue(GenerateScene(scene_id=scene_id), project.id)
     run_all(services)
     failed = services.jobs.get(job.id)
     assert failed.status == "failed" and "put causvid.safetensors in" in failed.error

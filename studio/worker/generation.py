@@ -6,17 +6,14 @@ latents as .safetensors for later regeneration, and every parameter sent to the 
 after the last denoising step, each in one unit of work (files and row), so a job killed while denoising has
 written nothing and simply runs again; one killed between two takes finishes the missing ones when it runs again.
 
-Payloads (the job's project_id, or "project_id" in the payload, names the project):
-- generate_scene: {"scene_id": int, "shot_ids": [int] | None, "only_missing": bool = False, "seed": int | None,
-  "steps": int | None}. Without `shot_ids` every shot is generated; with them (or with `only_missing`, what
-  `python -m studio render` uses) only those, the scene's other shots joining as context through their chosen
-  takes, so a re-run never redoes a take that exists. `steps` overrides the project's step count.
-- regenerate_shot: {"shot_id": int, "seed": int | None, "mode": "inpaint" | "context" | None, "steps": int | None}
-  A new take of one shot; its neighbours' chosen takes are the context and get no new take. Without a seed a new
-  one is drawn.
-Both take "after_jobs": [int] (job ids to wait for: adapter trainings queued with them; one that failed or was
-cancelled fails the generation, naming it). Every take a job writes
-becomes its shot's chosen take (the film-maker asked for it); earlier takes stay listed.
+What each job asks for is its spec (`studio.services.job_specs`: `GenerateScene`, `RegenerateShot`), read back
+with `spec_of(job)`; the job's project_id names the project. A scene generation without `shot_ids` generates every
+shot; with them (or with `only_missing`, what `python -m studio render` uses) only those, the scene's other shots
+joining as context through their chosen takes, so a re-run never redoes a take that exists. A regeneration makes a
+new take of one shot; its neighbours' chosen takes are the context and get no new take. Both wait for the jobs in
+`after_jobs` (adapter trainings queued with them; one that failed or was cancelled fails the generation, naming
+it). Every take a job writes becomes its shot's chosen take (the film-maker asked for it); earlier takes stay
+listed.
 """
 
 from __future__ import annotations
@@ -34,13 +31,13 @@ from typing import Any
 import numpy as np
 
 from pipelines.registry import get_preset
+from studio.services.job_specs import MAX_GENERATION_SEED, spec_of
 from studio.worker.context import JobCancelled, JobContext, PrerequisiteFailed
 from studio.worker.retry import retry_db
 
 logger = logging.getLogger(__name__)
 
 DENOISE_SHARE = 0.9  # fraction of a job's progress bar spent denoising; decoding and writing takes the rest
-MAX_SEED = 2**31 - 1
 
 
 @dataclass
@@ -81,12 +78,10 @@ def _scene_of_shot(services, project_id, shot_id):
     return _scene_of(services, project_id, shot.scene_id)
 
 
-def _project_id_of(services, job, payload):
-    if job.project_id is not None:
-        return job.project_id
-    if "project_id" in payload:
-        return payload["project_id"]
-    raise ValueError(f"job {job.id} has no project; enqueue it with project_id")
+def _project_id_of(job) -> int:
+    if job.project_id is None:
+        raise ValueError(f"job {job.id} has no project; enqueue it with project_id")
+    return job.project_id
 
 
 def load_take_latents(services, take):
@@ -179,9 +174,9 @@ def plan_scene(
         if index not in targets:
             seeds.append(int(services.takes.chosen_take(shot.id).seed))
         elif regenerate_seed:
-            seeds.append(int(seed) if seed is not None else rng.randint(0, MAX_SEED))
+            seeds.append(int(seed) if seed is not None else rng.randint(0, MAX_GENERATION_SEED))
         else:
-            seeds.append(int(shot.seed) if shot.seed is not None else rng.randint(0, MAX_SEED))
+            seeds.append(int(shot.seed) if shot.seed is not None else rng.randint(0, MAX_GENERATION_SEED))
 
     characters = _characters_of(services, project.id, shots)
     adapters, adapter_names, with_adapter, lora_shots = [], {}, set(), {}
@@ -332,7 +327,7 @@ def _preview_png(pipe, latents, shot: int) -> bytes | None:
         return None
 
 
-def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = None) -> dict:
+def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = None, steps: int | None = None) -> dict:
     """Generate `plan`'s targets and write their takes; returns the job result."""
     import torch
 
@@ -343,7 +338,7 @@ def run_plan(ctx: JobContext, plan: ScenePlan, regenerate_mode: str | None = Non
     from pipelines import ShotSpec
 
     preset = get_preset(project.preset)
-    steps = int(ctx.job.payload.get("steps") or project.steps)
+    steps = int(steps or project.steps)
     acceleration = project_acceleration(project, ctx.pipelines)
     accelerator = accelerator_file(services, project)
     ctx.report_progress(0.0, f"loading model {preset.name}", step=0, total=steps)
@@ -558,7 +553,7 @@ def _with_earlier_takes(result: dict, written: dict[int, list[int]]) -> dict:
     return result
 
 
-def wait_for_training(ctx: JobContext, payload: dict, poll_s: float = 1.0, sleep=time.sleep) -> None:
+def wait_for_training(ctx: JobContext, after_jobs: list[int], poll_s: float = 1.0, sleep=time.sleep) -> None:
     """A generation queued behind adapter trainings (`after_jobs`: the UI queues a wanted adapter's training when it
     queues the shots that need it) starts once they have all finished, so that with several workers it does not
     render without the adapter; a single worker claims the training first anyway (priority).
@@ -566,7 +561,7 @@ def wait_for_training(ctx: JobContext, payload: dict, poll_s: float = 1.0, sleep
     A training that failed or was cancelled fails the generation with that reason (`PrerequisiteFailed`): run
     anyway, its shots would show the character by plain name, without the adapter asked for, and nothing would say
     so."""
-    waiting = [int(i) for i in payload.get("after_jobs") or []]
+    waiting = [int(i) for i in after_jobs]
     ended = {}
     while waiting:
         for job_id in waiting:
@@ -585,11 +580,11 @@ def wait_for_training(ctx: JobContext, payload: dict, poll_s: float = 1.0, sleep
 
 def _prerequisite_text(services, job) -> str:
     """Why a job this generation waited for did not give it what it needed, and what to do, naming the character."""
-    payload = getattr(job, "payload", None) or {}
     who = "the adapter"
     try:
-        character = services.characters.get(int(payload["character_id"]))
-        kind = {"lora": "LoRA", "embedding": "embedding"}.get(payload.get("kind"), "adapter")
+        spec = spec_of(job)
+        character = services.characters.get(spec.character_id)
+        kind = {"lora": "LoRA", "embedding": "embedding"}[spec.kind]
         who = f"{character.name}'s {kind}"
     except Exception:  # noqa: BLE001 - the name is a courtesy; the job id says which training it was
         pass
@@ -601,35 +596,31 @@ def _prerequisite_text(services, job) -> str:
 
 
 def run_generate_scene(ctx: JobContext) -> dict:
-    payload = ctx.job.payload or {}
-    if "scene_id" not in payload:
-        raise ValueError("generate_scene payload needs scene_id")
-    wait_for_training(ctx, payload)
-    project_id = _project_id_of(ctx.services, ctx.job, payload)
+    spec = ctx.spec
+    wait_for_training(ctx, spec.after_jobs)
+    project_id = _project_id_of(ctx.job)
     project = ctx.services.projects.get(project_id)
-    scene = _scene_of(ctx.services, project_id, payload["scene_id"])
+    scene = _scene_of(ctx.services, project_id, spec.scene_id)
     if not scene.shots:
         raise ValueError(f"scene {scene.id} has no shots; add a shot before generating it")
-    if payload.get("only_missing"):
+    if spec.only_missing:
         targets = [shot.id for shot in scene.shots if ctx.services.takes.chosen_take(shot.id) is None]
     else:
-        targets = payload.get("shot_ids")
+        targets = spec.shot_ids
     written = _written_by_this_job(ctx, scene.shots)
     if written:
         targets = [s.id for s in scene.shots if (targets is None or s.id in targets) and s.id not in written]
-    plan = plan_scene(ctx.services, project, scene, targets, payload.get("seed"))
-    return _with_earlier_takes(run_plan(ctx, plan), written)
+    plan = plan_scene(ctx.services, project, scene, targets, spec.seed)
+    return _with_earlier_takes(run_plan(ctx, plan, steps=spec.steps), written)
 
 
 def run_regenerate_shot(ctx: JobContext) -> dict:
-    payload = ctx.job.payload or {}
-    if "shot_id" not in payload:
-        raise ValueError("regenerate_shot payload needs shot_id")
-    wait_for_training(ctx, payload)
-    project_id = _project_id_of(ctx.services, ctx.job, payload)
+    spec = ctx.spec
+    wait_for_training(ctx, spec.after_jobs)
+    project_id = _project_id_of(ctx.job)
     project = ctx.services.projects.get(project_id)
-    scene = _scene_of_shot(ctx.services, project_id, payload["shot_id"])
-    written = _written_by_this_job(ctx, [s for s in scene.shots if s.id == payload["shot_id"]])
-    targets = [] if written else [payload["shot_id"]]
-    plan = plan_scene(ctx.services, project, scene, targets, payload.get("seed"), regenerate_seed=True)
-    return _with_earlier_takes(run_plan(ctx, plan, regenerate_mode=payload.get("mode")), written)
+    scene = _scene_of_shot(ctx.services, project_id, spec.shot_id)
+    written = _written_by_this_job(ctx, [s for s in scene.shots if s.id == spec.shot_id])
+    targets = [] if written else [spec.shot_id]
+    plan = plan_scene(ctx.services, project, scene, targets, spec.seed, regenerate_seed=True)
+    return _with_earlier_takes(run_plan(ctx, plan, regenerate_mode=spec.mode, steps=spec.steps), written)
