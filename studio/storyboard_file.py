@@ -41,7 +41,7 @@ from yaml.resolver import Resolver as _Resolver
 from pipelines.registry import PRESETS, ModelPreset
 from studio.services import validation as check
 from studio.services.assets import read_capped, sanitize_filename
-from studio.services.characters import WANTED_ADAPTER_KINDS, _check_trigger, default_trigger
+from studio.services.characters import WANTED_ADAPTER_KINDS, check_trigger, default_trigger
 from studio.services.errors import NotFoundError, ServiceError
 from studio.services.storyboard import (
     CAMERA_MOVES,
@@ -50,8 +50,8 @@ from studio.services.storyboard import (
     PlanResult,
     ScenePlan,
     ShotPlan,
-    _choice,
-    _transition,
+    check_choice,
+    check_transition,
 )
 
 _LINES = "__lines__"
@@ -373,7 +373,7 @@ def parse_storyboard(text: str, source: str = "storyboard", limits: StoryboardLi
         names[name.lower()] = item[_LINES]["name"]
         trigger = item.get("trigger")
         if trigger is not None:
-            reader.check(_check_trigger, item, "trigger", path, str(trigger))
+            reader.check(check_trigger, item, "trigger", path, str(trigger))
         token = str(trigger) if trigger is not None else default_trigger(name)
         references, captions = [], []
         for ref_index, ref in enumerate(reader.list(item, "references", path)):
@@ -580,19 +580,19 @@ def _parse_shot(
     # Declared spelling, declaration order, once each: the order the studio keeps (and the exporter writes).
     order = {key: index for index, key in enumerate(names)}
     characters = [declared[key] for key in sorted(set(characters), key=order.__getitem__)]
-    shot_size = reader.check(_choice, shot, "size", path, shot.get("size"), SHOT_SIZES, "shot size")
-    camera = reader.check(_choice, shot, "camera", path, shot.get("camera"), CAMERA_MOVES, "camera move")
+    shot_size = reader.check(check_choice, shot, "size", path, shot.get("size"), SHOT_SIZES, "shot size")
+    camera = reader.check(check_choice, shot, "camera", path, shot.get("camera"), CAMERA_MOVES, "camera move")
     transition = shot.get("transition")
     if transition is None:
         kind, seconds = "cut", 0.0
     elif isinstance(transition, str):
         kind, seconds = reader.check(
-            _transition, shot, "transition", path, transition, 0.5 if transition != "cut" else 0.0
+            check_transition, shot, "transition", path, transition, 0.5 if transition != "cut" else 0.0
         )
     elif isinstance(transition, dict):
         reader.mapping(transition, f"{path}.transition", shot, "transition", ("type", "seconds"))
         kind, seconds = reader.check(
-            _transition,
+            check_transition,
             shot,
             "transition",
             path,

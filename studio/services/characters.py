@@ -31,7 +31,7 @@ def default_trigger(name: str) -> str:
     return f"<{slug or 'character'}>"
 
 
-def _check_trigger(trigger: str) -> str:
+def check_trigger(trigger: str) -> str:
     if not isinstance(trigger, str) or not TRIGGER_PATTERN.match(trigger):
         raise ValidationError(
             f"trigger {trigger!r} must look like <mara>: lowercase letters, digits, '-' or '_' inside angle brackets"
@@ -71,7 +71,7 @@ class CharacterService:
     ) -> CharacterView:
         character_name = check.name(name, "character name")
         text = check.caption(description or "", "description", allow_empty=True)
-        token = _check_trigger(trigger) if trigger else default_trigger(character_name)
+        token = check_trigger(trigger) if trigger else default_trigger(character_name)
         wanted = self._wanted_adapter(adapter_kind)
         with self.db.unit_of_work() as session:
             if session.get(models.Project, project_id) is None:
@@ -104,7 +104,7 @@ class CharacterService:
         with self.db.unit_of_work() as session:
             character = self._character(session, character_id)
             new_name = check.name(name, "character name") if name is not None else character.name
-            new_trigger = _check_trigger(trigger) if trigger is not None else character.trigger
+            new_trigger = check_trigger(trigger) if trigger is not None else character.trigger
             self._check_unique(session, character.project_id, new_name, new_trigger, exclude_id=character.id)
             values = {"name": new_name, "trigger": new_trigger}
             if description is not None:
