@@ -40,9 +40,13 @@ from studio.storyboard_file.doc import (
     relative_path,
 )
 
+_NOT_CHANGES = ("project_id", "project_name", "film_shot_ids", "notes")  # ImportReport fields that count no change
+
 
 @dataclass
 class ImportReport:
+    """What an import changed (flags and counters), the film order it left and notes for the film-maker."""
+
     project_id: int
     project_name: str
     project_created: bool = False
@@ -65,11 +69,7 @@ class ImportReport:
 
     @property
     def changed(self) -> bool:
-        return any(
-            getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in ("project_id", "project_name", "film_shot_ids", "notes")
-        )
+        return any(getattr(self, f.name) for f in fields(self) if f.name not in _NOT_CHANGES)
 
     def summary(self) -> str:
         notes = "".join(f"\nnote: {note}" for note in self.notes)
@@ -78,7 +78,7 @@ class ImportReport:
         parts = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("project_id", "project_name", "film_shot_ids", "notes") or not value:
+            if f.name in _NOT_CHANGES or not value:
                 continue
             parts.append(f.name.replace("_", " ") if value is True else f"{f.name.replace('_', ' ')}: {value}")
         return f"project {self.project_name!r}: " + ", ".join(parts) + notes

@@ -124,63 +124,7 @@ def parse_storyboard(text: str, source: str = "storyboard", limits: StoryboardLi
     )
     speed = _parse_speed(reader, top)
 
-    characters = []
-    names: dict[str, int] = {}
-    for index, raw in enumerate(reader.list(top, "characters", "")):
-        path = f"characters[{index}]"
-        item = reader.mapping(raw, path, top, "characters", CHARACTER_FIELDS)
-        name = reader.check(
-            check.name, item, "name", path, reader.text(item, "name", path, required=True), "character name"
-        )
-        if name.lower() in names:
-            raise reader.error(
-                f"duplicate character name {name!r} (also on line {names[name.lower()]})", item, "name", path
-            )
-        names[name.lower()] = item[LINES]["name"]
-        trigger = item.get("trigger")
-        if trigger is not None:
-            reader.check(check_trigger, item, "trigger", path, str(trigger))
-        token = str(trigger) if trigger is not None else default_trigger(name)
-        references, captions = [], []
-        for ref_index, ref in enumerate(reader.list(item, "references", path)):
-            ref_path, caption = _parse_reference(reader, item, ref, path, ref_index, name, token)
-            references.append(ref_path)
-            captions.append(caption)
-        adapter = reader.text(item, "adapter", path, default="none").strip().lower()
-        if adapter not in WANTED_ADAPTER_KINDS:
-            raise reader.error(f"adapter must be one of {', '.join(WANTED_ADAPTER_KINDS)}", item, "adapter", path)
-        description = reader.check(
-            check.caption, item, "description", path, reader.text(item, "description", path), "description", True
-        )
-        adapter_weights = reader.text(item, "adapter_weights", path).strip() or None
-        if adapter_weights is not None and adapter != "lora":
-            raise reader.error(
-                "adapter_weights is a LoRA file: it needs `adapter: lora`", item, "adapter_weights", path
-            )
-        characters.append(
-            StoryboardCharacter(
-                name=name,
-                references=tuple(references),
-                description=description,
-                trigger=str(trigger) if trigger is not None else None,
-                adapter=adapter,
-                reference_captions=tuple(captions),
-                adapter_weights=adapter_weights,
-                line=item[LINE],
-                lines=dict(item[LINES]),
-            )
-        )
-    triggers: dict[str, str] = {}
-    for character, raw in zip(characters, reader.list(top, "characters", ""), strict=True):
-        token = character.trigger or default_trigger(character.name)
-        if token in triggers:
-            raise reader.error(
-                f"trigger {token} is also {triggers[token]}'s; give one of them another trigger",
-                raw,
-                "trigger" if character.trigger else "name",
-                f"characters[{characters.index(character)}]",
-            )
-        triggers[token] = character.name
+    characters, names = _parse_characters(reader, top)
 
     scenes = []
     seen_ids: dict[tuple[str, int], int] = {}
@@ -250,6 +194,68 @@ def parse_storyboard(text: str, source: str = "storyboard", limits: StoryboardLi
         source=source,
         lines=dict(top[LINES]),
     )
+
+
+def _parse_characters(reader: _Reader, top: dict) -> tuple[list[StoryboardCharacter], dict[str, int]]:
+    """`characters:`, each name and trigger once; returns them and {lowercased name: its line} in file order."""
+    characters = []
+    names: dict[str, int] = {}
+    for index, raw in enumerate(reader.list(top, "characters", "")):
+        path = f"characters[{index}]"
+        item = reader.mapping(raw, path, top, "characters", CHARACTER_FIELDS)
+        name = reader.check(
+            check.name, item, "name", path, reader.text(item, "name", path, required=True), "character name"
+        )
+        if name.lower() in names:
+            raise reader.error(
+                f"duplicate character name {name!r} (also on line {names[name.lower()]})", item, "name", path
+            )
+        names[name.lower()] = item[LINES]["name"]
+        trigger = item.get("trigger")
+        if trigger is not None:
+            reader.check(check_trigger, item, "trigger", path, str(trigger))
+        token = str(trigger) if trigger is not None else default_trigger(name)
+        references, captions = [], []
+        for ref_index, ref in enumerate(reader.list(item, "references", path)):
+            ref_path, caption = _parse_reference(reader, item, ref, path, ref_index, name, token)
+            references.append(ref_path)
+            captions.append(caption)
+        adapter = reader.text(item, "adapter", path, default="none").strip().lower()
+        if adapter not in WANTED_ADAPTER_KINDS:
+            raise reader.error(f"adapter must be one of {', '.join(WANTED_ADAPTER_KINDS)}", item, "adapter", path)
+        description = reader.check(
+            check.caption, item, "description", path, reader.text(item, "description", path), "description", True
+        )
+        adapter_weights = reader.text(item, "adapter_weights", path).strip() or None
+        if adapter_weights is not None and adapter != "lora":
+            raise reader.error(
+                "adapter_weights is a LoRA file: it needs `adapter: lora`", item, "adapter_weights", path
+            )
+        characters.append(
+            StoryboardCharacter(
+                name=name,
+                references=tuple(references),
+                description=description,
+                trigger=str(trigger) if trigger is not None else None,
+                adapter=adapter,
+                reference_captions=tuple(captions),
+                adapter_weights=adapter_weights,
+                line=item[LINE],
+                lines=dict(item[LINES]),
+            )
+        )
+    triggers: dict[str, str] = {}
+    for character, raw in zip(characters, reader.list(top, "characters", ""), strict=True):
+        token = character.trigger or default_trigger(character.name)
+        if token in triggers:
+            raise reader.error(
+                f"trigger {token} is also {triggers[token]}'s; give one of them another trigger",
+                raw,
+                "trigger" if character.trigger else "name",
+                f"characters[{characters.index(character)}]",
+            )
+        triggers[token] = character.name
+    return characters, names
 
 
 def _parse_reference(
