@@ -71,7 +71,9 @@ SHOT_FIELDS = (
 )
 
 
-def _choice(value: str | None, allowed: Sequence[str], what: str) -> str | None:
+def check_choice(value: str | None, allowed: Sequence[str], what: str) -> str | None:
+    """`value` as one of `allowed` (case, spaces and underscores normalized to `close-up` style), None for empty;
+    anything else is refused naming `what`."""
     if value is None or value == "":
         return None
     normalized = "-".join(str(value).strip().lower().replace("_", " ").split())
@@ -80,7 +82,8 @@ def _choice(value: str | None, allowed: Sequence[str], what: str) -> str | None:
     return normalized
 
 
-def _transition(kind: str | None, seconds: object) -> tuple[str, float]:
+def check_transition(kind: str | None, seconds: object) -> tuple[str, float]:
+    """(type, seconds) of a shot's transition into the next: a cut has no duration, a dissolve or fade needs one."""
     transition_type = (kind or "cut").strip().lower()
     if transition_type not in TRANSITION_TYPES:
         raise ValidationError(f"unknown transition {kind!r}; use one of: {', '.join(TRANSITION_TYPES)}")
@@ -266,13 +269,13 @@ class StoryboardService:
             self._check_room(session, project.id, 1)
             preset = check.preset_of(project.preset)
             frames = check.frames(num_frames if num_frames is not None else preset.default_frames, preset)
-            transition_type, seconds = _transition(transition, transition_seconds)
+            transition_type, seconds = check_transition(transition, transition_seconds)
             shot = models.Shot(
                 scene_id=scene.id,
                 caption=text,
                 num_frames=frames,
-                shot_size=_choice(shot_size, SHOT_SIZES, "shot size"),
-                camera_move=_choice(camera_move, CAMERA_MOVES, "camera move"),
+                shot_size=check_choice(shot_size, SHOT_SIZES, "shot size"),
+                camera_move=check_choice(camera_move, CAMERA_MOVES, "camera move"),
                 transition_type=transition_type,
                 transition_seconds=seconds,
                 seed=check.seed(seed),
@@ -308,9 +311,9 @@ class StoryboardService:
             if "num_frames" in fields:
                 values["num_frames"] = check.frames(fields["num_frames"], preset)
             if "shot_size" in fields:
-                values["shot_size"] = _choice(fields["shot_size"], SHOT_SIZES, "shot size")
+                values["shot_size"] = check_choice(fields["shot_size"], SHOT_SIZES, "shot size")
             if "camera_move" in fields:
-                values["camera_move"] = _choice(fields["camera_move"], CAMERA_MOVES, "camera move")
+                values["camera_move"] = check_choice(fields["camera_move"], CAMERA_MOVES, "camera move")
             if "seed" in fields:
                 values["seed"] = check.seed(fields["seed"])
             kind = fields.get("transition", fields.get("transition_type", shot.transition_type))
@@ -318,7 +321,7 @@ class StoryboardService:
                 seconds = fields.get("transition_seconds", shot.transition_seconds)
                 if kind != "cut" and shot.transition_type == "cut" and "transition_seconds" not in fields:
                     seconds = 0.5  # switching a cut to a dissolve/fade without a duration: a common default
-                values["transition_type"], values["transition_seconds"] = _transition(kind, seconds)
+                values["transition_type"], values["transition_seconds"] = check_transition(kind, seconds)
             frames = values.get("num_frames", shot.num_frames)
             if any(key in fields for key in ("trim_in", "trim_out", "num_frames")):
                 values["trim_in"], values["trim_out"] = self._trims(
@@ -736,12 +739,12 @@ class StoryboardService:
         caption = base("caption", None)
         values["caption"] = check.caption(caption, "shot caption", limit=self.max_caption_chars)
         values["num_frames"] = check.frames(base("num_frames", preset.default_frames), preset)
-        values["shot_size"] = _choice(base("shot_size", None), SHOT_SIZES, "shot size")
-        values["camera_move"] = _choice(base("camera_move", None), CAMERA_MOVES, "camera move")
+        values["shot_size"] = check_choice(base("shot_size", None), SHOT_SIZES, "shot size")
+        values["camera_move"] = check_choice(base("camera_move", None), CAMERA_MOVES, "camera move")
         values["seed"] = check.seed(base("seed", None))
         kind = fields.get("transition", current["transition_type"] if current is not None else "cut")
         seconds = fields.get("transition_seconds", current["transition_seconds"] if current is not None else 0.0)
-        values["transition_type"], values["transition_seconds"] = _transition(kind, seconds)
+        values["transition_type"], values["transition_seconds"] = check_transition(kind, seconds)
         values["trim_in"], values["trim_out"] = self._trims(
             base("trim_in", 0), base("trim_out", 0), values["num_frames"]
         )
