@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -23,8 +21,8 @@ from studio.services import speed_form as speed
 from studio.services.errors import ServiceError
 from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
 from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
-from studio.storyboard_file import StoryboardError
 from studio.ui import storyboard as edits
+from studio.ui.common import TICK_SECONDS, _file_path, _require_project, guarded, said
 from studio.ui.panels import (
     PANEL_CSS,
     PICKED_REFERENCE_CAPTION_JS,
@@ -47,7 +45,6 @@ logger = logging.getLogger(__name__)
 SHOT_SIZES = ["", *SERVICE_SHOT_SIZES]
 CAMERA_MOVES = ["", *SERVICE_CAMERA_MOVES]
 TRANSITIONS = ["cut", "dissolve", "fade"]
-TICK_SECONDS = 1.0
 NO_SHOT_OPEN = "No shot open: click “Takes” on a card."
 PAGE_CSS = (
     PANEL_CSS
@@ -82,52 +79,6 @@ def launch_studio(services: Any, **kwargs: Any):
     """Build and serve the studio on the settings' host and port (blocks unless prevent_thread_lock=True)."""
     app = build_app(services)
     return app.launch(**kwargs)
-
-
-def refuse(message: str, title: str = "Not done") -> dict:
-    """Show `message` (HTML-escaped already) as a toast and leave every output of the event as it was.
-
-    Raising `gr.Error` instead would put an "Error" badge over each of the event's outputs, and a click that fills
-    a whole form (the shot editor, a character's fields) would hide the very fields the message asks to change
-    until each badge is closed."""
-    gr.Warning(message, title=title)
-    return gr.skip()
-
-
-def said(message: str) -> str:
-    """A status line stamped with the time it was said: the line stays until the next message, and a film-maker
-    who has since clicked something that says nothing should not read an old "Shot saved." as its answer."""
-    return f"{message} · {datetime.now():%H:%M:%S}" if message else ""
-
-
-def guarded(fn: Callable) -> Callable:
-    """Turn service refusals into a readable toast and anything unexpected into a short message (trace in the log);
-    either way the page keeps what it showed (`refuse`).
-
-    Gradio renders toast text as (sanitised) HTML, so messages are escaped: a name quoted in a refusal shows as
-    typed."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error as error:  # raised by the handler itself, its text escaped there
-            return refuse(str(error.message))
-        except (ServiceError, StoryboardError) as error:
-            return refuse(esc(error))
-        except Exception as error:
-            logger.exception("UI handler %s failed", fn.__name__)
-            return refuse(
-                esc(f"Something went wrong ({type(error).__name__}: {error}); the server log has details."), "Error"
-            )
-
-    return wrapper
-
-
-def _require_project(project_id: int | None) -> int:
-    if project_id is None:
-        raise gr.Error("Open or create a project first (Projects tab).", print_exception=False)
-    return int(project_id)
 
 
 # What the takes panel's buttons do, as the status line then says it.
@@ -314,12 +265,6 @@ def _preset_text(name: str) -> str:
         f"shots of {preset.min_frames}–{preset.max_frames} frames (new shot: {preset.default_frames})  \n"
         f"{esc(requirements(preset))}"
     )
-
-
-def _file_path(item: Any) -> Path:
-    if isinstance(item, str | Path):
-        return Path(item)
-    return Path(getattr(item, "path", None) or getattr(item, "name", None) or item["path"])
 
 
 def build_app(services: Any) -> gr.Blocks:

@@ -9,7 +9,8 @@ import gradio as gr
 import pytest
 
 from studio.services.errors import ConflictError, ServiceError
-from studio.ui.app import build_app, guarded
+from studio.ui.app import build_app
+from studio.ui.common import guarded
 from tests.core_services.helpers import add_take, png_bytes
 
 
