@@ -22,7 +22,8 @@ from studio.services.errors import ServiceError
 from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
 from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
 from studio.ui import storyboard as edits
-from studio.ui.common import TICK_SECONDS, _file_path, _require_project, guarded, said
+from studio.ui.common import _file_path, _require_project, build_shared, guarded, said
+from studio.ui.export_tab import build_export_tab, wire_export
 from studio.ui.panels import (
     PANEL_CSS,
     PICKED_REFERENCE_CAPTION_JS,
@@ -272,18 +273,18 @@ def build_app(services: Any) -> gr.Blocks:
     s = services
     with StudioBlocks(title="Shotline studio", analytics_enabled=False) as app:
         app.studio_services = services
-        project_state = gr.State(None)
-        selected_state = gr.State([])
-        open_shot_state = gr.State(None)
-        shot_loaded_state = gr.State(None)  # the open shot's fields as the panel loaded them (`shot_form_of`)
-        character_state = gr.State(None)
-        jobs_seen_state = gr.State(None)  # the job list the timer last drew (`jobs_signature`)
-
-        with gr.Row():
-            gr.Markdown("## Shotline studio")
-            project_title = gr.Markdown("No project open", elem_id="sl-project-title")
-        status = gr.Markdown("", elem_id="sl-status")
-        timer = gr.Timer(TICK_SECONDS, active=False)
+        shared = build_shared()
+        project_state, selected_state, open_shot_state = (
+            shared.project_state,
+            shared.selected_state,
+            shared.open_shot_state,
+        )
+        shot_loaded_state, character_state, jobs_seen_state = (
+            shared.shot_loaded_state,
+            shared.character_state,
+            shared.jobs_seen_state,
+        )
+        project_title, status, timer = shared.project_title, shared.status, shared.timer
 
         def timeline_edit(payload: dict) -> dict:
             """The timeline's server function: apply one edit, answer with the storyboard as it now is."""
@@ -465,38 +466,7 @@ def build_app(services: Any) -> gr.Blocks:
                             )
                     takes_panel = ActionPanel(takes_html(None, []), elem_id="sl-takes")
 
-            # ---------------------------------------------------------------- Export
-            with gr.Tab("Export", id="export"):
-                with gr.Row():
-                    export_music = gr.File(
-                        label="Music track (optional)", file_types=["audio"], elem_id="sl-export-music"
-                    )
-                    with gr.Column():
-                        export_fade = gr.Number(
-                            label="Music fade-out (s)", value=1.0, minimum=0, maximum=30, elem_id="sl-export-fade"
-                        )
-                        export_placeholder = gr.Checkbox(
-                            label="Grey card for shots without a take (else refused)",
-                            value=False,
-                            elem_id="sl-export-placeholder",
-                        )
-                gr.Markdown(
-                    "The film uses each shot's chosen take, the project's size and fps, and each shot's transition."
-                )
-                with gr.Row():
-                    export_button = gr.Button("Export film", variant="primary", elem_id="sl-export")
-                exports_panel = ActionPanel("", elem_id="sl-exports")
-                with gr.Row():
-                    bundle_button = gr.Button("Download the project bundle (zip)", elem_id="sl-bundle")
-                    bundle_file = gr.File(label="Project bundle", interactive=False, elem_id="sl-bundle-file")
-                with gr.Row():
-                    bundle_upload = gr.File(
-                        label="Import a project bundle", file_types=[".zip"], elem_id="sl-bundle-in"
-                    )
-                    bundle_name = gr.Textbox(
-                        label="Name for the imported project (optional)", elem_id="sl-bundle-name"
-                    )
-                    bundle_import_button = gr.Button("Import bundle", elem_id="sl-bundle-import")
+            export = build_export_tab()
 
         with gr.Accordion("Jobs", open=True):
             show_preview = gr.Checkbox(
@@ -586,7 +556,7 @@ def build_app(services: Any) -> gr.Blocks:
             selected_state,
             open_shot_state,
             characters_panel,
-            exports_panel,
+            export.exports_panel,
             jobs_panel,
             shot_characters,
             move_scene_pick,
@@ -1321,67 +1291,7 @@ def build_app(services: Any) -> gr.Blocks:
             on_take_action, [project_state, open_shot_state, selected_state], [timeline, *shot_outputs_list, status]
         )
 
-        # ---- export
-        @guarded
-        def on_export(project_id, music, fade, placeholder):
-            project_id = _require_project(project_id)
-            shots = s.storyboard.film_shots(project_id)
-            if not shots:
-                raise gr.Error("The storyboard has no shots to export.", print_exception=False)
-            # Refused here rather than by the export job a moment later in the Jobs panel, naming this page's box.
-            missing = [f"#{i}" for i, shot in enumerate(shots, 1) if shot.chosen_take_id is None]
-            if missing and not placeholder:
-                raise gr.Error(
-                    f"Shot{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                    f"{'have' if len(missing) > 1 else 'has'} no take yet: generate "
-                    f"{'them' if len(missing) > 1 else 'it'}, or tick “Grey card for shots without a take”.",
-                    print_exception=False,
-                )
-            payload: dict[str, Any] = {
-                "project_id": project_id,
-                "music_fade_seconds": float(fade or 0.0),
-                "placeholder": bool(placeholder),
-            }
-            if music is not None:
-                path = _file_path(music)
-                check_music_upload(path)
-                asset = s.assets.put_bytes(path.read_bytes(), "music", _audio_mime(path.name), filename=path.name)
-                payload["music_asset_id"] = asset.id
-            job = s.jobs.enqueue("export_film", payload, project_id=project_id)
-            message = f"Export queued (job {job.id})."
-            drift = s.takes.chosen_take_drift(project_id)  # queued all the same: an older take may be the one wanted
-            if drift:
-                numbers = ", ".join(f"#{i}" for i, shot in enumerate(shots, 1) if shot.id in drift)
-                message += f" Note: {numbers} will show takes that differ from their cards (⚠ on the card says how)."
-            return gr.update(active=True), said(message), _jobs_for(project_id, True)
-
-        export_button.click(
-            on_export, [project_state, export_music, export_fade, export_placeholder], [timer, status, jobs_panel]
-        )
-
-        @guarded
-        def on_bundle(project_id):
-            from studio.export.bundle import export_bundle
-
-            project_id = _require_project(project_id)
-            project = s.projects.get(project_id)
-            path = Path(tempfile.mkdtemp(prefix="shotline-bundle-")) / f"{file_stem(project.name, 'project')}.zip"
-            export_bundle(s, project_id, path)
-            return str(path)
-
-        bundle_button.click(on_bundle, project_state, bundle_file)
-
-        @guarded
-        def on_import_bundle(bundle, name):
-            from studio.export.bundle import import_bundle
-
-            if bundle is None:
-                raise gr.Error("Choose a project bundle (.zip) first.", print_exception=False)
-            report = import_bundle(s, _file_path(bundle), name=name or None)
-            project = s.projects.get(report.project_id)
-            return (*project_outputs(project.id), said(f"Imported the bundle as the project {esc(project.name)}."))
-
-        bundle_import_button.click(on_import_bundle, [bundle_upload, bundle_name], [*project_outputs_list, status])
+        wire_export(s, shared, export, jobs_panel, project_outputs, project_outputs_list)
 
         # ---- jobs and the timer
         def _jobs_for(project_id: int | None, preview: bool) -> str:
@@ -1443,7 +1353,7 @@ def build_app(services: Any) -> gr.Blocks:
                 jobs_panel,
                 timeline,
                 *shot_outputs_list,
-                exports_panel,
+                export.exports_panel,
                 adapter_status,
                 loss_plot,
                 characters_panel,
@@ -1456,30 +1366,6 @@ def build_app(services: Any) -> gr.Blocks:
             show_progress="hidden",
         )
     return app
-
-
-def check_music_upload(path: Path) -> None:
-    """A music file ffmpeg cannot read is refused here, by the name it was chosen under, rather than by the export
-    job a moment later in the Jobs panel."""
-    from studio.export.film import ExportError
-    from studio.export.jobs import check_music_file
-
-    try:
-        check_music_file(path, path.name)
-    except ExportError as error:
-        raise gr.Error(esc(f"Not exported: {error}."), print_exception=False) from None
-
-
-def _audio_mime(name: str) -> str:
-    suffix = Path(name).suffix.lower()
-    return {
-        ".mp3": "audio/mpeg",
-        ".wav": "audio/wav",
-        ".ogg": "audio/ogg",
-        ".m4a": "audio/mp4",
-        ".aac": "audio/aac",
-        ".flac": "audio/flac",
-    }.get(suffix, "application/octet-stream")
 
 
 def _picked_reference(services: Any, character_id: Any, reference_id: Any) -> Any:

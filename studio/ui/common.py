@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import gradio as gr
 
 from studio.services.errors import ServiceError
 from studio.storyboard_file import StoryboardError
-from studio.ui.panels import esc
+from studio.ui.panels import esc, jobs_html
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +78,57 @@ def _file_path(item: Any) -> Path:
     if isinstance(item, str | Path):
         return Path(item)
     return Path(getattr(item, "path", None) or getattr(item, "name", None) or item["path"])
+
+
+@dataclass
+class Shared:
+    """The page's per-browser-tab state and the components above and below the tabs that every tab's events use."""
+
+    project_state: gr.State  # the open project's id
+    selected_state: gr.State  # the selected shot ids on the board
+    open_shot_state: gr.State  # the shot whose takes the shot panel shows
+    shot_loaded_state: gr.State  # the open shot's fields as the panel loaded them (`shot_form_of`)
+    character_state: gr.State  # the character open on the Characters tab
+    jobs_seen_state: gr.State  # the job list the timer last drew (`jobs_signature`)
+    project_title: gr.Markdown
+    status: gr.Markdown
+    timer: gr.Timer
+
+
+def build_shared() -> Shared:
+    """The states, the header with the open project's name, the status line and the job timer, in page order."""
+    states = [gr.State(None), gr.State([]), gr.State(None), gr.State(None), gr.State(None), gr.State(None)]
+    with gr.Row():
+        gr.Markdown("## Shotline studio")
+        project_title = gr.Markdown("No project open", elem_id="sl-project-title")
+    status = gr.Markdown("", elem_id="sl-status")
+    timer = gr.Timer(TICK_SECONDS, active=False)
+    return Shared(*states, project_title=project_title, status=status, timer=timer)
+
+
+def latest_adapters(services: Any, chars: list[Any]) -> dict[int, Any]:
+    """Each character's newest adapter, as the character cards show it."""
+    latest = {}
+    for character in chars:
+        adapters = services.characters.list_adapters(character.id)
+        if adapters:
+            latest[character.id] = max(adapters, key=lambda a: (a.version, a.id))
+    return latest
+
+
+def scene_choices(services: Any, project_id: int) -> list[tuple[str, int]]:
+    """The project's scenes as "Move to scene" offers them."""
+    return [(f"Scene {scene.position + 1}", scene.id) for scene in services.storyboard.list_scenes(project_id)]
+
+
+def _polls(project_id: int | None) -> bool:
+    """The timer runs whenever a project is open: it polls the job service, so a job queued from the CLI,
+    another tab or the worker shows too (an idle tick costs one job query and sends nothing)."""
+    return project_id is not None
+
+
+def jobs_for(services: Any, project_id: int | None, preview: bool) -> str:
+    """The Jobs panel for the open project (its 20 newest jobs)."""
+    if project_id is None:
+        return jobs_html([])
+    return jobs_html(services.jobs.list_jobs(project_id=project_id)[:20], show_preview=preview)
