@@ -22,11 +22,12 @@ from studio.services.errors import ServiceError
 from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
 from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
 from studio.ui import storyboard as edits
-from studio.ui.common import _file_path, _require_project, build_shared, guarded, said
+from studio.ui.character_view import character_outputs
+from studio.ui.characters_tab import build_characters_tab, wire_characters
+from studio.ui.common import _file_path, _require_project, build_shared, guarded, latest_adapters, said
 from studio.ui.export_tab import build_export_tab, wire_export
 from studio.ui.panels import (
     PANEL_CSS,
-    PICKED_REFERENCE_CAPTION_JS,
     ActionPanel,
     characters_html,
     esc,
@@ -34,8 +35,6 @@ from studio.ui.panels import (
     file_stem,
     jobs_html,
     jobs_signature,
-    reference_choices,
-    references_html,
     takes_html,
 )
 from studio.ui.security import UPLOAD_CACHE_CLEANUP_S, security_launch_kwargs
@@ -170,15 +169,6 @@ REMEMBER_PROJECT_JS = """(projectId) => {
 }"""
 
 
-# "Delete character" asks first: its references and trained adapters go for good (the services keep no bin of them).
-CONFIRM_DELETE_CHARACTER_JS = """(projectId, characterId, answer) => {
-    const box = document.querySelector('#sl-char-name textarea, #sl-char-name input');
-    const name = (box && box.value) || 'this character';
-    const sure = confirm(`Delete ${name} for good, with its reference pictures and trained adapters?`);
-    return [projectId, characterId, sure ? 'yes' : 'no'];
-}"""
-
-
 def preview_frames_info(settings: Any) -> str:
     """What "Show preview frames" will show: a worker sends a preview only every `preview_every` steps, and none at
     all when that is 0 (the default), which must be said where the box is."""
@@ -189,17 +179,6 @@ def preview_frames_info(settings: Any) -> str:
             "the shot every N denoising steps."
         )
     return f"A preview of the shot every {every} denoising steps while a generation runs."
-
-
-def face_models_note(services: Any, references: list[Any]) -> str:
-    """Why a character's references have no face analysis, for as long as that holds: the face models are missing."""
-    if not any(ref.analyzed_at is None for ref in references):
-        return ""
-    from studio.faces.analysis import missing_pack_message
-    from studio.faces.service import face_analyzer_for
-
-    analyzer = face_analyzer_for(services.settings)
-    return "" if analyzer.is_available() else missing_pack_message(analyzer.pack_dir)
 
 
 def ended_jobs_message(jobs: list[Any], watched: list[int]) -> tuple[str, list[str]]:
@@ -367,50 +346,7 @@ def build_app(services: Any) -> gr.Blocks:
                     export_sb_button = gr.Button("Export storyboard file", elem_id="sl-export-storyboard")
                 storyboard_download = gr.File(label="Storyboard file", interactive=False, elem_id="sl-storyboard-file")
 
-            # ---------------------------------------------------------------- Characters
-            with gr.Tab("Characters", id="characters"):
-                characters_panel = ActionPanel("", elem_id="sl-characters")
-                with gr.Row():
-                    char_new_name = gr.Textbox(label="New character name", elem_id="sl-char-new-name")
-                    char_new_description = gr.Textbox(label="Description", elem_id="sl-char-new-description")
-                    char_create_button = gr.Button("Add character", elem_id="sl-char-create")
-                with gr.Group(visible=False) as character_group:
-                    character_title = gr.Markdown("", elem_id="sl-char-title")
-                    with gr.Row():
-                        char_name = gr.Textbox(label="Name", elem_id="sl-char-name")
-                        char_trigger = gr.Textbox(label="Trigger token", elem_id="sl-char-trigger")
-                        char_description = gr.Textbox(label="Description", elem_id="sl-char-description")
-                    with gr.Row():
-                        char_save_button = gr.Button("Save character", elem_id="sl-char-save")
-                        char_delete_button = gr.Button("Delete character", variant="stop", elem_id="sl-char-delete")
-                    ref_upload = gr.File(
-                        label="Upload references (several at once)",
-                        file_count="multiple",
-                        file_types=["image"],
-                        elem_id="sl-ref-upload",
-                    )
-                    references_panel = ActionPanel("", elem_id="sl-references")
-                    with gr.Row():  # what each picture shows, naming the character by its trigger
-                        ref_choice = gr.Dropdown(
-                            choices=[], value=None, label="Reference", scale=1, elem_id="sl-ref-choice"
-                        )
-                        ref_caption = gr.Textbox(label="Reference caption", scale=3, elem_id="sl-ref-caption")
-                        ref_caption_button = gr.Button("Save caption", scale=1, elem_id="sl-ref-caption-save")
-                    with gr.Row():
-                        adapter_kind = gr.Radio(
-                            ["lora", "embedding"], value="lora", label="Adapter", elem_id="sl-adapter-kind"
-                        )
-                        train_button = gr.Button("Train", variant="primary", elem_id="sl-train")
-                    adapter_status = gr.HTML("", elem_id="sl-adapter-status", css_template=PANEL_CSS)
-                    loss_plot = gr.LinePlot(
-                        x="step", y="loss", title="Training loss", height=220, elem_id="sl-loss-plot"
-                    )
-                    identity_table = gr.Dataframe(
-                        headers=["shot", "take", "score"],
-                        label="Identity of recent takes",
-                        interactive=False,
-                        elem_id="sl-identity",
-                    )
+            characters = build_characters_tab()
 
             # ---------------------------------------------------------------- Storyboard
             with gr.Tab("Storyboard", id="storyboard"):
@@ -531,7 +467,7 @@ def build_app(services: Any) -> gr.Blocks:
                 timeline_model(s, project_id),
                 [],
                 None,
-                characters_html(chars, _latest_adapters(chars)),
+                characters_html(chars, latest_adapters(s, chars)),
                 exports_html(s.exports.list(project_id), project_name=project.name),
                 jobs_html(s.jobs.list_jobs(project_id=project_id)[:20]),
                 gr.update(choices=[(c.name, c.id) for c in chars], value=[]),
@@ -555,21 +491,13 @@ def build_app(services: Any) -> gr.Blocks:
             timeline,
             selected_state,
             open_shot_state,
-            characters_panel,
+            characters.characters_panel,
             export.exports_panel,
             jobs_panel,
             shot_characters,
             move_scene_pick,
             timer,
         ]
-
-        def _latest_adapters(chars: list[Any]) -> dict[int, Any]:
-            latest = {}
-            for character in chars:
-                adapters = s.characters.list_adapters(character.id)
-                if adapters:
-                    latest[character.id] = max(adapters, key=lambda a: (a.version, a.id))
-            return latest
 
         def _scene_choices(project_id: int) -> list[tuple[str, int]]:
             return [(f"Scene {scene.position + 1}", scene.id) for scene in s.storyboard.list_scenes(project_id)]
@@ -738,262 +666,7 @@ def build_app(services: Any) -> gr.Blocks:
         )
         export_sb_button.click(on_export_storyboard, project_state, storyboard_download)
 
-        # ---- characters
-        def character_outputs(project_id: int | None, character_id: int | None, reference_id: int | None = None):
-            chars = s.characters.list(project_id) if project_id is not None else []
-            gallery = characters_html(chars, _latest_adapters(chars))
-            if character_id is None or project_id is None:
-                return (
-                    None,
-                    gallery,
-                    gr.update(visible=False),
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    gr.update(value="Train"),
-                    None,
-                    None,
-                    gr.update(choices=[(c.name, c.id) for c in chars]),
-                    gr.update(choices=[], value=None),
-                    gr.update(value=""),
-                )
-            character = s.characters.get(character_id)
-            refs = s.characters.list_references(character_id)
-            picked = next((r for r in refs if reference_id is not None and r.id == int(reference_id)), None)
-            adapters = s.characters.list_adapters(character_id)
-            adapter = max(adapters, key=lambda a: (a.version, a.id)) if adapters else None
-            return (
-                character_id,
-                gallery,
-                gr.update(visible=True),
-                f"### {esc(character.name)}",
-                character.name,
-                character.trigger,
-                character.description,
-                references_html(refs, face_models_note(s, refs)),
-                _adapter_text(adapter, character_id),
-                gr.update(value="Retrain" if adapter else "Train"),
-                _loss_frame(adapter, _training_job(character)),
-                _identity_rows(project_id, character),
-                gr.update(choices=[(c.name, c.id) for c in chars]),
-                gr.update(choices=reference_choices(refs), value=picked.id if picked else None),
-                gr.update(
-                    value=picked.caption if picked else "",
-                    placeholder=f"e.g. close-up shot, {character.trigger} stays still, camera is static",
-                ),
-            )
-
-        character_outputs_list = [
-            character_state,
-            characters_panel,
-            character_group,
-            character_title,
-            char_name,
-            char_trigger,
-            char_description,
-            references_panel,
-            adapter_status,
-            train_button,
-            loss_plot,
-            identity_table,
-            shot_characters,
-            ref_choice,
-            ref_caption,
-        ]
-
-        def _adapter_text(adapter: Any | None, character_id: int | None = None) -> str:
-            """Adapter status and, while a training job of this character runs, its progress bar and message."""
-            job = _training_job(s.characters.get(character_id)) if character_id is not None else None
-            training = job is not None and not job.is_finished
-            if adapter is None:
-                # not "upload references, then Train" while its first training runs
-                text = (
-                    "<div>First adapter in training.</div>"
-                    if training
-                    else ("<div>No adapter yet: upload references, then Train.</div>")
-                )
-            else:
-                text = f"<div><b>{esc(adapter.kind)} v{adapter.version}</b>: {esc(adapter.status)}"
-                text += f" — {esc(adapter.message)}</div>" if adapter.message else "</div>"
-            if job is not None:
-                if training:
-                    percent = int(round(100 * max(0.0, min(1.0, job.progress or 0.0))))
-                    text += (
-                        f'<div class="sl-training" data-job-id="{job.id}">Training ({esc(job.status)}): {percent}%'
-                        f'<div class="sl-bar"><div style="width:{percent}%"></div></div>'
-                        f'<div class="sl-small">{esc(job.message)}</div></div>'
-                    )
-                elif job is not None and job.status == "failed":
-                    text += f'<div class="sl-flag">Training failed: {esc(job.error or job.message)}</div>'
-            return text
-
-        def _training_job(character: Any) -> Any | None:
-            """The character's latest train_adapter job, if any."""
-            training = [
-                job
-                for job in s.jobs.list_jobs(project_id=character.project_id)
-                if job.kind == "train_adapter" and (job.payload or {}).get("character_id") == character.id
-            ]
-            return max(training, key=lambda j: j.id) if training else None
-
-        def _loss_frame(adapter: Any | None, job: Any | None = None):
-            """The loss curve: the running training job's points so far (its partial result), else the adapter's."""
-            import pandas as pd
-
-            metrics = (adapter.metrics or {}) if adapter else {}
-            if job is not None and not job.is_finished and (job.result or {}).get("loss_curve"):
-                metrics = job.result
-            losses = metrics.get("loss_curve") or metrics.get("loss")
-            if not losses:
-                return pd.DataFrame({"step": [], "loss": []})
-            if isinstance(losses, dict):
-                steps, values = list(losses.get("step", range(len(losses.get("value", []))))), losses.get("value", [])
-            elif losses and isinstance(losses[0], list | tuple):
-                steps, values = [p[0] for p in losses], [p[1] for p in losses]
-            else:
-                steps, values = list(range(1, len(losses) + 1)), list(losses)
-            return pd.DataFrame({"step": steps, "loss": [float(v) for v in values]})
-
-        def _identity_rows(project_id: int, character: Any) -> list[list[Any]]:
-            rows = []
-            for number, shot in enumerate(s.storyboard.film_shots(project_id), 1):  # numbered as the cards are
-                if character.id not in shot.character_ids:
-                    continue
-                for take in s.takes.list_takes(shot.id)[-3:]:
-                    # Scores are keyed by character name (or id); a string says why there is no number.
-                    scores = take.identity_scores or {}
-                    score = next((scores[k] for k in (character.name, str(character.id)) if k in scores), None)
-                    if isinstance(score, dict):
-                        score = score.get("mean")
-                    shown = round(float(score), 3) if isinstance(score, int | float) else (score or "not scored")
-                    rows.append([f"#{number}", take.number, str(shown)])
-            return rows[-12:]
-
-        @guarded
-        def on_create_character(project_id, name, description):
-            project_id = _require_project(project_id)
-            character = s.characters.create(project_id, name, description=description or "")
-            message = f"{esc(character.name)} added (trigger {esc(character.trigger)}): upload references below."
-            return (*character_outputs(project_id, character.id), said(message), "", "")
-
-        @guarded
-        def on_character_action(project_id, evt: gr.EventData):
-            data = evt._data or {}
-            if data.get("action") != "open_character":
-                raise gr.Error("Unknown action; reload the page.", print_exception=False)
-            return character_outputs(_require_project(project_id), int(data["id"]))
-
-        @guarded
-        def on_save_character(project_id, character_id, name, trigger, description):
-            s.characters.update(int(character_id), name=name, trigger=trigger, description=description)
-            return character_outputs(project_id, character_id)
-
-        @guarded
-        def on_delete_character(project_id, character_id, answer: str = "yes"):
-            if answer == "no":  # the browser asked first (`CONFIRM_DELETE_CHARACTER_JS`) and was told no
-                return gr.skip()
-            character = s.characters.get(int(character_id))
-            s.characters.delete(character.id)
-            return (*character_outputs(project_id, None), said(f"{esc(character.name)} deleted."))
-
-        @guarded
-        def on_upload_references(project_id, character_id, files):
-            if character_id is None:
-                raise gr.Error("Open a character first.", print_exception=False)
-            from studio.faces.service import add_reference
-
-            added, refused, notes = 0, [], set()
-            for item in files or []:
-                path = _file_path(item)
-                try:
-                    # Stores the validated image, then finds its face; without the face models the reference is
-                    # kept unanalysed and the message says where the models go.
-                    result = add_reference(s, int(character_id), path.name, path.read_bytes())
-                    added += 1
-                    if result.analysis is None and result.message:
-                        notes.add(result.message)
-                except ServiceError as error:  # most refusals name the file already
-                    refused.append(str(error) if str(error).startswith(path.name) else f"{path.name}: {error}")
-            message = f"Added {added} reference(s)."
-            if refused:
-                message += " Refused: " + "; ".join(refused) + "."
-            if notes:  # a sentence each ("face models not found: ...")
-                message += " " + " ".join(note[:1].upper() + note[1:].rstrip(".") + "." for note in sorted(notes))
-            return (*character_outputs(project_id, character_id), None, said(esc(message)))
-
-        @guarded
-        def on_save_reference_caption(project_id, character_id, reference_id, caption):
-            message = save_reference_caption(s, character_id, reference_id, caption)
-            return (*character_outputs(project_id, character_id, reference_id), said(esc(message)))
-
-        @guarded
-        def on_train(project_id, character_id, kind):
-            if character_id is None:
-                raise gr.Error("Open a character first.", print_exception=False)
-            from studio.faces.service import request_training
-
-            _require_project(project_id)
-            job = request_training(s, int(character_id), kind)  # the one already queued or running, if any
-            from studio.faces.service import training_estimate
-
-            message = (
-                f"Training queued (job {job.id}): {training_estimate(s, job).sentence(first=False)}."
-                if job.status == "queued"
-                else (f"Already training (job {job.id}); a new version can be trained once it ends.")
-            )
-            return (*character_outputs(project_id, character_id), gr.update(active=True), said(message))
-
-        char_create_button.click(
-            on_create_character,
-            [project_state, char_new_name, char_new_description],
-            [*character_outputs_list, status, char_new_name, char_new_description],  # the "new" fields empty
-        )
-        characters_panel.action(on_character_action, project_state, character_outputs_list)
-
-        @guarded
-        def on_reference_action(project_id, character_id, evt: gr.EventData):
-            data = evt._data or {}
-            if data.get("action") != "remove_reference":
-                raise gr.Error("Unknown action; reload the page.", print_exception=False)
-            picked = _picked_reference(s, character_id, data.get("id"))
-            s.characters.delete_reference(picked.id)
-            name = picked.original_name or "the reference"
-            return (*character_outputs(project_id, character_id), said(esc(f"{name} removed.")))
-
-        references_panel.action(
-            on_reference_action, [project_state, character_state], [*character_outputs_list, status]
-        )
-        char_save_button.click(
-            on_save_character,
-            [project_state, character_state, char_name, char_trigger, char_description],
-            character_outputs_list,
-        )
-        delete_answer = gr.Textbox(
-            visible="hidden", elem_id="sl-char-delete-answer"
-        )  # "yes" or "no", from the browser
-        char_delete_button.click(
-            on_delete_character,
-            [project_state, character_state, delete_answer],
-            [*character_outputs_list, status],
-            js=CONFIRM_DELETE_CHARACTER_JS,
-        )
-        ref_upload.upload(
-            on_upload_references,
-            [project_state, character_state, ref_upload],
-            [*character_outputs_list, ref_upload, status],
-        )
-        ref_choice.input(None, ref_choice, ref_caption, js=PICKED_REFERENCE_CAPTION_JS)  # no round trip to race
-        ref_caption_button.click(
-            on_save_reference_caption,
-            [project_state, character_state, ref_choice, ref_caption],
-            [*character_outputs_list, status],
-        )
-        train_button.click(
-            on_train, [project_state, character_state, adapter_kind], [*character_outputs_list, timer, status]
-        )
+        wire_characters(s, shared, characters, shot_characters)
 
         # ---- storyboard
         def shot_outputs(project_id: int | None, shot_id: int | None):
@@ -1323,7 +996,7 @@ def build_app(services: Any) -> gr.Blocks:
                 active = any(not job.is_finished for job in jobs)
                 if not active and signature == seen:
                     return nothing
-                character = character_outputs(project_id, character_id) if character_id is not None else None
+                character = character_outputs(s, project_id, character_id) if character_id is not None else None
                 changed = signature != seen
                 chars = s.characters.list(project_id) if changed else []
                 return (
@@ -1335,7 +1008,7 @@ def build_app(services: Any) -> gr.Blocks:
                     character[8] if character else gr.update(),
                     character[10] if character and signature != seen else gr.update(),
                     # a finished training changes the card's "lora v2"; a finished take adds identity scores
-                    characters_html(chars, _latest_adapters(chars)) if changed else gr.update(),
+                    characters_html(chars, latest_adapters(s, chars)) if changed else gr.update(),
                     character[11] if character and changed else gr.update(),
                     signature,
                 )
@@ -1354,10 +1027,10 @@ def build_app(services: Any) -> gr.Blocks:
                 timeline,
                 *shot_outputs_list,
                 export.exports_panel,
-                adapter_status,
-                loss_plot,
-                characters_panel,
-                identity_table,
+                characters.adapter_status,
+                characters.loss_plot,
+                characters.characters_panel,
+                characters.identity_table,
                 jobs_seen_state,
             ],
             concurrency_id="ticks",
@@ -1366,28 +1039,6 @@ def build_app(services: Any) -> gr.Blocks:
             show_progress="hidden",
         )
     return app
-
-
-def _picked_reference(services: Any, character_id: Any, reference_id: Any) -> Any:
-    if character_id is None:
-        raise gr.Error("Open a character first.", print_exception=False)
-    if reference_id is None or reference_id == "":
-        raise gr.Error("Pick the reference to caption first.", print_exception=False)
-    picked = services.characters.get_reference(int(reference_id))  # gone: NotFoundError, shown by `guarded`
-    if picked.character_id != int(character_id):
-        raise gr.Error("That reference is no longer this character's; reload the page.", print_exception=False)
-    return picked
-
-
-def save_reference_caption(services: Any, character_id: Any, reference_id: Any, caption: str | None) -> str:
-    """The character panel's "Save caption": one service call; a caption that does not name the character's
-    trigger is refused by the service (`guarded` shows its message). Returns the status line."""
-    picked = _picked_reference(services, character_id, reference_id)
-    view = services.characters.set_reference_caption(picked.id, caption or "")
-    name = view.original_name or f"reference {view.id}"
-    if not view.caption:
-        return f"Caption of {name} cleared: it trains on the trigger and description."
-    return f"Caption of {name} saved."
 
 
 def _report_text(report: Any) -> str:
