@@ -8,7 +8,6 @@ leave the page as it was, or the status line), never as stack traces; the page s
 
 from __future__ import annotations
 
-import functools
 import logging
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -18,13 +17,19 @@ import gradio as gr
 
 from pipelines.registry import PRESETS, get_preset, requirements
 from studio.services import speed_form as speed
-from studio.services.errors import ServiceError
-from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
-from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
-from studio.ui import storyboard as edits
+from studio.ui.board_tab import build_board_tab, wire_board
 from studio.ui.character_view import character_outputs
 from studio.ui.characters_tab import build_characters_tab, wire_characters
-from studio.ui.common import _file_path, _require_project, build_shared, guarded, latest_adapters, said
+from studio.ui.common import (
+    _file_path,
+    _polls,
+    _require_project,
+    build_shared,
+    guarded,
+    latest_adapters,
+    said,
+    scene_choices,
+)
 from studio.ui.export_tab import build_export_tab, wire_export
 from studio.ui.panels import (
     PANEL_CSS,
@@ -35,17 +40,13 @@ from studio.ui.panels import (
     file_stem,
     jobs_html,
     jobs_signature,
-    takes_html,
 )
 from studio.ui.security import UPLOAD_CACHE_CLEANUP_S, security_launch_kwargs
-from studio.ui.timeline import Timeline, timeline_model
+from studio.ui.shot_panel import shot_panel_refresh
+from studio.ui.timeline import timeline_model
 
 logger = logging.getLogger(__name__)
 
-SHOT_SIZES = ["", *SERVICE_SHOT_SIZES]
-CAMERA_MOVES = ["", *SERVICE_CAMERA_MOVES]
-TRANSITIONS = ["cut", "dissolve", "fade"]
-NO_SHOT_OPEN = "No shot open: click “Takes” on a card."
 PAGE_CSS = (
     PANEL_CSS
     + """
@@ -79,84 +80,6 @@ def launch_studio(services: Any, **kwargs: Any):
     """Build and serve the studio on the settings' host and port (blocks unless prevent_thread_lock=True)."""
     app = build_app(services)
     return app.launch(**kwargs)
-
-
-# What the takes panel's buttons do, as the status line then says it.
-TAKE_ACTIONS = {
-    "choose_take": "Take {number} chosen.",
-    "delete_take": "Take {number} moved to the shot's take bin (Restore puts it back).",
-    "restore_take": "Take {number} restored.",
-}
-
-# The shot panel's fields as `update_shot` takes them, and how a refusal names them.
-FORM_FIELD_NAMES = {
-    "caption": "caption",
-    "characters": "characters",
-    "num_frames": "frames",
-    "shot_size": "shot size",
-    "camera_move": "camera move",
-    "transition": "transition",
-    "transition_seconds": "transition seconds",
-    "seed": "seed",
-}
-
-
-def shot_form(caption, characters, frames, size, camera, transition, transition_s, seed) -> dict[str, Any]:
-    """The shot panel's values as `update_shot` fields (empty Frames: not sent)."""
-    fields = {
-        "caption": caption or "",
-        "characters": [int(c) for c in characters or []],
-        "shot_size": size or None,
-        "camera_move": camera or None,
-        "transition": transition or "cut",
-        "transition_seconds": float(transition_s or 0.0),
-        "seed": None if seed in (None, "") else int(seed),
-    }
-    if frames not in (None, ""):
-        fields["num_frames"] = int(frames)
-    return fields
-
-
-def shot_form_of(shot: Any) -> dict[str, Any]:
-    """A stored shot as the panel shows it, in `shot_form`'s terms."""
-    return shot_form(
-        shot.caption,
-        list(shot.character_ids),
-        shot.num_frames,
-        shot.shot_size,
-        shot.camera_move,
-        shot.transition_type,
-        shot.transition_seconds,
-        shot.seed,
-    )
-
-
-def same_field(a: Any, b: Any) -> bool:
-    """Equal as the panel means it: the characters of a shot are a set."""
-    if isinstance(a, list) and isinstance(b, list):
-        return sorted(a) == sorted(b)
-    return a == b
-
-
-def regenerate_caption(stored: str, loaded: str, typed: str | None) -> str | None:
-    """The caption "Regenerate with this caption" saves before queueing, or None to keep the shot's own.
-
-    The panel's box was filled when the panel opened: a caption edited on the card since then is the newer one and
-    must not be put back by a box the film-maker did not touch. Typed in the panel while the card changed too: refused,
-    as Save refuses it, rather than one of the two edits silently lost."""
-    typed = typed or ""
-    if typed == loaded or typed == stored:
-        return None
-    if stored != loaded:
-        raise gr.Error(
-            esc(
-                "Not queued: the shot's caption changed elsewhere (on its card or in another tab) since this panel "
-                "showed it. Your caption is still in the box: copy it, click “Takes” on the card to reload the "
-                "shot, then regenerate again."
-            ),
-            print_exception=False,
-        )
-    return typed
 
 
 # The open project goes into the address (`?project=<id>`, what `on_load` reads), so a reload, a bookmark or a
@@ -258,22 +181,8 @@ def build_app(services: Any) -> gr.Blocks:
             shared.selected_state,
             shared.open_shot_state,
         )
-        shot_loaded_state, character_state, jobs_seen_state = (
-            shared.shot_loaded_state,
-            shared.character_state,
-            shared.jobs_seen_state,
-        )
+        character_state, jobs_seen_state = shared.character_state, shared.jobs_seen_state
         project_title, status, timer = shared.project_title, shared.status, shared.timer
-
-        def timeline_edit(payload: dict) -> dict:
-            """The timeline's server function: apply one edit, answer with the storyboard as it now is."""
-            payload = payload if isinstance(payload, dict) else {}
-            project_id = payload.get("project_id")
-            project_id = int(project_id) if isinstance(project_id, int | float) else None
-            open_shot = payload.get("open_shot_id")
-            open_shot = int(open_shot) if isinstance(open_shot, int | float) else None
-            value, message = apply_timeline_action(project_id, _ids(payload.get("selected")), open_shot, payload)
-            return {"ok": not message.startswith(("Refused", "Something")), "message": message, "model": value}
 
         with gr.Tabs():
             # ---------------------------------------------------------------- Projects
@@ -349,59 +258,7 @@ def build_app(services: Any) -> gr.Blocks:
             characters = build_characters_tab()
 
             # ---------------------------------------------------------------- Storyboard
-            with gr.Tab("Storyboard", id="storyboard"):
-                with gr.Row():
-                    scene_caption_new = gr.Textbox(label="New scene caption", scale=4, elem_id="sl-new-scene-caption")
-                    add_scene_button = gr.Button("Add scene", scale=1, elem_id="sl-add-scene")
-                    generate_selected_button = gr.Button(
-                        "Generate selected shots", variant="primary", scale=1, elem_id="sl-generate-selected"
-                    )
-                timeline = Timeline(None, timeline_edit=timeline_edit, elem_id="sl-timeline")
-                with gr.Accordion("Selected shot", open=True):
-                    shot_title = gr.Markdown(NO_SHOT_OPEN, elem_id="sl-shot-title")
-                    # shown once a card's "Takes" opens a shot (`shot_outputs`): with none open there is nothing to
-                    # edit, and an empty gr.Number shows 0, which read as the shot's own frames and seed
-                    with gr.Column(visible=False, elem_id="sl-shot-editor") as shot_editor:
-                        with gr.Row():
-                            shot_caption = gr.Textbox(label="Caption", scale=3, elem_id="sl-shot-caption")
-                            shot_characters = gr.CheckboxGroup(
-                                label="Characters", choices=[], scale=2, elem_id="sl-shot-characters"
-                            )
-                        with gr.Row():
-                            shot_frames = gr.Number(label="Frames", precision=0, elem_id="sl-shot-frames")
-                            shot_size = gr.Dropdown(
-                                SHOT_SIZES,
-                                label="Shot size",
-                                allow_custom_value=True,
-                                elem_id="sl-shot-size",
-                            )
-                            shot_camera = gr.Dropdown(
-                                CAMERA_MOVES,
-                                label="Camera move",
-                                allow_custom_value=True,
-                                elem_id="sl-shot-camera",
-                            )
-                            shot_transition = gr.Dropdown(
-                                TRANSITIONS, label="Transition in", elem_id="sl-shot-transition"
-                            )
-                            shot_transition_s = gr.Number(label="Transition seconds", elem_id="sl-shot-transition-s")
-                            shot_seed = gr.Number(
-                                label="Seed (empty = random)",
-                                precision=0,
-                                placeholder="random",
-                                elem_id="sl-shot-seed",
-                            )
-                        with gr.Row():
-                            save_shot_button = gr.Button("Save shot", elem_id="sl-save-shot")
-                            move_scene_pick = gr.Dropdown(label="Move to scene", choices=[], elem_id="sl-move-scene")
-                            move_scene_button = gr.Button("Move", elem_id="sl-move-shot")
-                        with gr.Row():
-                            regen_seed_button = gr.Button("Regenerate (new seed)", elem_id="sl-regen-seed")
-                            regen_caption_button = gr.Button(
-                                "Regenerate with this caption", elem_id="sl-regen-caption"
-                            )
-                    takes_panel = ActionPanel(takes_html(None, []), elem_id="sl-takes")
-
+            board = build_board_tab(s, shared)
             export = build_export_tab()
 
         with gr.Accordion("Jobs", open=True):
@@ -471,7 +328,7 @@ def build_app(services: Any) -> gr.Blocks:
                 exports_html(s.exports.list(project_id), project_name=project.name),
                 jobs_html(s.jobs.list_jobs(project_id=project_id)[:20]),
                 gr.update(choices=[(c.name, c.id) for c in chars], value=[]),
-                gr.update(choices=_scene_choices(project_id)),
+                gr.update(choices=scene_choices(s, project_id)),
                 gr.update(active=_polls(project_id)),
             )
 
@@ -488,24 +345,16 @@ def build_app(services: Any) -> gr.Blocks:
             set_guidance,
             set_negative,
             preset_info,
-            timeline,
+            board.timeline,
             selected_state,
             open_shot_state,
             characters.characters_panel,
             export.exports_panel,
             jobs_panel,
-            shot_characters,
-            move_scene_pick,
+            board.shot.shot_characters,
+            board.shot.move_scene_pick,
             timer,
         ]
-
-        def _scene_choices(project_id: int) -> list[tuple[str, int]]:
-            return [(f"Scene {scene.position + 1}", scene.id) for scene in s.storyboard.list_scenes(project_id)]
-
-        def _polls(project_id: int | None) -> bool:
-            """The timer runs whenever a project is open: it polls the job service, so a job queued from the CLI,
-            another tab or the worker shows too (an idle tick costs one job query and sends nothing)."""
-            return project_id is not None
 
         @guarded
         def on_load(request: gr.Request):
@@ -666,303 +515,9 @@ def build_app(services: Any) -> gr.Blocks:
         )
         export_sb_button.click(on_export_storyboard, project_state, storyboard_download)
 
-        wire_characters(s, shared, characters, shot_characters)
+        wire_characters(s, shared, characters, board.shot.shot_characters)
 
-        # ---- storyboard
-        def shot_outputs(project_id: int | None, shot_id: int | None):
-            if project_id is None or shot_id is None:
-                return (
-                    None,
-                    NO_SHOT_OPEN,
-                    gr.update(visible=False),
-                    "",
-                    gr.update(value=[]),
-                    None,
-                    None,
-                    None,
-                    "cut",
-                    0.0,
-                    None,
-                    gr.update(),
-                    takes_html(None, []),
-                    None,
-                )
-            film = s.storyboard.film_shots(project_id)
-            number = next((n for n, x in enumerate(film, 1) if x.id == shot_id), None)
-            if number is None:  # binned or gone meanwhile: nothing left to edit
-                return shot_outputs(project_id, None)
-            shot = film[number - 1]
-            takes = s.takes.list_takes(shot_id)
-            return (
-                shot_id,
-                f"**Shot #{number}** ({len(takes)} take{'' if len(takes) == 1 else 's'})",  # numbered as its card
-                gr.update(visible=True),
-                shot.caption,
-                gr.update(value=list(shot.character_ids)),
-                shot.num_frames,
-                shot.shot_size or "",
-                shot.camera_move or "",
-                shot.transition_type,
-                shot.transition_seconds,
-                shot.seed,
-                gr.update(choices=_scene_choices(project_id), value=shot.scene_id),
-                takes_html(shot, takes, number, s.takes.list_takes(shot_id, in_bin=True)),
-                shot_form_of(shot),
-            )
-
-        def shot_panel_refresh(project_id: int | None, shot_id: int | None, scene_pick: bool = False):
-            """After the storyboard changed around the open shot (a take added; with `scene_pick`, a card moved): its
-            number, take count and takes, and its scene in "Move to scene", leaving the fields alone (the film-maker
-            may be typing or picking there; the timer's refresh never resets a scene being picked). A shot gone to
-            the bin closes the panel."""
-            outputs = shot_outputs(project_id, shot_id)
-            if outputs[0] is None:
-                return outputs
-            kept = [shot_title, takes_panel, *([move_scene_pick] if scene_pick else [])]
-            keep = {shot_outputs_list.index(component) for component in kept}
-            return tuple(value if index in keep else gr.update() for index, value in enumerate(outputs))
-
-        shot_outputs_list = [
-            open_shot_state,
-            shot_title,
-            shot_editor,
-            shot_caption,
-            shot_characters,
-            shot_frames,
-            shot_size,
-            shot_camera,
-            shot_transition,
-            shot_transition_s,
-            shot_seed,
-            move_scene_pick,
-            takes_panel,
-            shot_loaded_state,  # what the fields showed when loaded: Save sends only what changed since
-        ]
-
-        def apply_timeline_action(project_id, selected, open_shot, payload: dict) -> tuple[Any, str]:
-            """One timeline action. A refusal shows why and redraws the timeline from the services."""
-            scenes = None
-            try:
-                message, scenes = edits.apply_edit(s, project_id, payload)
-            except ServiceError as error:  # ConflictError included: a stale page gets the current storyboard
-                message = f"Refused: {error}"
-            except Exception as error:
-                logger.exception("timeline edit failed")
-                message = f"Something went wrong ({type(error).__name__}); the server log has details."
-            if project_id is None:
-                return None, esc(message)
-            return timeline_model(s, project_id, selected, open_shot, scenes=scenes), esc(message)
-
-        def _ids(values: Any) -> list[int]:
-            return [int(v) for v in values or [] if isinstance(v, int | float | str) and str(v).lstrip("-").isdigit()]
-
-        def on_generate(project_id, selected, open_shot, evt: gr.EventData):
-            value, message = apply_timeline_action(project_id, selected, open_shot, evt._data or {})
-            return value, said(message), gr.update(active=_polls(project_id)), _jobs_for(project_id, True)
-
-        timeline.generate(
-            on_generate,
-            [project_state, selected_state, open_shot_state],
-            [timeline, status, timer, jobs_panel],
-            trigger_mode="multiple",
-            concurrency_limit=1,
-            concurrency_id="storyboard-edits",
-            show_progress="hidden",
-        )
-
-        @guarded
-        def on_select(project_id, open_shot, evt: gr.EventData):
-            data = evt._data or {}
-            selected = [int(i) for i in data.get("selected") or []]
-            shot_id = data.get("shot_id")
-            if shot_id is None and data.get("refresh_open") and open_shot is not None:  # after a timeline edit
-                return (selected, *shot_panel_refresh(project_id, int(open_shot), scene_pick=True))
-            if shot_id is None:
-                return (selected, *[gr.update() for _ in shot_outputs_list])
-            return (selected, *shot_outputs(project_id, int(shot_id)))
-
-        timeline.select(
-            on_select,
-            [project_state, open_shot_state],
-            [selected_state, *shot_outputs_list],
-            trigger_mode="multiple",
-            concurrency_limit=1,
-            concurrency_id="storyboard-edits",
-            show_progress="hidden",
-        )
-
-        @guarded
-        def on_add_scene(project_id, caption, selected):
-            project_id = _require_project(project_id)
-            with edits.project_lock(project_id):
-                scene = s.storyboard.add_scene(project_id, caption=caption or "")
-                s.storyboard.add_shot(scene.id, edits.NEW_SHOT_CAPTION)
-            return timeline_model(s, project_id, selected), "", gr.update(choices=_scene_choices(project_id))
-
-        add_scene_button.click(
-            on_add_scene,
-            [project_state, scene_caption_new, selected_state],
-            [timeline, scene_caption_new, move_scene_pick],
-            concurrency_id="storyboard-edits",
-        )
-
-        @guarded
-        def on_generate_selected(project_id, selected):
-            project_id = _require_project(project_id)
-            message = edits.queued_message(
-                "Generation", edits.enqueue_generate_selected(s, project_id, selected), services=s
-            )
-            message = message[:1].upper() + message[1:] + "."
-            return gr.update(active=True), said(message), _jobs_for(project_id, True)
-
-        generate_selected_button.click(
-            on_generate_selected, [project_state, selected_state], [timer, status, jobs_panel]
-        )
-
-        @guarded
-        def on_save_shot(project_id, shot_id, selected, loaded, *form):
-            project_id = _require_project(project_id)
-            if shot_id is None:
-                raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
-            fields = shot_form(*form)
-            if all(shot.id != int(shot_id) for shot in s.storyboard.film_shots(project_id)):
-                # deleted from its card while open here: close the panel instead of editing a shot in the bin
-                return (
-                    timeline_model(s, project_id, selected, None),
-                    *shot_outputs(project_id, None),
-                    said("Not saved: that shot was deleted (it is in the bin); restore it to edit it."),
-                )
-            with edits.project_lock(project_id):
-                # Only what was changed in the panel is saved: a field the film-maker did not touch here may have
-                # been edited on the card since the panel showed it (its caption, most often), and must stay so.
-                current = shot_form_of(s.storyboard.get_shot(int(shot_id)))
-                loaded = loaded or current
-                changed = {key: value for key, value in fields.items() if not same_field(value, loaded.get(key))}
-                clashes = [
-                    key
-                    for key, value in changed.items()
-                    if not same_field(current.get(key), loaded.get(key)) and not same_field(current.get(key), value)
-                ]
-                if clashes:
-                    raise gr.Error(
-                        esc(
-                            f"Not saved: the shot's {', '.join(FORM_FIELD_NAMES[k] for k in clashes)} changed "
-                            "elsewhere (on its card or in another tab) since this panel showed it. Your edits are "
-                            "still here: copy what you need, click “Takes” on the card to reload it, then save again."
-                        ),
-                        print_exception=False,
-                    )
-                if changed:
-                    s.storyboard.update_shot(int(shot_id), **changed)
-            return (
-                timeline_model(s, project_id, selected, shot_id),
-                *shot_outputs(project_id, shot_id),
-                said("Shot saved." if changed else "Nothing to save: the panel matches the shot."),
-            )
-
-        save_shot_button.click(
-            on_save_shot,
-            [
-                project_state,
-                open_shot_state,
-                selected_state,
-                shot_loaded_state,
-                shot_caption,
-                shot_characters,
-                shot_frames,
-                shot_size,
-                shot_camera,
-                shot_transition,
-                shot_transition_s,
-                shot_seed,
-            ],
-            [timeline, *shot_outputs_list, status],
-            concurrency_id="storyboard-edits",
-        )
-
-        @guarded
-        def on_move_scene(project_id, shot_id, scene_id, selected):
-            project_id = _require_project(project_id)
-            if shot_id is None or scene_id is None:
-                raise gr.Error("Open a shot and pick the scene to move it to.", print_exception=False)
-            with edits.project_lock(project_id):
-                target = next(x for x in s.storyboard.list_scenes(project_id) if x.id == int(scene_id))
-                s.storyboard.move_shot(int(shot_id), target.id, len(target.shots))
-            return (
-                timeline_model(s, project_id, selected, shot_id),
-                *shot_panel_refresh(project_id, int(shot_id), scene_pick=True),  # its new number
-                said("Shot moved."),
-            )
-
-        move_scene_button.click(
-            on_move_scene,
-            [project_state, open_shot_state, move_scene_pick, selected_state],
-            [timeline, *shot_outputs_list, status],
-            concurrency_id="storyboard-edits",
-        )
-
-        @guarded
-        def on_regenerate(project_id, shot_id, loaded, caption, use_caption: bool):
-            project_id = _require_project(project_id)
-            if shot_id is None:
-                raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
-            with edits.project_lock(project_id):
-                stored = s.storyboard.get_shot(int(shot_id)).caption
-                sent = (
-                    regenerate_caption(stored, (loaded or {}).get("caption", stored), caption) if use_caption else None
-                )
-                queued = edits.enqueue_regenerate(s, project_id, int(shot_id), caption=sent)
-            message = edits.queued_message("Regeneration", [queued], services=s)
-            message = message[:1].upper() + message[1:] + "."
-            if not use_caption:  # whatever is typed in the box stays there, unsaved
-                return gr.update(active=True), said(message), _jobs_for(project_id, True), gr.update(), gr.update()
-            shown = s.storyboard.get_shot(int(shot_id)).caption
-            return (
-                gr.update(active=True),
-                said(message),
-                _jobs_for(project_id, True),
-                shown,  # the caption the take is made from
-                {**(loaded or {}), "caption": shown},
-            )
-
-        regen_seed_button.click(
-            functools.partial(on_regenerate, use_caption=False),
-            [project_state, open_shot_state, shot_loaded_state, shot_caption],
-            [timer, status, jobs_panel, shot_caption, shot_loaded_state],
-            concurrency_id="storyboard-edits",
-        )
-        regen_caption_button.click(
-            functools.partial(on_regenerate, use_caption=True),
-            [project_state, open_shot_state, shot_loaded_state, shot_caption],
-            [timer, status, jobs_panel, shot_caption, shot_loaded_state],
-            concurrency_id="storyboard-edits",
-        )
-
-        @guarded
-        def on_take_action(project_id, shot_id, selected, evt: gr.EventData):
-            data = evt._data or {}
-            project_id = _require_project(project_id)
-            action = data.get("action")
-            if action not in TAKE_ACTIONS or shot_id is None:
-                raise gr.Error("Unknown action; reload the page.", print_exception=False)
-            take = s.takes.get(int(data["id"]))
-            if take.shot_id != int(shot_id):
-                raise gr.Error("That take is not the open shot's; reload the page.", print_exception=False)
-            if action == "choose_take":
-                s.takes.choose_take(int(shot_id), take.id)
-            elif action == "delete_take":
-                s.takes.delete_take(take.id)
-            else:
-                s.takes.restore_take(take.id)
-            return (
-                timeline_model(s, project_id, selected, shot_id),
-                *shot_outputs(project_id, shot_id),
-                said(TAKE_ACTIONS[action].format(number=take.number)),
-            )
-
-        takes_panel.action(
-            on_take_action, [project_state, open_shot_state, selected_state], [timeline, *shot_outputs_list, status]
-        )
+        wire_board(s, shared, board, jobs_panel)
 
         wire_export(s, shared, export, jobs_panel, project_outputs, project_outputs_list)
 
@@ -986,7 +541,7 @@ def build_app(services: Any) -> gr.Blocks:
             """Polls the job service for the open project's jobs, wherever they were queued. While jobs are queued
             or running: progress, elapsed time, new takes and exports, adapter status and the live loss curve; once
             more when the last one ends (its result); an idle tick with nothing new sends nothing."""
-            closed_panel = [gr.update()] * len(shot_outputs_list)
+            closed_panel = [gr.update()] * len(board.shot.outputs)
             nothing = (gr.update(), gr.update(), gr.update(), *closed_panel, *[gr.update()] * 5, seen)
             try:
                 if project_id is None:
@@ -1003,7 +558,11 @@ def build_app(services: Any) -> gr.Blocks:
                     gr.update(),
                     jobs_html(jobs[:20], show_preview=preview),
                     timeline_model(s, project_id, selected, open_shot),
-                    *(shot_panel_refresh(project_id, open_shot) if open_shot is not None else closed_panel),
+                    *(
+                        shot_panel_refresh(s, board.shot, project_id, open_shot)
+                        if open_shot is not None
+                        else closed_panel
+                    ),
                     exports_html(s.exports.list(project_id), project_name=s.projects.get(project_id).name),
                     character[8] if character else gr.update(),
                     character[10] if character and signature != seen else gr.update(),
@@ -1024,8 +583,8 @@ def build_app(services: Any) -> gr.Blocks:
             [
                 timer,
                 jobs_panel,
-                timeline,
-                *shot_outputs_list,
+                board.timeline,
+                *board.shot.outputs,
                 export.exports_panel,
                 characters.adapter_status,
                 characters.loss_plot,

@@ -191,7 +191,7 @@ def test_the_timer_refreshes_the_open_shots_take_count_and_the_character_cards(s
 
 
 def test_save_shot_sends_only_what_changed_in_the_panel_and_refuses_a_clash(services):
-    from studio.ui.app import shot_form_of
+    from studio.ui.shot_panel import shot_form_of
 
     project = services.projects.create("Merge", preset="tiny")
     scene = services.storyboard.add_scene(project.id, "dawn")
