@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import gradio as gr
 
 from studio.ui.common import Shared, _file_path, _require_project, guarded, jobs_for, said
 from studio.ui.panels import ActionPanel, esc, file_stem
+from studio.ui.project_view import project_outputs
 
 
 @dataclass
@@ -68,15 +68,9 @@ def build_export_tab() -> ExportTab:
     )
 
 
-def wire_export(
-    services: Any,
-    shared: Shared,
-    tab: ExportTab,
-    jobs_panel: ActionPanel,
-    project_outputs: Callable[[int | None], tuple],
-    project_outputs_list: list[Any],
-) -> None:
-    """Export film, download and import a bundle; an imported bundle opens as the project (`project_outputs`)."""
+def wire_export(services: Any, shared: Shared, tab: ExportTab, jobs_panel: ActionPanel, opened: list[Any]) -> None:
+    """Export film, download and import a bundle; an imported bundle opens as the project (`opened`, the
+    components `project_outputs` fills)."""
     s = services
     project_state, status, timer = shared.project_state, shared.status, shared.timer
     _jobs_for = functools.partial(jobs_for, s)
@@ -140,11 +134,9 @@ def wire_export(
             raise gr.Error("Choose a project bundle (.zip) first.", print_exception=False)
         report = import_bundle(s, _file_path(bundle), name=name or None)
         project = s.projects.get(report.project_id)
-        return (*project_outputs(project.id), said(f"Imported the bundle as the project {esc(project.name)}."))
+        return (*project_outputs(s, project.id), said(f"Imported the bundle as the project {esc(project.name)}."))
 
-    tab.bundle_import_button.click(
-        on_import_bundle, [tab.bundle_upload, tab.bundle_name], [*project_outputs_list, status]
-    )
+    tab.bundle_import_button.click(on_import_bundle, [tab.bundle_upload, tab.bundle_name], [*opened, status])
 
 
 def check_music_upload(path: Path) -> None:
