@@ -11,12 +11,7 @@ import gradio as gr
 from studio.services.errors import ServiceError
 from studio.ui.character_view import character_outputs
 from studio.ui.common import Shared, _file_path, _require_project, guarded, said
-from studio.ui.panels import (
-    PANEL_CSS,
-    PICKED_REFERENCE_CAPTION_JS,
-    ActionPanel,
-    esc,
-)
+from studio.ui.panels import PANEL_CSS, PICKED_REFERENCE_CAPTION_JS, ActionPanel, esc
 
 # "Delete character" asks first: its references and trained adapters go for good (the services keep no bin of them).
 CONFIRM_DELETE_CHARACTER_JS = """(projectId, characterId, answer) => {
