@@ -36,7 +36,8 @@ SERVER_MS: list[float] = []
 
 def time_server_side() -> None:
     """Record the Python time of each timeline edit (apply the edit + read the new timeline) in SERVER_MS."""
-    import studio.ui.app as ui_app
+    import studio.ui.board_tab as board_tab
+    from studio.ui import storyboard as edits
 
     def timed(fn):
         def wrapper(*args, **kwargs):
@@ -48,8 +49,8 @@ def time_server_side() -> None:
 
         return wrapper
 
-    ui_app.edits.apply_edit = timed(ui_app.edits.apply_edit)
-    ui_app.timeline_model = timed(ui_app.timeline_model)
+    edits.apply_edit = timed(edits.apply_edit)
+    board_tab.timeline_model = timed(board_tab.timeline_model)  # the timeline's edits redraw it from board_tab
 
 
 def free_port() -> int:

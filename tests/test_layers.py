@@ -51,8 +51,8 @@ RULES = (
 # Known imports that cross a rule on purpose, each with why. Keys: (file or folder, imported module).
 ALLOWED = {
     # The preset table (names, frame ranges, default sizes) fills the project form's dropdowns and bounds
-    # (studio/ui/app.py). The registry is data only and `pipelines` loads its modules lazily, so this import loads no
-    # model and no torch (test_pipelines_registry_loads_no_model below keeps it so).
+    # (studio/ui/projects_tab.py, project_view.py). The registry is data only and `pipelines` loads its modules
+    # lazily, so this import loads no model and no torch (test_pipelines_registry_loads_no_model below keeps it so).
     ("studio/ui", "pipelines.registry"),
 }
 

@@ -10,7 +10,8 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from studio.ui.app import build_app, save_reference_caption
+from studio.ui.app import build_app
+from studio.ui.characters_tab import save_reference_caption
 from studio.ui.panels import reference_choices, references_html
 
 HOSTILE = "<img src=x onerror=alert(1)> ${document.title} {{value}}"

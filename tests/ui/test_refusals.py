@@ -10,7 +10,8 @@ import pytest
 
 from studio.services.errors import ConflictError, ServiceError
 from studio.services.job_specs import ExportFilm
-from studio.ui.app import build_app, guarded
+from studio.ui.app import build_app
+from studio.ui.common import guarded
 from tests.core_services.helpers import add_take, png_bytes
 
 
@@ -192,7 +193,7 @@ def test_the_timer_refreshes_the_open_shots_take_count_and_the_character_cards(s
 
 
 def test_save_shot_sends_only_what_changed_in_the_panel_and_refuses_a_clash(services):
-    from studio.ui.app import shot_form_of
+    from studio.ui.shot_panel import shot_form_of
 
     project = services.projects.create("Merge", preset="tiny")
     scene = services.storyboard.add_scene(project.id, "dawn")

@@ -9,7 +9,7 @@ import io
 import pytest
 from PIL import Image
 
-from studio.services.job_specs import job_spec
+from studio.services.job_specs import ExportFilm, job_spec, spec_of
 from studio.ui.latency import card_order
 from tests.core_services.helpers import add_take
 from tests.ui.conftest import open_board, project_with_shots
@@ -172,7 +172,8 @@ def test_export_queues_a_film_job_with_its_settings(page, studio):
     page.wait_for_function("document.querySelector('#sl-status').innerText.includes('Export queued')")
     jobs = [job for job in services.jobs.list_jobs(project_id=project.id) if job.kind == "export_film"]
     assert len(jobs) == 1
-    assert jobs[0].payload == {"project_id": project.id, "music_fade_seconds": 2.5, "placeholder": True}
+    assert jobs[0].project_id == project.id
+    assert spec_of(jobs[0]) == ExportFilm(music_fade_seconds=2.5, placeholder=True)
 
 
 def test_scene_moves_later_and_earlier_with_its_shots(page, studio):
