@@ -40,6 +40,14 @@ def _flag(value: Any, what: str) -> bool:
     return value
 
 
+def _check_generation(spec: Any) -> None:
+    """The fields both generation specs have."""
+    _optional(spec.seed, check.integer, "seed", 0, MAX_GENERATION_SEED)
+    _optional(spec.steps, check.integer, "steps", 1, MAX_STEPS)
+    _ids(spec.after_jobs, "after_jobs")
+    _optional(spec.target_shot_ids, _ids, "target_shot_ids")
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """Base of the specs: `job_kind` names the kind, `version` the payload layout this code writes."""
@@ -98,10 +106,7 @@ class GenerateScene(JobSpec):
             if self.only_missing:
                 raise ValidationError("give shot_ids or only_missing, not both")
         _flag(self.only_missing, "only_missing")
-        _optional(self.seed, check.integer, "seed", 0, MAX_GENERATION_SEED)
-        _optional(self.steps, check.integer, "steps", 1, MAX_STEPS)
-        _ids(self.after_jobs, "after_jobs")
-        _optional(self.target_shot_ids, _ids, "target_shot_ids")
+        _check_generation(self)
 
 
 @dataclass(frozen=True)
@@ -118,12 +123,9 @@ class RegenerateShot(JobSpec):
 
     def validate(self) -> None:
         check.integer(self.shot_id, "shot_id", 1, 2**63 - 1)
-        _optional(self.seed, check.integer, "seed", 0, MAX_GENERATION_SEED)
         if self.mode is not None and self.mode not in REGENERATE_MODES:
             raise ValidationError(f"mode must be one of {', '.join(REGENERATE_MODES)}, got {self.mode!r}")
-        _optional(self.steps, check.integer, "steps", 1, MAX_STEPS)
-        _ids(self.after_jobs, "after_jobs")
-        _optional(self.target_shot_ids, _ids, "target_shot_ids")
+        _check_generation(self)
 
 
 @dataclass(frozen=True)

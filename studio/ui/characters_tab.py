@@ -136,12 +136,8 @@ def character_outputs_list(tab: CharactersTab, shared: Shared, shot_characters: 
 def wire_characters(services: Any, shared: Shared, tab: CharactersTab, shot_characters: gr.CheckboxGroup) -> None:
     """Add, open, edit and delete characters; upload, caption and remove references; train adapters."""
     s = services
-    project_state, character_state, status, timer = (
-        shared.project_state,
-        shared.character_state,
-        shared.status,
-        shared.timer,
-    )
+    project_state, character_state = shared.project_state, shared.character_state
+    status, timer = shared.status, shared.timer
     outputs = character_outputs_list(tab, shared, shot_characters)
 
     @guarded

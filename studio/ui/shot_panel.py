@@ -151,7 +151,8 @@ def build_shot_panel(shared: Shared) -> ShotPanel:
                 regen_seed_button = gr.Button("Regenerate (new seed)", elem_id="sl-regen-seed")
                 regen_caption_button = gr.Button("Regenerate with this caption", elem_id="sl-regen-caption")
         takes_panel = ActionPanel(takes_html(None, []), elem_id="sl-takes")
-    panel = ShotPanel(
+    # the fields a shot fills, in the order both the panel and its outputs list them
+    fields = (
         shot_title,
         shot_editor,
         shot_caption,
@@ -162,6 +163,9 @@ def build_shot_panel(shared: Shared) -> ShotPanel:
         shot_transition,
         shot_transition_s,
         shot_seed,
+    )
+    panel = ShotPanel(
+        *fields,
         save_shot_button,
         move_scene_pick,
         move_scene_button,
@@ -171,16 +175,7 @@ def build_shot_panel(shared: Shared) -> ShotPanel:
     )
     panel.outputs = [
         shared.open_shot_state,
-        shot_title,
-        shot_editor,
-        shot_caption,
-        shot_characters,
-        shot_frames,
-        shot_size,
-        shot_camera,
-        shot_transition,
-        shot_transition_s,
-        shot_seed,
+        *fields,
         move_scene_pick,
         takes_panel,
         shared.shot_loaded_state,  # what the fields showed when loaded: Save sends only what changed since
@@ -252,12 +247,8 @@ def wire_shot_panel(
 ) -> None:
     """Save and move the open shot, regenerate it, and act on its takes."""
     s = services
-    project_state, open_shot_state, selected_state, shot_loaded_state = (
-        shared.project_state,
-        shared.open_shot_state,
-        shared.selected_state,
-        shared.shot_loaded_state,
-    )
+    project_state, open_shot_state = shared.project_state, shared.open_shot_state
+    selected_state, shot_loaded_state = shared.selected_state, shared.shot_loaded_state
     status, timer = shared.status, shared.timer
     shot_outputs_list = panel.outputs
     _jobs_for = functools.partial(jobs_for, s)
