@@ -170,13 +170,11 @@ def collect_project_rows(session: Session, project_id: int) -> dict[str, list[di
     return {name: rows[name] for name in ("assets", *TABLE_ORDER)}
 
 
-def _storyboard_files(services, project_id: int, folder: Path) -> str | None:
+def _storyboard_files(services, project_id: int, folder: Path) -> str:
     """The storyboard text, with its reference images written under `folder` at the paths the text names, so the
     unzipped bundle renders on its own (`python -m studio render storyboard.yaml`)."""
-    try:
-        from studio.storyboard_file import export_storyboard
-    except ImportError:
-        return None
+    from studio.storyboard_file import export_storyboard
+
     return export_storyboard(services, project_id, base_dir=folder)
 
 
