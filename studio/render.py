@@ -260,8 +260,12 @@ def render_storyboard(
     scenes = services.storyboard.list_scenes(project_id)
     generation = []
     for scene in scenes:
-        if any(services.takes.chosen_take(shot.id) is None for shot in scene.shots):
-            generation.append(_queue(generations.generate_scene, services, project_id, scene.id, only_missing=True))
+        if any(shot.chosen_take_id is None for shot in scene.shots):
+            generation.append(
+                _queue(
+                    generations.generate_scene, services, project_id, scene.id, only_missing=True, train_adapters=False
+                )
+            )
     if generation:
         log(f"generating {len(generation)} scene(s)")
         run_jobs(services, worker, generation, "generating", log, stream=stream)

@@ -50,7 +50,8 @@ def _pending_training_jobs(services, project_id: int | None) -> list:
 
 def _pending_job_for(services, character_id: int, kind: str, project_id: int | None):
     for job in _pending_training_jobs(services, project_id):
-        if job.payload.get("character_id") == character_id and job.payload.get("kind") == kind:
+        spec = spec_of(job)
+        if spec.character_id == character_id and spec.kind == kind:
             return job
     return None
 

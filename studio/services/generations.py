@@ -9,6 +9,7 @@ lack (on demand: missing or stale, ahead of the generation), and queues the gene
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 from studio.services.errors import NotFoundError, ValidationError
@@ -64,18 +65,21 @@ def generate_scene(
     shot_ids: list[int] | None = None,
     only_missing: bool = False,
     priority: int = 0,
+    train_adapters: bool = True,
 ) -> JobView:
     """Takes for a scene: of `shot_ids` only when given, of the shots without a take with `only_missing`, else of
-    every shot. The scene's other shots join as context with their takes, whatever their captions say."""
+    every shot. The scene's other shots join as context with their takes, whatever their captions say. A caller
+    that trained the project's missing adapters already (`render`, a stage before) passes `train_adapters=False`."""
     scenes, scene = _live_scene(services, project_id, scene_id)
     if shot_ids:
         targets = {int(i) for i in shot_ids}
     elif only_missing:
-        targets = {shot.id for shot in scene.shots if services.takes.chosen_take(shot.id) is None}
+        targets = {shot.id for shot in scene.shots if shot.chosen_take_id is None}
     else:
         targets = {shot.id for shot in scene.shots}
     refuse_uncaptioned(scenes, targets)
-    training = train_missing_adapters(services, project_id, [shot for shot in scene.shots if shot.id in targets])
+    shots = [shot for shot in scene.shots if shot.id in targets]
+    training = train_missing_adapters(services, project_id, shots) if train_adapters else []
     spec = GenerateScene(
         scene_id=scene_id,
         shot_ids=sorted(targets) if shot_ids else None,
@@ -111,17 +115,16 @@ def regenerate_shot(
     """A new take of one shot (a new seed unless one is given); its neighbours keep theirs. A new `caption` is
     saved on the shot first, unless the request would be refused (the shot is being generated): then the caption
     stays as it was."""
-    if not any(shot.id == shot_id for scene in services.storyboard.list_scenes(project_id) for shot in scene.shots):
-        raise NotFoundError(
-            f"shot {shot_id} is no longer in this project's storyboard; the page shows the current one"
-        )
     spec = RegenerateShot(shot_id=shot_id, seed=new_seed() if seed is None else int(seed))
     if caption is not None:
         services.jobs.pending_generation(spec, project_id)  # raises ConflictError before the caption changes
         services.storyboard.update_shot(shot_id, caption=caption)
     scenes = services.storyboard.list_scenes(project_id)
-    refuse_uncaptioned(scenes, {shot_id})
     shots = [x for scene in scenes for x in scene.shots if x.id == shot_id]
+    if not shots:
+        raise NotFoundError(
+            f"shot {shot_id} is no longer in this project's storyboard; the page shows the current one"
+        )
+    refuse_uncaptioned(scenes, {shot_id})
     training = train_missing_adapters(services, project_id, shots)
-    spec = RegenerateShot(shot_id=shot_id, seed=spec.seed, after_jobs=[job.id for job in training])
-    return services.jobs.enqueue(spec, project_id, priority=priority)
+    return services.jobs.enqueue(replace(spec, after_jobs=[job.id for job in training]), project_id, priority)

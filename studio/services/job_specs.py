@@ -18,16 +18,19 @@ from typing import Any, ClassVar
 from studio.services import validation as check
 from studio.services.errors import ValidationError
 
-MAX_STEPS = 1000  # denoising steps a generation may ask for (the step count a project stores has the same bound)
 MAX_GENERATION_SEED = 2**31 - 1  # seeds the generation draws and accepts (numpy's and torch's common range)
 TRAINABLE_KINDS = ("lora", "embedding")  # adapter kinds a `train_adapter` job can make
 REGENERATE_MODES = ("inpaint", "context")  # how a regeneration holds its neighbours (see MultiShotPipeline)
 
 
+def _id(value: Any, what: str) -> int:
+    return check.integer(value, what, 1, check.MAX_ID)
+
+
 def _ids(value: Any, what: str) -> list[int]:
     if not isinstance(value, list | tuple):
         raise ValidationError(f"{what} must be a list of ids, got {value!r}")
-    return [check.integer(i, what, 1, 2**63 - 1) for i in value]
+    return [_id(i, what) for i in value]
 
 
 def _optional(value: Any, checker, *args) -> Any:
@@ -43,7 +46,7 @@ def _flag(value: Any, what: str) -> bool:
 def _check_generation(spec: Any) -> None:
     """The fields both generation specs have."""
     _optional(spec.seed, check.integer, "seed", 0, MAX_GENERATION_SEED)
-    _optional(spec.steps, check.integer, "steps", 1, MAX_STEPS)
+    _optional(spec.steps, check.integer, "steps", 1, check.MAX_STEPS)
     _ids(spec.after_jobs, "after_jobs")
     _optional(spec.target_shot_ids, _ids, "target_shot_ids")
 
@@ -99,7 +102,7 @@ class GenerateScene(JobSpec):
     target_shot_ids: list[int] | None = None  # the shots it makes takes of, recorded by `JobService.enqueue`
 
     def validate(self) -> None:
-        check.integer(self.scene_id, "scene_id", 1, 2**63 - 1)
+        _id(self.scene_id, "scene_id")
         if self.shot_ids is not None:
             if not _ids(self.shot_ids, "shot_ids"):
                 raise ValidationError("shot_ids is empty; leave it out to generate every shot of the scene")
@@ -122,7 +125,7 @@ class RegenerateShot(JobSpec):
     target_shot_ids: list[int] | None = None  # [shot_id], recorded by `JobService.enqueue`
 
     def validate(self) -> None:
-        check.integer(self.shot_id, "shot_id", 1, 2**63 - 1)
+        _id(self.shot_id, "shot_id")
         if self.mode is not None and self.mode not in REGENERATE_MODES:
             raise ValidationError(f"mode must be one of {', '.join(REGENERATE_MODES)}, got {self.mode!r}")
         _check_generation(self)
@@ -138,7 +141,7 @@ class TrainAdapter(JobSpec):
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's training defaults
 
     def validate(self) -> None:
-        check.integer(self.character_id, "character_id", 1, 2**63 - 1)
+        _id(self.character_id, "character_id")
         if self.kind not in TRAINABLE_KINDS:
             raise ValidationError(f"adapter kind must be one of {', '.join(TRAINABLE_KINDS)}, got {self.kind!r}")
         if not isinstance(self.hyperparameters, dict):
@@ -158,7 +161,7 @@ class ExportFilm(JobSpec):
     out_path: str | None = None  # also write the film (.mp4) and its .otio there, on the worker's disk
 
     def validate(self) -> None:
-        _optional(self.music_asset_id, check.integer, "music_asset_id", 1, 2**63 - 1)
+        _optional(self.music_asset_id, _id, "music_asset_id")
         if self.music_asset_id is not None and self.music_path is not None:
             raise ValidationError("give music_asset_id or music_path, not both")
         if self.music_path is not None and not isinstance(self.music_path, str):

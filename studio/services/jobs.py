@@ -25,7 +25,7 @@ from studio.db.engine import Database
 from studio.db.models import JOB_STATUSES, utcnow
 from studio.services.convert import job_view
 from studio.services.errors import ConflictError, NotFoundError, ValidationError, get_or_not_found
-from studio.services.job_specs import GENERATION_SPECS, SPECS, GenerateScene, JobSpec, RegenerateShot
+from studio.services.job_specs import GENERATION_SPECS, SPECS, GenerateScene, JobSpec, RegenerateShot, spec_of
 from studio.services.views import JobView
 
 MAX_ATTEMPTS = 3
@@ -38,6 +38,25 @@ def _check_json(value: Any, what: str) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise ValidationError(f"{what} must be JSON data (dicts, lists, strings, numbers): {error}") from None
+
+
+def _live_shot_ids(session, project_id: int, scene_id: int | None, shot_ids: list[int] | None) -> set[int]:
+    """The ids among the project's live shots (neither they nor their scene in the bin), of `scene_id` when given,
+    among `shot_ids` when given."""
+    query = (
+        select(models.Shot.id)
+        .join(models.Scene)
+        .where(
+            models.Scene.project_id == project_id,
+            models.Scene.deleted_at.is_(None),
+            models.Shot.deleted_at.is_(None),
+        )
+    )
+    if scene_id is not None:
+        query = query.where(models.Shot.scene_id == scene_id)
+    if shot_ids is not None:
+        query = query.where(models.Shot.id.in_(shot_ids))
+    return set(session.scalars(query))
 
 
 class JobService:
@@ -90,25 +109,22 @@ class JobService:
     @staticmethod
     def _requested_targets(session, spec: GenerateScene | RegenerateShot, project_id: int) -> list[int]:
         """The shots a generation request makes takes of: its shot, its shot_ids, else every live shot of its scene;
-        each must be a live shot of the project (a NotFoundError says which is not)."""
-        if isinstance(spec, RegenerateShot):
-            wanted = [spec.shot_id]
-        elif spec.shot_ids is not None:
-            wanted = list(spec.shot_ids)
-        else:
-            scene = session.get(models.Scene, spec.scene_id)
-            if scene is None or scene.project_id != project_id or scene.deleted_at is not None:
-                raise NotFoundError(f"scene {spec.scene_id} is not a live scene of project {project_id}")
-            query = select(models.Shot.id).where(models.Shot.scene_id == scene.id, models.Shot.deleted_at.is_(None))
-            wanted = list(session.scalars(query))
-            if not wanted:
+        each must be a live shot of the project (of the scene, for a scene's) or a NotFoundError says which is not."""
+        scene_id = spec.scene_id if isinstance(spec, GenerateScene) else None
+        wanted = [spec.shot_id] if isinstance(spec, RegenerateShot) else spec.shot_ids
+        live = _live_shot_ids(session, project_id, scene_id, wanted)
+        if wanted is None:
+            if not live:
+                scene = session.get(models.Scene, scene_id)
+                if scene is None or scene.project_id != project_id or scene.deleted_at is not None:
+                    raise NotFoundError(f"scene {scene_id} is not a live scene of project {project_id}")
                 raise ValidationError("the scene has no shots; add a shot before generating")
-        for shot_id in wanted:
-            shot = session.get(models.Shot, shot_id)
-            live = shot is not None and shot.deleted_at is None and shot.scene.deleted_at is None
-            if not live or shot.scene.project_id != project_id:
-                raise NotFoundError(f"shot {shot_id} is not a live shot of project {project_id}")
-        return sorted(set(wanted))
+            return sorted(live)
+        missing = [shot_id for shot_id in wanted if shot_id not in live]
+        if missing:
+            where = f"scene {scene_id}" if scene_id is not None else f"project {project_id}"
+            raise NotFoundError(f"shot {missing[0]} is not a live shot of {where}")
+        return sorted(live)
 
     def _pending_generation(self, session, spec: GenerateScene | RegenerateShot, project_id: int) -> models.Job | None:
         targets = set(spec.target_shot_ids or ())
@@ -137,20 +153,17 @@ class JobService:
 
     @staticmethod
     def _generation_targets(session, job: models.Job) -> set[int]:
-        """The shots a pending generation makes takes of: as it recorded them, else read from its payload (a
-        scene without `shot_ids`: every live shot of the scene)."""
-        payload = job.payload or {}
-        named = payload.get("target_shot_ids") or payload.get("shot_ids")
-        if named:
-            return {int(i) for i in named}
-        if job.kind == "regenerate_shot" and payload.get("shot_id") is not None:
-            return {int(payload["shot_id"])}
-        if payload.get("scene_id") is None:
+        """The shots a pending generation makes takes of, as `enqueue` recorded them; for a job whose payload has
+        none, read from its spec (a scene's live shots, or its shot_ids, or its one shot)."""
+        try:
+            spec = spec_of(job)
+        except ValidationError:  # a payload no spec reads fails when a worker takes it; it holds no shots meanwhile
             return set()
-        query = select(models.Shot.id).where(
-            models.Shot.scene_id == int(payload["scene_id"]), models.Shot.deleted_at.is_(None)
-        )
-        return set(session.scalars(query))
+        if spec.target_shot_ids:
+            return set(spec.target_shot_ids)
+        if isinstance(spec, RegenerateShot):
+            return {spec.shot_id}
+        return _live_shot_ids(session, job.project_id, spec.scene_id, spec.shot_ids)
 
     def claim_next_job(self, worker_id: str, kinds: tuple[str, ...] | list[str] | None = None) -> JobView | None:
         """Take the next queued job for `worker_id` (None when the queue is empty). Atomic across processes."""

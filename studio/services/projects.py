@@ -25,7 +25,7 @@ def _validated_settings(values: dict, preset_name: str) -> dict:
     if "fps" in values:
         out["fps"] = check.integer(values["fps"], "fps", 1, 120)
     if "steps" in values:
-        out["steps"] = check.integer(values["steps"], "steps", 1, 1000)
+        out["steps"] = check.integer(values["steps"], "steps", 1, check.MAX_STEPS)
     if "guidance" in values:
         out["guidance"] = check.number(values["guidance"], "guidance", 0.0, 50.0)
     if "negative_prompt" in values:

@@ -12,6 +12,8 @@ MAX_CAPTION_CHARS = 2000
 MAX_NAME_CHARS = 100
 MAX_PROJECT_NAME_CHARS = 200
 MAX_SEED = 2**63 - 1
+MAX_STEPS = 1000  # denoising steps a project or a generation may ask for
+MAX_ID = 2**63 - 1  # the largest row id (a 64-bit key)
 MAX_SIDE = 4096
 
 

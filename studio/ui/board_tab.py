@@ -13,7 +13,7 @@ import gradio as gr
 from studio.services import generations
 from studio.services.errors import ServiceError
 from studio.ui import storyboard as edits
-from studio.ui.common import Shared, _polls, _require_project, guarded, jobs_for, said, scene_choices
+from studio.ui.common import Shared, guarded, jobs_for, require_project, said, scene_choices, timer_runs
 from studio.ui.panels import ActionPanel, esc
 from studio.ui.shot_panel import ShotPanel, build_shot_panel, shot_outputs, shot_panel_refresh, wire_shot_panel
 from studio.ui.timeline import Timeline, timeline_model
@@ -88,7 +88,7 @@ def wire_board(services: Any, shared: Shared, tab: BoardTab, jobs_panel: ActionP
 
     def on_generate(project_id, selected, open_shot, evt: gr.EventData):
         value, message = apply_timeline_action(project_id, selected, open_shot, evt._data or {})
-        return value, said(message), gr.update(active=_polls(project_id)), _jobs_for(project_id, True)
+        return value, said(message), gr.update(active=timer_runs(project_id)), _jobs_for(project_id, True)
 
     timeline.generate(
         on_generate,
@@ -123,7 +123,7 @@ def wire_board(services: Any, shared: Shared, tab: BoardTab, jobs_panel: ActionP
 
     @guarded
     def on_add_scene(project_id, caption, selected):
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         with edits.project_lock(project_id):
             scene = s.storyboard.add_scene(project_id, caption=caption or "")
             s.storyboard.add_shot(scene.id, generations.NEW_SHOT_CAPTION)
@@ -138,7 +138,7 @@ def wire_board(services: Any, shared: Shared, tab: BoardTab, jobs_panel: ActionP
 
     @guarded
     def on_generate_selected(project_id, selected):
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         message = edits.queued_message(
             "Generation", generations.generate_selected(s, project_id, selected), services=s
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from studio.services.job_specs import spec_of
 from studio.ui.common import latest_adapters
 from studio.ui.panels import characters_html, esc, reference_choices, references_html
 
@@ -106,7 +107,7 @@ def _training_job(services: Any, character: Any) -> Any | None:
     training = [
         job
         for job in services.jobs.list_jobs(project_id=character.project_id)
-        if job.kind == "train_adapter" and (job.payload or {}).get("character_id") == character.id
+        if job.kind == "train_adapter" and spec_of(job).character_id == character.id
     ]
     return max(training, key=lambda j: j.id) if training else None
 

@@ -10,7 +10,7 @@ import gradio as gr
 
 from studio.services.errors import ServiceError
 from studio.ui.character_view import character_outputs
-from studio.ui.common import Shared, _file_path, _require_project, guarded, said
+from studio.ui.common import Shared, guarded, require_project, said, upload_path
 from studio.ui.panels import PANEL_CSS, PICKED_REFERENCE_CAPTION_JS, ActionPanel, esc
 
 # "Delete character" asks first: its references and trained adapters go for good (the services keep no bin of them).
@@ -142,7 +142,7 @@ def wire_characters(services: Any, shared: Shared, tab: CharactersTab, shot_char
 
     @guarded
     def on_create_character(project_id, name, description):
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         character = s.characters.create(project_id, name, description=description or "")
         message = f"{esc(character.name)} added (trigger {esc(character.trigger)}): upload references below."
         return (*character_outputs(s, project_id, character.id), said(message), "", "")
@@ -152,7 +152,7 @@ def wire_characters(services: Any, shared: Shared, tab: CharactersTab, shot_char
         data = evt._data or {}
         if data.get("action") != "open_character":
             raise gr.Error("Unknown action; reload the page.", print_exception=False)
-        return character_outputs(s, _require_project(project_id), int(data["id"]))
+        return character_outputs(s, require_project(project_id), int(data["id"]))
 
     @guarded
     def on_save_character(project_id, character_id, name, trigger, description):
@@ -175,7 +175,7 @@ def wire_characters(services: Any, shared: Shared, tab: CharactersTab, shot_char
 
         added, refused, notes = 0, [], set()
         for item in files or []:
-            path = _file_path(item)
+            path = upload_path(item)
             try:
                 # Stores the validated image, then finds its face; without the face models the reference is
                 # kept unanalysed and the message says where the models go.
@@ -204,7 +204,7 @@ def wire_characters(services: Any, shared: Shared, tab: CharactersTab, shot_char
             raise gr.Error("Open a character first.", print_exception=False)
         from studio.characters.adapters import request_training
 
-        _require_project(project_id)
+        require_project(project_id)
         job = request_training(s, int(character_id), kind)  # the one already queued or running, if any
         from studio.characters.adapters import training_estimate
 

@@ -67,13 +67,13 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-def _require_project(project_id: int | None) -> int:
+def require_project(project_id: int | None) -> int:
     if project_id is None:
         raise gr.Error("Open or create a project first (Projects tab).", print_exception=False)
     return int(project_id)
 
 
-def _file_path(item: Any) -> Path:
+def upload_path(item: Any) -> Path:
     """The file of a `gr.File` value (a path, or Gradio's file data)."""
     if isinstance(item, str | Path):
         return Path(item)
@@ -121,7 +121,7 @@ def scene_choices(services: Any, project_id: int) -> list[tuple[str, int]]:
     return [(f"Scene {scene.position + 1}", scene.id) for scene in services.storyboard.list_scenes(project_id)]
 
 
-def _polls(project_id: int | None) -> bool:
+def timer_runs(project_id: int | None) -> bool:
     """The timer runs whenever a project is open: it polls the job service, so a job queued from the CLI,
     another tab or the worker shows too (an idle tick costs one job query and sends nothing)."""
     return project_id is not None

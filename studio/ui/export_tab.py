@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from studio.services.job_specs import ExportFilm
-from studio.ui.common import Shared, _file_path, _require_project, guarded, jobs_for, said
+from studio.ui.common import Shared, guarded, jobs_for, require_project, said, upload_path
 from studio.ui.panels import ActionPanel, esc, file_stem
 from studio.ui.project_view import project_outputs
 
@@ -78,7 +78,7 @@ def wire_export(services: Any, shared: Shared, tab: ExportTab, jobs_panel: Actio
 
     @guarded
     def on_export(project_id, music, fade, placeholder):
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         shots = s.storyboard.film_shots(project_id)
         if not shots:
             raise gr.Error("The storyboard has no shots to export.", print_exception=False)
@@ -93,7 +93,7 @@ def wire_export(services: Any, shared: Shared, tab: ExportTab, jobs_panel: Actio
             )
         music_asset_id = None
         if music is not None:
-            path = _file_path(music)
+            path = upload_path(music)
             check_music_upload(path)
             asset = s.assets.put_bytes(path.read_bytes(), "music", _audio_mime(path.name), filename=path.name)
             music_asset_id = asset.id
@@ -118,7 +118,7 @@ def wire_export(services: Any, shared: Shared, tab: ExportTab, jobs_panel: Actio
     def on_bundle(project_id):
         from studio.export.bundle import export_bundle
 
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         project = s.projects.get(project_id)
         path = Path(tempfile.mkdtemp(prefix="shotline-bundle-")) / f"{file_stem(project.name, 'project')}.zip"
         export_bundle(s, project_id, path)
@@ -132,7 +132,7 @@ def wire_export(services: Any, shared: Shared, tab: ExportTab, jobs_panel: Actio
 
         if bundle is None:
             raise gr.Error("Choose a project bundle (.zip) first.", print_exception=False)
-        report = import_bundle(s, _file_path(bundle), name=name or None)
+        report = import_bundle(s, upload_path(bundle), name=name or None)
         project = s.projects.get(report.project_id)
         return (*project_outputs(s, project.id), said(f"Imported the bundle as the project {esc(project.name)}."))
 

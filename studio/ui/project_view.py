@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from pipelines.registry import get_preset, requirements
-from studio.ui.common import Shared, _polls, latest_adapters, scene_choices
+from studio.ui.common import Shared, latest_adapters, scene_choices, timer_runs
 from studio.ui.panels import characters_html, esc, exports_html, jobs_html
 from studio.ui.timeline import timeline_model
 
@@ -112,7 +112,7 @@ def project_outputs(services: Any, project_id: int | None):
         jobs_html(s.jobs.list_jobs(project_id=project_id)[:20]),
         gr.update(choices=[(c.name, c.id) for c in chars], value=[]),
         gr.update(choices=scene_choices(s, project_id)),
-        gr.update(active=_polls(project_id)),
+        gr.update(active=timer_runs(project_id)),
     )
 
 

@@ -12,7 +12,7 @@ import gradio as gr
 
 from pipelines.registry import PRESETS
 from studio.services import speed_form as speed
-from studio.ui.common import Shared, _file_path, _require_project, guarded, said
+from studio.ui.common import Shared, guarded, require_project, said, upload_path
 from studio.ui.panels import esc, file_stem
 from studio.ui.project_view import _preset_text, project_outputs, remember_project
 
@@ -174,12 +174,12 @@ def wire_projects(app: gr.Blocks, services: Any, shared: Shared, tab: ProjectsTa
 
     @guarded
     def on_rename(project_id, name):
-        project = s.projects.rename(_require_project(project_id), name)
+        project = s.projects.rename(require_project(project_id), name)
         return (*project_outputs(s, project_id), said(f"Renamed to {esc(project.name)}."), "")
 
     @guarded
     def on_delete_project(project_id):
-        project = s.projects.delete(_require_project(project_id))
+        project = s.projects.delete(require_project(project_id))
         message = f"{esc(project.name)} moved to the bin: “Rename, delete, restore” brings it back."
         return (*project_outputs(s, None), said(message))
 
@@ -192,7 +192,7 @@ def wire_projects(app: gr.Blocks, services: Any, shared: Shared, tab: ProjectsTa
 
     @guarded
     def on_save_settings(project_id, preset, width, height, fps, steps, guidance, negative):
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         s.projects.update_settings(
             project_id,
             preset=preset,
@@ -237,7 +237,7 @@ def wire_projects(app: gr.Blocks, services: Any, shared: Shared, tab: ProjectsTa
 
     @guarded
     def on_save_speed(project_id, *values):
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         kept = s.projects.get(project_id).acceleration
         saved = s.projects.update_settings(project_id, acceleration=speed.settings_from_form(*values, keep=kept))
         # an accelerator set or cleared brings its step count and guidance: show them
@@ -262,12 +262,12 @@ def wire_projects(app: gr.Blocks, services: Any, shared: Shared, tab: ProjectsTa
 
         if yaml_file is None:
             raise gr.Error("Choose a storyboard YAML file first.", print_exception=False)
-        path = _file_path(yaml_file)
+        path = upload_path(yaml_file)
         text = path.read_text(encoding="utf-8")
         doc = parse_storyboard(text, source=path.name, limits=StoryboardLimits.from_settings(s.settings))
         # The file names its pictures by path; here they come as uploads (matched by file name), or are the ones
         # the project already holds under those paths (re-importing a file exported from here).
-        uploaded = {_file_path(item).name: _file_path(item) for item in ref_files or []}
+        uploaded = {upload_path(item).name: upload_path(item) for item in ref_files or []}
         held = held_reference_images(s, doc)
         named = {ref: PurePosixPath(ref.replace("\\", "/")) for c in doc.characters for ref in c.references}
         pictures: dict[str, bytes] = {}
@@ -302,7 +302,7 @@ def wire_projects(app: gr.Blocks, services: Any, shared: Shared, tab: ProjectsTa
     def on_export_storyboard(project_id):
         from studio.storyboard_file import export_storyboard
 
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         text = export_storyboard(s, project_id)
         project = s.projects.get(project_id)
         folder = Path(tempfile.mkdtemp(prefix="shotline-storyboard-"))

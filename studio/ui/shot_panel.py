@@ -13,7 +13,7 @@ from studio.services import generations
 from studio.services.storyboard import CAMERA_MOVES as SERVICE_CAMERA_MOVES
 from studio.services.storyboard import SHOT_SIZES as SERVICE_SHOT_SIZES
 from studio.ui import storyboard as edits
-from studio.ui.common import Shared, _require_project, guarded, jobs_for, said, scene_choices
+from studio.ui.common import Shared, guarded, jobs_for, require_project, said, scene_choices
 from studio.ui.panels import ActionPanel, esc, takes_html
 from studio.ui.timeline import Timeline, timeline_model
 
@@ -255,7 +255,7 @@ def wire_shot_panel(
 
     @guarded
     def on_save_shot(project_id, shot_id, selected, loaded, *form):
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         if shot_id is None:
             raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
         fields = shot_form(*form)
@@ -316,7 +316,7 @@ def wire_shot_panel(
 
     @guarded
     def on_move_scene(project_id, shot_id, scene_id, selected):
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         if shot_id is None or scene_id is None:
             raise gr.Error("Open a shot and pick the scene to move it to.", print_exception=False)
         with edits.project_lock(project_id):
@@ -337,7 +337,7 @@ def wire_shot_panel(
 
     @guarded
     def on_regenerate(project_id, shot_id, loaded, caption, use_caption: bool):
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         if shot_id is None:
             raise gr.Error("Open a shot first: click “Takes” on a card.", print_exception=False)
         with edits.project_lock(project_id):
@@ -373,7 +373,7 @@ def wire_shot_panel(
     @guarded
     def on_take_action(project_id, shot_id, selected, evt: gr.EventData):
         data = evt._data or {}
-        project_id = _require_project(project_id)
+        project_id = require_project(project_id)
         action = data.get("action")
         if action not in TAKE_ACTIONS or shot_id is None:
             raise gr.Error("Unknown action; reload the page.", print_exception=False)

@@ -14,6 +14,7 @@ from typing import Any
 from studio.services import generations
 from studio.services.errors import ConflictError, NotFoundError, ValidationError
 from studio.services.generations import NEW_SHOT_CAPTION
+from studio.services.job_specs import spec_of
 from studio.ui.timeline import structure_version
 
 _project_locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
@@ -200,7 +201,7 @@ def queued_message(what: str, queued: list[Any], services: Any = None) -> str:
 def after_training(*jobs: Any, services: Any = None) -> str:
     """What a queued-generation message adds when the jobs wait for adapter trainings; with `services`, also how
     long each training will take (`studio.characters.adapters.training_estimate`), said before it starts."""
-    waiting = sorted({i for job in jobs for i in (job.payload or {}).get("after_jobs") or []})
+    waiting = sorted({i for job in jobs for i in spec_of(job).after_jobs})
     if not waiting:
         return ""
     ids = ", ".join(map(str, waiting))

@@ -604,7 +604,7 @@ def run_generate_scene(ctx: JobContext) -> dict:
     if not scene.shots:
         raise ValueError(f"scene {scene.id} has no shots; add a shot before generating it")
     if spec.only_missing:
-        targets = [shot.id for shot in scene.shots if ctx.services.takes.chosen_take(shot.id) is None]
+        targets = [shot.id for shot in scene.shots if shot.chosen_take_id is None]
     else:
         targets = spec.shot_ids
     written = _written_by_this_job(ctx, scene.shots)

@@ -23,7 +23,7 @@ def _scene_of_two_shots(services, name: str = "jobs") -> tuple[int, int, list[in
 def test_lifecycle_enqueue_claim_progress_finish(services):
     project_id, scene_id, shots = _scene_of_two_shots(services)
     job = services.jobs.enqueue(GenerateScene(scene_id=scene_id, shot_ids=shots), project_id)
-    assert job.payload == {**GenerateScene(scene_id=scene_id, shot_ids=shots, target_shot_ids=shots).to_payload()}
+    assert job.payload == GenerateScene(scene_id=scene_id, shot_ids=shots, target_shot_ids=shots).to_payload()
     assert (job.status, job.progress, job.attempts, job.worker_id) == ("queued", 0.0, 0, None)
     claimed = services.jobs.claim_next_job("worker-a")
     assert claimed.id == job.id
@@ -105,6 +105,11 @@ def test_bad_requests_are_refused(services):
     project_id, scene_id, (a, _) = _scene_of_two_shots(services)
     with pytest.raises(NotFoundError, match="shot 999 is not a live shot"):
         services.jobs.enqueue(RegenerateShot(shot_id=999), project_id)
+    _, other_scene, (other_shot, _) = _scene_of_two_shots(services, "other")
+    with pytest.raises(NotFoundError, match=f"shot {other_shot} is not a live shot of scene {scene_id}"):
+        services.jobs.enqueue(GenerateScene(scene_id=scene_id, shot_ids=[other_shot]), project_id)
+    with pytest.raises(NotFoundError, match=f"scene {other_scene} is not a live scene of project {project_id}"):
+        services.jobs.enqueue(GenerateScene(scene_id=other_scene), project_id)
     services.storyboard.delete_shot(a)  # in the bin: not generated
     with pytest.raises(NotFoundError, match=f"shot {a} is not a live shot"):
         services.jobs.enqueue(GenerateScene(scene_id=scene_id, shot_ids=[a]), project_id)
@@ -244,3 +249,15 @@ def test_a_generation_already_pending_for_the_same_shots_is_joined_and_an_overla
     later = services.jobs.enqueue(RegenerateShot(shot_id=b), project_id)
     assert not later.joined and later.id not in (first.id, cli.id)
     assert len(services.jobs.list_jobs(project_id=project_id)) == 3
+
+
+def test_a_pending_generation_stored_without_its_targets_holds_its_scenes_live_shots(services):
+    project_id, scene_id, (_, b) = _scene_of_two_shots(services)
+    job = services.jobs.enqueue(GenerateScene(scene_id=scene_id, only_missing=True), project_id)
+    with services.db.unit_of_work() as session:  # as a queue written without target_shot_ids holds it
+        session.get(models.Job, job.id).payload = {"scene_id": scene_id, "only_missing": True}
+    with pytest.raises(ConflictError, match=f"by job {job.id}"):
+        services.jobs.enqueue(RegenerateShot(shot_id=b), project_id)
+    with services.db.unit_of_work() as session:  # a payload no spec reads holds no shots (it fails when run)
+        session.get(models.Job, job.id).payload = {"scene": scene_id}
+    assert not services.jobs.enqueue(RegenerateShot(shot_id=b), project_id).joined
