@@ -134,9 +134,9 @@ def character_add_command(args, services) -> int:
     print(f"character {character.name} (id {character.id}, trigger {character.trigger})")
     status = 0
     notes = set()
-    for filename, reference in stored:
+    for (filename, reference), (_, data) in zip(stored, pictures, strict=True):
         try:
-            result = analyze_reference(services, reference.id)
+            result = analyze_reference(services, reference.id, data=data)
         except _refusals() as error:
             status = _fail(f"{filename}: stored, but its faces were not analysed: {error}")
             continue

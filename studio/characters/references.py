@@ -50,13 +50,17 @@ class ReferenceResult:
     message: str  # what to tell the user: the flags' reasons, or where to put the face models; "" when all is well
 
 
-def analyze_reference(services, reference_id: int, analyzer: FaceAnalyzer | None = None) -> ReferenceResult:
+def analyze_reference(
+    services, reference_id: int, analyzer: FaceAnalyzer | None = None, data: bytes | None = None
+) -> ReferenceResult:
     """Find the face of a stored reference (`services.characters.add_reference` stores it) and record it with its
     crop. Flagged references are kept (the user decides); without the face models the reference stays unanalysed
-    and the message says where the models go."""
+    and the message says where the models go. `data`: the picture's bytes when the caller has them (it just stored
+    them), else they are read from the asset store."""
     analyzer = analyzer or face_analyzer_for(services.settings)
     reference = services.characters.get_reference(reference_id)
-    data = services.assets.read_bytes(reference.asset_id)
+    if data is None:
+        data = services.assets.read_bytes(reference.asset_id)
     try:
         analysis = analyzer.analyze_reference(data)
     except FaceModelsMissing as error:

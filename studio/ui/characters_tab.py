@@ -179,8 +179,9 @@ def wire_characters(services: Any, shared: Shared, tab: CharactersTab, shot_char
             try:
                 # Stores the validated image, then finds its face; without the face models the reference is
                 # kept unanalysed and the message says where the models go.
-                reference = s.characters.add_reference(int(character_id), path.name, path.read_bytes())
-                result = analyze_reference(s, reference.id)
+                data = path.read_bytes()
+                reference = s.characters.add_reference(int(character_id), path.name, data)
+                result = analyze_reference(s, reference.id, data=data)
                 added += 1
                 if result.analysis is None and result.message:
                     notes.add(result.message)
