@@ -48,16 +48,6 @@ def train_missing_adapters(services: Any, project_id: int, shots: list[Any] | No
     return ensure_adapters(services, project_id, character_ids) if character_ids else []
 
 
-def _live_scene(services: Any, project_id: int, scene_id: int) -> tuple[list[Any], Any]:
-    scenes = services.storyboard.list_scenes(project_id)
-    scene = next((s for s in scenes if s.id == scene_id), None)
-    if scene is None:
-        raise NotFoundError("that scene is not in the open project")
-    if not scene.shots:
-        raise ValidationError("the scene has no shots; add a shot before generating")
-    return scenes, scene
-
-
 def generate_scene(
     services: Any,
     project_id: int,
@@ -70,7 +60,26 @@ def generate_scene(
     """Takes for a scene: of `shot_ids` only when given, of the shots without a take with `only_missing`, else of
     every shot. The scene's other shots join as context with their takes, whatever their captions say. A caller
     that trained the project's missing adapters already (`render`, a stage before) passes `train_adapters=False`."""
-    scenes, scene = _live_scene(services, project_id, scene_id)
+    scenes = services.storyboard.list_scenes(project_id)
+    return _generate_scene(services, project_id, scenes, scene_id, shot_ids, only_missing, priority, train_adapters)
+
+
+def _generate_scene(
+    services: Any,
+    project_id: int,
+    scenes: list[Any],
+    scene_id: int,
+    shot_ids: list[int] | None,
+    only_missing: bool,
+    priority: int,
+    train_adapters: bool,
+) -> JobView:
+    """`generate_scene` on the project's scenes as the caller read them (one read for a whole selection)."""
+    scene = next((s for s in scenes if s.id == scene_id), None)
+    if scene is None:
+        raise NotFoundError("that scene is not in the open project")
+    if not scene.shots:
+        raise ValidationError("the scene has no shots; add a shot before generating")
     if shot_ids:
         targets = {int(i) for i in shot_ids}
     elif only_missing:
@@ -95,10 +104,11 @@ def generate_selected(services: Any, project_id: int, shot_ids: list[int]) -> li
         raise ValidationError("select shots first (the checkbox on each card)")
     wanted = {int(i) for i in shot_ids}
     jobs = []
-    for scene in services.storyboard.list_scenes(project_id):
+    scenes = services.storyboard.list_scenes(project_id)
+    for scene in scenes:
         chosen = [shot.id for shot in scene.shots if shot.id in wanted]
         if chosen:
-            jobs.append(generate_scene(services, project_id, scene.id, chosen))
+            jobs.append(_generate_scene(services, project_id, scenes, scene.id, chosen, False, 0, True))
     if not jobs:
         raise NotFoundError("the selected shots are gone; select again")
     return jobs

@@ -30,7 +30,7 @@ from studio.services.views import JobView
 
 MAX_ATTEMPTS = 3
 FINISHED_STATUSES = ("done", "failed", "cancelled")
-GENERATION_KINDS = ("generate_scene", "regenerate_shot")
+GENERATION_KINDS = tuple(spec.job_kind for spec in GENERATION_SPECS)
 
 
 def _check_json(value: Any, what: str) -> None:
